@@ -1,0 +1,461 @@
+"""The bridge process: node-ipc connections to any number of extension hosts ("slots") on one side,
+a ZeroMQ ROUTER (commands) and XPUB (events) for the workers on the other.
+
+One asyncio loop owns every socket. Each command runs in its own task (attach and StartNewTask wait
+for the extension) and every command gets exactly one reply; duplicates of a command (Lazy Pirate
+retries reuse the msg_id) get the first one's reply, because StartNewTask is not idempotent. Every
+event of a slot gets the slot's next sequence number and goes into its replay buffer before it is
+published, so a subscriber that missed some can fetch them with ``snapshot``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import zmq
+import zmq.asyncio
+from pydantic import ValidationError
+
+from .connection_file import (
+    COMMAND_SOCKET,
+    EVENT_SOCKET,
+    ConnectionInfo,
+    InstanceLock,
+    endpoint_path,
+    ensure_runtime_dir,
+    ipc_endpoint,
+    write_connection_file,
+)
+from .protocol import QUERY_RESPONSES, StartNewTask, task_command_adapter
+from .slots import BufferedEvent, Slot, SlotConfig, SlotError
+from .wire import (
+    BRIDGE_TOPIC,
+    DELIM,
+    REQUESTS,
+    VERSION,
+    AttachReply,
+    AttachRequest,
+    BridgeStoppingContent,
+    Content,
+    DetachReply,
+    DetachRequest,
+    ErrorCode,
+    ErrorReply,
+    HeartbeatReply,
+    HugzContent,
+    Message,
+    Session,
+    ShutdownReply,
+    SlotsReply,
+    SnapshotReply,
+    SnapshotRequest,
+    TaskCommandReply,
+    TaskCommandRequest,
+    WelcomeContent,
+    WireError,
+    major,
+    new_key,
+    reply_type,
+    slot_topic,
+)
+
+log = logging.getLogger(__name__)
+
+# Commands whose effect must not be repeated for a retried request; reads are answered afresh.
+_CACHED_REPLIES = frozenset({"attach", "detach", "task_command", "shutdown"})
+
+ReplyParts = tuple[Content, list[bytes]]
+
+
+@dataclass
+class BridgeConfig:
+    runtime_dir: Path
+    connection_file: Path
+    key: str | None = None
+    """HMAC key; a fresh one when None. Reusing the key across a restart lets workers notice the
+    restart (new session) instead of seeing only bad signatures."""
+    slot: SlotConfig = field(default_factory=SlotConfig)
+    hugz_interval: float = 1.0
+    xpub_hwm: int = 100_000
+    """Per-subscriber queue on the XPUB. Beyond it the XPUB drops (it must never block the bridge):
+    subscribers notice the seq gap and fill it from the replay buffer with ``snapshot``."""
+    router_hwm: int = 10_000
+    max_msg_size: int = 64 * 1024 * 1024
+    linger_ms: int = 1000
+    heartbeat_ivl_ms: int = 1000
+    heartbeat_timeout_ms: int = 3000
+    reply_cache_size: int = 10_000
+    drain_ms: int = 250
+    """At shutdown, how long the sockets stay open after the last reply (see :meth:`Bridge.shutdown`)."""
+    attach: dict[str, str] = field(default_factory=dict)
+    """Slots to attach at start-up; each connects whenever its host listens."""
+
+
+class Bridge:
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.key = config.key or new_key()
+        self.session = Session(self.key)
+        self.slots: dict[str, Slot] = {}
+        self.ctx: zmq.asyncio.Context | None = None
+        self.router: zmq.asyncio.Socket | None = None
+        self.xpub: zmq.asyncio.Socket | None = None
+        self.info: ConnectionInfo | None = None
+        self.stopping = False
+        self._stop = asyncio.Event()
+        self._lock = InstanceLock(config.runtime_dir)
+        self._loops: list[asyncio.Task[None]] = []
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._inflight: dict[tuple[str, str], asyncio.Future[ReplyParts]] = {}
+        self._replies: OrderedDict[tuple[str, str], ReplyParts] = OrderedDict()
+        self._commands: dict[str, Callable[[Message, Any], Awaitable[ReplyParts]]] = {
+            "attach": self._cmd_attach,
+            "detach": self._cmd_detach,
+            "slots": self._cmd_slots,
+            "task_command": self._cmd_task_command,
+            "snapshot": self._cmd_snapshot,
+            "heartbeat": self._cmd_heartbeat,
+            "shutdown": self._cmd_shutdown,
+        }
+
+    # ---------------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> ConnectionInfo:
+        """Lock the runtime dir, bind, write the connection file, start serving."""
+        runtime = ensure_runtime_dir(self.config.runtime_dir)
+        self._lock.acquire()
+        try:
+            cmd_ep = ipc_endpoint(runtime, COMMAND_SOCKET)
+            ev_ep = ipc_endpoint(runtime, EVENT_SOCKET)
+            self.ctx = zmq.asyncio.Context()
+            self.router, self.xpub = self._bind(cmd_ep, ev_ep)
+            self.info = ConnectionInfo(
+                command_endpoint=cmd_ep,
+                event_endpoint=ev_ep,
+                key=self.key,
+                bridge_pid=os.getpid(),
+                session=self.session.session,
+                runtime_dir=str(runtime),
+            )
+            write_connection_file(self.config.connection_file, self.info)
+        except BaseException:
+            self._teardown(linger=0)
+            raise
+        loop = asyncio.get_running_loop()
+        self._loops = [
+            loop.create_task(self._command_loop()),
+            loop.create_task(self._subscription_loop()),
+            loop.create_task(self._hugz_loop()),
+        ]
+        for name, path in self.config.attach.items():
+            slot = Slot(name, path, self._publish, self.config.slot)
+            self.slots[name] = slot
+            slot.connect_in_background()
+        log.info("bridge %s serving on %s and %s", self.session.session, cmd_ep, ev_ep)
+        return self.info
+
+    def _bind(self, cmd_ep: str, ev_ep: str) -> tuple[zmq.asyncio.Socket, zmq.asyncio.Socket]:
+        assert self.ctx is not None
+        c = self.config
+        router = self.ctx.socket(zmq.ROUTER)
+        xpub = self.ctx.socket(zmq.XPUB)
+        for sock in (router, xpub):
+            sock.linger = c.linger_ms
+            sock.setsockopt(zmq.HEARTBEAT_IVL, c.heartbeat_ivl_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, c.heartbeat_timeout_ms)
+            sock.setsockopt(zmq.HEARTBEAT_TTL, c.heartbeat_timeout_ms)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        router.setsockopt(zmq.MAXMSGSIZE, c.max_msg_size)
+        router.sndhwm = router.rcvhwm = c.router_hwm
+        xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        xpub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # only subscription frames come in
+        xpub.sndhwm = c.xpub_hwm
+        old = os.umask(0o177)  # the socket files are created 0600
+        try:
+            router.bind(cmd_ep)
+            xpub.bind(ev_ep)
+        except zmq.ZMQError:
+            router.close(linger=0)
+            xpub.close(linger=0)
+            raise
+        finally:
+            os.umask(old)
+        return router, xpub
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait_stop_requested(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self, *, error: bool = False) -> None:
+        """Staged: refuse new commands, publish bridge_stopping, close the hosts, then the sockets."""
+        if self.stopping and self.ctx is None:
+            return
+        self.stopping = True
+        log.info("bridge shutting down")
+        for slot in self.slots.values():
+            if slot.state != "detached":
+                slot.emit_stopping()
+        if self.xpub is not None:
+            self._publish(BRIDGE_TOPIC, "bridge_stopping", BridgeStoppingContent(), None)
+        for slot in self.slots.values():
+            await slot.close()  # fails pending commands, whose handlers then reply
+        if self._handlers:
+            await asyncio.wait(list(self._handlers), timeout=self.config.linger_ms / 1000)
+        if not error:
+            # Workers' DEALERs use IMMEDIATE=1, and libzmq then drops the replies a worker has not
+            # read yet when the connection closes: keep answering (shutting_down, or the cached reply
+            # to a retried shutdown) for a moment so that the last replies are read first.
+            await asyncio.sleep(self.config.drain_ms / 1000)
+        for task in [*self._loops, *self._handlers]:
+            task.cancel()
+        for task in [*self._loops, *self._handlers]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._teardown(linger=0 if error else self.config.linger_ms)
+
+    def _teardown(self, linger: int) -> None:
+        for sock in (self.router, self.xpub):
+            if sock is not None:
+                sock.close(linger=linger)
+        self.router = self.xpub = None
+        if self.ctx is not None:
+            self.ctx.term()
+            self.ctx = None
+        if self.info is not None:
+            for ep in (self.info.command_endpoint, self.info.event_endpoint):
+                with contextlib.suppress(OSError):
+                    endpoint_path(ep).unlink()
+            with contextlib.suppress(OSError):
+                self.config.connection_file.unlink()
+        self._lock.release()
+
+    # ------------------------------------------------------------------------------------ publish
+
+    def _publish(
+        self, topic: bytes, msg_type: str, content: Content, parent: dict[str, Any] | None
+    ) -> list[bytes]:
+        assert self.xpub is not None
+        parts = self.session.serialize_parts(self.session.header(msg_type), parent, content)
+        sent = cast("asyncio.Future[Any]", self.xpub.send_multipart([topic, DELIM, *parts]))
+        # An XPUB drops rather than blocks, so this normally completes at once; never leave it unread.
+        sent.add_done_callback(_log_send_error)
+        return [topic, *parts]
+
+    async def _subscription_loop(self) -> None:
+        """JEP 65: answer every subscription with a welcome on its topic, so subscribers know they
+        are connected without sleeping. XPUB_VERBOSE passes repeated subscriptions too."""
+        assert self.xpub is not None
+        while True:
+            frames = await self.xpub.recv_multipart()
+            frame = frames[0]
+            if frame[:1] == b"\x01":
+                topic = bytes(frame[1:])
+                content = WelcomeContent(subscription=topic.decode(errors="replace"))
+                self._publish(topic, "welcome", content, None)
+
+    async def _hugz_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.hugz_interval
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for slot in self.slots.values():
+                if slot.state != "detached" and now - slot.last_publish >= interval:
+                    content = HugzContent(slot=slot.name, seq=slot.seq, state=slot.state)
+                    self._publish(slot_topic(slot.name), "hugz", content, None)
+                    slot.last_publish = now
+            self._publish(BRIDGE_TOPIC, "hugz", HugzContent(state="running"), None)
+
+    # ----------------------------------------------------------------------------------- commands
+
+    async def _command_loop(self) -> None:
+        assert self.router is not None
+        while True:
+            frames = await self.router.recv_multipart()
+            try:
+                msg = self.session.deserialize(frames)
+            except WireError as exc:
+                log.warning("dropped command: %s", exc)
+                continue
+            task = asyncio.ensure_future(self._handle(msg))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _handle(self, msg: Message) -> None:
+        key = (msg.header.session, msg.header.msg_id)
+        if key in self._replies:
+            await self._reply(msg, self._replies[key])
+            return
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            await self._reply(msg, await asyncio.shield(inflight))
+            return
+        fut: asyncio.Future[ReplyParts] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            parts = await self._dispatch(msg)
+        except asyncio.CancelledError:
+            parts = (_error(ErrorCode.SHUTTING_DOWN, "bridge shutting down"), [])
+        fut.set_result(parts)
+        del self._inflight[key]
+        if msg.msg_type in _CACHED_REPLIES:
+            self._replies[key] = parts
+            if len(self._replies) > self.config.reply_cache_size:
+                self._replies.popitem(last=False)
+        await self._reply(msg, parts)
+
+    async def _dispatch(self, msg: Message) -> ReplyParts:
+        if major(msg.header.version) != major(VERSION):
+            return _error(
+                ErrorCode.UNSUPPORTED_VERSION, f"version {msg.header.version}, bridge speaks {VERSION}"
+            ), []
+        if self.stopping and msg.msg_type != "shutdown":
+            return _error(ErrorCode.SHUTTING_DOWN, "bridge shutting down"), []
+        handler = self._commands.get(msg.msg_type)
+        model = REQUESTS.get(msg.msg_type)
+        if handler is None or model is None:
+            return _error(ErrorCode.UNKNOWN_MSG_TYPE, f"unknown msg_type {msg.msg_type!r}"), []
+        try:
+            return await handler(msg, model.model_validate(msg.content))
+        except ValidationError as exc:
+            return _error(ErrorCode.INVALID_REQUEST, _short(exc)), []
+        except SlotError as exc:
+            return _error(exc.code, exc.reason), []
+        except Exception as exc:
+            log.exception("command %s failed", msg.msg_type)
+            return _error(ErrorCode.INTERNAL, repr(exc)), []
+
+    async def _reply(self, msg: Message, parts: ReplyParts) -> None:
+        if self.router is None:
+            return
+        content, buffers = parts
+        frames = self.session.serialize(
+            reply_type(msg.msg_type), content, msg.header, idents=msg.idents, buffers=buffers
+        )
+        try:
+            await self.router.send_multipart(frames)
+        except zmq.ZMQError as exc:  # EHOSTUNREACH (ROUTER_MANDATORY): the worker is gone
+            log.info("reply to %s not delivered: %s", msg.header.msg_id, exc)
+
+    def _slot(self, name: str) -> Slot:
+        slot = self.slots.get(name)
+        if slot is None:
+            raise SlotError(ErrorCode.UNKNOWN_SLOT, f"unknown slot {name!r}")
+        return slot
+
+    async def _cmd_attach(self, msg: Message, req: AttachRequest) -> ReplyParts:
+        slot = self.slots.get(req.slot)
+        if slot is not None and slot.state != "detached":
+            raise SlotError(ErrorCode.SLOT_EXISTS, f"slot {req.slot} is already {slot.state}")
+        if slot is None:
+            slot = Slot(req.slot, req.socket_path, self._publish, self.config.slot)
+            self.slots[req.slot] = slot
+        slot.socket_path = req.socket_path
+        slot.state = "connecting"
+        try:
+            await slot.connect(req.connect_timeout)
+        except BaseException:
+            slot.state = "detached"
+            if slot.seq == 0:
+                del self.slots[req.slot]
+            raise
+        return AttachReply(slot=slot.info()), []
+
+    async def _cmd_detach(self, msg: Message, req: DetachRequest) -> ReplyParts:
+        slot = self._slot(req.slot)
+        await slot.detach()
+        return DetachReply(slot=req.slot), []
+
+    async def _cmd_slots(self, msg: Message, req: Content) -> ReplyParts:
+        return SlotsReply(slots=[s.info() for s in self.slots.values()]), []
+
+    async def _cmd_task_command(self, msg: Message, req: TaskCommandRequest) -> ReplyParts:
+        slot = self._slot(req.slot)
+        try:
+            command = task_command_adapter.validate_python(req.command)
+        except ValidationError as exc:
+            raise SlotError(ErrorCode.INVALID_COMMAND, _short(exc)) from None
+        name = command.commandName
+        reply = TaskCommandReply(slot=slot.name, command_name=name)
+        if slot.state == "detached":
+            raise SlotError(ErrorCode.SLOT_DOWN, f"slot {slot.name} is detached")
+        if isinstance(command, StartNewTask):
+            reply.task_id = await slot.start_task(command, msg.header)
+        elif name in QUERY_RESPONSES:
+            reply.response = await slot.query(command, QUERY_RESPONSES[name], msg.header)
+        else:
+            await slot.send(command)
+        return reply, []
+
+    async def _cmd_snapshot(self, msg: Message, req: SnapshotRequest) -> ReplyParts:
+        slot = self._slot(req.slot)
+        events: list[BufferedEvent] = []
+        complete, more = True, False
+        if req.since_seq is not None:
+            events, complete, more = slot.replay(req.since_seq, req.limit)
+        reply = SnapshotReply(
+            slot=slot.name,
+            since_seq=req.since_seq,
+            first_seq=slot.buffer.first_seq,
+            last_seq=slot.seq,
+            count=len(events),
+            complete=complete,
+            more=more,
+        )
+        return reply, [frame for ev in events for frame in ev.frames]
+
+    async def _cmd_heartbeat(self, msg: Message, req: Content) -> ReplyParts:
+        return HeartbeatReply(session=self.session.session, pid=os.getpid(), slots=len(self.slots)), []
+
+    async def _cmd_shutdown(self, msg: Message, req: Content) -> ReplyParts:
+        self.stopping = True
+        self._stop.set()
+        return ShutdownReply(), []
+
+
+def _error(code: ErrorCode, reason: str) -> ErrorReply:
+    return ErrorReply(error=code.value, reason=reason)
+
+
+def _short(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{first['msg']} at {where or '<root>'} ({exc.error_count()} error(s))"
+
+
+def _log_send_error(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("event not published: %s", fut.exception())
+
+
+async def run_bridge(config: BridgeConfig, ready: Callable[[ConnectionInfo], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT or a ``shutdown`` command, then shut down in stages."""
+    bridge = Bridge(config)
+    info = await bridge.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, bridge.request_stop)
+    error = False
+    try:
+        if ready is not None:
+            ready(info)
+        await bridge.wait_stop_requested()
+    except BaseException:
+        error = True
+        raise
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await bridge.shutdown(error=error)

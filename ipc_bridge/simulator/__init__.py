@@ -1,0 +1,34 @@
+"""A simulated Roo Code extension host: the protocol of Roo's IpcServer + API with a scripted agent.
+
+Used as the extension host when no VS Code exists (tests, CI, dry runs of a suite). See
+docs/simulator.md for the script format and the engine differences it reproduces.
+"""
+
+from __future__ import annotations
+
+from .cli import run_simulator, serve
+from .host import SimulatorHost
+from .script import (
+    DEFAULT_SCRIPT,
+    Script,
+    ScriptError,
+    load_script,
+    normalize_engine,
+    parse_duration,
+    parse_script,
+)
+from .server import IpcServer
+
+__all__ = [
+    "DEFAULT_SCRIPT",
+    "IpcServer",
+    "Script",
+    "ScriptError",
+    "SimulatorHost",
+    "load_script",
+    "normalize_engine",
+    "parse_duration",
+    "parse_script",
+    "run_simulator",
+    "serve",
+]

@@ -1,0 +1,354 @@
+"""The scripted agent: replays, for one task, the event sequences the real engine sends (protocol notes 7).
+
+A script becomes a list of *turns*, one model request each: an optional followup question, one turn per
+tool call (``files`` first, then ``tools``), one per subtask delegation, then the final turn, which
+carries the outcome. The first turn streams the script's ``text``. ``duration`` is spread evenly over the
+turns; the seed jitters each step by +-20 %, so timings vary between seeds and never within one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .script import Script, ToolCall
+from .task import Clock, TaskInstance, Tokens
+from .tools import dumps, prepare
+
+MODE_NAMES = {
+    "architect": "🏗️ Architect",
+    "code": "💻 Code",
+    "ask": "❓ Ask",
+    "debug": "🪲 Debug",
+    "orchestrator": "🪃 Orchestrator",
+}
+"""Built-in modes, as modesResponse and the newTask ask name them."""
+
+DEFAULT_REQUEST = (1234, 56)
+"""(tokens in, tokens out) per model request when the script gives no ``tokens`` (the recordings' stub)."""
+
+_NO_REQUEST_END = {"hang", "crash", "api_error", "api_error_noauto"}
+
+
+class HostLink(Protocol):
+    """What the agent needs from the host."""
+
+    time_scale: float
+    status_delay: float
+    usage_window: float
+
+    def emit(self, name: str, *payload: Any) -> None: ...
+
+    def next_ts(self) -> int: ...
+
+    def new_task_id(self) -> str: ...
+
+    def set_current(self, instance: TaskInstance) -> None: ...
+
+    def crash(self) -> None: ...
+
+
+class Agent:
+    """Runs one script for one task id (and, recursively, its subtasks) on one clock."""
+
+    def __init__(
+        self,
+        host: HostLink,
+        script: Script,
+        *,
+        engine: str,
+        seed: int | str,
+        workspace: Path,
+        clock: Clock,
+        auto_approval: bool = True,
+    ) -> None:
+        self.host = host
+        self.script = script
+        self.engine = script.engine or engine
+        self.seed = script.seed if script.seed is not None else seed
+        self.workspace = Path(script.workspace) if script.workspace else workspace
+        self.clock = clock
+        self.auto_approval = auto_approval
+        self.rng = random.Random(f"agent:{self.seed}")
+        self.turns: list[tuple[str, Any]] = []
+        if script.outcome == "followup":
+            self.turns.append(("followup", None))
+        self.turns += [("tool", call) for call in script.tool_calls()]
+        self.turns += [("delegate", sub) for sub in script.subtasks]
+        self.turns.append(("final", script.outcome))
+        self.budget = script.duration * host.time_scale / len(self.turns)
+        self._requests = len(self.turns) - (1 if script.outcome in _NO_REQUEST_END else 0)
+        self._done_requests = 0
+
+    # ------------------------------------------------------------------------------- plumbing
+
+    def new_instance(
+        self, task_id: str, tokens: Tokens | None = None, parent_id: str | None = None
+    ) -> TaskInstance:
+        return TaskInstance(
+            task_id,
+            emit=self.host.emit,
+            next_ts=self.host.next_ts,
+            clock=self.clock,
+            usage_window=self.host.usage_window,
+            tokens=tokens,
+            parent_id=parent_id,
+        )
+
+    async def _sleep(self, fraction: float) -> None:
+        await self.clock.sleep(self.budget * fraction * self.rng.uniform(0.8, 1.2))
+
+    def _finish_request(self, inst: TaskInstance, req: int) -> None:
+        """The model request ``req`` ends: its api_req_started text gets the token counts."""
+        i, n = self._done_requests, max(1, self._requests)
+        self._done_requests += 1
+        tokens = self.script.tokens
+        if tokens is None:
+            t_in, t_out, c_w, c_r = (*DEFAULT_REQUEST, 0, 0)
+        else:
+            # cumulative integer split, so the totals equal the script's exactly
+            def share(total: int) -> int:
+                return total * (i + 1) // n - total * i // n
+
+            t_in, t_out = share(tokens.in_), share(tokens.out)
+            c_w, c_r = share(tokens.cache_writes), share(tokens.cache_reads)
+        cost = round(self.script.cost * (i + 1) / n, 10) - round(self.script.cost * i / n, 10)
+        inst.add_request(t_in, t_out, c_w, c_r, cost)
+        shown_cost = int(cost) if float(cost).is_integer() else round(cost, 10)
+        info = {"apiProtocol": "openai", "tokensIn": t_in, "tokensOut": t_out}
+        info |= {"cacheWrites": c_w, "cacheReads": c_r, "cost": shown_cost}
+        inst.update(req, text=dumps(info))
+
+    async def _stream(self, inst: TaskInstance, text: str, fraction: float, *, finish: bool = True) -> None:
+        n = max(1, min(self.script.chunks, len(text)))
+        cuts = [len(text) * k // n for k in range(n + 1)]
+        ts = inst.say("text", text[: cuts[1]], partial=True)
+        for k in range(2, n + 1):
+            await self._sleep(fraction / n)
+            inst.update(ts, text=text[: cuts[k]], partial=True)
+        if finish:
+            await self._sleep(fraction / n)
+            inst.update(ts, text=text, partial=False)
+
+    # ---------------------------------------------------------------------------------- task
+
+    def start(self, inst: TaskInstance, prompt: str) -> None:
+        """A task starts (7.1): created, focused, the prompt, zero usage (leading throttle), started."""
+        inst.event("taskCreated")
+        inst.event("taskFocused")
+        inst.say("text", prompt)
+        inst.event("taskStarted")
+
+    async def work(self, inst: TaskInstance, *, subtask: bool = False) -> bool:
+        """Play the turns. Returns True when a subtask finished (its parent resumes), False when the
+        task ended otherwise; a root that completed never returns (it idles until aborted)."""
+        current: TaskInstance | None = inst
+        for index, (kind, arg) in enumerate(self.turns):
+            assert current is not None
+            text = self.script.text if index == 0 else None
+            if kind == "final":
+                return await self._final(current, text, arg, subtask)
+            req = current.say("api_req_started", dumps({"apiProtocol": "openai"}))
+            await self._sleep(0.25)
+            if kind == "tool" and arg.text:
+                text = arg.text
+            if text:
+                await self._stream(current, text, 0.25)
+            if kind == "tool":
+                await self._tool(current, req, arg)
+            elif kind == "followup":
+                await self._followup(current, req)
+            else:
+                current = await self._delegate(current, req, arg, index)
+                if current is None:
+                    return False
+        raise AssertionError("a script always ends with a final turn")
+
+    async def _tool(self, inst: TaskInstance, req: int, call: ToolCall) -> None:
+        step = prepare(call, self.workspace)
+        if step.ask is not None:
+            ts = inst.ask(step.ask, step.partial_text, partial=True)
+            self._finish_request(inst, req)
+            await self._sleep(0.3)
+            inst.update(ts, text=step.final_text, partial=False, isProtected=False)
+            inst.update(ts, isAnswered=True)
+            inst.event("taskAskResponded")
+            failed = self._apply(inst, step.apply)
+            inst.count_tool(step.name, failed=failed)
+            if step.output is not None and not failed:
+                inst.say("command_output", step.output)
+        else:
+            self._finish_request(inst, req)
+            await self._sleep(0.3)
+            if step.failure in ("say_error", "both"):
+                inst.say("error", step.error)
+            if step.failure in ("tool_failed", "both"):
+                inst.event("taskToolFailed", step.name, step.error)
+            inst.count_tool(step.name, failed=True)
+        await self._sleep(0.2)
+
+    @staticmethod
+    def _apply(inst: TaskInstance, apply: Callable[[], None] | None) -> bool:
+        """Run a tool's effect on the workspace; a failing write shows as say:error. True if it failed."""
+        if apply is None:
+            return False
+        try:
+            apply()
+        except OSError as exc:
+            inst.say("error", f"Error writing file: {exc}")
+            return True
+        return False
+
+    async def _followup(self, inst: TaskInstance, req: int) -> None:
+        spec = self.script.followup
+        question = {"question": spec.question, "suggest": [{"answer": s, "mode": None} for s in spec.suggest]}
+        inst.ask("followup", dumps(question))
+        self._finish_request(inst, req)
+        inst.count_tool("ask_followup_question")
+        interactive = False
+        if inst.queue:
+            # a message queued while the task worked answers the question at once
+            answer = str(inst.queue.pop(0)["text"])
+            inst.event("queuedMessagesUpdated", list(inst.queue))
+        else:
+            token = object()
+
+            def become_interactive() -> None:
+                nonlocal interactive
+                interactive = True
+                inst.status("taskInteractive")
+
+            self.clock.schedule(self.clock.now + self.host.status_delay, token, become_interactive)
+            inst.answer = asyncio.get_running_loop().create_future()
+            try:
+                answer = await self.clock.wait(inst.answer)
+            finally:
+                inst.answer = None
+                self.clock.cancel(token)
+        inst.event("taskAskResponded")
+        if interactive:
+            inst.event("taskActive")
+        inst.say("user_feedback", answer)
+        await self._sleep(0.2)
+
+    async def _delegate(self, parent: TaskInstance, req: int, sub: Script, index: int) -> TaskInstance | None:
+        """new_task (7.3): the parent is aborted, the child runs, the parent is re-created (same id)."""
+        prompt = sub.prompt or f"Subtask {index} of {parent.id}"
+        ask = {"tool": "newTask", "mode": MODE_NAMES.get(sub.mode, sub.mode), "content": prompt, "todos": []}
+        ts = parent.ask("tool", dumps(ask), isProtected=False)
+        self._finish_request(parent, req)
+        await self._sleep(0.1)
+        parent.update(ts, isAnswered=True)
+        parent.event("taskAskResponded")
+        parent.count_tool("new_task")
+        parent.event("taskUnfocused")
+        parent.throttle.flush()
+        parent.event("taskAborted")
+        parent.aborted = True
+        parent.end()
+        await self._sleep(0.1)
+
+        child_agent = Agent(
+            self.host,
+            sub,
+            engine=self.engine,
+            seed=f"{self.seed}/{index}",
+            workspace=self.workspace,
+            clock=self.clock,
+            auto_approval=self.auto_approval,
+        )
+        child = child_agent.new_instance(self.host.new_task_id(), parent_id=parent.id)
+        self.host.set_current(child)
+        child_agent.start(child, prompt)
+        if not await child_agent.work(child, subtask=True):
+            return None
+        await self._sleep(0.05)
+
+        resumed = self.new_instance(parent.id, tokens=parent.tokens, parent_id=parent.parent_id)
+        self.host.set_current(resumed)
+        resumed.event("taskCreated")
+        resumed.event("taskFocused")
+        resumed.throttle.call()
+        resumed.event("taskActive")
+        resumed.event("taskStarted")
+        return resumed
+
+    # ------------------------------------------------------------------------------- outcomes
+
+    async def _final(self, inst: TaskInstance, text: str | None, outcome: str, subtask: bool) -> bool:
+        req = inst.say("api_req_started", dumps({"apiProtocol": "openai"}))
+        if outcome in ("api_error", "api_error_noauto"):
+            await self._api_error(inst, auto=outcome == "api_error" and self.auto_approval)
+        if outcome == "crash":
+            await self._sleep(0.25)
+            self.host.crash()
+            await self.clock.forever()
+        await self._sleep(0.25)
+        if outcome == "hang":
+            # the model stream never ends: partial text (if any), then silence
+            if text:
+                await self._stream(inst, text, 0.75, finish=False)
+            await self.clock.forever()
+        if text:
+            await self._stream(inst, text, 0.25)
+        if outcome == "aborted":
+            self._finish_request(inst, req)
+            await self._sleep(0.2)
+            inst.throttle.flush()
+            inst.event("taskAborted")
+            inst.aborted = True
+            inst.end()
+            return False
+        return await self._complete(inst, req, subtask)
+
+    async def _complete(self, inst: TaskInstance, req: int, subtask: bool) -> bool:
+        """attempt_completion (7.2): 3.50 sends taskCompleted, 3.52 only the completion ask."""
+        result = inst.say("completion_result", "", partial=True)
+        self._finish_request(inst, req)
+        await self._sleep(0.1)
+        inst.count_tool("attempt_completion")
+        if self.engine == "3.50":
+            inst.throttle.flush()
+            inst.event("taskCompleted", *inst.usage_payload(), {"isSubtask": subtask})
+        inst.update(result, text=self.script.completion, partial=False)
+        inst.completed = True
+        if subtask:
+            ts = inst.ask("tool", dumps({"tool": "finishTask"}), isProtected=False)
+            await self._sleep(0.05)
+            inst.update(ts, isAnswered=True)
+            inst.event("taskAskResponded")
+            inst.event("taskUnfocused")
+            inst.throttle.flush()
+            inst.event("taskAborted")
+            inst.aborted = True
+            inst.end()
+            return True
+        inst.ask("completion_result", "")
+        inst.schedule_status("taskIdle", self.host.status_delay)
+        await self.clock.forever()
+        return False  # pragma: no cover - forever() only ends by cancellation
+
+    async def _api_error(self, inst: TaskInstance, *, auto: bool) -> None:
+        """7.8: with auto-approval, retry countdowns forever; without, api_req_failed then idle."""
+        err = self.script.error
+        scale = self.host.time_scale
+        if not auto:
+            await self.clock.sleep(1.4 * scale)
+            inst.ask("api_req_failed", f"OpenAI completion error: {err.describe()}")
+            inst.schedule_status("taskIdle", self.host.status_delay)
+            await self.clock.forever()
+        await self.clock.sleep(1.3 * scale)
+        head = f"{err.status}\nOpenAI completion error: {err.describe()}\n"
+        wait = err.first_wait
+        while True:
+            ts = inst.say("api_req_retry_delayed", f"{head}<retry_timer>{wait}</retry_timer>", partial=True)
+            for remaining in range(wait - 1, 0, -1):
+                await self.clock.sleep(scale)
+                inst.update(ts, text=f"{head}<retry_timer>{remaining}</retry_timer>", partial=True)
+            await self.clock.sleep(scale)
+            inst.update(ts, text=head, partial=False)
+            await self.clock.sleep(1.2 * scale)
+            wait = min(wait * 2, err.max_wait)

@@ -1,0 +1,168 @@
+"""``orchestrate simulate``: serve a simulated Roo Code extension host on a socket until CloseTask."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .host import SimulatorHost
+from .script import ScriptError, load_script, normalize_engine
+
+log = logging.getLogger(__name__)
+
+MAX_SOCKET_PATH = 103  # sun_path is 108 bytes on Linux, 104 on macOS, NUL included
+
+
+async def serve(host: SimulatorHost, *, handle_signals: bool = True) -> None:
+    """Run ``host`` until CloseTask, a crash, or SIGTERM/SIGINT (which stop it cleanly)."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    await host.start()
+    try:
+        for sig in signals:
+            loop.add_signal_handler(sig, host.request_stop)
+        await host.wait_closed()
+    finally:
+        for sig in signals:
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+        await host.stop()
+
+
+def run_simulator(
+    socket_path: str,
+    *,
+    workspace: str | os.PathLike[str] | None = None,
+    engine: str = "3.52",
+    script: Mapping[str, Any] | str | Path | None = None,
+    seed: int = 0,
+    time_scale: float = 1.0,
+    status_delay: float = 2.0,
+    on_crash: Callable[[], None] | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """Serve one simulated host in a fresh event loop; returns the exit status (0 on a clean end)."""
+    host = SimulatorHost(
+        socket_path,
+        workspace=workspace,
+        engine=engine,
+        script=script,
+        seed=seed,
+        time_scale=time_scale,
+        status_delay=status_delay,
+        on_crash=on_crash,
+    )
+    asyncio.run(serve(host, handle_signals=handle_signals))
+    return 0
+
+
+def _crash_now() -> None:
+    # The crash outcome: die at once, no socket cleanup, no goodbye (like a killed VS Code window).
+    logging.shutdown()
+    os._exit(1)
+
+
+EPILOG = """\b
+Script format (YAML or JSON; every key optional; full reference in docs/simulator.md):
+  outcome: completed | aborted | hang | followup | crash | api_error | api_error_noauto
+  duration: 2s              total time of the agent's work ("500ms", "1m" or seconds)
+  text: "I will ..."        assistant text streamed first;  chunks: 1
+  files: {"a.py": "..."}    files written into the workspace (write_to_file calls)
+  tools: [{tool: apply_diff, path: a.py, search: x, replace: y}, ...]
+  tokens: {in: 1200, out: 300}   cost: 0.012   completion: "Done."
+  subtasks: [{...a script...}]   engine: "3.52"   seed: 7
+A task's StartNewTask configuration may carry its own script under the key
+"simulate"; its keys override the --script file's.
+"""
+
+
+@click.command("simulate", epilog=EPILOG)
+@click.option(
+    "--socket",
+    "socket_path",
+    envvar="ROO_CODE_IPC_SOCKET_PATH",
+    show_envvar=True,
+    required=True,
+    help="Path of the unix socket to serve (taken over if it exists).",
+)
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory the simulated agent writes files into.  [default: the current directory]",
+)
+@click.option(
+    "--engine",
+    default="3.52",
+    show_default=True,
+    metavar="3.52|3.50",
+    help="Engine whose completion events to reproduce: 3.52 (no taskCompleted) or 3.50; full versions "
+    "such as 3.52.1 are accepted.",
+)
+@click.option(
+    "--script",
+    "script_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="YAML/JSON script for every task (see below).  [default: complete after writing hello.txt]",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of task ids and timing jitter.")
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Multiplies every scripted duration (0.05 = 20x faster).",
+)
+@click.option(
+    "--status-delay",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds between an ask and its taskIdle/taskInteractive/taskResumable, as in the engine.",
+)
+def simulate(
+    socket_path: str,
+    workspace: Path | None,
+    engine: str,
+    script_file: Path | None,
+    seed: int,
+    time_scale: float,
+    status_delay: float,
+) -> None:
+    """Serve a simulated Roo Code extension host on a unix socket.
+
+    Speaks the extension's IPC protocol (node-ipc framing, Ack, task commands and events) with a
+    scripted, deterministic agent instead of a model. Runs until CloseTask, SIGTERM or SIGINT, then
+    removes the socket and exits 0.
+    """
+    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+        raise click.BadParameter(f"longer than {MAX_SOCKET_PATH} bytes", param_hint="--socket")
+    try:
+        engine = normalize_engine(engine)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--engine") from exc
+    if workspace is not None and not workspace.is_dir():
+        raise click.BadParameter(f"{workspace} is not a directory", param_hint="--workspace")
+    try:
+        script = load_script(script_file) if script_file is not None else None
+    except ScriptError as exc:
+        raise click.BadParameter(str(exc), param_hint="--script") from exc
+    run_simulator(
+        socket_path,
+        workspace=workspace,
+        engine=engine,
+        script=script,
+        seed=seed,
+        time_scale=time_scale,
+        status_delay=status_delay,
+        on_crash=_crash_now,
+    )

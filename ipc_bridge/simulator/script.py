@@ -1,0 +1,260 @@
+"""The simulator script: what a simulated task does, written by case authors in YAML or JSON.
+
+A script reaches the simulator two ways: ``--script FILE`` for the whole host, and per task under the key
+``simulate`` of the StartNewTask ``configuration`` (a key real hosts strip). Both are plain mappings; the
+per-task one is merged over the host one key by key (top-level keys only), then validated here. Unknown
+keys are errors: a typo in a case must fail loudly, not run a different scenario.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+Outcome = Literal["completed", "aborted", "hang", "followup", "crash", "api_error", "api_error_noauto"]
+Engine = Literal["3.52", "3.50"]
+ToolFailure = Literal["say_error", "tool_failed", "both"]
+
+ENGINES: tuple[str, ...] = get_args(Engine)
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|sec|m|min)?\s*")
+_UNITS = {None: 1.0, "s": 1.0, "sec": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0}
+
+
+class ScriptError(ValueError):
+    """A script that does not validate; the message names the key and what is wrong with it."""
+
+
+def parse_duration(value: Any) -> float:
+    """``"2s"``, ``"500ms"``, ``"1.5m"`` or a number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as '2s' or '500ms'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.fullmatch(value)
+        if match is None:
+            raise ValueError(f"bad duration {value!r}: use a number of seconds or e.g. '2s', '500ms', '1m'")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise ValueError("a duration is a number of seconds or a string such as '2s' or '500ms'")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a duration must be finite and >= 0, got {value!r}")
+    return seconds
+
+
+def _engine(value: Any) -> Any:
+    # YAML reads `engine: 3.50` as the float 3.5; also accept full versions such as "3.52.1".
+    if isinstance(value, float):
+        value = f"{value:.2f}"
+    if isinstance(value, str):
+        for engine in ENGINES:
+            if value == engine or value.startswith(engine + "."):
+                return engine
+    return value
+
+
+def normalize_engine(value: str | float) -> str:
+    """``"3.52"``, ``"3.52.1"``, ``3.5`` ... -> one of :data:`ENGINES`; ValueError otherwise."""
+    engine = _engine(value)
+    if engine not in ENGINES:
+        raise ValueError(
+            f"unknown engine {value!r}: use {' or '.join(ENGINES)} (or a full version like 3.52.1)"
+        )
+    return str(engine)
+
+
+def _relative_path(value: str) -> str:
+    path = PurePosixPath(value)
+    if not value or path.is_absolute() or ".." in path.parts:
+        raise ValueError(f"{value!r}: file paths are relative to the workspace and may not contain '..'")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+EngineName = Annotated[Engine, BeforeValidator(_engine)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Tokens(_Strict):
+    """Token totals for all of the task's own model requests (split evenly across them)."""
+
+    in_: int = Field(alias="in", ge=0)
+    out: int = Field(ge=0)
+    cache_writes: int = Field(0, ge=0)
+    cache_reads: int = Field(0, ge=0)
+
+
+class ToolCall(_Strict):
+    """One tool call of the agent (one model request each)."""
+
+    tool: str = Field(min_length=1)
+    path: str | None = None
+    content: str | None = None
+    search: str | None = None
+    replace: str | None = None
+    command: str | None = None
+    output: str = ""
+    fail: ToolFailure | None = None
+    error: str | None = None
+    text: str | None = None
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return None if value is None else _relative_path(value)
+
+    @model_validator(mode="after")
+    def _required_for_tool(self) -> ToolCall:
+        needs = {
+            "write_to_file": ("path", "content"),
+            "apply_diff": ("path",),
+            "execute_command": ("command",),
+        }
+        missing = [key for key in needs.get(self.tool, ()) if getattr(self, key) is None]
+        if missing and self.fail is None:
+            raise ValueError(f"tool {self.tool} needs {', '.join(missing)}")
+        return self
+
+
+class Followup(_Strict):
+    question: str = "Which option should I use?"
+    suggest: list[str] = Field(default_factory=lambda: ["yes", "no"])
+
+
+class ApiError(_Strict):
+    """The model endpoint's failure for the ``api_error*`` outcomes."""
+
+    status: int = Field(500, ge=100, le=599)
+    message: str | None = None
+    first_wait: int = Field(5, ge=1)
+    max_wait: int = Field(600, ge=1)
+
+    def describe(self) -> str:
+        return self.message or f"{self.status} simulated HTTP {self.status}"
+
+
+class Script(_Strict):
+    """What one simulated task does. Every key is optional; see docs/simulator.md."""
+
+    outcome: Outcome = "completed"
+    engine: EngineName | None = None
+    seed: int | None = None
+    duration: Duration = 2.0
+    prompt: str | None = None
+    text: str = "I will work on the task."
+    chunks: int = Field(1, ge=1, le=100_000)
+    files: dict[str, str] = Field(default_factory=dict)
+    tools: list[ToolCall] = Field(default_factory=list)
+    tokens: Tokens | None = None
+    cost: float = Field(0.0, ge=0, allow_inf_nan=False)
+    subtasks: list[Script] = Field(default_factory=list)
+    completion: str = "Task completed."
+    followup: Followup = Field(default_factory=Followup)
+    error: ApiError = Field(default_factory=ApiError)
+    mode: str = "code"
+    workspace: str | None = None
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, value: dict[str, str]) -> dict[str, str]:
+        for path in value:
+            _relative_path(path)
+        return value
+
+    def tool_calls(self) -> list[ToolCall]:
+        """``files`` as write_to_file calls, then ``tools``, in order."""
+        writes = [ToolCall(tool="write_to_file", path=p, content=c) for p, c in self.files.items()]
+        return writes + list(self.tools)
+
+
+DEFAULT_SCRIPT: dict[str, Any] = {
+    "outcome": "completed",
+    "text": "I will create the file.",
+    "files": {"hello.txt": "hello from the simulator\n"},
+    "completion": "Created hello.txt",
+}
+"""What a task does when neither the host nor the task gives a script."""
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (list, Union, Annotated) or type(annotation).__name__ == "UnionType":
+        for arg in get_args(annotation):
+            found = _model_of(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    model: type[BaseModel] | None = Script
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _model_of(field.annotation) if field is not None else None
+    if model is None:
+        return []
+    return sorted(field.alias or name for name, field in model.model_fields.items())
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(script)"
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc[:-1]))
+            lines.append(f"unknown key {where!r} (allowed here: {allowed})")
+        else:
+            lines.append(f"{where}: {err['msg']}")
+    return "invalid simulator script: " + "; ".join(lines)
+
+
+def parse_script(data: Any, base: Mapping[str, Any] | None = None) -> Script:
+    """Validate a script mapping, merged over ``base`` (top-level keys of ``data`` win)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ScriptError(f"invalid simulator script: expected a mapping, got {type(data).__name__}")
+    merged = {**(base or {}), **data}
+    try:
+        return Script.model_validate(merged)
+    except ValidationError as exc:
+        raise ScriptError(_describe(exc)) from None
+
+
+def load_script(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON script file; returns the validated mapping (kept raw for per-task merging)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ScriptError(f"cannot read simulator script {path}: {exc}") from exc
+    if data is None:
+        data = {}
+    parse_script(data)
+    return dict(data)

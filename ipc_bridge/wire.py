@@ -1,0 +1,511 @@
+"""The bridge's ZeroMQ wire format: pure (de)serialisation and signing, no sockets.
+
+Every message is one multipart ZeroMQ message, laid out like jupyter_client's::
+
+    [routing ids... | topic]  b"<IDS|MSG>"  signature  header  parent_header  content  [buffers...]
+
+* header, parent_header and content are orjson-encoded JSON objects; parent_header is ``{}`` when the
+  message has no cause.
+* signature is the hex HMAC-SHA256 of header, parent_header and content (in that order) under the run's
+  key. Routing ids, topics and buffers are not signed (a snapshot's buffers are whole events that carry
+  their own signatures).
+* Frames are counted and the signature is checked (``hmac.compare_digest``) *before* anything is parsed,
+  and a bounded history of seen signatures rejects replays. A retried request reuses its ``msg_id`` but
+  gets a fresh ``date``, so its signature differs and the bridge's reply cache, not the replay check, is
+  what recognises it.
+* Unknown ``msg_type``\\ s and extra fields are tolerated (content models keep extra keys).
+
+The message contents are defined once each, below, as pydantic models; ``docs/wire-format.md`` documents
+the whole protocol. :data:`VERSION` follows the rule "same major = compatible": minor bumps only add
+optional fields or message types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import os
+import secrets
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL = "roo-bridge"
+VERSION = "1.0"
+DELIM = b"<IDS|MSG>"
+SIGNATURE_SCHEME = "hmac-sha256"
+DIGEST_HISTORY_SIZE = 2**16
+MIN_FRAMES_AFTER_DELIM = 4  # signature, header, parent_header, content
+SNAPSHOT_FRAMES_PER_EVENT = 5  # topic, signature, header, parent_header, content
+
+BRIDGE_TOPIC = b"bridge."
+
+
+class WireError(ValueError):
+    """A multipart message that is not a valid bridge message."""
+
+
+class SignatureError(WireError):
+    """The signature is missing or does not match: the message is dropped unparsed."""
+
+
+class ReplayError(WireError):
+    """A signature seen before: a replayed message."""
+
+
+def new_id() -> str:
+    """16 random bytes as 32 hex digits: session ids."""
+    return secrets.token_hex(16)
+
+
+def new_key() -> str:
+    """A fresh HMAC key (hex) for one bridge run."""
+    return secrets.token_hex(32)
+
+
+def utcnow_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def major(version: str) -> str:
+    return version.split(".", 1)[0]
+
+
+# ------------------------------------------------------------------------------------------ topics
+
+
+def slot_topic(slot: str) -> bytes:
+    """Prefix of every event of ``slot``; also the exact topic of slot-level events."""
+    return f"slot.{slot}.".encode()
+
+
+def task_topic(slot: str, task_id: str) -> bytes:
+    return f"slot.{slot}.task.{task_id}".encode()
+
+
+# ------------------------------------------------------------------------------------------ header
+
+
+@dataclass(frozen=True)
+class Header:
+    msg_id: str
+    session: str
+    msg_type: str
+    version: str = VERSION
+    date: str = ""
+    protocol: str = PROTOCOL
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "msg_id": self.msg_id,
+            "session": self.session,
+            "msg_type": self.msg_type,
+            "version": self.version,
+            "date": self.date,
+            "protocol": self.protocol,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Header:
+        """Lenient: extra keys are ignored, the five required ones must be strings."""
+        if not isinstance(data, dict):
+            raise WireError("header is not an object")
+        try:
+            values = {k: data[k] for k in ("msg_id", "session", "msg_type", "version", "date")}
+        except KeyError as exc:
+            raise WireError(f"header lacks {exc.args[0]!r}") from None
+        if not all(isinstance(v, str) for v in values.values()):
+            raise WireError("header fields must be strings")
+        protocol = data.get("protocol", PROTOCOL)
+        return cls(**values, protocol=protocol if isinstance(protocol, str) else PROTOCOL)
+
+
+@dataclass
+class Message:
+    """A verified, parsed message. ``parent`` is the parent header as sent (``{}`` when none) and
+    ``content`` the raw content object: validate it with the model for ``header.msg_type``."""
+
+    header: Header
+    parent: dict[str, Any]
+    content: dict[str, Any]
+    idents: list[bytes] = field(default_factory=list)
+    buffers: list[bytes] = field(default_factory=list)
+    signature: bytes = b""
+
+    @property
+    def msg_type(self) -> str:
+        return self.header.msg_type
+
+    @property
+    def parent_msg_id(self) -> str | None:
+        value = self.parent.get("msg_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def topic(self) -> bytes:
+        """On the event channel, the one frame before the delimiter."""
+        return self.idents[0] if self.idents else b""
+
+
+ParentLike = Header | dict[str, Any] | None
+
+
+def _parent_dict(parent: ParentLike) -> dict[str, Any]:
+    if parent is None:
+        return {}
+    if isinstance(parent, Header):
+        return parent.to_dict()
+    return parent
+
+
+def pack(obj: BaseModel | dict[str, Any]) -> bytes:
+    return orjson.dumps(obj.model_dump() if isinstance(obj, BaseModel) else obj)
+
+
+# ----------------------------------------------------------------------------------------- session
+
+
+class Session:
+    """Signs, serialises and verifies messages for one process (one ``session`` id per lifetime).
+
+    ``msg_id`` is ``{session}_{pid}_{counter}``: unique, cheap, and it names the sending process.
+    """
+
+    def __init__(
+        self,
+        key: str | bytes,
+        *,
+        signature_scheme: str = SIGNATURE_SCHEME,
+        session: str | None = None,
+        digest_history_size: int = DIGEST_HISTORY_SIZE,
+    ) -> None:
+        if signature_scheme != SIGNATURE_SCHEME:
+            raise ValueError(f"unsupported signature scheme {signature_scheme!r} (only {SIGNATURE_SCHEME})")
+        key_bytes = key.encode() if isinstance(key, str) else key
+        # An empty key disables signing, as in jupyter_client; the bridge always sets one.
+        self._auth = hmac.new(key_bytes, digestmod=hashlib.sha256) if key_bytes else None
+        self.session = session or new_id()
+        self.pid = os.getpid()
+        self._counter = itertools.count()
+        self.digest_history_size = digest_history_size
+        self._digests: OrderedDict[bytes, None] = OrderedDict()
+
+    # ------------------------------------------------------------------------------------- build
+
+    def new_msg_id(self) -> str:
+        return f"{self.session}_{self.pid}_{next(self._counter)}"
+
+    def header(self, msg_type: str, msg_id: str | None = None) -> Header:
+        return Header(
+            msg_id=msg_id or self.new_msg_id(), session=self.session, msg_type=msg_type, date=utcnow_iso()
+        )
+
+    def sign(self, parts: Iterable[bytes]) -> bytes:
+        if self._auth is None:
+            return b""
+        mac = self._auth.copy()
+        for part in parts:
+            mac.update(part)
+        return mac.hexdigest().encode()
+
+    def serialize_parts(
+        self, header: Header, parent: ParentLike, content: BaseModel | dict[str, Any]
+    ) -> list[bytes]:
+        """``[signature, header, parent, content]``: the signed part of a message."""
+        if os.getpid() != self.pid:
+            # A forked child must build its own Session (and zmq context): zmq-design rule 9.
+            raise WireError("Session used from a forked process")
+        parts = [orjson.dumps(header.to_dict()), orjson.dumps(_parent_dict(parent)), pack(content)]
+        return [self.sign(parts), *parts]
+
+    def serialize(
+        self,
+        msg_type: str,
+        content: BaseModel | dict[str, Any],
+        parent: ParentLike = None,
+        *,
+        idents: Sequence[bytes] = (),
+        msg_id: str | None = None,
+        buffers: Sequence[bytes] = (),
+    ) -> list[bytes]:
+        """The whole multipart message, ready for ``send_multipart``."""
+        header = self.header(msg_type, msg_id)
+        return [*idents, DELIM, *self.serialize_parts(header, parent, content), *buffers]
+
+    # ------------------------------------------------------------------------------------- parse
+
+    def deserialize(self, frames: Sequence[bytes], *, check_replay: bool = True) -> Message:
+        """Verify then parse. Raises :class:`WireError` (or a subclass) and parses nothing unverified."""
+        try:
+            delim = frames.index(DELIM)
+        except ValueError:
+            raise WireError("no <IDS|MSG> delimiter") from None
+        idents = list(frames[:delim])
+        rest = frames[delim + 1 :]
+        if len(rest) < MIN_FRAMES_AFTER_DELIM:
+            raise WireError(f"{len(rest)} frames after the delimiter, need {MIN_FRAMES_AFTER_DELIM}")
+        signature, h, p, c = rest[:4]
+        self.verify(signature, (h, p, c), check_replay=check_replay)
+        try:
+            header_data, parent, content = orjson.loads(h), orjson.loads(p), orjson.loads(c)
+        except orjson.JSONDecodeError as exc:
+            raise WireError(f"invalid JSON: {exc}") from None
+        if not isinstance(parent, dict) or not isinstance(content, dict):
+            raise WireError("parent_header and content must be objects")
+        return Message(
+            header=Header.from_dict(header_data),
+            parent=parent,
+            content=content,
+            idents=idents,
+            buffers=list(rest[4:]),
+            signature=bytes(signature),
+        )
+
+    def verify(self, signature: bytes, parts: Sequence[bytes], *, check_replay: bool = True) -> None:
+        if self._auth is None:
+            return
+        if not signature:
+            raise SignatureError("unsigned message")
+        if not hmac.compare_digest(bytes(signature), self.sign(parts)):
+            raise SignatureError("invalid signature")
+        if not check_replay:
+            return
+        sig = bytes(signature)
+        if sig in self._digests:
+            raise ReplayError("duplicate signature (replayed message)")
+        self._digests[sig] = None
+        if len(self._digests) > self.digest_history_size:
+            self._digests.popitem(last=False)
+
+
+def split_snapshot_buffers(buffers: Sequence[bytes]) -> list[list[bytes]]:
+    """A snapshot reply's buffers as whole event messages ``[topic, DELIM, sig, header, parent, content]``."""
+    n = SNAPSHOT_FRAMES_PER_EVENT
+    if len(buffers) % n:
+        raise WireError(f"snapshot buffers not a multiple of {n}")
+    return [[buffers[i], DELIM, *buffers[i + 1 : i + n]] for i in range(0, len(buffers), n)]
+
+
+# ----------------------------------------------------------------------------------------- content
+
+
+class Content(BaseModel):
+    """Base of every message content: extra keys are kept (newer peers may add fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+SlotName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+"""No dots: topics are ``slot.<slot>.``, and ZeroMQ matches topics by prefix."""
+
+
+class ErrorCode(str, Enum):
+    UNKNOWN_SLOT = "unknown_slot"
+    SLOT_DOWN = "slot_down"
+    SLOT_EXISTS = "slot_exists"
+    CONNECT_FAILED = "connect_failed"
+    INVALID_COMMAND = "invalid_command"
+    INVALID_REQUEST = "invalid_request"
+    UNKNOWN_MSG_TYPE = "unknown_msg_type"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    TIMEOUT = "timeout"
+    SHUTTING_DOWN = "shutting_down"
+    INTERNAL = "internal"
+
+
+# requests (worker -> bridge, on the ROUTER)
+
+
+class AttachRequest(Content):
+    slot: SlotName
+    socket_path: str
+    connect_timeout: float = Field(default=30.0, gt=0)
+
+
+class DetachRequest(Content):
+    slot: SlotName
+
+
+class SlotsRequest(Content):
+    pass
+
+
+class TaskCommandRequest(Content):
+    slot: SlotName
+    command: dict[str, Any]
+    """A Roo TaskCommand (``{"commandName": ..., "data": ...}``), validated by the bridge."""
+
+
+class SnapshotRequest(Content):
+    slot: SlotName
+    since_seq: int | None = Field(default=0, ge=0)
+    """Events with ``seq > since_seq``; None asks only for the slot's current ``last_seq``."""
+    limit: int = Field(default=10_000, ge=0)
+
+
+class HeartbeatRequest(Content):
+    pass
+
+
+class ShutdownRequest(Content):
+    pass
+
+
+# replies (msg_type ``<request>_reply``, parent = the request's header)
+
+
+class Reply(Content):
+    status: Literal["ok"] = "ok"
+
+
+class ErrorReply(Content):
+    status: Literal["error"] = "error"
+    error: str
+    """An :class:`ErrorCode` value (kept as a string so that newer codes still parse)."""
+    reason: str
+
+
+class SlotInfo(Content):
+    slot: str
+    state: str
+    """``connecting``, ``up``, ``down`` (lost, reconnecting) or ``detached``."""
+    socket_path: str
+    client_id: str | None = None
+    pid: int | None = None
+    seq: int = 0
+    first_seq: int = 0
+    """Oldest seq still in the replay buffer (0 when it is empty)."""
+    last_error: str | None = None
+
+
+class AttachReply(Reply):
+    slot: SlotInfo
+
+
+class DetachReply(Reply):
+    slot: str
+
+
+class SlotsReply(Reply):
+    slots: list[SlotInfo]
+
+
+class TaskCommandReply(Reply):
+    slot: str
+    command_name: str
+    task_id: str | None = None
+    """StartNewTask: the Roo task id of the first ``taskCreated`` with a new id after the command."""
+    response: Any = None
+    """Get*: the payload of the commandsResponse / modesResponse / modelsResponse."""
+
+
+class SnapshotReply(Reply):
+    """Followed by ``count`` events as buffers, five frames each (see :func:`split_snapshot_buffers`)."""
+
+    slot: str
+    since_seq: int | None
+    first_seq: int
+    last_seq: int
+    count: int
+    complete: bool
+    """False when the buffer no longer reaches back to ``since_seq + 1``: events were lost for good."""
+    more: bool
+    """True when ``limit`` cut the answer short: ask again from the last seq received."""
+
+
+class HeartbeatReply(Reply):
+    session: str
+    pid: int
+    slots: int
+
+
+class ShutdownReply(Reply):
+    pass
+
+
+# events (bridge -> workers, on the XPUB). Sequenced ones carry the slot's ``seq``.
+
+
+class TaskEventContent(Content):
+    slot: str
+    seq: int
+    task_id: str | None
+    event: dict[str, Any]
+    """The Roo TaskEvent as the extension sent it (parse with ``protocol.parse_task_event``)."""
+
+
+class SlotUpContent(Content):
+    slot: str
+    seq: int
+    socket_path: str
+    client_id: str
+    pid: int
+
+
+class SlotDownContent(Content):
+    slot: str
+    seq: int
+    reason: str
+
+
+class BridgeStoppingContent(Content):
+    slot: str | None = None
+    seq: int | None = None
+
+
+class WelcomeContent(Content):
+    subscription: str
+
+
+class HugzContent(Content):
+    slot: str | None = None
+    seq: int | None = None
+    """The slot's last seq: a subscriber behind it has missed events."""
+    state: str | None = None
+
+
+REQUESTS: dict[str, type[Content]] = {
+    "attach": AttachRequest,
+    "detach": DetachRequest,
+    "slots": SlotsRequest,
+    "task_command": TaskCommandRequest,
+    "snapshot": SnapshotRequest,
+    "heartbeat": HeartbeatRequest,
+    "shutdown": ShutdownRequest,
+}
+REPLIES: dict[str, type[Reply]] = {
+    "attach": AttachReply,
+    "detach": DetachReply,
+    "slots": SlotsReply,
+    "task_command": TaskCommandReply,
+    "snapshot": SnapshotReply,
+    "heartbeat": HeartbeatReply,
+    "shutdown": ShutdownReply,
+}
+EVENTS: dict[str, type[Content]] = {
+    "task_event": TaskEventContent,
+    "slot_up": SlotUpContent,
+    "slot_down": SlotDownContent,
+    "bridge_stopping": BridgeStoppingContent,
+    "welcome": WelcomeContent,
+    "hugz": HugzContent,
+}
+SEQUENCED_EVENTS = frozenset({"task_event", "slot_up", "slot_down", "bridge_stopping"})
+
+
+def reply_type(request_type: str) -> str:
+    return f"{request_type}_reply"
+
+
+def parse_reply(request_type: str, content: dict[str, Any]) -> Reply | ErrorReply:
+    """The typed content of a reply to ``request_type`` (an :class:`ErrorReply` when it says error)."""
+    if content.get("status") == "error":
+        return ErrorReply.model_validate(content)
+    return REPLIES.get(request_type, Reply).model_validate(content)

@@ -1,0 +1,5 @@
+"""``python -m orchestrator`` is ``orchestrate``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,321 @@
+"""One attempt, start to finish: workspace → host → StartNewTask → outcome → check → record.
+
+Runs inside a worker process, in asyncio, through that process's one :class:`BridgeClient`. Every path
+out of :meth:`AttemptRunner.run` — success, agent failure, host crash, bridge loss, cancellation —
+produces exactly one record and leaves no host process, socket or workspace behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from ipc_bridge.client import BridgeClient, BridgeError, Event
+
+from .config import CommandTarget, SimulatorTarget, SocketTarget, Target, VscodeTarget
+from .grading import CheckResult, run_command
+from .hosts import (
+    Host,
+    HostError,
+    fill_placeholders,
+    launch,
+    simulator_argv,
+    socket_path_for,
+    vscode_argv,
+    xvfb_wrap,
+)
+from .outcome import OutcomeTracker, Status
+from .plan import Attempt
+from .results import AttemptRecord, Timings, final_for
+
+log = logging.getLogger(__name__)
+
+SLOT_DOWN = "slot_down"
+TASK_EVENT = "task_event"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker needs (picklable; no sockets, no contexts)."""
+
+    run_id: str
+    connection_file: str
+    runtime_dir: str
+    work_dir: str
+    target: Target
+    keep_workspaces: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    attempt: Attempt
+    number: int
+    """1 for the first try, then counting retries."""
+    socket: str | None = None
+    """For ``socket`` targets: the leased host's socket path."""
+
+
+@dataclass
+class JobResult:
+    record: dict[str, Any]
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _Phase:
+    def __init__(self) -> None:
+        self.timings = Timings()
+        self._t = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        setattr(self.timings, name, round(now - self._t, 4))
+        self._t = now
+
+
+class AttemptRunner:
+    """Runs jobs for one worker process; several at once (one asyncio task each)."""
+
+    def __init__(self, client: BridgeClient, config: WorkerConfig, wid: int) -> None:
+        self.client = client
+        self.config = config
+        self.wid = wid
+        self._counter = itertools.count(1)
+
+    async def run(self, job: Job) -> JobResult:
+        started = datetime.now(timezone.utc)
+        phase = _Phase()
+        attempt = job.attempt
+        n = next(self._counter)
+        slot = f"w{self.wid}-{n}"
+        transcript: list[dict[str, Any]] = []
+        tracker: OutcomeTracker | None = None
+        host: Host | None = None
+        check: CheckResult | None = None
+        status, reason = Status.INFRA_ERROR, ""
+        error_class: Literal["infra", "harness"] | None = "infra"
+        error: str | None = None
+        workspace = Path(tempfile.mkdtemp(prefix=f"{attempt.key.slug[:40]}-", dir=self.config.work_dir))
+        try:
+            try:
+                await self._prepare(attempt, workspace)
+                phase.lap("setup_s")
+            except _HarnessError as exc:
+                raise _Stop(Status.INFRA_ERROR, "setup failed", "harness", str(exc)) from exc
+            try:
+                host, socket_path = await self._host(job, workspace, slot)
+                await self.client.attach(slot, socket_path, connect_timeout=self._launch_timeout())
+                phase.lap("launch_s")
+            except (HostError, BridgeError, OSError) as exc:
+                raise _Stop(Status.INFRA_ERROR, "extension host did not come up", "infra", str(exc)) from exc
+            tracker = await self._follow(attempt, slot, transcript)
+            outcome = tracker.result()
+            status, reason = outcome.status, outcome.reason
+            error_class = "infra" if status.is_infra else None
+            phase.lap("agent_s")
+            await self._teardown(slot, host, tracker)
+            host = None
+            phase.lap("teardown_s")
+            if not status.is_infra and attempt.case.check:
+                check = await run_command(
+                    attempt.case.check, workspace, timeout=attempt.check_timeout, env=attempt.env or None
+                )
+                phase.lap("check_s")
+        except _Stop as stop:
+            status, reason, error_class, error = stop.status, stop.reason, stop.error_class, stop.detail
+        except asyncio.CancelledError:
+            status, reason, error_class = Status.CANCELLED, "cancelled by the orchestrator", None
+            if tracker is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.client.cancel(slot), 2)
+        finally:
+            if host is not None:
+                await asyncio.shield(self._cleanup_host(slot, host))
+            if not self.config.keep_workspaces:
+                shutil.rmtree(workspace, ignore_errors=True)
+        if check is not None:
+            passed: bool | None = check.passed
+        else:
+            passed = True if status is Status.COMPLETED and not attempt.case.check else None
+        ended = datetime.now(timezone.utc)
+        record = AttemptRecord(
+            run_id=self.config.run_id,
+            case_id=attempt.key.case_id,
+            model_id=attempt.key.model_id,
+            repeat=attempt.key.repeat,
+            config_hash=attempt.key.config_hash,
+            attempt=job.number,
+            final=final_for(status, job.number, attempt.retries),
+            status=status,
+            passed=passed,
+            reason=reason,
+            error_class=error_class if (status.is_infra or error) else None,
+            error=error,
+            task_id=tracker.root if tracker else None,
+            slot=slot,
+            started_at=started,
+            ended_at=ended,
+            duration_s=round((ended - started).total_seconds(), 4),
+            timings=phase.timings,
+            check=check,
+            tags=list(attempt.tags),
+        )
+        if tracker is not None:
+            record.metrics = tracker.metrics()
+        return JobResult(record.model_dump(mode="json"), transcript)
+
+    # ---------------------------------------------------------------------------------- phases
+
+    async def _prepare(self, attempt: Attempt, workspace: Path) -> None:
+        template = attempt.case.workspace
+        if template is not None:
+            await asyncio.to_thread(shutil.copytree, template, workspace, dirs_exist_ok=True, symlinks=True)
+        for command in attempt.case.setup:
+            result = await run_command(
+                command, workspace, timeout=attempt.setup_timeout, env=attempt.env or None
+            )
+            if not result.passed:
+                raise _HarnessError(
+                    f"setup command {command!r} exited {result.exit_code}: {result.output_tail[-500:]}"
+                )
+
+    def _launch_timeout(self) -> float:
+        target = self.config.target
+        if isinstance(target, SocketTarget):
+            return float(target.connect_timeout)
+        return float(target.launch_timeout)
+
+    async def _host(self, job: Job, workspace: Path, slot: str) -> tuple[Host | None, str]:
+        target = self.config.target
+        if isinstance(target, SocketTarget):
+            if job.socket is None:
+                raise HostError("socket target without a leased socket")
+            return None, job.socket
+        socket_path = socket_path_for(Path(self.config.runtime_dir), slot)
+        log_path = Path(self.config.work_dir) / f"{slot}.host.log"
+        if isinstance(target, SimulatorTarget):
+            opts = target.options
+            argv = [
+                *simulator_argv(
+                    engine=target.engine,
+                    time_scale=opts.get("time_scale"),
+                    status_delay=opts.get("status_delay"),
+                ),
+                "--workspace",
+                str(workspace),
+            ]
+            env: dict[str, str] = {}
+        elif isinstance(target, VscodeTarget):
+            user_data = target.user_data_dir or Path(self.config.work_dir) / f"{slot}.vscode"
+            extra = list(target.args)
+            if target.extensions_dir:
+                extra.append(f"--extensions-dir={target.extensions_dir}")
+            xvfb = "auto" if target.xvfb == "auto" else ("on" if target.xvfb else "off")
+            argv = xvfb_wrap(vscode_argv(target.code, workspace, user_data, extra), xvfb)
+            env = dict(target.env)
+        elif isinstance(target, CommandTarget):
+            values = {"socket": socket_path, "workspace": str(workspace), "slot": slot}
+            argv = fill_placeholders(target.argv, values)
+            env = {k: fill_placeholders([v], values)[0] for k, v in target.env.items()}
+        else:  # pragma: no cover - the config union is exhaustive
+            raise HostError(f"unknown target {target!r}")
+        host = await launch(argv, socket_path=socket_path, workspace=workspace, env=env, log_path=log_path)
+        return host, socket_path
+
+    async def _follow(self, attempt: Attempt, slot: str, transcript: list[dict[str, Any]]) -> OutcomeTracker:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        tracker = OutcomeTracker(t0, attempt.limits)
+        inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        pump = asyncio.ensure_future(self._pump(slot, inbox))
+        try:
+            configuration = dict(attempt.configuration)
+            if isinstance(self.config.target, SimulatorTarget) and attempt.case.simulate is not None:
+                configuration["simulate"] = attempt.case.simulate
+            try:
+                await self.client.start_task(
+                    slot, attempt.prompt, configuration, timeout=attempt.limits.start_timeout + 10
+                )
+            except BridgeError as exc:
+                tracker.force(Status.INFRA_ERROR, f"StartNewTask failed: {exc}", loop.time())
+                return tracker
+            while not tracker.done:
+                now = loop.time()
+                deadline = tracker.next_deadline()
+                wait = 1.0 if deadline is None else max(0.0, deadline - now)
+                try:
+                    item = await asyncio.wait_for(inbox.get(), wait)
+                except asyncio.TimeoutError:
+                    tracker.tick(loop.time())
+                    continue
+                now = loop.time()
+                if isinstance(item, BaseException):
+                    tracker.force(Status.INFRA_ERROR, f"lost the event stream: {item}", now)
+                elif item.msg_type == TASK_EVENT:
+                    event = item.task_event()
+                    transcript.append(
+                        {"t": round(now - t0, 4), "dir": "in", "seq": item.seq, "event": event.wire()}
+                    )
+                    tracker.feed(event, now)
+                elif item.msg_type == SLOT_DOWN:
+                    tracker.force(Status.INFRA_ERROR, "extension host disconnected", now)
+                tracker.tick(now)
+            return tracker
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+
+    async def _pump(self, slot: str, inbox: asyncio.Queue[Event | BaseException]) -> None:
+        try:
+            async with contextlib.aclosing(self.client.events(slot, since_seq=0)) as stream:
+                async for event in stream:
+                    inbox.put_nowait(event)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            inbox.put_nowait(exc)
+
+    async def _teardown(self, slot: str, host: Host | None, tracker: OutcomeTracker) -> None:
+        status = tracker.status
+        if status is not None and status.task_left_running:
+            with contextlib.suppress(BridgeError):
+                await self.client.cancel(slot)
+        await self._cleanup_host(slot, host)
+
+    async def _cleanup_host(self, slot: str, host: Host | None) -> None:
+        """CloseTask, give the host its grace to exit, then make sure it is gone; detach the slot."""
+        if host is not None:
+            with contextlib.suppress(BridgeError, asyncio.TimeoutError):
+                await asyncio.wait_for(self.client.close_task(slot), 5)
+            grace = float(getattr(self.config.target, "close_grace", 10.0))
+            proc = host.process
+            if proc is not None:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(proc.wait(), grace)
+            await host.stop(grace=2.0)
+        with contextlib.suppress(BridgeError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.client.detach(slot), 5)
+
+
+class _HarnessError(Exception):
+    pass
+
+
+class _Stop(Exception):
+    def __init__(
+        self, status: Status, reason: str, error_class: Literal["infra", "harness"] | None, detail: str
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.error_class = error_class
+        self.detail = detail

@@ -1,0 +1,514 @@
+"""The suite file: validated models, loading with line numbers and ``${ENV}``, redaction, CLI overrides.
+
+::
+
+    suite = load_suite("configs/suite.yaml")           # raises SuiteError (exit code 2) on any problem
+    suite = apply_overrides(suite, slots=8, tags=["python"])
+    suite.redacted()                                     # JSON-ready, secrets replaced by "***"
+
+Paths in the file are relative to the file's directory. Every mapping refuses unknown keys, except the
+``configuration`` blocks (RooCodeSettings has hundreds of keys; the ones we know are type-checked
+because one wrong-typed key makes the engine drop StartNewTask silently) and ``simulate`` (checked by
+the simulator). Top-level keys starting with ``x-`` are ignored: a place for YAML anchors
+(``x-common: &common {...}``, then ``<<: *common`` in each case).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import string
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ipc_bridge.protocol import RooCodeSettings
+
+from .durations import Duration
+from .outcome import OutcomeLimits
+from .suite_yaml import (
+    Problem,
+    Redactor,
+    SuiteError,
+    duplicate_ids,
+    interpolate,
+    load_marked_yaml,
+    validation_problems,
+)
+
+__all__ = [
+    "Budget",
+    "Case",
+    "CommandTarget",
+    "Defaults",
+    "ModelSpec",
+    "Redactor",
+    "SimulatorTarget",
+    "SocketTarget",
+    "Suite",
+    "SuiteError",
+    "Target",
+    "VscodeTarget",
+    "apply_overrides",
+    "load_suite",
+]
+
+TARGET_PLACEHOLDERS = ("socket", "workspace", "slot")
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _check_id(value: str) -> str:
+    # ids become file names: events/<case>__<model>__<repeat>__<attempt>.jsonl
+    if not _SAFE_ID.fullmatch(value) or ".." in value or "__" in value:
+        raise ValueError(
+            f"{value!r} cannot be used in a file name: use letters, digits, '.', '_' and '-', start with a "
+            "letter or digit, at most 64 characters, and no '..' or '__'"
+        )
+    return value
+
+
+def _check_command(value: Any) -> Any:
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value) and value[0]:
+        return value
+    raise ValueError(
+        f"a command is a non-empty shell string (check: python -m pytest -q) or a list of arguments "
+        f"(check: [python, -m, pytest]); got {value!r}"
+    )
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    ctx = info.context if isinstance(info.context, dict) else {}
+    return Path(ctx.get("base_dir") or Path.cwd())
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    path = value.expanduser()
+    return path if path.is_absolute() else Path(os.path.normpath(_base_dir(info) / path))
+
+
+SafeId = Annotated[str, AfterValidator(_check_id)]
+Command = Annotated[str | list[str], BeforeValidator(_check_command)]
+"""A shell string (run with ``sh -c``) or an argv list."""
+Settings = Annotated[RooCodeSettings, PlainSerializer(lambda s: s.wire(), return_type=dict)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------------------------ targets
+
+
+class _Launched(_Strict):
+    slots: int = Field(default=4, ge=1, le=1024)
+    """Extension hosts used at once."""
+    launch_timeout: Duration = 60.0
+    """How long a launched host may take until its socket answers."""
+    close_grace: Duration = 10.0
+    """After CloseTask, how long a host may take to exit before it is terminated."""
+
+
+class SimulatorTarget(_Launched):
+    kind: Literal["simulator"] = "simulator"
+    engine: str | None = None
+    """Engine version the simulator imitates (e.g. 3.52.1, 3.50.4); the simulator's default if unset."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Passed through to the simulator."""
+
+
+class SocketTarget(_Strict):
+    kind: Literal["socket"] = "socket"
+    sockets: list[Path] = Field(min_length=1)
+    """Sockets of hosts that already run; attached, never launched or closed."""
+    slots: int = Field(ge=1)
+    """Defaults to the number of sockets."""
+    connect_timeout: Duration = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_slots(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "slots" not in data and isinstance(data.get("sockets"), list):
+            data = {**data, "slots": max(len(data["sockets"]), 1)}
+        return data
+
+    @field_validator("sockets")
+    @classmethod
+    def _resolve_sockets(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        paths = [_resolve(p, info) for p in value]
+        if len(set(paths)) != len(paths):
+            raise ValueError("a socket is listed twice: list each host's socket once")
+        return paths
+
+    @model_validator(mode="after")
+    def _slots_fit(self) -> SocketTarget:
+        if self.slots > len(self.sockets):
+            raise ValueError(
+                f"slots: {self.slots} is more than the {len(self.sockets)} sockets listed: "
+                "lower slots or list more sockets"
+            )
+        return self
+
+
+class VscodeTarget(_Launched):
+    kind: Literal["vscode"] = "vscode"
+    code: str = "code"
+    """The VS Code executable (a name on PATH or a path)."""
+    args: list[str] = Field(default_factory=list)
+    xvfb: Literal["auto"] | bool = "auto"
+    """Run under xvfb-run: always, never, or when there is no DISPLAY."""
+    user_data_dir: Path | None = None
+    extensions_dir: Path | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("user_data_dir", "extensions_dir")
+    @classmethod
+    def _resolve_dirs(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+
+class CommandTarget(_Launched):
+    kind: Literal["command"] = "command"
+    argv: list[str] = Field(min_length=1)
+    """The host's command line; {socket}, {workspace} and {slot} are filled in ({{ }} for braces)."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Added to the host's environment (placeholders filled in too)."""
+    cwd: Path | None = None
+
+    @field_validator("argv", "env")
+    @classmethod
+    def _placeholders(cls, value: Any) -> Any:
+        items = value if isinstance(value, list) else list(value.values())
+        for item in items:
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(item) if f is not None]
+            except ValueError as exc:
+                raise ValueError(f"{item!r}: {exc}; write {{{{ and }}}} for literal braces") from None
+            for name in fields:
+                if name not in TARGET_PLACEHOLDERS:
+                    raise ValueError(
+                        f"unknown placeholder {{{name}}} in {item!r}: use {{socket}}, {{workspace}} or "
+                        "{slot}, and {{ }} for literal braces"
+                    )
+        return value
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve(value, info)
+        if not path.is_dir():
+            raise ValueError(f"directory {path} does not exist: create it or fix the path")
+        return path
+
+
+Target = Annotated[SimulatorTarget | SocketTarget | VscodeTarget | CommandTarget, Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------------- suite and cases
+
+
+class Defaults(_Strict):
+    timeout: Duration = 300.0
+    """Wall clock per attempt (Roo's own evals use 5 minutes)."""
+    retries: int = Field(default=2, ge=0, le=100)
+    """Extra attempts after an infrastructure failure (never after an agent failure)."""
+    retry_backoff: Duration = 5.0
+    """First backoff; it doubles per retry, with jitter, up to retry_backoff_max."""
+    retry_backoff_max: Duration = 120.0
+    configuration: Settings = Field(default_factory=RooCodeSettings)
+    """RooCodeSettings sent with StartNewTask; each model's, then each case's, merge over it."""
+    setup_timeout: Duration = 300.0
+    check_timeout: Duration = 120.0
+    env: dict[str, str] = Field(default_factory=dict)
+    """Added to the environment of setup and check commands."""
+    start_timeout: Duration = 30.0
+    ask_timeout: Duration = 60.0
+    """An ask nobody answers (followup, a command not auto-approved, ...) this long: stuck."""
+    idle_timeout: Duration | None = None
+    """No event at all this long: stuck (off by default)."""
+    api_retry_limit: int = Field(default=3, ge=0)
+    """Consecutive model API retry waits tolerated before the attempt is an api_error."""
+    abort_settle: Duration = 5.0
+    completion_grace: Duration = 3.0
+
+
+class ModelSpec(_Strict):
+    id: SafeId
+    description: str | None = None
+    configuration: Settings = Field(default_factory=RooCodeSettings)
+
+
+class Budget(_Strict):
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    """Stop starting attempts once this much is spent."""
+
+
+class Case(_Strict):
+    id: SafeId
+    description: str | None = None
+    prompt: str | None = None
+    prompt_file: Path | None = None
+    workspace: Path | None = None
+    """Template directory copied fresh for every attempt (an empty directory when unset)."""
+    setup: list[Command] = Field(default_factory=list)
+    check: Command | None = None
+    """Grading: exit status 0 = passed."""
+    check_timeout: Duration | None = None
+    timeout: Duration | None = None
+    configuration: Settings = Field(default_factory=RooCodeSettings)
+    env: dict[str, str] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    simulate: dict[str, Any] | None = None
+    """The simulated agent's script; ignored by real hosts."""
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve(value, info)
+        if not path.is_dir():
+            raise ValueError(
+                f"workspace directory {path} does not exist: create it or fix the path "
+                f"(relative paths start at the suite file's directory)"
+            )
+        return path
+
+    @field_validator("prompt_file")
+    @classmethod
+    def _prompt_file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        path = _resolve(value, info)
+        if not path.is_file():
+            raise ValueError(
+                f"prompt_file {path} does not exist: create it or fix the path "
+                f"(relative paths start at the suite file's directory)"
+            )
+        return path
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> Case:
+        if self.prompt_file is not None:
+            if self.prompt is not None:
+                raise ValueError(f"case {self.id}: give prompt or prompt_file, not both")
+            try:
+                self.prompt = self.prompt_file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"cannot read prompt_file {self.prompt_file}: {exc}") from None
+        if self.prompt is None or not self.prompt.strip():
+            raise ValueError(f"case {self.id}: the prompt is empty: add prompt: or prompt_file:")
+        return self
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        if any(not t.strip() for t in value):
+            raise ValueError("a tag is empty: remove it")
+        return value
+
+
+def _no_duplicate_ids(items: list[Any], what: str) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise ValueError(f"duplicate {what} id {item.id!r}: ids must be unique")
+        seen.add(item.id)
+
+
+class Suite(_Strict):
+    name: SafeId
+    description: str | None = None
+    target: Target = Field(default_factory=SimulatorTarget)
+    defaults: Defaults = Field(default_factory=Defaults)
+    models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(id="default")])
+    """One matrix axis; when absent, one model "default" that only uses defaults.configuration."""
+    repeats: int = Field(default=1, ge=1, le=10_000)
+    """Another axis (pass@k)."""
+    budget: Budget = Field(default_factory=Budget)
+    cases: list[Case]
+
+    _source: Path | None = PrivateAttr(default=None)
+    _secrets: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[ModelSpec]) -> list[ModelSpec]:
+        if not value:
+            raise ValueError("no models: the matrix is empty; list at least one model (id: ...)")
+        _no_duplicate_ids(value, "model")
+        return value
+
+    @field_validator("cases")
+    @classmethod
+    def _cases(cls, value: list[Case]) -> list[Case]:
+        if not value:
+            raise ValueError("no cases: the matrix is empty; add at least one case (id:, prompt:, ...)")
+        _no_duplicate_ids(value, "case")
+        return value
+
+    # ------------------------------------------------------------------------------- accessors
+
+    @property
+    def source(self) -> Path | None:
+        """The suite file (None for a suite built in Python)."""
+        return self._source
+
+    @property
+    def base_dir(self) -> Path:
+        return self._source.parent if self._source is not None else Path.cwd()
+
+    @property
+    def secret_values(self) -> frozenset[str]:
+        return self._secrets
+
+    def case(self, case_id: str) -> Case:
+        for case in self.cases:
+            if case.id == case_id:
+                return case
+        raise KeyError(case_id)
+
+    def model(self, model_id: str) -> ModelSpec:
+        for model in self.models:
+            if model.id == model_id:
+                return model
+        raise KeyError(model_id)
+
+    def configuration_for(self, case: Case, model: ModelSpec) -> dict[str, Any]:
+        """The StartNewTask configuration: defaults, then the model's, then the case's keys (a shallow
+        merge: a key given later replaces the whole value). Holds the real secrets: never log it."""
+        return {
+            **self.defaults.configuration.wire(),
+            **model.configuration.wire(),
+            **case.configuration.wire(),
+        }
+
+    def limits_for(self, case: Case) -> OutcomeLimits:
+        d = self.defaults
+        return OutcomeLimits(
+            timeout=case.timeout if case.timeout is not None else d.timeout,
+            start_timeout=d.start_timeout,
+            ask_timeout=d.ask_timeout,
+            idle_timeout=d.idle_timeout,
+            api_retry_limit=d.api_retry_limit,
+            abort_settle=d.abort_settle,
+            completion_grace=d.completion_grace,
+        )
+
+    def check_timeout_for(self, case: Case) -> float:
+        return case.check_timeout if case.check_timeout is not None else self.defaults.check_timeout
+
+    def env_for(self, case: Case) -> dict[str, str]:
+        """Extra environment of the case's setup and check commands."""
+        return {**self.defaults.env, **case.env}
+
+    def redactor(self) -> Redactor:
+        return Redactor(self._secrets)
+
+    def redacted(self) -> dict[str, Any]:
+        """The resolved suite, JSON-ready, with every secret replaced by ``"***"``."""
+        redacted: dict[str, Any] = self.redactor()(self.model_dump(mode="json"))
+        return redacted
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def load_suite(path: str | Path, *, env: Mapping[str, str] | None = None) -> Suite:
+    """Read, interpolate and validate a suite file. Raises :class:`SuiteError` naming the file, line and
+    key of every problem found (nothing else is started or written by this function)."""
+    path = Path(path)
+    raw = load_marked_yaml(path)
+    for extension in [k for k in raw if isinstance(k, str) and k.startswith("x-")]:
+        del raw[extension]  # a place for YAML anchors, as in docker-compose files
+    raw, secrets, problems = interpolate(raw, os.environ if env is None else env, path)
+    duplicates = duplicate_ids(raw)
+    problems += duplicates
+    base = path.resolve().parent
+    try:
+        suite = Suite.model_validate(raw, context={"base_dir": base})
+    except ValidationError as exc:
+        found = validation_problems(exc, raw, Suite)
+        if duplicates:  # already reported with the duplicate's own line
+            found = [p for p in found if not p.message.startswith("duplicate ")]
+        problems += found
+    if problems:
+        problems.sort(key=lambda p: (p.line is None, p.line or 0))
+        raise SuiteError(path, problems)
+    suite._source = path.resolve()
+    suite._secrets = frozenset(secrets)
+    return suite
+
+
+def apply_overrides(
+    suite: Suite,
+    *,
+    slots: int | None = None,
+    tags: Sequence[str] = (),
+    case_ids: Sequence[str] = (),
+    model_ids: Sequence[str] = (),
+    repeats: int | None = None,
+) -> Suite:
+    """The suite with command-line overrides applied (``--slots``, ``--filter TAG`` (any of), ``--case``
+    and ``--model`` (ids or shell globs), ``--repeats``). Raises :class:`SuiteError` when a selection
+    matches nothing or a value is out of range."""
+    cases = list(suite.cases)
+    if case_ids:
+        cases = _select(cases, case_ids, suite, "--case", "case")
+    if tags:
+        wanted = set(tags)
+        cases = [c for c in cases if wanted & set(c.tags)]
+        if not cases:
+            known = sorted({t for c in suite.cases for t in c.tags})
+            raise _override_error(
+                suite, "--filter", f"no case has tag {' or '.join(tags)}; tags in the suite: {known}"
+            )
+    models = _select(list(suite.models), model_ids, suite, "--model", "model") if model_ids else suite.models
+    update: dict[str, Any] = {"cases": cases, "models": models}
+    if repeats is not None:
+        if repeats < 1:
+            raise _override_error(suite, "--repeats", f"must be at least 1, got {repeats}")
+        update["repeats"] = repeats
+    if slots is not None:
+        if slots < 1:
+            raise _override_error(suite, "--slots", f"must be at least 1, got {slots}")
+        if isinstance(suite.target, SocketTarget) and slots > len(suite.target.sockets):
+            raise _override_error(
+                suite, "--slots", f"{slots} is more than the {len(suite.target.sockets)} sockets listed"
+            )
+        update["target"] = suite.target.model_copy(update={"slots": slots})
+    return suite.model_copy(update=update)
+
+
+def _select(items: list[Any], patterns: Sequence[str], suite: Suite, option: str, what: str) -> list[Any]:
+    chosen: set[str] = set()
+    for pattern in patterns:
+        hits = [item.id for item in items if fnmatch.fnmatchcase(item.id, pattern)]
+        if not hits:
+            known = ", ".join(item.id for item in items)
+            raise _override_error(suite, option, f"no {what} matches {pattern!r}; {what}s: {known}")
+        chosen.update(hits)
+    return [item for item in items if item.id in chosen]
+
+
+def _override_error(suite: Suite, option: str, message: str) -> SuiteError:
+    return SuiteError(suite.source, [Problem(None, None, option, message)])

@@ -1,0 +1,543 @@
+"""The outcome rules: a pure state machine over one slot's task events after our StartNewTask.
+
+The engine has no single "this task is over" signal that holds across versions (protocol section 7), so
+the attempt's fate is read from several:
+
+* the root is the first ``taskCreated`` after our StartNewTask whose id is new; events about older tasks
+  (the ``taskUnfocused``/``taskAborted`` of the task our command replaced) are never attributed;
+* the task tree is the root plus every task created on the slot after it (subtasks of ``new_task``);
+* ``completed`` at the first of ``taskCompleted(root, …, isSubtask false)`` (engines <= 3.50) or the
+  root's non-partial ``ask: completion_result`` (>= 3.51 never send taskCompleted over IPC); the attempt
+  then ends at ``taskIdle(root)`` or after a short grace, so that the throttled final token usage arrives;
+* a root ``taskAborted`` is final only if, within a settle window, no child task is created and the root
+  is not re-created as active: delegation aborts the parent and re-creates it with the same id;
+* asks are the earliest signals (taskInteractive/taskIdle/taskResumable lag them by 2 s): an unanswered
+  ask past a limit is ``stuck``; ``ask: api_req_failed`` (no auto-approval) or consecutive
+  ``say: api_req_retry_delayed`` waits past a limit (auto-approval retries forever) are ``api_error``.
+
+No clock is read here: every call passes ``now`` (seconds, any monotonic origin), so recordings replay
+with their own timestamps and tests are exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ipc_bridge.protocol import (
+    IDLE_ASKS,
+    INTERACTIVE_ASKS,
+    RESUMABLE_ASKS,
+    Message,
+    TaskCompleted,
+    TaskEvent,
+    TaskTokenUsageUpdated,
+    TaskToolFailed,
+    TokenUsage,
+    ToolUsage,
+    parse_task_event,
+)
+
+MAX_LISTED = 50
+"""Bound on the error texts and tool failures kept per attempt (a looping agent must not grow a record)."""
+MAX_TEXT = 2000
+
+# Asks that wait for a person. Others (command_output while a command runs, ...) mean work goes on.
+_WAITING_ASKS = INTERACTIVE_ASKS | IDLE_ASKS | RESUMABLE_ASKS
+
+
+class Status(str, Enum):
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    TIMEOUT = "timeout"
+    STUCK = "stuck"
+    API_ERROR = "api_error"
+    INFRA_ERROR = "infra_error"
+    CANCELLED = "cancelled"
+    """Stopped by the orchestrator itself (Ctrl-C, budget): not a result; resume runs the attempt again."""
+
+    @property
+    def is_infra(self) -> bool:
+        """An infrastructure failure, retried; not the agent's fault."""
+        return self in (Status.API_ERROR, Status.INFRA_ERROR)
+
+    @property
+    def task_left_running(self) -> bool:
+        """The engine still works on the task when this outcome is decided: send CancelTask."""
+        return self in (Status.TIMEOUT, Status.STUCK, Status.API_ERROR, Status.CANCELLED)
+
+
+@dataclass(frozen=True)
+class OutcomeLimits:
+    """Timers of the outcome rules, in seconds. ``None`` disables a timer."""
+
+    timeout: float | None = 300.0
+    """Wall clock for the whole attempt, from StartNewTask."""
+    start_timeout: float = 30.0
+    """No task created this long after StartNewTask: the host dropped the command (infra_error)."""
+    ask_timeout: float = 60.0
+    """An ask (followup, command, tool, mistake_limit_reached, ...) unanswered this long: stuck."""
+    idle_timeout: float | None = None
+    """No event at all from the task tree this long: stuck. Off by default: an agent running a quiet
+    command (a long test suite) sends nothing for minutes; the wall clock still applies."""
+    api_retry_limit: int = 3
+    """Consecutive api_req_retry_delayed waits tolerated in one task; one more is api_error."""
+    abort_settle: float = 5.0
+    """How long a root taskAborted waits for a child task or the root's re-activation."""
+    completion_grace: float = 3.0
+    """After completion, how long to wait for taskIdle(root) and the final token usage."""
+
+
+class ToolCount(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attempts: int = 0
+    failures: int = 0
+
+
+class ToolFailure(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    task_id: str
+    tool: str
+    error: str
+
+
+class Metrics(BaseModel):
+    """What an attempt cost and did, summed over its task tree."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cache_reads: int = 0
+    cache_writes: int = 0
+    context_tokens: int = 0
+    """The root's last context size (not summed: it is a level, not a total)."""
+    cost_usd: float = 0.0
+    tool_usage: dict[str, ToolCount] = Field(default_factory=dict)
+    tool_failures: list[ToolFailure] = Field(default_factory=list)
+    """taskToolFailed events; some failures show only in ``tool_usage[...].failures`` and ``errors``."""
+    errors: list[str] = Field(default_factory=list)
+    """Texts of ``say: error`` messages."""
+    subtasks: int = 0
+    task_ids: list[str] = Field(default_factory=list)
+    """The task tree, root first."""
+    messages: int = 0
+    """Distinct ClineMessages (by task and ts), partial or not."""
+    partial_updates: int = 0
+    events: int = 0
+    """Events attributed to the attempt."""
+    api_requests: int = 0
+    api_retries: int = 0
+    time_to_first_event_s: float | None = None
+    """From StartNewTask to the root's taskCreated."""
+    completion: str | None = None
+    """The root's final ``say: completion_result`` text."""
+
+
+class AttemptOutcome(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status
+    reason: str
+    task_id: str | None
+    """The root task's id (None when no task started)."""
+    decided_at: float
+    ended_at: float
+    metrics: Metrics
+
+
+@dataclass
+class _Ask:
+    ts: int
+    ask: str
+    since: float
+
+
+@dataclass
+class _Task:
+    totals: dict[str, float] = field(default_factory=dict)
+    context_tokens: float = 0
+    # One ToolUsage per incarnation: ToolUsage lives in memory only and restarts at {} when a task is
+    # re-created (delegation, cancel), while token totals are rebuilt from the persisted messages.
+    tools: list[dict[str, list[int]]] = field(default_factory=lambda: [{}])
+    seen: set[int] = field(default_factory=set)
+    created: int = 0
+    pending: _Ask | None = None
+    retry_waits: int = 0
+
+
+_TOTALS = {
+    "totalTokensIn": "tokens_in",
+    "totalTokensOut": "tokens_out",
+    "totalCacheReads": "cache_reads",
+    "totalCacheWrites": "cache_writes",
+    "totalCost": "cost_usd",
+}
+
+
+def _first_line(text: str | None, limit: int = 300) -> str:
+    line = (text or "").split("<retry_timer>")[0].strip().splitlines()
+    return line[0][:limit] if line else ""
+
+
+class OutcomeTracker:
+    """Follows one attempt on one slot. Create it when StartNewTask is sent; then :meth:`feed` every event
+    of the slot in order and call :meth:`tick` at :meth:`next_deadline` (or whenever); stop when
+    :attr:`done`, then read :meth:`result`.
+
+    ``previous_tasks``: ids of tasks the slot already held (never taken as the root).
+    """
+
+    def __init__(
+        self, now: float, limits: OutcomeLimits | None = None, *, previous_tasks: Iterable[str] = ()
+    ) -> None:
+        self.limits = limits or OutcomeLimits()
+        self.started_at = now
+        self._old: set[str] = set(previous_tasks)
+        self._root: str | None = None
+        self._root_created_at: float | None = None
+        self._tasks: dict[str, _Task] = {}
+        self._last_progress = now
+        self._abort_since: float | None = None
+        self._status: Status | None = None
+        self._reason = ""
+        self._decided_at: float | None = None
+        self._grace_until: float | None = None
+        self._ended_at: float | None = None
+        self._events = 0
+        self._messages = 0
+        self._partials = 0
+        self._api_requests = 0
+        self._api_retries = 0
+        self._errors: list[str] = []
+        self._error_ts: set[tuple[str, int]] = set()
+        self._tool_failures: list[ToolFailure] = []
+        self._completion: str | None = None
+
+    # ------------------------------------------------------------------------------------ state
+
+    @property
+    def root(self) -> str | None:
+        return self._root
+
+    @property
+    def status(self) -> Status | None:
+        """The decided outcome, possibly before :attr:`done` (completed waits for the final usage)."""
+        return self._status
+
+    @property
+    def done(self) -> bool:
+        return self._ended_at is not None
+
+    def attributed(self, task_id: str | None) -> bool:
+        return task_id is not None and task_id in self._tasks
+
+    # ----------------------------------------------------------------------------------- inputs
+
+    def feed_raw(self, data: dict[str, Any], now: float) -> bool:
+        """:meth:`feed` for a raw TaskEvent dict."""
+        return self.feed(parse_task_event(data), now)
+
+    def feed(self, event: TaskEvent, now: float) -> bool:
+        """Take one event of the slot; returns whether it belongs to this attempt.
+
+        Events after :attr:`done` still update the metrics (the final token usage may come late)
+        but never change the outcome."""
+        self.tick(now)
+        tid = event.task_id
+        name: str = getattr(event, "eventName", "")
+        if tid is None:
+            return False
+        if self._root is None:
+            if name == "taskCreated" and tid not in self._old:
+                self._root = tid
+                self._root_created_at = now
+                self._tasks[tid] = _Task()
+            else:
+                self._old.add(tid)
+                return False
+        elif name == "taskCreated" and tid not in self._tasks:
+            if tid in self._old:
+                return False
+            self._add_child(tid)
+        elif name in ("taskSpawned", "taskDelegated"):
+            child = _second_str(event)
+            if tid in self._tasks and child is not None and child not in self._tasks:
+                self._add_child(child)
+        if tid not in self._tasks:
+            return False
+        self._events += 1
+        self._last_progress = now
+        self._apply(name, tid, event, now)
+        return True
+
+    def tick(self, now: float) -> None:
+        """Let time pass: decides timeouts, settles aborts, ends the completion grace."""
+        if self.done:
+            return
+        if self._status is Status.COMPLETED:
+            assert self._grace_until is not None
+            if now >= self._grace_until:
+                self._ended_at = self._grace_until
+            return
+        due = [t for t in self._timers() if t[0] <= now]
+        if due:
+            at, status, reason = min(due, key=lambda t: t[0])
+            self._decide(status, reason, at)
+            self._ended_at = at
+
+    def force(self, status: Status, reason: str, now: float) -> None:
+        """End the attempt from outside (host died, bridge lost, Ctrl-C). A decided outcome is kept."""
+        if self._status is None:
+            self._decide(status, reason, now)
+        if not self.done:
+            self._ended_at = now
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` could next change something (None once done)."""
+        if self.done:
+            return None
+        if self._status is Status.COMPLETED:
+            return self._grace_until
+        times = [t[0] for t in self._timers()]
+        return min(times) if times else None
+
+    # ---------------------------------------------------------------------------------- outputs
+
+    def result(self) -> AttemptOutcome:
+        if self._status is None or self._decided_at is None or self._ended_at is None:
+            raise RuntimeError("the attempt is not over yet")
+        return AttemptOutcome(
+            status=self._status,
+            reason=self._reason,
+            task_id=self._root,
+            decided_at=self._decided_at,
+            ended_at=self._ended_at,
+            metrics=self.metrics(),
+        )
+
+    def metrics(self) -> Metrics:
+        totals = dict.fromkeys(_TOTALS.values(), 0.0)
+        tools: dict[str, ToolCount] = {}
+        for task in self._tasks.values():
+            for key, name in _TOTALS.items():
+                totals[name] += task.totals.get(key, 0)
+            for incarnation in task.tools:
+                for tool, (attempts, failures) in incarnation.items():
+                    count = tools.setdefault(tool, ToolCount())
+                    count.attempts += attempts
+                    count.failures += failures
+        root = self._tasks.get(self._root) if self._root else None
+        return Metrics(
+            tokens_in=int(totals["tokens_in"]),
+            tokens_out=int(totals["tokens_out"]),
+            cache_reads=int(totals["cache_reads"]),
+            cache_writes=int(totals["cache_writes"]),
+            context_tokens=int(root.context_tokens) if root else 0,
+            cost_usd=totals["cost_usd"],
+            tool_usage=dict(sorted(tools.items())),
+            tool_failures=list(self._tool_failures),
+            errors=list(self._errors),
+            subtasks=max(len(self._tasks) - 1, 0),
+            task_ids=list(self._tasks),
+            messages=self._messages,
+            partial_updates=self._partials,
+            events=self._events,
+            api_requests=self._api_requests,
+            api_retries=self._api_retries,
+            time_to_first_event_s=(
+                None if self._root_created_at is None else self._root_created_at - self.started_at
+            ),
+            completion=self._completion,
+        )
+
+    # -------------------------------------------------------------------------------- internals
+
+    def _add_child(self, tid: str) -> None:
+        self._tasks[tid] = _Task()
+        # a child starting is what makes a root abort a delegation rather than an end
+        self._abort_since = None
+
+    def _decide(self, status: Status, reason: str, at: float) -> None:
+        if self._status is not None:
+            return
+        self._status = status
+        self._reason = reason
+        self._decided_at = at
+        if status is Status.COMPLETED:
+            self._grace_until = at + self.limits.completion_grace
+
+    def _finish(self, status: Status, reason: str, now: float) -> None:
+        if self._status is None:
+            self._decide(status, reason, now)
+            self._ended_at = now
+
+    def _timers(self) -> list[tuple[float, Status, str]]:
+        lim = self.limits
+        out: list[tuple[float, Status, str]] = []
+        if lim.timeout is not None:
+            out.append(
+                (self.started_at + lim.timeout, Status.TIMEOUT, f"no outcome within {lim.timeout:g} s")
+            )
+        if self._root is None:
+            out.append(
+                (
+                    self.started_at + lim.start_timeout,
+                    Status.INFRA_ERROR,
+                    f"no task was created within {lim.start_timeout:g} s of StartNewTask "
+                    "(the host dropped the command: a wrong-typed configuration value does that)",
+                )
+            )
+        if self._abort_since is not None:
+            out.append(
+                (
+                    self._abort_since + lim.abort_settle,
+                    Status.ABORTED,
+                    "the root task was aborted and neither resumed nor delegated",
+                )
+            )
+        for tid, task in self._tasks.items():
+            if task.pending is not None:
+                who = "the root task" if tid == self._root else f"subtask {tid}"
+                out.append(
+                    (
+                        task.pending.since + lim.ask_timeout,
+                        Status.STUCK,
+                        f"{who} waited {lim.ask_timeout:g} s on an unanswered ask: {task.pending.ask}",
+                    )
+                )
+        if lim.idle_timeout is not None:
+            out.append(
+                (
+                    self._last_progress + lim.idle_timeout,
+                    Status.STUCK,
+                    f"no event from the task for {lim.idle_timeout:g} s",
+                )
+            )
+        return out
+
+    def _apply(self, name: str, tid: str, event: TaskEvent, now: float) -> None:
+        task = self._tasks[tid]
+        is_root = tid == self._root
+        if name == "message" and isinstance(event, Message):
+            self._message(tid, task, event, now)
+        elif name == "taskTokenUsageUpdated" and isinstance(event, TaskTokenUsageUpdated):
+            _, usage, tools = event.payload
+            self._usage(task, usage, tools)
+        elif name == "taskCompleted":
+            if isinstance(event, TaskCompleted):
+                _, usage, tools, flag = event.payload
+                self._usage(task, usage, tools)
+                is_subtask = flag.isSubtask
+            else:
+                is_subtask = _subtask_flag(event)
+            if is_root and not is_subtask:
+                self._decide(Status.COMPLETED, "taskCompleted for the root task", now)
+        elif name == "taskCreated":
+            task.created += 1
+            if task.created > 1:
+                task.tools.append({})
+        elif name == "taskAborted":
+            task.pending = None
+            if is_root and self._status is None:
+                self._abort_since = now
+        elif name in ("taskActive", "taskStarted"):
+            if is_root:
+                self._abort_since = None
+        elif name == "taskAskResponded":
+            task.pending = None
+        elif name in ("taskInteractive", "taskIdle"):
+            if is_root and name == "taskIdle" and self._status is Status.COMPLETED:
+                if not self.done:
+                    self._ended_at = now
+            elif task.pending is None and self._status is None:
+                # the ask itself was missed (or never sent): the status event stands in for it
+                task.pending = _Ask(ts=-1, ask=name, since=now)
+        elif name == "taskResumable":
+            if is_root:
+                self._finish(Status.ABORTED, "the root task was aborted (it is resumable)", now)
+        elif name == "taskToolFailed" and isinstance(event, TaskToolFailed):
+            _, tool, error = event.payload
+            if len(self._tool_failures) < MAX_LISTED:
+                self._tool_failures.append(ToolFailure(task_id=tid, tool=tool, error=error[:MAX_TEXT]))
+
+    def _message(self, tid: str, task: _Task, event: Message, now: float) -> None:
+        msg = event.payload[0].message
+        partial = msg.partial is True
+        if partial:
+            self._partials += 1
+        new = msg.ts not in task.seen
+        if new:
+            task.seen.add(msg.ts)
+            self._messages += 1
+            if task.pending is not None and task.pending.ts != msg.ts:
+                task.pending = None  # the task moved on past its ask
+        is_root = tid == self._root
+        if msg.type == "say":
+            say = msg.say
+            if say == "api_req_retry_delayed":
+                if new:
+                    task.retry_waits += 1
+                    self._api_retries += 1
+                    if task.retry_waits > self.limits.api_retry_limit:
+                        self._finish(
+                            Status.API_ERROR,
+                            f"the model API failed {task.retry_waits} times in a row: {_first_line(msg.text)}",
+                            now,
+                        )
+                return
+            if new:
+                task.retry_waits = 0
+                if say == "api_req_started":
+                    self._api_requests += 1
+            if say == "error" and not partial and (tid, msg.ts) not in self._error_ts:
+                self._error_ts.add((tid, msg.ts))
+                if len(self._errors) < MAX_LISTED:
+                    self._errors.append((msg.text or "")[:MAX_TEXT])
+            elif say == "completion_result" and not partial and is_root:
+                self._completion = msg.text
+            return
+        if partial:
+            return
+        ask = msg.ask or ""
+        if ask == "completion_result" and is_root:
+            self._decide(Status.COMPLETED, "the root task asked completion_result", now)
+        elif ask == "api_req_failed":
+            self._finish(Status.API_ERROR, f"the model API request failed: {_first_line(msg.text)}", now)
+        elif ask == "resume_task" and is_root:
+            self._finish(Status.ABORTED, "the root task was aborted (it asks resume_task)", now)
+        elif ask in _WAITING_ASKS and (task.pending is None or task.pending.ts != msg.ts):
+            task.pending = _Ask(ts=msg.ts, ask=ask, since=now)
+
+    @staticmethod
+    def _usage(task: _Task, usage: TokenUsage, tools: ToolUsage) -> None:
+        # totals are cumulative; max() keeps a rehydrated task's lower report from erasing spent cost
+        for key in _TOTALS:
+            value = getattr(usage, key, None) or 0
+            task.totals[key] = max(task.totals.get(key, 0), value)
+        task.context_tokens = usage.contextTokens
+        current = task.tools[-1]
+        for tool, stats in tools.items():
+            prev = current.get(tool, [0, 0])
+            current[tool] = [max(prev[0], stats.attempts), max(prev[1], stats.failures)]
+
+
+def _second_str(event: TaskEvent) -> str | None:
+    payload: Any = getattr(event, "payload", None)
+    if isinstance(payload, (list, tuple)) and len(payload) > 1 and isinstance(payload[1], str):
+        return payload[1]
+    return None
+
+
+def _subtask_flag(event: TaskEvent) -> bool:
+    """``isSubtask`` of a taskCompleted whose payload did not validate (a newer engine's shape)."""
+    payload: Any = getattr(event, "payload", None)
+    if isinstance(payload, (list, tuple)):
+        for item in payload[1:]:
+            if isinstance(item, dict) and isinstance(item.get("isSubtask"), bool):
+                return bool(item["isSubtask"])
+    return False

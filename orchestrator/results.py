@@ -1,0 +1,528 @@
+"""The result files of a run, ``results/<run-id>/``, and :func:`load` for notebooks.
+
+::
+
+    manifest.json      the resolved suite (secrets redacted), config hash, versions, git, command line
+    results.jsonl      one AttemptRecord a line, appended, flushed and fsynced as each attempt ends
+    events/<case>__<model>__<repeat>__<attempt>.jsonl   each attempt's transcript (non-partial events)
+    summary.json       pass rate and totals by model and tag, rebuilt from results.jsonl
+
+One process (the main one) owns a :class:`ResultsWriter`; it never writes a second final record for a
+key, and on resume it cuts away a torn last line left by a hard kill. Every JSON file is written whole
+(temp file, fsync, rename), and everything written passes through the suite's redactor.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from .config import Redactor, Suite
+from .grading import CheckResult
+from .outcome import Metrics, Status
+from .plan import AttemptKey
+from .summary import summarize
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+RESULTS = "results.jsonl"
+SUMMARY = "summary.json"
+EVENTS = "events"
+
+
+class ResultsError(Exception):
+    """A run directory that cannot be created, resumed or read."""
+
+
+class DuplicateRecordError(ResultsError):
+    """A second final record for an attempt key, or a reused attempt number: refused."""
+
+
+class Timings(BaseModel):
+    """Seconds spent in each phase (None when the phase did not run)."""
+
+    model_config = ConfigDict(extra="ignore")
+    setup_s: float | None = None
+    launch_s: float | None = None
+    agent_s: float | None = None
+    check_s: float | None = None
+    teardown_s: float | None = None
+
+
+class AttemptRecord(BaseModel):
+    """One line of results.jsonl: one attempt of one (case, model, repeat)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    case_id: str
+    model_id: str
+    repeat: int
+    config_hash: str
+    attempt: int = Field(ge=1)
+    """1 for the first try; retries after infrastructure failures count up."""
+    final: bool
+    """The last record of its key: a result, or an infrastructure error with no retries left.
+    Non-final records are retried attempts; a key without a final record is run again on resume."""
+    status: Status
+    passed: bool | None
+    """The check's verdict (None when no check ran)."""
+    reason: str = ""
+    """Why the outcome is what it is, in words."""
+    error_class: Literal["infra", "harness"] | None = None
+    error: str | None = None
+    task_id: str | None = None
+    """The root Roo task id."""
+    slot: str | None = None
+    """The host or socket that ran it."""
+    started_at: AwareDatetime
+    ended_at: AwareDatetime
+    duration_s: float
+    timings: Timings = Field(default_factory=Timings)
+    metrics: Metrics = Field(default_factory=Metrics)
+    check: CheckResult | None = None
+    tags: list[str] = Field(default_factory=list)
+    events_file: str | None = None
+    """The transcript, relative to the run directory."""
+
+    @property
+    def key(self) -> AttemptKey:
+        return AttemptKey(self.case_id, self.model_id, self.repeat, self.config_hash)
+
+    def flat(self) -> dict[str, Any]:
+        """The record as one flat row (the columns of :func:`load`)."""
+        m = self.metrics
+        c = self.check
+        return {
+            "run_id": self.run_id,
+            "case_id": self.case_id,
+            "model_id": self.model_id,
+            "repeat": self.repeat,
+            "attempt": self.attempt,
+            "final": self.final,
+            "config_hash": self.config_hash,
+            "status": self.status.value,
+            "passed": self.passed,
+            "reason": self.reason,
+            "error_class": self.error_class,
+            "error": self.error,
+            "task_id": self.task_id,
+            "slot": self.slot,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_s": self.duration_s,
+            **self.timings.model_dump(),
+            "tokens_in": m.tokens_in,
+            "tokens_out": m.tokens_out,
+            "cache_reads": m.cache_reads,
+            "cache_writes": m.cache_writes,
+            "context_tokens": m.context_tokens,
+            "cost_usd": m.cost_usd,
+            "tool_attempts": sum(t.attempts for t in m.tool_usage.values()),
+            "tool_failures": sum(t.failures for t in m.tool_usage.values()),
+            "tool_usage": {k: v.model_dump() for k, v in m.tool_usage.items()},
+            "tool_errors": [f.model_dump() for f in m.tool_failures],
+            "errors": list(m.errors),
+            "subtasks": m.subtasks,
+            "messages": m.messages,
+            "api_requests": m.api_requests,
+            "api_retries": m.api_retries,
+            "time_to_first_event_s": m.time_to_first_event_s,
+            "completion": m.completion,
+            "check_passed": c.passed if c else None,
+            "check_exit_code": c.exit_code if c else None,
+            "check_timed_out": c.timed_out if c else None,
+            "check_duration_s": c.duration if c else None,
+            "check_output_tail": c.output_tail if c else None,
+            "tags": list(self.tags),
+            "events_file": self.events_file,
+        }
+
+
+COLUMNS = list(
+    AttemptRecord(
+        run_id="",
+        case_id="",
+        model_id="",
+        repeat=0,
+        config_hash="",
+        attempt=1,
+        final=True,
+        status=Status.COMPLETED,
+        passed=None,
+        started_at=datetime.fromtimestamp(0, timezone.utc),
+        ended_at=datetime.fromtimestamp(0, timezone.utc),
+        duration_s=0,
+    )
+    .flat()
+    .keys()
+)
+"""The columns of :func:`load`, in order."""
+
+
+def final_for(status: Status, attempt: int, retries: int) -> bool:
+    """Whether a record with this outcome is its key's last: infrastructure failures are retried while
+    ``attempt <= retries``; an attempt stopped by the orchestrator itself (cancelled) never is final,
+    so resume runs it again."""
+    if status is Status.CANCELLED:
+        return False
+    return not status.is_infra or attempt > retries
+
+
+# ------------------------------------------------------------------------------- file helpers
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader (or a crash) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _json(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"
+
+
+def read_records(path: Path, *, repair: bool = False) -> list[AttemptRecord]:
+    """Parse results.jsonl. A torn last line (no newline, or garbage where the last line should be) is
+    the trace of a hard kill: skipped, and cut from the file when ``repair``. Damage before the last line
+    is an error."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    keep = data.rfind(b"\n") + 1  # bytes up to the last complete line
+    lines = data[:keep].split(b"\n")[:-1]
+    records: list[AttemptRecord] = []
+    offset = 0
+    for number, line in enumerate(lines, start=1):
+        start = offset
+        offset += len(line) + 1
+        if not line.strip():
+            continue
+        try:
+            records.append(AttemptRecord.model_validate(orjson.loads(line)))
+        except (orjson.JSONDecodeError, ValidationError) as exc:
+            if number == len(lines):
+                keep = start
+                break
+            raise ResultsError(
+                f"{path}:{number}: unreadable record ({exc}); fix or remove the line"
+            ) from None
+    if keep < len(data):
+        log.warning(
+            "%s: dropping a torn last line (%d bytes) left by an interrupted run", path, len(data) - keep
+        )
+        if repair:
+            with open(path, "r+b") as fh:
+                fh.truncate(keep)
+                fh.flush()
+                os.fsync(fh.fileno())
+    return records
+
+
+def _git_info(directory: Path) -> dict[str, Any] | None:
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    status = git("status", "--porcelain")
+    return {"commit": commit.strip(), "dirty": bool(status and status.strip())}
+
+
+def build_manifest(
+    suite: Suite,
+    *,
+    run_id: str,
+    config_hash: str,
+    argv: Iterable[str],
+    started_at: datetime,
+    attempts_planned: int,
+    extension_version: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest of a run (``suite`` is a :class:`orchestrator.config.Suite`; redaction is applied by
+    the writer). ``extra`` is merged in (overrides, options)."""
+    import platform
+    import socket
+    import sys
+
+    from . import __version__
+
+    source = suite.source
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "suite_name": suite.name,
+        "suite_file": str(source) if source else None,
+        "config_hash": config_hash,
+        "attempts_planned": attempts_planned,
+        "suite": suite.redacted(),
+        "versions": {
+            "orchestrator": __version__,
+            "python": platform.python_version(),
+            "extension": extension_version,
+        },
+        "git": _git_info(suite.base_dir),
+        "command_line": list(argv),
+        "host": {"hostname": socket.gethostname(), "platform": sys.platform, "cpus": os.cpu_count()},
+        "started_at": started_at.isoformat(),
+        "ended_at": None,
+        **(dict(extra) if extra else {}),
+    }
+
+
+# ------------------------------------------------------------------------------------ writer
+
+
+class ResultsWriter:
+    """The only writer of one run directory. Use :meth:`create` for a new run, :meth:`resume` for an
+    existing one."""
+
+    def __init__(self, run_dir: Path, redactor: Redactor | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.events_dir = self.run_dir / EVENTS
+        self.results_path = self.run_dir / RESULTS
+        self._redact = redactor or Redactor()
+        self._records: list[AttemptRecord] = []
+        self._final: set[AttemptKey] = set()
+        self._numbers: dict[tuple[str, str, int], set[int]] = {}
+        self._fd: int | None = None
+
+    @classmethod
+    def create(
+        cls, run_dir: Path, manifest: Mapping[str, Any], *, redactor: Redactor | None = None
+    ) -> ResultsWriter:
+        """Make a new run directory with its manifest. Refuses a directory that exists."""
+        run_dir = Path(run_dir)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            raise ResultsError(
+                f"{run_dir} exists: choose another --run-id, or --resume {run_dir.name} to continue it"
+            ) from None
+        writer = cls(run_dir, redactor)
+        writer.events_dir.mkdir()
+        writer.write_manifest(manifest)
+        writer._open()
+        return writer
+
+    @classmethod
+    def resume(cls, run_dir: Path, *, redactor: Redactor | None = None) -> ResultsWriter:
+        """Reopen a run directory: repairs a torn last line and indexes the records already written."""
+        run_dir = Path(run_dir)
+        if not (run_dir / MANIFEST).is_file():
+            raise ResultsError(f"{run_dir} is not a run directory (no {MANIFEST})")
+        writer = cls(run_dir, redactor)
+        writer.events_dir.mkdir(exist_ok=True)
+        for record in read_records(writer.results_path, repair=True):
+            writer._index(record)
+        writer._open()
+        return writer
+
+    def _open(self) -> None:
+        self._fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _fsync_dir(self.run_dir)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------- manifest
+
+    def read_manifest(self) -> dict[str, Any]:
+        manifest: dict[str, Any] = orjson.loads((self.run_dir / MANIFEST).read_bytes())
+        return manifest
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        atomic_write(self.run_dir / MANIFEST, _json(self._redact(dict(manifest))))
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Set top-level fields of the manifest (``ended_at=...``, ``stopped_by="budget"``)."""
+        manifest = {**self.read_manifest(), **fields}
+        self.write_manifest(manifest)
+        return manifest
+
+    # ---------------------------------------------------------------------------------- records
+
+    @property
+    def records(self) -> list[AttemptRecord]:
+        return list(self._records)
+
+    @property
+    def cost_usd(self) -> float:
+        """Money spent by every recorded attempt, retried ones included (for the budget)."""
+        return sum(r.metrics.cost_usd for r in self._records)
+
+    def finished_keys(self) -> set[AttemptKey]:
+        """Keys that have a final record: what a resumed run skips."""
+        return set(self._final)
+
+    def next_attempt(self, key: AttemptKey) -> int:
+        """The attempt number for the next try of ``key`` (counted over every config hash of the same
+        case, model and repeat, so transcript names never collide)."""
+        used = self._numbers.get((key.case_id, key.model_id, key.repeat), set())
+        return max(used, default=0) + 1
+
+    def _index(self, record: AttemptRecord) -> None:
+        self._records.append(record)
+        self._numbers.setdefault((record.case_id, record.model_id, record.repeat), set()).add(record.attempt)
+        if record.final:
+            self._final.add(record.key)
+
+    def append(self, record: AttemptRecord) -> None:
+        """Write one record durably (one write, then fsync). Refuses a second final record for a key and
+        a reused attempt number."""
+        if self._fd is None:
+            raise ResultsError("the writer is closed")
+        key = record.key
+        if key in self._final:
+            raise DuplicateRecordError(f"{key.slug} ({key.config_hash}) already has a final record")
+        if record.attempt in self._numbers.get((key.case_id, key.model_id, key.repeat), set()):
+            raise DuplicateRecordError(f"{key.slug}: attempt {record.attempt} is already recorded")
+        line = orjson.dumps(self._redact(record.model_dump(mode="json"))) + b"\n"
+        view = memoryview(line)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        os.fsync(self._fd)
+        self._index(record)
+
+    def write_transcript(
+        self, key: AttemptKey, attempt: int, rows: Iterable[Mapping[str, Any]], *, keep_partial: bool = False
+    ) -> str:
+        """Write an attempt's transcript whole; returns its path relative to the run directory (for
+        ``AttemptRecord.events_file``). Each row is a JSON-ready mapping, e.g. ``{"t": seconds, "dir":
+        "in", "event": {...}}``; rows carrying a partial ``message`` event are left out unless
+        ``keep_partial`` (the record's metrics count them)."""
+        name = key.events_name(attempt)
+        chunks = [
+            orjson.dumps(self._redact(dict(row))) + b"\n"
+            for row in rows
+            if keep_partial or not is_partial_message(row)
+        ]
+        atomic_write(self.events_dir / name, b"".join(chunks))
+        return f"{EVENTS}/{name}"
+
+    # ---------------------------------------------------------------------------------- summary
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **summarize(self._records), **extra}
+
+    def write_summary(self, **extra: Any) -> Path:
+        """Rebuild summary.json from the records (``extra`` adds top-level fields, e.g. the stop reason)."""
+        path = self.run_dir / SUMMARY
+        atomic_write(path, _json(self._redact(self.summary(**extra))))
+        return path
+
+
+def is_partial_message(row: Mapping[str, Any]) -> bool:
+    """Whether a transcript row holds a ``message`` event with ``partial: true`` (the event itself, or
+    under ``event``, or an IpcMessage under ``msg``)."""
+    event: Any = row
+    for key in ("event", "msg", "data"):
+        inner = event.get(key) if isinstance(event, Mapping) else None
+        if isinstance(inner, Mapping):
+            event = inner
+    if not isinstance(event, Mapping) or event.get("eventName") != "message":
+        return False
+    payload = event.get("payload")
+    if isinstance(payload, list) and payload and isinstance(payload[0], Mapping):
+        message = payload[0].get("message")
+        return isinstance(message, Mapping) and message.get("partial") is True
+    return False
+
+
+# --------------------------------------------------------------------------------------- load
+
+
+def _run_dirs(source: str | Path | Iterable[str | Path]) -> list[Path]:
+    items: list[str | Path] = [source] if isinstance(source, (str, Path)) else list(source)
+    paths: list[Path] = []
+    for item in items:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            hits = sorted(glob.glob(text))
+            if not hits:
+                raise ResultsError(f"no run matches {text!r}")
+            paths.extend(Path(h) for h in hits)
+        else:
+            paths.append(Path(item))
+    out: list[Path] = []
+    for path in paths:
+        run_dir = path.parent if path.name == RESULTS else path
+        if not (run_dir / RESULTS).is_file() and not (run_dir / MANIFEST).is_file():
+            raise ResultsError(f"{path} is not a run directory (no {RESULTS})")
+        if run_dir not in out:
+            out.append(run_dir)
+    return out
+
+
+def load(source: str | Path | Iterable[str | Path], *, all_attempts: bool = False) -> Any:
+    """Load one run, several runs or a glob of runs as a ``pandas.DataFrame``, one row per attempt.
+
+    ``source``: a run directory, its results.jsonl, a glob (``"results/*"``), or a list of those.
+    By default only final records (one per case, model, repeat and config hash); ``all_attempts=True``
+    adds the retried ones. Columns: :data:`COLUMNS` (``started_at``/``ended_at`` as UTC datetimes;
+    ``tool_usage``, ``tool_errors``, ``errors`` and ``tags`` hold Python objects). The files are only
+    read, never repaired. Needs pandas (``pip install 'roo-eval-orchestrator[notebook]'``)."""
+    try:
+        pd = importlib.import_module("pandas")
+    except ImportError:
+        raise ImportError(
+            "orchestrator.results.load needs pandas: pip install 'roo-eval-orchestrator[notebook]'"
+        ) from None
+    rows: list[dict[str, Any]] = []
+    for run_dir in _run_dirs(source):
+        for record in read_records(run_dir / RESULTS):
+            if all_attempts or record.final:
+                rows.append(record.flat())
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    for column in ("started_at", "ended_at"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame

@@ -1,0 +1,196 @@
+"""``orchestrate run``: the command line of a run; the work is in :mod:`orchestrator.scheduler`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import SuiteError, apply_overrides, load_suite
+from .plan import build_plan, pending
+from .results import AttemptRecord, ResultsError, ResultsWriter, build_manifest
+from .scheduler import Interrupted, RunOptions, Scheduler
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _default_run_id(suite_name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in suite_name)[:40]
+    return f"{stamp}-{safe}"
+
+
+class _Progress:
+    """The tqdm bar (or JSON lines, or nothing) fed by each record as it is written."""
+
+    def __init__(self, total: int, *, quiet: bool, as_json: bool) -> None:
+        self.as_json = as_json
+        self.counts = {"passed": 0, "failed": 0, "errors": 0, "retried": 0}
+        self.cost = 0.0
+        self._bar: Any = None
+        if not quiet and not as_json:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="attempt", dynamic_ncols=True, file=sys.stderr)
+
+    def __call__(self, record: AttemptRecord) -> None:
+        self.cost += record.metrics.cost_usd
+        if not record.final:
+            self.counts["retried"] += 1
+        elif record.error_class is not None or record.status.is_infra:
+            self.counts["errors"] += 1
+        elif record.passed:
+            self.counts["passed"] += 1
+        else:
+            self.counts["failed"] += 1
+        if self.as_json:
+            click.echo(json.dumps({"type": "attempt", **record.model_dump(mode="json")}))
+        if self._bar is not None:
+            if record.final:
+                self._bar.update(1)
+            self._bar.set_postfix(**self.counts, cost=f"${self.cost:.2f}", refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@click.command()
+@click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--slots", type=int, help="Extension hosts used at once (overrides target.slots).")
+@click.option(
+    "--filter",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="Only cases with this tag (repeatable: any of them).",
+)
+@click.option(
+    "--case", "case_ids", multiple=True, metavar="ID", help="Only this case id or glob (repeatable)."
+)
+@click.option(
+    "--model", "model_ids", multiple=True, metavar="ID", help="Only this model id or glob (repeatable)."
+)
+@click.option("--repeats", type=int, help="Repeats per case and model (overrides the suite).")
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Parent directory of run directories.",
+)
+@click.option("--run-id", help="Name of the run directory (default: UTC timestamp + suite name).")
+@click.option(
+    "--resume",
+    "resume_id",
+    metavar="RUN_ID",
+    help="Continue this run: only attempts without a final record run.",
+)
+@click.option(
+    "--workers", type=int, help="Worker processes (default: min(slots, 2)); each drives several slots."
+)
+@click.option(
+    "--keep-workspaces", is_flag=True, help="Keep each attempt's workspace copy (printed at the end)."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON line per finished attempt and a final summary line."
+)
+def run(
+    suite_file: Path,
+    slots: int | None,
+    tags: tuple[str, ...],
+    case_ids: tuple[str, ...],
+    model_ids: tuple[str, ...],
+    repeats: int | None,
+    results_dir: Path,
+    run_id: str | None,
+    resume_id: str | None,
+    workers: int | None,
+    keep_workspaces: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Run SUITE_FILE (cases x models x repeats) and write results/<run-id>/.
+
+    \b
+    Files written: manifest.json (resolved suite, secrets redacted), results.jsonl (one record per
+    attempt, fsynced), events/ (per-attempt transcripts), summary.json. Load them in a notebook with
+    orchestrator.results.load("results/<run-id>").
+    Exit codes: 0 done, 2 bad suite or options, 130 interrupted (resume with --resume RUN_ID).
+    """
+    try:
+        suite = load_suite(suite_file)
+        suite = apply_overrides(
+            suite, slots=slots, tags=tags, case_ids=case_ids, model_ids=model_ids, repeats=repeats
+        )
+    except SuiteError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    plan = build_plan(suite)
+    redactor = suite.redactor()
+    try:
+        if resume_id:
+            writer = ResultsWriter.resume(results_dir / resume_id, redactor=redactor)
+            run_id = resume_id
+        else:
+            run_id = run_id or _default_run_id(suite.name)
+            manifest = build_manifest(
+                suite,
+                run_id=run_id,
+                config_hash=plan.config_hash,
+                argv=sys.argv,
+                started_at=datetime.now(timezone.utc),
+                attempts_planned=len(plan),
+            )
+            writer = ResultsWriter.create(results_dir / run_id, manifest, redactor=redactor)
+    except ResultsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    todo = pending(plan, writer.finished_keys())
+    progress = _Progress(len(todo), quiet=quiet, as_json=as_json)
+    scheduler = Scheduler(
+        suite,
+        todo,
+        writer,
+        run_id=run_id,
+        options=RunOptions(workers=workers, keep_workspaces=keep_workspaces),
+        on_record=progress,
+    )
+    stop = "interrupted"
+    try:
+        stop = scheduler.run()
+    except Interrupted:
+        stop = "killed"
+    finally:
+        progress.close()
+        summary = writer.summary(
+            stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget
+        )
+        writer.write_summary(
+            stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget
+        )
+        writer.update_manifest(ended_at=datetime.now(timezone.utc).isoformat())
+        writer.close()
+    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet)
+    if stop in ("interrupted", "killed"):
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _report(run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({"type": "summary", "run_dir": str(run_dir), **summary}))
+        return
+    totals = summary.get("totals", {})
+    click.echo(
+        f"{run_dir}: {totals.get('attempts', 0)} attempts, {totals.get('passed', 0)} passed, "
+        f"{totals.get('failed', 0)} failed, {totals.get('errors', 0)} errors, "
+        f"cost ${totals.get('cost_usd', 0.0):.4f}; stop: {summary.get('stop_reason')}",
+        err=quiet,
+    )

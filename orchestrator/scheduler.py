@@ -1,0 +1,249 @@
+"""The main process of a run: plan → bridge + workers → the one writer of the result files.
+
+It owns every decision that must be made once: which attempt starts next, retries of infrastructure
+failures (exponential backoff with jitter), the budget, what Ctrl-C means, and the records. Workers only
+run what they are given and report back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from ipc_bridge.launcher import BridgeProcess, start_bridge_process
+
+from .attempt import Job, JobResult, WorkerConfig
+from .config import SocketTarget, Suite
+from .outcome import Status
+from .plan import Attempt
+from .pool import Finished, Lost, Pool
+from .results import AttemptRecord, ResultsWriter, final_for
+from .worker import worker_main
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.2
+CANCEL_WAIT = 8.0
+
+
+@dataclass(order=True)
+class _Queued:
+    not_before: float
+    index: int
+    number: int = field(compare=False)
+    attempt: Attempt = field(compare=False)
+
+
+@dataclass
+class RunOptions:
+    workers: int | None = None
+    keep_workspaces: bool = False
+    seed: int | None = None
+
+
+class Interrupted(Exception):
+    """Ctrl-C twice: stop now."""
+
+
+class Scheduler:
+    """Runs ``attempts`` of ``suite`` and writes every outcome through ``writer``."""
+
+    def __init__(
+        self,
+        suite: Suite,
+        attempts: list[Attempt],
+        writer: ResultsWriter,
+        *,
+        run_id: str,
+        options: RunOptions,
+        on_record: Callable[[AttemptRecord], None] = lambda r: None,
+    ) -> None:
+        self.suite = suite
+        self.writer = writer
+        self.run_id = run_id
+        self.options = options
+        self.on_record = on_record
+        self._rng = random.Random(options.seed)
+        self._queue: list[_Queued] = []
+        for a in attempts:
+            heapq.heappush(self._queue, _Queued(0.0, a.index, writer.next_attempt(a.key), a))
+        self._stopping = ""
+        self._interrupts = 0
+        self._free_sockets: list[str] = []
+        if isinstance(suite.target, SocketTarget):
+            self._free_sockets = [str(p) for p in suite.target.sockets]
+        self._leased: dict[str, str] = {}
+        self.skipped_budget = 0
+
+    # ------------------------------------------------------------------------------------- run
+
+    def run(self) -> str:
+        """Run to the end (or until stopped); returns why it stopped: ``finished``, ``interrupted``,
+        ``budget``."""
+        runtime = Path(tempfile.mkdtemp(prefix="orc-", dir="/tmp"))
+        runtime.chmod(0o700)
+        work = runtime / "work"
+        work.mkdir()
+        old_int = signal.signal(signal.SIGINT, self._on_signal)
+        old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        bridge: BridgeProcess | None = None
+        pool: Pool | None = None
+        try:
+            bridge = start_bridge_process(runtime / "bridge")
+            slots = self.suite.target.slots
+            workers = self.options.workers or max(1, min(slots, 2))
+            config = WorkerConfig(
+                run_id=self.run_id,
+                connection_file=str(bridge.connection_file),
+                runtime_dir=str(runtime),
+                work_dir=str(work),
+                target=self.suite.target,
+                keep_workspaces=self.options.keep_workspaces,
+            )
+            pool = Pool(worker_main, config, workers=workers, slots_per_worker=-(-slots // workers))
+            self._capacity = slots
+            return self._loop(pool)
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+            if pool is not None:
+                pool.close(timeout=2.0 if self._interrupts > 1 else 10.0)
+            if bridge is not None:
+                if self._interrupts > 1:
+                    bridge.kill()
+                else:
+                    bridge.stop()
+            if not self.options.keep_workspaces:
+                shutil.rmtree(runtime, ignore_errors=True)
+
+    def _loop(self, pool: Pool) -> str:
+        cancel_deadline: float | None = None
+        while True:
+            if self._stopping and cancel_deadline is None:
+                pool.cancel_all()
+                cancel_deadline = time.monotonic() + CANCEL_WAIT
+            if not self._stopping:
+                self._start_ready(pool)
+            if pool.in_flight == 0 and (self._stopping or not self._queue):
+                break
+            if cancel_deadline is not None and time.monotonic() > cancel_deadline:
+                log.error("in-flight attempts did not finish within %.0fs of the stop", CANCEL_WAIT)
+                break
+            if self._interrupts > 1:
+                raise Interrupted
+            for item in pool.poll(POLL_INTERVAL):
+                if isinstance(item, Finished):
+                    self._finished(item)
+                else:
+                    self._lost(item)
+        if self._stopping == "budget":
+            self.skipped_budget = len(self._queue)
+        return self._stopping or "finished"
+
+    def _start_ready(self, pool: Pool) -> None:
+        now = time.monotonic()
+        while self._queue and self._queue[0].not_before <= now and pool.in_flight < self._capacity:
+            if self._over_budget():
+                self._stopping = "budget"
+                return
+            if isinstance(self.suite.target, SocketTarget) and not self._free_sockets:
+                return
+            item = heapq.heappop(self._queue)
+            socket = self._free_sockets.pop(0) if isinstance(self.suite.target, SocketTarget) else None
+            job_id = f"{item.attempt.key.slug}#{item.number}"
+            if socket is not None:
+                self._leased[job_id] = socket
+            pool.submit(job_id, Job(item.attempt, item.number, socket))
+
+    def _over_budget(self) -> bool:
+        limit = self.suite.budget.max_cost_usd
+        return limit is not None and self.writer.cost_usd >= limit
+
+    # --------------------------------------------------------------------------------- results
+
+    def _finished(self, item: Finished) -> None:
+        job: Job = item.payload
+        result: JobResult = item.result
+        self._release(item.job_id)
+        if "crash" in result.record:
+            record = self._error_record(
+                job, Status.INFRA_ERROR, "harness", "worker error", result.record["crash"]
+            )
+        else:
+            record = AttemptRecord.model_validate(result.record)
+        if result.transcript:
+            record.events_file = self.writer.write_transcript(job.attempt.key, job.number, result.transcript)
+        self._record(job, record)
+
+    def _lost(self, lost: Lost) -> None:
+        for job_id, job in lost.jobs.items():
+            self._release(job_id)
+            detail = f"worker process {lost.wid} died (exit code {lost.exitcode})"
+            self._record(job, self._error_record(job, Status.INFRA_ERROR, "infra", "worker died", detail))
+
+    def _record(self, job: Job, record: AttemptRecord) -> None:
+        self.writer.append(record)
+        self.on_record(record)
+        if not record.final and record.status is not Status.CANCELLED and not self._stopping:
+            delay = self._backoff(job.number)
+            heapq.heappush(
+                self._queue, _Queued(time.monotonic() + delay, job.attempt.index, job.number + 1, job.attempt)
+            )
+
+    def _backoff(self, number: int) -> float:
+        d = self.suite.defaults
+        base = min(float(d.retry_backoff) * 2 ** (number - 1), float(d.retry_backoff_max))
+        return float(base * self._rng.uniform(0.5, 1.5))
+
+    def _release(self, job_id: str) -> None:
+        socket = self._leased.pop(job_id, None)
+        if socket is not None:
+            self._free_sockets.append(socket)
+
+    def _error_record(
+        self, job: Job, status: Status, error_class: Any, reason: str, detail: str
+    ) -> AttemptRecord:
+        now = datetime.now(timezone.utc)
+        a = job.attempt
+        return AttemptRecord(
+            run_id=self.run_id,
+            case_id=a.key.case_id,
+            model_id=a.key.model_id,
+            repeat=a.key.repeat,
+            config_hash=a.key.config_hash,
+            attempt=job.number,
+            final=final_for(status, job.number, a.retries),
+            status=status,
+            passed=None,
+            reason=reason,
+            error_class=error_class,
+            error=detail,
+            started_at=now,
+            ended_at=now,
+            duration_s=0.0,
+            tags=list(a.tags),
+        )
+
+    # --------------------------------------------------------------------------------- signals
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # Only flags: the loop acts on them within POLL_INTERVAL, never in the middle of a write.
+        self._interrupts += 1
+        if self._interrupts == 1:
+            log.warning("stopping: cancelling in-flight attempts (press Ctrl-C again to exit at once)")
+            self._stopping = "interrupted"
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)

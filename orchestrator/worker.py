@@ -1,0 +1,72 @@
+"""A worker process: one event loop, one bridge client, several attempts at once.
+
+The inbox is a multiprocess queue read by a thread (its ``get`` blocks) and handed to the loop; the
+loop never blocks on it. Messages are described in :mod:`orchestrator.pool`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import traceback
+from typing import Any
+
+from ipc_bridge.client import BridgeClient
+
+from .attempt import AttemptRunner, Job, JobResult, WorkerConfig
+
+log = logging.getLogger(__name__)
+
+
+def worker_main(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> None:
+    """Entry point of a worker process (see :class:`orchestrator.pool.Pool`)."""
+    logging.basicConfig(
+        level=os.environ.get("ORCHESTRATE_LOG_LEVEL", "WARNING").upper(),
+        format=f"%(asctime)s %(levelname)s worker-{wid} %(name)s: %(message)s",
+    )
+    asyncio.run(_serve(wid, inbox, outbox, config))
+
+
+async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> None:
+    loop = asyncio.get_running_loop()
+    messages: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+    def read_inbox() -> None:
+        while True:
+            msg = inbox.get()
+            loop.call_soon_threadsafe(messages.put_nowait, msg)
+            if msg[0] == "stop":
+                return
+
+    threading.Thread(target=read_inbox, name="inbox", daemon=True).start()
+    client = await BridgeClient.connect(config.connection_file)
+    runner = AttemptRunner(client, config, wid)
+    running: dict[str, asyncio.Task[None]] = {}
+
+    async def run_job(job_id: str, job: Job) -> None:
+        try:
+            result = await runner.run(job)
+        except Exception as exc:
+            log.error("attempt %s crashed: %s", job_id, traceback.format_exc())
+            result = JobResult(record={"crash": f"{type(exc).__name__}: {exc}"})
+        finally:
+            running.pop(job_id, None)
+        outbox.put(("done", wid, job_id, result))
+
+    try:
+        while True:
+            msg = await messages.get()
+            if msg[0] == "job":
+                _, job_id, job = msg
+                running[job_id] = asyncio.ensure_future(run_job(job_id, job))
+            elif msg[0] == "cancel":
+                for task in list(running.values()):
+                    task.cancel()
+            elif msg[0] == "stop":
+                break
+        if running:
+            await asyncio.gather(*running.values(), return_exceptions=True)
+    finally:
+        await client.close()

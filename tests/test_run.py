@@ -1,0 +1,213 @@
+"""``orchestrate run`` end to end on the simulator: real bridge, real worker processes, real hosts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.results import load, read_records
+
+ROOT = Path(__file__).resolve().parent.parent
+EXERCISES = ROOT / "configs" / "exercises"
+SECRET = "sk-test-4f1c9e2b7d"
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _suite(tmp: Path, cases: str, *, extra: str = "", slots: int = 3) -> Path:
+    text = f"""
+    name: t
+    target: {{kind: simulator, slots: {slots}, options: {{time_scale: 0.05, status_delay: 0.1}}}}
+    defaults:
+      timeout: 30s
+      retries: 1
+      retry_backoff: 100ms
+      ask_timeout: 1s
+      configuration: {{apiProvider: openrouter, openRouterApiKey: "${{TEST_KEY}}", mode: code}}
+    models:
+      - {{id: m1}}
+    {extra}
+    cases:
+    """
+    path = tmp / "suite.yaml"
+    path.write_text(textwrap.dedent(text) + textwrap.indent(textwrap.dedent(cases), "  "))
+    return path
+
+
+GOOD = f"""
+- id: two-fer
+  prompt: Implement two_fer.
+  workspace: {EXERCISES}/python/two-fer
+  check: python3 -m unittest -q
+  tags: [easy]
+  simulate:
+    text: "using key {SECRET} is forbidden to show"
+    files:
+      two_fer.py: |
+        def two_fer(name="you"):
+            return f"One for {{name}}, one for me."
+- id: leap-wrong
+  prompt: Implement leap_year.
+  workspace: {EXERCISES}/python/leap
+  check: python3 -m unittest -q
+  simulate:
+    files: {{leap.py: "def leap_year(year):\\n    return True\\n"}}
+- id: api-down
+  prompt: Implement leap_year.
+  workspace: {EXERCISES}/python/leap
+  check: python3 -m unittest -q
+  simulate: {{outcome: api_error_noauto}}
+"""
+
+
+def orchestrate(
+    *args: str, env_extra: dict[str, str] | None = None, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TEST_KEY": SECRET, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=150,
+        **kw,
+    )
+
+
+def test_run_grades_retries_and_writes_loadable_results(tmp_path: Path) -> None:
+    suite = _suite(tmp_path, GOOD)
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r1", "--json")
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert lines[-1]["type"] == "summary"
+    assert sum(1 for line in lines if line["type"] == "attempt") == 4  # api-down is tried twice
+
+    run_dir = tmp_path / "r" / "r1"
+    records = read_records(run_dir / "results.jsonl")
+    final = {r.case_id: r for r in records if r.final}
+    assert set(final) == {"two-fer", "leap-wrong", "api-down"}
+    assert final["two-fer"].status.value == "completed"
+    assert final["two-fer"].passed is True
+    assert final["leap-wrong"].passed is False
+    assert final["leap-wrong"].check is not None
+    assert final["leap-wrong"].check.exit_code != 0
+    assert final["api-down"].status.value == "api_error"
+    assert final["api-down"].attempt == 2
+    assert [r.attempt for r in records if r.case_id == "api-down"] == [1, 2]
+
+    df = load(run_dir)
+    assert len(df) == 3
+    assert set(df["status"]) == {"completed", "api_error"}
+
+    # the secret reached the host (configuration) but no file of the run
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(), path
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["suite"]["defaults"]["configuration"]["openRouterApiKey"] == "***"
+    assert SECRET not in res.stdout + res.stderr
+
+
+def test_resume_of_a_finished_run_runs_nothing_more(tmp_path: Path) -> None:
+    suite = _suite(tmp_path, GOOD.split("- id: leap-wrong")[0])
+    args = ["run", str(suite), "--results", str(tmp_path / "r"), "--quiet"]
+    assert orchestrate(*args, "--run-id", "r").returncode == 0
+    again = orchestrate(*args, "--resume", "r")
+    assert again.returncode == 0, again.stderr
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert len(records) == 1
+
+
+def test_bad_suite_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    suite = _suite(tmp_path, GOOD + "  bogus_key: 1\n")
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"))
+    assert res.returncode == 2
+    assert "suite.yaml" in res.stderr
+    assert "bogus_key" in res.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_unset_secret_is_a_clear_error(tmp_path: Path) -> None:
+    suite = _suite(tmp_path, GOOD)
+    env = {k: v for k, v in os.environ.items() if k != "TEST_KEY"}
+    res = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", str(suite), "--results", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert res.returncode == 2
+    assert "TEST_KEY" in res.stderr
+
+
+def test_sigint_stops_cancels_and_resume_completes(tmp_path: Path) -> None:
+    hang = "".join(
+        f"""
+- id: hang-{i}
+  prompt: never finishes
+  workspace: {EXERCISES}/python/leap
+  timeout: 6s
+  simulate: {{outcome: hang, duration: 100ms}}
+"""
+        for i in range(2)
+    )
+    quick = f"""
+- id: quick
+  prompt: quick
+  workspace: {EXERCISES}/python/two-fer
+  simulate: {{duration: 100ms}}
+"""
+    suite = _suite(tmp_path, hang + quick, slots=3)
+    env = {**os.environ, "TEST_KEY": SECRET}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            str(suite),
+            "--results",
+            str(tmp_path / "r"),
+            "--run-id",
+            "r",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        # Plan order starts hang-0 and hang-1 before quick; once quick's record is out, both hang.
+        first = json.loads(proc.stdout.readline())
+        assert first["case_id"] == "quick"
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert json.loads(out.splitlines()[-1])["stop_reason"] == "interrupted"
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert sorted((r.case_id, r.status.value, r.final) for r in records) == [
+        ("hang-0", "cancelled", False),
+        ("hang-1", "cancelled", False),
+        ("quick", "completed", True),
+    ]
+
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--quiet")
+    assert res.returncode == 0, res.stderr
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    final = sorted((r.case_id, r.status.value, r.attempt) for r in records if r.final)
+    assert final == [("hang-0", "timeout", 2), ("hang-1", "timeout", 2), ("quick", "completed", 1)]
