@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -27,7 +26,7 @@ import zmq
 import zmq.asyncio
 from pydantic import BaseModel, ValidationError
 
-from .client_errors import (
+from .client_types import (
     ERRORS,
     BridgeError,
     BridgeRestarted,
@@ -35,6 +34,7 @@ from .client_errors import (
     CommandError,
     CommandTimeout,
     ConnectFailed,
+    Event,
     EventGap,
     InvalidCommand,
     ShuttingDown,
@@ -48,9 +48,7 @@ from .protocol import (
     RooCodeSettings,
     StartNewTask,
     StartNewTaskData,
-    TaskEvent,
     WireModel,
-    parse_task_event,
 )
 from .wire import (
     EVENTS,
@@ -75,7 +73,6 @@ from .wire import (
     SnapshotRequest,
     TaskCommandReply,
     TaskCommandRequest,
-    TaskEventContent,
     WelcomeContent,
     WireError,
     parse_reply,
@@ -86,53 +83,6 @@ from .wire import (
 log = logging.getLogger(__name__)
 
 R = TypeVar("R", bound=Reply)
-
-
-# ------------------------------------------------------------------------------------------ events
-
-
-@dataclass
-class Event:
-    """One event from the bridge. ``content`` is the typed model for ``msg_type``."""
-
-    msg_type: str
-    header: Header
-    parent: dict[str, Any]
-    content: Content
-    topic: bytes
-
-    @property
-    def slot(self) -> str | None:
-        value = getattr(self.content, "slot", None)
-        return value if isinstance(value, str) else None
-
-    @property
-    def seq(self) -> int | None:
-        value = getattr(self.content, "seq", None)
-        return value if isinstance(value, int) and self.msg_type != "hugz" else None
-
-    @property
-    def task_id(self) -> str | None:
-        return self.content.task_id if isinstance(self.content, TaskEventContent) else None
-
-    @property
-    def parent_msg_id(self) -> str | None:
-        value = self.parent.get("msg_id")
-        return value if isinstance(value, str) else None
-
-    @property
-    def event_name(self) -> str | None:
-        """The Roo eventName of a ``task_event`` (``taskCreated``, ``message``, ...)."""
-        if isinstance(self.content, TaskEventContent):
-            name = self.content.event.get("eventName")
-            return name if isinstance(name, str) else None
-        return None
-
-    def task_event(self) -> TaskEvent:
-        """The Roo TaskEvent, parsed leniently (``task_event`` messages only)."""
-        if not isinstance(self.content, TaskEventContent):
-            raise TypeError(f"{self.msg_type} is not a task_event")
-        return parse_task_event(self.content.event)
 
 
 _Item = Event | BridgeError

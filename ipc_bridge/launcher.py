@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from .bridge_cli import KEY_ENV
 from .connection_file import ConnectionInfo, endpoint_path, ensure_runtime_dir, read_connection_file
+from .lifeline import preexec_die_with_parent
 from .wire import (
     ErrorReply,
     HeartbeatReply,
@@ -201,6 +202,10 @@ def start_bridge_process(
             pass_fds=(write_fd,),
             env=child_env,
             stdin=subprocess.DEVNULL,
+            # Its own session: a terminal's Ctrl-C goes to the orchestrator, which stops the bridge
+            # last, in order. SIGTERM when the parent dies outright, so the bridge cleans up its files.
+            start_new_session=True,
+            preexec_fn=preexec_die_with_parent(signal.SIGTERM),
         )
     except BaseException:
         os.close(read_fd)

@@ -238,7 +238,9 @@ class AttemptRunner:
         pump = asyncio.ensure_future(self._pump(slot, inbox))
         try:
             configuration = dict(attempt.configuration)
-            if isinstance(self.config.target, SimulatorTarget) and attempt.case.simulate is not None:
+            if attempt.case.simulate is not None:
+                # Real hosts strip unknown configuration keys (zod strip mode), so any target may get
+                # it; a simulator behind a command or vscode target needs it.
                 configuration["simulate"] = attempt.case.simulate
             try:
                 await self.client.start_task(

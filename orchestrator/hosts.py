@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ipc_bridge.lifeline import preexec_die_with_parent
+
 log = logging.getLogger(__name__)
 
 SOCKET_ENV = "ROO_CODE_IPC_SOCKET_PATH"
@@ -119,6 +121,8 @@ async def launch(
             stdout=out,
             stderr=out,
             start_new_session=True,
+            # A host outlives nothing of ours: not its worker, even one that was SIGKILLed.
+            preexec_fn=preexec_die_with_parent(signal.SIGKILL),
         )
     except OSError as exc:
         raise HostError(f"cannot launch {argv[0]!r}: {exc.strerror or exc}") from exc

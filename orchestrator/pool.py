@@ -10,6 +10,7 @@ Ctrl-C means and tells them.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import time
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import multiprocess as mp
+
+from ipc_bridge.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class Pool:
         inbox = self._ctx.Queue()
         proc = self._ctx.Process(
             target=_worker_entry,
-            args=(self._target, wid, inbox, self._outbox, self._config),
+            args=(self._target, wid, inbox, self._outbox, self._config, os.getpid()),
             name=f"orchestrate-worker-{wid}",
             daemon=True,
         )
@@ -181,6 +184,7 @@ class Pool:
         raise KeyError(job_id)
 
 
-def _worker_entry(target: WorkerMain, wid: int, inbox: Any, outbox: Any, config: Any) -> None:
+def _worker_entry(target: WorkerMain, wid: int, inbox: Any, outbox: Any, config: Any, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL, expected_parent=parent)
     target(wid, inbox, outbox, config)

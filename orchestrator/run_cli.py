@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .config import SuiteError, apply_overrides, load_suite
-from .plan import build_plan, pending
+from .plan import build_plan, pending, suite_hash
 from .results import AttemptRecord, ResultsError, ResultsWriter, build_manifest
 from .scheduler import Interrupted, RunOptions, Scheduler
 
@@ -93,6 +93,9 @@ class _Progress:
     help="Continue this run: only attempts without a final record run.",
 )
 @click.option(
+    "--force", is_flag=True, help="With --resume: accept a suite that changed since the run started."
+)
+@click.option(
     "--workers", type=int, help="Worker processes (default: min(slots, 2)); each drives several slots."
 )
 @click.option(
@@ -112,6 +115,7 @@ def run(
     results_dir: Path,
     run_id: str | None,
     resume_id: str | None,
+    force: bool,
     workers: int | None,
     keep_workspaces: bool,
     quiet: bool,
@@ -127,6 +131,9 @@ def run(
     """
     try:
         suite = load_suite(suite_file)
+        # The run's identity is the whole suite, before --case/--model/--filter narrow it, so that a
+        # resume may run a subset of it.
+        identity = suite_hash(suite)
         suite = apply_overrides(
             suite, slots=slots, tags=tags, case_ids=case_ids, model_ids=model_ids, repeats=repeats
         )
@@ -139,12 +146,21 @@ def run(
         if resume_id:
             writer = ResultsWriter.resume(results_dir / resume_id, redactor=redactor)
             run_id = resume_id
+            recorded = writer.read_manifest().get("config_hash")
+            if recorded != identity and not force:
+                writer.close()
+                click.echo(
+                    f"error: {suite_file} changed since run {resume_id} started (config hash {recorded} -> "
+                    f"{identity}); resume with --force to run the changed suite into the same run anyway",
+                    err=True,
+                )
+                sys.exit(EXIT_BAD_INPUT)
         else:
             run_id = run_id or _default_run_id(suite.name)
             manifest = build_manifest(
                 suite,
                 run_id=run_id,
-                config_hash=plan.config_hash,
+                config_hash=identity,
                 argv=sys.argv,
                 started_at=datetime.now(timezone.utc),
                 attempts_planned=len(plan),

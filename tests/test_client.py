@@ -145,8 +145,8 @@ async def test_restart_with_the_same_key_is_detected(
     client.on_restart.append(restarted.append)
     first_event = asyncio.ensure_future(stream.__anext__())
     bridge.kill()
-    # In a thread, so that this loop keeps reading while the successor starts.
-    successor = await asyncio.to_thread(start_bridge_process, sockdir / "b", key=bridge.key)
+    # From this (main) thread: the launcher ties the child's life to the thread that starts it.
+    successor = start_bridge_process(sockdir / "b", key=bridge.key)
     try:
         with pytest.raises(BridgeRestarted) as err:
             await asyncio.wait_for(first_event, 10)

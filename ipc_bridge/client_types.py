@@ -1,9 +1,14 @@
-"""The exceptions of the worker client (:mod:`ipc_bridge.client`): one class per bridge error code,
-so that callers catch what they can handle (``SlotDown``) and let the rest propagate."""
+"""The types the worker client (:mod:`ipc_bridge.client`) hands out: :class:`Event`, and one exception
+class per bridge error code, so that callers catch what they can handle (``SlotDown``) and let the rest
+propagate."""
 
 from __future__ import annotations
 
-from .wire import ErrorCode
+from dataclasses import dataclass
+from typing import Any
+
+from .protocol import TaskEvent, parse_task_event
+from .wire import Content, ErrorCode, Header, TaskEventContent
 
 
 class BridgeError(Exception):
@@ -84,3 +89,50 @@ class BridgeRestarted(BridgeError):
         super().__init__(f"bridge restarted (session {old} -> {new})")
         self.old = old
         self.new = new
+
+
+# ------------------------------------------------------------------------------------------ events
+
+
+@dataclass
+class Event:
+    """One event from the bridge. ``content`` is the typed model for ``msg_type``."""
+
+    msg_type: str
+    header: Header
+    parent: dict[str, Any]
+    content: Content
+    topic: bytes
+
+    @property
+    def slot(self) -> str | None:
+        value = getattr(self.content, "slot", None)
+        return value if isinstance(value, str) else None
+
+    @property
+    def seq(self) -> int | None:
+        value = getattr(self.content, "seq", None)
+        return value if isinstance(value, int) and self.msg_type != "hugz" else None
+
+    @property
+    def task_id(self) -> str | None:
+        return self.content.task_id if isinstance(self.content, TaskEventContent) else None
+
+    @property
+    def parent_msg_id(self) -> str | None:
+        value = self.parent.get("msg_id")
+        return value if isinstance(value, str) else None
+
+    @property
+    def event_name(self) -> str | None:
+        """The Roo eventName of a ``task_event`` (``taskCreated``, ``message``, ...)."""
+        if isinstance(self.content, TaskEventContent):
+            name = self.content.event.get("eventName")
+            return name if isinstance(name, str) else None
+        return None
+
+    def task_event(self) -> TaskEvent:
+        """The Roo TaskEvent, parsed leniently (``task_event`` messages only)."""
+        if not isinstance(self.content, TaskEventContent):
+            raise TypeError(f"{self.msg_type} is not a task_event")
+        return parse_task_event(self.content.event)

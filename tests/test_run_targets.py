@@ -1,0 +1,277 @@
+"""More of ``orchestrate run`` end to end: engines, budget, hard kill + resume, command and vscode targets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from orchestrator.results import read_records
+from tests.test_run import EXERCISES, orchestrate
+
+pytestmark = pytest.mark.timeout(180)
+
+TWO_FER = f"""
+  workspace: {EXERCISES}/python/two-fer
+  check: python3 -m unittest -q
+  simulate:
+    files:
+      two_fer.py: |
+        def two_fer(name="you"):
+            return f"One for {{name}}, one for me."
+    cost: 0.5
+"""
+
+
+def _write_suite(tmp: Path, target: str, cases: str, defaults: str = "", top: str = "") -> Path:
+    path = tmp / "suite.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            name: t
+            target: {target}
+            defaults: {{timeout: 30s, retries: 1, retry_backoff: 100ms, ask_timeout: 1s{defaults}}}
+            """
+        )
+        + top
+        + "cases:\n"
+        + cases
+    )
+    return path
+
+
+def _cases(n: int, body: str = TWO_FER, prefix: str = "c") -> str:
+    return "".join(f"- id: {prefix}{i}\n  prompt: Implement two_fer.{body}" for i in range(n))
+
+
+SIM = "{kind: simulator, slots: 2, options: {time_scale: 0.05, status_delay: 0.1}}"
+
+
+def test_engine_3_50_completes_through_task_completed(tmp_path: Path) -> None:
+    target = "{kind: simulator, slots: 1, engine: '3.50', options: {time_scale: 0.05, status_delay: 0.1}}"
+    suite = _write_suite(tmp_path, target, _cases(1))
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--quiet")
+    assert res.returncode == 0, res.stderr
+    (record,) = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert record.status.value == "completed"
+    assert record.passed is True
+    assert "taskCompleted" in record.reason
+    assert record.events_file is not None
+    transcript = (tmp_path / "r" / "r" / record.events_file).read_text().splitlines()
+    names = [json.loads(line)["event"]["eventName"] for line in transcript]
+    assert "taskCompleted" in names
+
+
+def test_budget_stops_starting_attempts(tmp_path: Path) -> None:
+    target = "{kind: simulator, slots: 1, options: {time_scale: 0.05, status_delay: 0.1}}"
+    suite = _write_suite(tmp_path, target, _cases(5), top="budget: {max_cost_usd: 0.9}\n")
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout.splitlines()[-1])
+    assert summary["stop_reason"] == "budget"
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert len(records) == 2  # 0.5 spent after one, 1.0 >= 0.9 after two: no third start
+    assert summary["skipped_budget"] == 3
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigkill_of_the_orchestrator_leaves_nothing_and_resume_completes(tmp_path: Path) -> None:
+    hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
+    suite = _write_suite(tmp_path, SIM, _cases(1) + _cases(2, hang, prefix="h"))
+    env = {**os.environ}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            str(suite),
+            "--results",
+            str(tmp_path / "r"),
+            "--run-id",
+            "r",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())  # c0 done; h0 now hangs on the other slot
+        assert first["case_id"] == "c0"
+        tree = _descendants(proc.pid)
+        assert len(tree) >= 4  # bridge, workers, at least one host
+        proc.kill()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    # Every process of the run dies with it (PR_SET_PDEATHSIG), without anyone reaping them here.
+    import time
+
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in tree if _alive(p)]
+
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--quiet")
+    assert res.returncode == 0, res.stderr
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    finals = sorted(r.case_id for r in records if r.final)
+    assert finals == ["c0", "h0", "h1"]  # exactly one final record per key
+
+
+def test_resume_refuses_a_changed_suite_without_force(tmp_path: Path) -> None:
+    suite = _write_suite(tmp_path, SIM, _cases(1))
+    assert (
+        orchestrate(
+            "run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--quiet"
+        ).returncode
+        == 0
+    )
+    suite.write_text(suite.read_text().replace("Implement two_fer.", "Implement two_fer, please."))
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--quiet")
+    assert res.returncode == 2
+    assert "--force" in res.stderr
+    forced = orchestrate(
+        "run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--force", "--quiet"
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert len([r for r in read_records(tmp_path / "r" / "r" / "results.jsonl") if r.final]) == 2
+
+
+def test_command_target_fills_the_template(tmp_path: Path) -> None:
+    argv = (
+        f"[{sys.executable}, -m, orchestrator, simulate, --socket, '{{socket}}', --workspace, '{{workspace}}',"
+        " --time-scale, '0.05', --status-delay, '0.1']"
+    )
+    target = f"{{kind: command, slots: 2, argv: {argv}, env: {{SLOT_NAME: 'slot-{{slot}}'}}}}"
+    suite = _write_suite(tmp_path, target, _cases(3))
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--quiet")
+    assert res.returncode == 0, res.stderr
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert [(r.status.value, r.passed) for r in records] == [("completed", True)] * 3
+
+
+def test_vscode_target_launches_code_like_roo_does(tmp_path: Path) -> None:
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls.jsonl"
+    code = bindir / "code"
+    # A stand-in `code`: records how it was called, then serves the simulator where Roo would listen.
+    code.write_text(
+        textwrap.dedent(
+            f"""\
+            #!{sys.executable}
+            import json, os, sys
+            with open({str(calls)!r}, "a") as fh:
+                fh.write(json.dumps({{"argv": sys.argv[1:], "socket": os.environ.get("ROO_CODE_IPC_SOCKET_PATH"),
+                                      "cwd": os.getcwd(), "extra": os.environ.get("EXTRA")}}) + "\\n")
+            workspace = sys.argv[-1]
+            os.execv({sys.executable!r}, [{sys.executable!r}, "-m", "orchestrator", "simulate",
+                     "--workspace", workspace, "--time-scale", "0.05", "--status-delay", "0.1"])
+            """
+        )
+    )
+    code.chmod(code.stat().st_mode | stat.S_IEXEC)
+    target = "{kind: vscode, slots: 1, code: code, xvfb: false, args: [--log, trace], env: {EXTRA: 'yes'}}"
+    suite = _write_suite(tmp_path, target, _cases(1))
+    env_path = f"{bindir}:{os.environ['PATH']}"
+    res = orchestrate(
+        "run",
+        str(suite),
+        "--results",
+        str(tmp_path / "r"),
+        "--run-id",
+        "r",
+        "--quiet",
+        env_extra={"PATH": env_path},
+    )
+    assert res.returncode == 0, res.stderr
+    (record,) = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert record.passed is True
+    (call,) = [json.loads(line) for line in calls.read_text().splitlines()]
+    argv = call["argv"]
+    assert argv[-2] == "-n"
+    assert argv[-1] == call["cwd"]  # the workspace copy, opened in a new window
+    assert "--disable-workspace-trust" in argv
+    assert any(a.startswith("--user-data-dir=") for a in argv)
+    assert "--log" in argv
+    assert call["socket"].endswith(".sock")
+    assert len(call["socket"].encode()) < 104
+    assert call["extra"] == "yes"
+    assert not Path(call["socket"]).exists()  # the host is gone and its socket with it
+
+
+def test_sigint_reaches_only_the_orchestrator_not_the_bridge(tmp_path: Path) -> None:
+    hang = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{outcome: hang}}\n"
+    suite = _write_suite(tmp_path, SIM, _cases(1) + _cases(1, hang, prefix="h"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            str(suite),
+            "--results",
+            str(tmp_path / "r"),
+            "--run-id",
+            "r",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["case_id"] == "c0"
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    # The cancel went through the bridge: it was still up when the worker sent CancelTask.
+    (hung,) = [r for r in records if r.case_id == "h0"]
+    assert hung.status.value == "cancelled"
+    assert hung.events_file is not None
