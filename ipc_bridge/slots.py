@@ -117,6 +117,7 @@ class Slot:
         self.socket_path = socket_path
         self.config = config
         self.state = "connecting"
+        self._closing = False
         self.seq = 0
         self.buffer = ReplayBuffer(config.buffer_events, config.buffer_bytes)
         self.conn: ExtensionConnection | None = None
@@ -180,6 +181,7 @@ class Slot:
         self._up(conn)
 
     def _up(self, conn: ExtensionConnection) -> None:
+        self._closing = False
         assert conn.ack is not None
         self.conn = conn
         self.state = "up"
@@ -210,7 +212,11 @@ class Slot:
             SlotDownContent(slot=self.name, seq=self._next_seq(), reason=reason),
             None,
         )
-        log.warning("slot %s down: %s", self.name, reason)
+        if self._closing:
+            log.info("slot %s closed after CloseTask: %s", self.name, reason)
+        else:
+            log.warning("slot %s down: %s", self.name, reason)
+        self._closing = False
 
     async def detach(self, reason: str = "detached") -> None:
         was_up = self.state == "up"
@@ -385,6 +391,9 @@ class Slot:
 
     async def send(self, command: Any) -> None:
         await self._send(command)
+        if getattr(command, "commandName", None) == "CloseTask":
+            # The host is expected to go away now (CloseTask closes the VS Code window).
+            self._closing = True
 
     def replay(self, since_seq: int, limit: int) -> tuple[list[BufferedEvent], bool, bool]:
         return self.buffer.since(since_seq, self.seq, limit)
