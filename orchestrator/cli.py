@@ -17,6 +17,14 @@ SUBCOMMANDS = {
         "Serve a simulated Roo Code extension host on a socket.",
     ),
     "bridge": ("ipc_bridge.bridge_cli:bridge", "Run the node-ipc <-> ZeroMQ bridge process."),
+    "report": (
+        "orchestrator.report_cli:report",
+        "Pass rate, cost, tokens and durations of a run, by model and tag.",
+    ),
+    "compare": (
+        "orchestrator.report_cli:compare",
+        "Per-case flips and cost/duration deltas between two runs.",
+    ),
 }
 
 
