@@ -211,3 +211,32 @@ def test_sigint_stops_cancels_and_resume_completes(tmp_path: Path) -> None:
     records = read_records(tmp_path / "r" / "r" / "results.jsonl")
     final = sorted((r.case_id, r.status.value, r.attempt) for r in records if r.final)
     assert final == [("hang-0", "timeout", 2), ("hang-1", "timeout", 2), ("quick", "completed", 1)]
+
+
+def test_the_default_suite_shows_every_outcome(tmp_path: Path) -> None:
+    """README command 1: each case of configs/suite.yaml ends the way its comment says, for both models."""
+    res = orchestrate(
+        "run", str(ROOT / "configs" / "suite.yaml"), "--results", str(tmp_path), "--run-id", "d", "--quiet"
+    )
+    assert res.returncode == 0, res.stderr
+    records = read_records(tmp_path / "d" / "results.jsonl")
+    final = {(r.case_id, r.model_id): r for r in records if r.final}
+    expected = {
+        "py-two-fer": ("completed", True),
+        "py-leap": ("completed", True),
+        "py-reverse-string": ("completed", False),
+        "py-isogram": ("completed", True),
+        "py-two-fer-asks": ("stuck", False),
+        "py-leap-api-down": ("api_error", None),
+        "py-isogram-slow": ("timeout", False),
+        "py-reverse-crash": ("infra_error", None),
+    }
+    for model in ("sonnet", "gpt"):
+        got = {case: (final[case, model].status.value, final[case, model].passed) for case in expected}
+        assert got == expected
+    assert final["py-isogram", "sonnet"].metrics.subtasks == 1
+    assert final["py-reverse-string", "sonnet"].metrics.tool_failures  # the apply_diff that did not match
+    retried = sorted({r.case_id for r in records if not r.final})
+    assert retried == ["py-leap-api-down", "py-reverse-crash"]
+    summary = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert summary["totals"]["passed"] == 6
