@@ -2,7 +2,7 @@
 
 Strict on output, lenient on input:
 
-* everything we *send* is built from these models and serialised by :func:`dump_ipc_message`, which
+* everything we *send* is built from these models and serialised through ``.wire()`` and :mod:`.framing`, which
   yields compact JSON that passes ``ipcMessageSchema`` (lowercase origins, ``clientId`` always present,
   NaN/Infinity rejected at construction);
 * everything we *receive* is parsed with ``extra="allow"``: unknown keys are kept and re-emitted,
@@ -14,151 +14,69 @@ Field declaration order is wire order: the engine writes ``{taskId, action, mess
 ``{ts, type, ask|say, text, ...}``, and so do we.
 """
 
-from __future__ import annotations
+from typing import Annotated, Any, Literal
 
-from enum import Enum
-from typing import Annotated, Any, ClassVar, Literal
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    TypeAdapter,
-    ValidationError,
+from .events import (
+    KNOWN_EVENTS,
+    CommandsResponse,
+    EvalFail,
+    EvalPass,
+    Message,
+    ModeChanged,
+    ModelsResponse,
+    ModesResponse,
+    ProviderProfileChanged,
+    QueuedMessagesUpdated,
+    TaskAborted,
+    TaskActive,
+    TaskAskResponded,
+    TaskCompleted,
+    TaskCreated,
+    TaskDelegated,
+    TaskDelegationCompleted,
+    TaskDelegationResumed,
+    TaskEvent,
+    TaskFocused,
+    TaskIdle,
+    TaskInteractive,
+    TaskModeSwitched,
+    TaskPaused,
+    TaskResumable,
+    TaskSpawned,
+    TaskStarted,
+    TaskTokenUsageUpdated,
+    TaskToolFailed,
+    TaskUnfocused,
+    TaskUnpaused,
+    TaskUserMessage,
+    UnknownEvent,
+    event_route,
+    make_event,
+    parse_task_event,
 )
-
-# --------------------------------------------------------------------------------------------- base
-
-
-class WireModel(BaseModel):
-    """Base of every protocol object: keeps unknown keys, refuses NaN/Infinity."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False, populate_by_name=True)
-
-    # Discriminators (commandName, eventName, type, origin) have defaults but must always be written.
-    _always_written: ClassVar[tuple[str, ...]] = ()
-
-    def wire(self) -> dict[str, Any]:
-        """The JSON-ready dict as it goes on the wire (unset optional keys are omitted, as JS does)."""
-        out = self.model_dump(mode="json", exclude_unset=True, by_alias=True)
-        if self._always_written:
-            out = {**{k: getattr(self, k) for k in self._always_written}, **out}
-        return out
-
-
-class IpcOrigin(str, Enum):
-    CLIENT = "client"
-    SERVER = "server"
-
-
-class IpcMessageType(str, Enum):
-    ACK = "Ack"
-    TASK_COMMAND = "TaskCommand"
-    TASK_EVENT = "TaskEvent"
-
-
-# ------------------------------------------------------------------------------------ shared shapes
-
-Number = int | float
-"""A JS number: ints stay ints on the way back out (``0``, not ``0.0``)."""
-
-ClineAsk = str
-"""``followup, command, command_output, completion_result, tool, api_req_failed, resume_task, ...``:
-kept as an open string because forks and newer engines add values."""
-
-IDLE_ASKS = frozenset(
-    {
-        "completion_result",
-        "api_req_failed",
-        "resume_completed_task",
-        "mistake_limit_reached",
-        "auto_approval_max_req_reached",
-    }
+from .shapes import (
+    IDLE_ASKS,
+    INTERACTIVE_ASKS,
+    RESUMABLE_ASKS,
+    Ack,
+    ClineAsk,
+    ClineMessage,
+    CommandInfo,
+    IpcMessageType,
+    IpcOrigin,
+    MessagePayload,
+    ModeInfo,
+    Number,
+    ProtocolError,
+    QueuedMessage,
+    SubtaskFlag,
+    TokenUsage,
+    ToolStats,
+    ToolUsage,
+    WireModel,
 )
-INTERACTIVE_ASKS = frozenset({"followup", "command", "tool", "use_mcp_server"})
-RESUMABLE_ASKS = frozenset({"resume_task"})
-
-
-class ClineMessage(WireModel):
-    ts: int
-    type: Literal["ask", "say"]
-    ask: str | None = None
-    say: str | None = None
-    text: str | None = None
-    images: list[str] | None = None
-    partial: bool | None = None
-    reasoning: str | None = None
-    conversationHistoryIndex: int | None = None
-    checkpoint: dict[str, Any] | None = None
-    progressStatus: dict[str, Any] | None = None
-    contextCondense: dict[str, Any] | None = None
-    contextTruncation: dict[str, Any] | None = None
-    isProtected: bool | None = None
-    apiProtocol: str | None = None
-    isAnswered: bool | None = None
-
-
-class MessagePayload(WireModel):
-    """``payload[0]`` of the ``message`` event."""
-
-    taskId: str
-    action: Literal["created", "updated"]
-    message: ClineMessage
-
-
-class TokenUsage(WireModel):
-    """Cumulative totals for a task (not deltas)."""
-
-    totalTokensIn: Number
-    totalTokensOut: Number
-    totalCacheWrites: Number | None = None
-    totalCacheReads: Number | None = None
-    totalCost: Number
-    contextTokens: Number
-
-
-class ToolStats(WireModel):
-    attempts: int
-    failures: int
-
-
-ToolUsage = dict[str, ToolStats]
-"""``z.record(ToolName, {attempts, failures})``; tool names stay open strings."""
-
-
-class SubtaskFlag(WireModel):
-    isSubtask: bool
-
-
-class QueuedMessage(WireModel):
-    timestamp: Number
-    id: str
-    text: str
-    images: list[str] | None = None
-
-
-class ModeInfo(WireModel):
-    slug: str
-    name: str
-
-
-class CommandInfo(WireModel):
-    name: str
-    source: str
-    filePath: str | None = None
-    description: str | None = None
-    argumentHint: str | None = None
-
-
-# -------------------------------------------------------------------------------------------- Ack
-
-
-class Ack(WireModel):
-    clientId: str
-    pid: int
-    ppid: int
-
 
 # ------------------------------------------------------------------------------------ TaskCommand
 
@@ -307,234 +225,6 @@ QUERY_RESPONSES = {
 task_command_adapter: TypeAdapter[TaskCommand] = TypeAdapter(TaskCommand)
 
 
-# -------------------------------------------------------------------------------------- TaskEvent
-
-
-class _Event(WireModel):
-    """Common part of every TaskEvent variant. ``taskId`` (a number) is Roo's eval DB id, not the
-    Roo task id; the extension never sets it."""
-
-    taskId: int | None = None
-    _always_written = ("eventName",)
-
-    @property
-    def task_id(self) -> str | None:
-        """The Roo task this event is about (the first string of the payload), if any."""
-        payload: Any = getattr(self, "payload", None)
-        if isinstance(payload, (list, tuple)) and payload:
-            first = payload[0]
-            if isinstance(first, str):
-                return first
-            if isinstance(first, MessagePayload):
-                return first.taskId
-        return None
-
-
-class TaskCreated(_Event):
-    eventName: Literal["taskCreated"] = "taskCreated"
-    payload: tuple[str]
-
-
-class TaskStarted(_Event):
-    eventName: Literal["taskStarted"] = "taskStarted"
-    payload: tuple[str]
-
-
-class TaskCompleted(_Event):
-    eventName: Literal["taskCompleted"] = "taskCompleted"
-    payload: tuple[str, TokenUsage, ToolUsage, SubtaskFlag]
-
-
-class TaskAborted(_Event):
-    eventName: Literal["taskAborted"] = "taskAborted"
-    payload: tuple[str]
-
-
-class TaskFocused(_Event):
-    eventName: Literal["taskFocused"] = "taskFocused"
-    payload: tuple[str]
-
-
-class TaskUnfocused(_Event):
-    eventName: Literal["taskUnfocused"] = "taskUnfocused"
-    payload: tuple[str]
-
-
-class TaskActive(_Event):
-    eventName: Literal["taskActive"] = "taskActive"
-    payload: tuple[str]
-
-
-class TaskInteractive(_Event):
-    eventName: Literal["taskInteractive"] = "taskInteractive"
-    payload: tuple[str]
-
-
-class TaskResumable(_Event):
-    eventName: Literal["taskResumable"] = "taskResumable"
-    payload: tuple[str]
-
-
-class TaskIdle(_Event):
-    eventName: Literal["taskIdle"] = "taskIdle"
-    payload: tuple[str]
-
-
-class TaskPaused(_Event):
-    eventName: Literal["taskPaused"] = "taskPaused"
-    payload: tuple[str]
-
-
-class TaskUnpaused(_Event):
-    eventName: Literal["taskUnpaused"] = "taskUnpaused"
-    payload: tuple[str]
-
-
-class TaskSpawned(_Event):
-    eventName: Literal["taskSpawned"] = "taskSpawned"
-    payload: tuple[str, str]
-
-
-class TaskDelegated(_Event):
-    eventName: Literal["taskDelegated"] = "taskDelegated"
-    payload: tuple[str, str]
-
-
-class TaskDelegationCompleted(_Event):
-    eventName: Literal["taskDelegationCompleted"] = "taskDelegationCompleted"
-    payload: tuple[str, str, str]
-
-
-class TaskDelegationResumed(_Event):
-    eventName: Literal["taskDelegationResumed"] = "taskDelegationResumed"
-    payload: tuple[str, str]
-
-
-class Message(_Event):
-    eventName: Literal["message"] = "message"
-    payload: tuple[MessagePayload]
-
-
-class TaskModeSwitched(_Event):
-    eventName: Literal["taskModeSwitched"] = "taskModeSwitched"
-    payload: tuple[str, str]
-
-
-class TaskAskResponded(_Event):
-    eventName: Literal["taskAskResponded"] = "taskAskResponded"
-    payload: tuple[str]
-
-
-class TaskUserMessage(_Event):
-    eventName: Literal["taskUserMessage"] = "taskUserMessage"
-    payload: tuple[str]
-
-
-class QueuedMessagesUpdated(_Event):
-    eventName: Literal["queuedMessagesUpdated"] = "queuedMessagesUpdated"
-    payload: tuple[str, list[QueuedMessage]]
-
-
-class TaskToolFailed(_Event):
-    eventName: Literal["taskToolFailed"] = "taskToolFailed"
-    payload: tuple[str, str, str]
-
-
-class TaskTokenUsageUpdated(_Event):
-    eventName: Literal["taskTokenUsageUpdated"] = "taskTokenUsageUpdated"
-    payload: tuple[str, TokenUsage, ToolUsage]
-
-
-class ModeChanged(_Event):
-    eventName: Literal["modeChanged"] = "modeChanged"
-    payload: tuple[str]
-
-
-class ProviderProfileChanged(_Event):
-    eventName: Literal["providerProfileChanged"] = "providerProfileChanged"
-    payload: tuple[dict[str, Any]]
-
-
-class CommandsResponse(_Event):
-    eventName: Literal["commandsResponse"] = "commandsResponse"
-    payload: tuple[list[CommandInfo]]
-
-
-class ModesResponse(_Event):
-    eventName: Literal["modesResponse"] = "modesResponse"
-    payload: tuple[list[ModeInfo]]
-
-
-class ModelsResponse(_Event):
-    eventName: Literal["modelsResponse"] = "modelsResponse"
-    payload: tuple[dict[str, Any]]
-
-
-class EvalPass(_Event):
-    eventName: Literal["evalPass"] = "evalPass"
-    payload: None = None
-
-
-class EvalFail(_Event):
-    eventName: Literal["evalFail"] = "evalFail"
-    payload: None = None
-
-
-class UnknownEvent(_Event):
-    """An event whose name we do not know, or whose payload did not match its known tuple.
-
-    It is kept whole and passed on: forks add event names, newer engines add tuple members.
-    """
-
-    eventName: str
-    payload: Any = None
-    _invalid: str | None = PrivateAttr(default=None)
-
-    @property
-    def invalid(self) -> str | None:
-        """Why a known event name did not validate against its tuple (None for a truly unknown name)."""
-        return self._invalid
-
-
-KNOWN_EVENTS: dict[str, type[_Event]] = {
-    cls.model_fields["eventName"].default: cls
-    for cls in (
-        TaskCreated, TaskStarted, TaskCompleted, TaskAborted, TaskFocused, TaskUnfocused,
-        TaskActive, TaskInteractive, TaskResumable, TaskIdle, TaskPaused, TaskUnpaused,
-        TaskSpawned, TaskDelegated, TaskDelegationCompleted, TaskDelegationResumed, Message,
-        TaskModeSwitched, TaskAskResponded, TaskUserMessage, QueuedMessagesUpdated,
-        TaskToolFailed, TaskTokenUsageUpdated, ModeChanged, ProviderProfileChanged,
-        CommandsResponse, ModesResponse, ModelsResponse, EvalPass, EvalFail,
-    )
-}  # fmt: skip
-
-TaskEvent = _Event
-"""Any TaskEvent: one of the classes in :data:`KNOWN_EVENTS`, or :class:`UnknownEvent`."""
-
-
-def parse_task_event(data: Any) -> _Event:
-    """Parse a TaskEvent body leniently. Never raises for a dict with a string ``eventName``."""
-    if not isinstance(data, dict) or not isinstance(data.get("eventName"), str):
-        raise ProtocolError(f"TaskEvent without a string eventName: {str(data)[:200]!r}")
-    cls = KNOWN_EVENTS.get(data["eventName"])
-    if cls is not None:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            event = UnknownEvent.model_validate(data)
-            event._invalid = str(exc)
-            return event
-    return UnknownEvent.model_validate(data)
-
-
-def make_event(event_name: str, *payload: Any) -> _Event:
-    """Build an outgoing event (simulator side), validated against its typed tuple."""
-    cls = KNOWN_EVENTS.get(event_name)
-    if cls is None:
-        return UnknownEvent(eventName=event_name, payload=list(payload))
-    return cls.model_validate({"eventName": event_name, "payload": list(payload)})
-
-
 # ------------------------------------------------------------------------------------- IpcMessage
 
 
@@ -563,11 +253,11 @@ class TaskEventMessage(WireModel):
     relayClientId: str | None = None
     data: Any  # a TaskEvent; parsed by parse_task_event so unknown names survive
 
-    def event(self) -> _Event:
-        return self.data if isinstance(self.data, _Event) else parse_task_event(self.data)
+    def event(self) -> TaskEvent:
+        return self.data if isinstance(self.data, TaskEvent) else parse_task_event(self.data)
 
     def wire(self) -> dict[str, Any]:
-        data = self.data.wire() if isinstance(self.data, _Event) else self.data
+        data = self.data.wire() if isinstance(self.data, TaskEvent) else self.data
         out: dict[str, Any] = {"type": self.type, "origin": self.origin}
         if self.relayClientId is not None:
             out["relayClientId"] = self.relayClientId
@@ -576,10 +266,6 @@ class TaskEventMessage(WireModel):
 
 
 IpcMessage = AckMessage | TaskCommandMessage | TaskEventMessage
-
-
-class ProtocolError(ValueError):
-    """A message that is not a valid IpcMessage at all (no usable ``type``)."""
 
 
 def parse_ipc_message(data: Any) -> IpcMessage:
@@ -607,24 +293,88 @@ def command_message(client_id: str, command: Any) -> TaskCommandMessage:
     return TaskCommandMessage(clientId=client_id, data=cmd)
 
 
-def event_message(event: _Event) -> TaskEventMessage:
+def event_message(event: TaskEvent) -> TaskEventMessage:
     return TaskEventMessage(data=event)
 
 
-def event_route(data: Any) -> tuple[str, str | None]:
-    """``(eventName, roo task id)`` of a raw TaskEvent dict without validating it (the bridge's hot path).
-
-    For ``message`` the task id is ``payload[0].taskId``; for every other event it is ``payload[0]``
-    when that is a string (taskSpawned & co. name the parent first)."""
-    name = data.get("eventName") if isinstance(data, dict) else None
-    if not isinstance(name, str):
-        raise ProtocolError("TaskEvent without a string eventName")
-    payload = data.get("payload")
-    task: str | None = None
-    if isinstance(payload, list) and payload:
-        first = payload[0]
-        if isinstance(first, str):
-            task = first
-        elif isinstance(first, dict) and isinstance(first.get("taskId"), str):
-            task = first["taskId"]
-    return name, task
+# The one import point for the protocol: shapes and events are re-exported here.
+__all__ = [
+    "COMMAND_NAMES",
+    "IDLE_ASKS",
+    "INTERACTIVE_ASKS",
+    "KNOWN_EVENTS",
+    "QUERY_RESPONSES",
+    "RESUMABLE_ASKS",
+    "Ack",
+    "AckMessage",
+    "CancelTask",
+    "ClineAsk",
+    "ClineMessage",
+    "CloseTask",
+    "CommandInfo",
+    "CommandsResponse",
+    "DeleteQueuedMessage",
+    "EvalFail",
+    "EvalPass",
+    "GetCommands",
+    "GetModels",
+    "GetModes",
+    "IpcMessage",
+    "IpcMessageType",
+    "IpcOrigin",
+    "Message",
+    "MessagePayload",
+    "ModeChanged",
+    "ModeInfo",
+    "ModelsResponse",
+    "ModesResponse",
+    "Number",
+    "ProtocolError",
+    "ProviderProfileChanged",
+    "QueuedMessage",
+    "QueuedMessagesUpdated",
+    "ResumeTask",
+    "RooCodeSettings",
+    "SendMessage",
+    "SendMessageData",
+    "StartNewTask",
+    "StartNewTaskData",
+    "SubtaskFlag",
+    "TaskAborted",
+    "TaskActive",
+    "TaskAskResponded",
+    "TaskCommand",
+    "TaskCommandMessage",
+    "TaskCompleted",
+    "TaskCreated",
+    "TaskDelegated",
+    "TaskDelegationCompleted",
+    "TaskDelegationResumed",
+    "TaskEvent",
+    "TaskEventMessage",
+    "TaskFocused",
+    "TaskIdle",
+    "TaskInteractive",
+    "TaskModeSwitched",
+    "TaskPaused",
+    "TaskResumable",
+    "TaskSpawned",
+    "TaskStarted",
+    "TaskTokenUsageUpdated",
+    "TaskToolFailed",
+    "TaskUnfocused",
+    "TaskUnpaused",
+    "TaskUserMessage",
+    "TokenUsage",
+    "ToolStats",
+    "ToolUsage",
+    "UnknownEvent",
+    "WireModel",
+    "command_message",
+    "event_message",
+    "event_route",
+    "make_event",
+    "parse_ipc_message",
+    "parse_task_event",
+    "task_command_adapter",
+]

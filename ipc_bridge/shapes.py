@@ -1,0 +1,147 @@
+"""The shared shapes of the Roo Code IPC protocol: the base model, ClineMessage, TokenUsage & co., Ack.
+
+Everything here is lenient on input (``extra="allow"``: unknown keys are kept and re-emitted) and
+strict on output (NaN/Infinity refused). Field declaration order is wire order.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+# --------------------------------------------------------------------------------------------- base
+
+
+class WireModel(BaseModel):
+    """Base of every protocol object: keeps unknown keys, refuses NaN/Infinity."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, populate_by_name=True)
+
+    # Discriminators (commandName, eventName, type, origin) have defaults but must always be written.
+    _always_written: ClassVar[tuple[str, ...]] = ()
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready dict as it goes on the wire (unset optional keys are omitted, as JS does)."""
+        out = self.model_dump(mode="json", exclude_unset=True, by_alias=True)
+        if self._always_written:
+            out = {**{k: getattr(self, k) for k in self._always_written}, **out}
+        return out
+
+
+class IpcOrigin(str, Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class IpcMessageType(str, Enum):
+    ACK = "Ack"
+    TASK_COMMAND = "TaskCommand"
+    TASK_EVENT = "TaskEvent"
+
+
+# ------------------------------------------------------------------------------------ shared shapes
+
+Number = int | float
+"""A JS number: ints stay ints on the way back out (``0``, not ``0.0``)."""
+
+ClineAsk = str
+"""``followup, command, command_output, completion_result, tool, api_req_failed, resume_task, ...``:
+kept as an open string because forks and newer engines add values."""
+
+IDLE_ASKS = frozenset(
+    {
+        "completion_result",
+        "api_req_failed",
+        "resume_completed_task",
+        "mistake_limit_reached",
+        "auto_approval_max_req_reached",
+    }
+)
+INTERACTIVE_ASKS = frozenset({"followup", "command", "tool", "use_mcp_server"})
+RESUMABLE_ASKS = frozenset({"resume_task"})
+
+
+class ClineMessage(WireModel):
+    ts: int
+    type: Literal["ask", "say"]
+    ask: str | None = None
+    say: str | None = None
+    text: str | None = None
+    images: list[str] | None = None
+    partial: bool | None = None
+    reasoning: str | None = None
+    conversationHistoryIndex: int | None = None
+    checkpoint: dict[str, Any] | None = None
+    progressStatus: dict[str, Any] | None = None
+    contextCondense: dict[str, Any] | None = None
+    contextTruncation: dict[str, Any] | None = None
+    isProtected: bool | None = None
+    apiProtocol: str | None = None
+    isAnswered: bool | None = None
+
+
+class MessagePayload(WireModel):
+    """``payload[0]`` of the ``message`` event."""
+
+    taskId: str
+    action: Literal["created", "updated"]
+    message: ClineMessage
+
+
+class TokenUsage(WireModel):
+    """Cumulative totals for a task (not deltas)."""
+
+    totalTokensIn: Number
+    totalTokensOut: Number
+    totalCacheWrites: Number | None = None
+    totalCacheReads: Number | None = None
+    totalCost: Number
+    contextTokens: Number
+
+
+class ToolStats(WireModel):
+    attempts: int
+    failures: int
+
+
+ToolUsage = dict[str, ToolStats]
+"""``z.record(ToolName, {attempts, failures})``; tool names stay open strings."""
+
+
+class SubtaskFlag(WireModel):
+    isSubtask: bool
+
+
+class QueuedMessage(WireModel):
+    timestamp: Number
+    id: str
+    text: str
+    images: list[str] | None = None
+
+
+class ModeInfo(WireModel):
+    slug: str
+    name: str
+
+
+class CommandInfo(WireModel):
+    name: str
+    source: str
+    filePath: str | None = None
+    description: str | None = None
+    argumentHint: str | None = None
+
+
+# -------------------------------------------------------------------------------------------- Ack
+
+
+class Ack(WireModel):
+    clientId: str
+    pid: int
+    ppid: int
+
+
+class ProtocolError(ValueError):
+    """A message that is not a valid IpcMessage at all (no usable ``type``)."""
