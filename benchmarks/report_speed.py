@@ -1,0 +1,236 @@
+"""How fast a big run loads: ``load()`` into a DataFrame and ``orchestrate report`` on 100,000 attempts.
+
+::
+
+    .venv/bin/python benchmarks/report_speed.py [--attempts 100000] [--keep DIR]
+
+Records are built through :class:`orchestrator.results.AttemptRecord` (so the lines cannot drift from the
+model) and written with orjson straight to results.jsonl, as :class:`ResultsWriter` would write them
+but without its per-line fsync, which would make the set-up take minutes. The targets are the
+issue's: load <= 2 s, report <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import orjson
+
+from orchestrator.grading import CheckResult
+from orchestrator.outcome import Metrics, Status, ToolCount, ToolFailure
+from orchestrator.results import RESULTS, AttemptRecord, ResultsWriter, Timings, load, read_records
+
+TARGET_S = 2.0
+MODELS = ("sonnet", "gpt-5", "gemini-pro", "qwen-coder", "deepseek")
+TAGS = ("python", "js", "go", "rust", "easy", "medium", "hard")
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+PASS_TAIL = "".join(f"test_case_{i} PASSED\n" for i in range(12)) + "12 passed in 0.31s\n"
+FAIL_TAIL = (
+    "".join(f"test_case_{i} FAILED - AssertionError: expected {i} got {i + 1}\n" for i in range(20))
+    + "E   assert 'One for you, one for me.' == 'One for Bob, one for me.'\n" * 5
+    + "20 failed in 0.52s\n"
+)
+
+
+def make_record(
+    run_id: str, case: int, model: str, repeat: int, attempt: int, doomed: bool, rng: random.Random
+) -> AttemptRecord:
+    roll = rng.random()
+    if doomed:
+        # A model API that keeps failing: retried twice (the suite default), then final.
+        status, final, passed = Status.API_ERROR, attempt > 2, None
+    elif attempt == 1 and roll < 0.02:
+        status, final, passed = Status.INFRA_ERROR, False, None
+    elif roll < 0.55:
+        status, final, passed = Status.COMPLETED, True, True
+    elif roll < 0.85:
+        status, final, passed = Status.COMPLETED, True, False
+    elif roll < 0.95:
+        status, final, passed = Status.TIMEOUT, True, False
+    else:
+        status, final, passed = Status.ABORTED, True, False
+    duration = rng.lognormvariate(3.5, 0.6)
+    started = T0 + timedelta(seconds=case * 7 + repeat)
+    check = None
+    if passed is not None:
+        check = CheckResult(
+            passed=passed,
+            exit_code=0 if passed else 1,
+            duration=rng.uniform(0.3, 2.0),
+            timed_out=False,
+            output_tail=PASS_TAIL if passed else FAIL_TAIL,
+        )
+    tools = {
+        name: ToolCount(attempts=rng.randint(1, 6), failures=rng.randint(0, 1))
+        for name in ("read_file", "apply_diff", "write_to_file", "execute_command")[: rng.randint(1, 4)]
+    }
+    failures = [ToolFailure(task_id=f"task-{case}-{repeat}", tool="apply_diff", error="no match found")]
+    return AttemptRecord(
+        run_id=run_id,
+        case_id=f"case-{case:04d}",
+        model_id=model,
+        repeat=repeat,
+        config_hash="0123456789abcdef",
+        attempt=attempt,
+        final=final,
+        status=status,
+        passed=passed,
+        reason="root task completed"
+        if status is Status.COMPLETED
+        else f"{status.value} after {duration:.0f}s",
+        error_class="infra" if status.is_infra else None,
+        error="extension host exited with code 1" if status.is_infra else None,
+        task_id=f"task-{case}-{repeat}-{attempt}",
+        slot=f"slot-{case % 32}",
+        started_at=started,
+        ended_at=started + timedelta(seconds=duration),
+        duration_s=duration,
+        timings=Timings(setup_s=0.2, launch_s=1.5, agent_s=duration - 3, check_s=1.0, teardown_s=0.3),
+        metrics=Metrics(
+            tokens_in=rng.randint(5_000, 200_000),
+            tokens_out=rng.randint(500, 20_000),
+            cache_reads=rng.randint(0, 100_000),
+            cache_writes=rng.randint(0, 20_000),
+            context_tokens=rng.randint(5_000, 60_000),
+            cost_usd=rng.uniform(0.001, 0.5),
+            tool_usage=tools,
+            tool_failures=failures if rng.random() < 0.3 else [],
+            errors=[],
+            subtasks=rng.randint(0, 2),
+            task_ids=[f"task-{case}-{repeat}-{attempt}"],
+            messages=rng.randint(10, 80),
+            partial_updates=rng.randint(50, 800),
+            events=rng.randint(20, 200),
+            api_requests=rng.randint(1, 15),
+            time_to_first_event_s=rng.uniform(0.05, 1.5),
+            completion="Implemented two_fer; all tests pass." if passed else None,
+        ),
+        check=check,
+        tags=[TAGS[case % 4], TAGS[4 + case % 3]],
+        events_file=f"events/case-{case:04d}__{model}__{repeat}__{attempt}.jsonl",
+    )
+
+
+def generate(run_dir: Path, attempts: int, seed: int = 1) -> int:
+    """Write a run of ``attempts`` lines (retried attempts included); returns the final-record count."""
+    run_id = run_dir.name
+    ResultsWriter.create(
+        run_dir, {"run_id": run_id, "suite_name": "bench", "config_hash": "0123456789abcdef"}
+    ).close()
+    rng = random.Random(seed)
+    finals = 0
+    with open(run_dir / RESULTS, "wb") as out:
+        written = 0
+        case = 0
+        while written < attempts:
+            for model in MODELS:
+                for repeat in range(4):
+                    attempt = 1
+                    doomed = rng.random() < 0.005
+                    while written < attempts:
+                        record = make_record(run_id, case, model, repeat, attempt, doomed, rng)
+                        out.write(orjson.dumps(record.model_dump(mode="json")) + b"\n")
+                        written += 1
+                        if record.final:
+                            finals += 1
+                            break
+                        attempt += 1
+            case += 1
+    return finals
+
+
+def _without_gc(fn: Callable[[Path], object], arg: Path) -> None:
+    gc.disable()
+    try:
+        fn(arg)
+    finally:
+        gc.enable()
+
+
+def timed(label: str, fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    elapsed = time.perf_counter() - start
+    print(f"  {label:<52} {elapsed:6.2f} s")
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--attempts", type=int, default=100_000)
+    parser.add_argument("--keep", type=Path, help="Write the run here and keep it (default: a temp dir).")
+    args = parser.parse_args()
+
+    from orchestrator.report import read_rows, summarize_rows
+
+    parent = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="report-speed-"))
+    run_dir = parent / "bench-run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    try:
+        start = time.perf_counter()
+        finals = generate(run_dir, args.attempts)
+        size = (run_dir / RESULTS).stat().st_size
+        print(
+            f"generated {args.attempts} attempts ({finals} final) in {time.perf_counter() - start:.1f} s: "
+            f"{run_dir / RESULTS} ({size / 1e6:.0f} MB)"
+        )
+        print("timings (best of 3 for in-process figures; the command includes interpreter start-up):")
+        try:
+            import pandas  # type: ignore[import-untyped]  # noqa: F401
+
+            t_load = min(timed("load() -> DataFrame", lambda: load(run_dir)) for _ in range(3))
+        except ImportError:
+            t_load = None
+            print("  load() -> DataFrame: pandas is not installed (pip install '.[notebook]')")
+        min(
+            timed("read_records() (pydantic validation)", lambda: read_records(run_dir / RESULTS))
+            for _ in range(3)
+        )
+        if t_load is not None:
+            # What load() would gain from pausing the cyclic GC while it builds 100,000 models.
+            min(timed("load() -> DataFrame, GC paused", lambda: _without_gc(load, run_dir)) for _ in range(3))
+        t_rows = min(
+            timed("report: read_rows() (orjson, line by line)", lambda: read_rows(run_dir)) for _ in range(3)
+        )
+        rows = read_rows(run_dir)
+        min(timed("report: summarize_rows() on the rows", lambda: summarize_rows(rows)) for _ in range(3))
+        command = [sys.executable, "-m", "orchestrator", "report", str(run_dir)]
+        t_cmd = min(
+            timed(
+                "`orchestrate report RUN` (subprocess)",
+                lambda: subprocess.run(command, check=True, capture_output=True),
+            )
+            for _ in range(3)
+        )
+        print("figures vs targets:")
+        if t_load is not None:
+            print(
+                f"  load()              {t_load:6.2f} s  target <= {TARGET_S:.0f} s  {'ok' if t_load <= TARGET_S else 'MISSED'}"
+            )
+        print(
+            f"  orchestrate report  {t_cmd:6.2f} s  target <= {TARGET_S:.0f} s  {'ok' if t_cmd <= TARGET_S else 'MISSED'}"
+        )
+        print(f"  (report's read alone: {t_rows:.2f} s)")
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        print(output)
+    finally:
+        if not args.keep:
+            shutil.rmtree(parent, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

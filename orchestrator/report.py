@@ -1,0 +1,512 @@
+"""``orchestrate report`` and ``orchestrate compare``: the tables, as pure functions over a run's records.
+
+A run's results.jsonl is read with orjson one line at a time into slim :class:`Row` tuples rather than
+validated :class:`~orchestrator.results.AttemptRecord` models: on a 100,000-attempt run pydantic
+validation plus :func:`~orchestrator.summary.summarize` take well over the 2 s a report may take.
+:func:`summarize_rows` therefore aggregates in one pass, and returns exactly what ``summarize`` returns
+for the same records (same keys, same definitions; the tests hold the two together), so a report and
+the run's summary.json always agree.
+
+Torn lines are handled like :func:`~orchestrator.results.read_records` does: a torn last line is
+skipped (never repaired here: reading is read-only), damage before it is an error.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+
+from .outcome import Status
+from .results import MANIFEST, RESULTS, ResultsError
+from .summary import _percentile
+
+log = logging.getLogger(__name__)
+
+_INFRA = frozenset(s.value for s in Status if s.is_infra)
+_STATUSES = frozenset(s.value for s in Status)
+
+
+class Row(NamedTuple):
+    """What the report and compare need of one results.jsonl line."""
+
+    case_id: str
+    model_id: str
+    repeat: int
+    config_hash: str
+    attempt: int
+    final: bool
+    status: str
+    passed: bool | None
+    error: bool
+    """An error in summarize's sense: an infrastructure status or an ``error_class``."""
+    error_message: str | None
+    duration_s: float
+    cost_usd: float
+    tokens_in: int
+    tokens_out: int
+    cache_reads: int
+    cache_writes: int
+    tags: tuple[str, ...]
+
+    @property
+    def outcome(self) -> str:
+        """``error``, ``pass`` or ``fail``: the class a compare flip is made of."""
+        if self.error:
+            return "error"
+        return "pass" if self.passed else "fail"
+
+
+# ------------------------------------------------------------------------------------ reading
+
+
+def resolve_run(run: str | Path, results_dir: Path) -> Path:
+    """A run directory from a path (the directory or its results.jsonl) or a run id under
+    ``results_dir``. Raises :class:`ResultsError` naming where it looked."""
+    candidates = [Path(run)]
+    if not Path(run).is_absolute():
+        candidates.append(results_dir / run)
+    for path in candidates:
+        run_dir = path.parent if path.name == RESULTS and path.is_file() else path
+        if (run_dir / RESULTS).is_file() or (run_dir / MANIFEST).is_file():
+            return run_dir
+    looked = " or ".join(str(p) for p in candidates)
+    raise ResultsError(f"no run {str(run)!r}: {looked} is not a run directory (no {RESULTS} or {MANIFEST})")
+
+
+def _row(data: Any) -> Row:
+    status = data["status"]
+    if status not in _STATUSES:
+        raise ValueError(f"unknown status {status!r}")
+    metrics = data["metrics"]
+    passed = data["passed"]
+    return Row(
+        str(data["case_id"]),
+        str(data["model_id"]),
+        int(data["repeat"]),
+        str(data["config_hash"]),
+        int(data["attempt"]),
+        bool(data["final"]),
+        status,
+        None if passed is None else bool(passed),
+        status in _INFRA or data.get("error_class") is not None,
+        data.get("error"),
+        float(data["duration_s"]),
+        float(metrics["cost_usd"]),
+        int(metrics["tokens_in"]),
+        int(metrics["tokens_out"]),
+        int(metrics["cache_reads"]),
+        int(metrics["cache_writes"]),
+        tuple(data["tags"]),
+    )
+
+
+def read_rows(run_dir: Path) -> list[Row]:
+    """Every record of a run (retried ones included), in file order."""
+    path = run_dir / RESULTS
+    rows: list[Row] = []
+    if not path.is_file():
+        return rows  # a run that has not finished an attempt yet
+    # Rows hold no reference cycles, yet the cyclic GC would rescan every live row many times as they
+    # pile up: 3x the read time on 100,000 records, more in a notebook full of objects.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with path.open("rb") as fh:
+            _read_lines(path, fh, rows)
+    finally:
+        if enabled:
+            gc.enable()
+    return rows
+
+
+def _read_lines(path: Path, lines: Iterable[bytes], rows: list[Row]) -> None:
+    bad: tuple[int, Exception] | None = None
+    dropped = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.endswith(b"\n"):
+            # The writer emits whole lines, so one without a newline is the end of a hard kill.
+            dropped += len(line)
+            break
+        if bad is not None:
+            raise ResultsError(f"{path}:{bad[0]}: unreadable record ({bad[1]}); fix or remove the line")
+        if not line.strip():
+            continue
+        try:
+            rows.append(_row(orjson.loads(line)))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            bad = (number, exc)
+            dropped += len(line)
+    if dropped:
+        log.warning("%s: ignoring a torn last line (%d bytes) left by an interrupted run", path, dropped)
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The manifest, or ``{}`` when it is missing or unreadable (a report still works from the records)."""
+    try:
+        data = orjson.loads((run_dir / MANIFEST).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        log.warning("%s: no readable manifest (%s)", run_dir, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# ---------------------------------------------------------------------------------- aggregating
+
+
+class _Cell:
+    """Sums over the final rows sharing one (model, tags): few cells, so per-row work stays small."""
+
+    __slots__ = (
+        "attempts",
+        "by_status",
+        "cache_reads",
+        "cache_writes",
+        "cost",
+        "durations",
+        "errors",
+        "passed",
+        "tokens_in",
+        "tokens_out",
+    )
+
+    def __init__(self) -> None:
+        self.attempts = self.passed = self.errors = 0
+        self.tokens_in = self.tokens_out = self.cache_reads = self.cache_writes = 0
+        self.cost = 0.0
+        self.durations: list[float] = []
+        self.by_status: dict[str, int] = {}
+
+    def add(self, r: Row) -> None:
+        self.attempts += 1
+        if r.passed:
+            self.passed += 1
+        if r.error:
+            self.errors += 1
+        self.cost += r.cost_usd
+        self.tokens_in += r.tokens_in
+        self.tokens_out += r.tokens_out
+        self.cache_reads += r.cache_reads
+        self.cache_writes += r.cache_writes
+        self.durations.append(r.duration_s)
+        self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
+
+
+def _group(cells: Iterable[_Cell]) -> dict[str, Any]:
+    """summary._group's figures, merged from cells."""
+    total = _Cell()
+    for c in cells:
+        total.attempts += c.attempts
+        total.passed += c.passed
+        total.errors += c.errors
+        total.cost += c.cost
+        total.tokens_in += c.tokens_in
+        total.tokens_out += c.tokens_out
+        total.cache_reads += c.cache_reads
+        total.cache_writes += c.cache_writes
+        total.durations.extend(c.durations)
+        for status, n in c.by_status.items():
+            total.by_status[status] = total.by_status.get(status, 0) + n
+    durations = sorted(total.durations)
+    n = total.attempts
+    return {
+        "attempts": n,
+        "passed": total.passed,
+        "failed": n - total.passed - total.errors,
+        "errors": total.errors,
+        "pass_rate": total.passed / n if n else None,
+        "cost_usd": total.cost,
+        "tokens_in": total.tokens_in,
+        "tokens_out": total.tokens_out,
+        "cache_reads": total.cache_reads,
+        "cache_writes": total.cache_writes,
+        "duration_s": {
+            "p50": _percentile(durations, 0.5),
+            "p90": _percentile(durations, 0.9),
+            "max": durations[-1] if durations else None,
+        },
+        "by_status": dict(sorted(total.by_status.items())),
+    }
+
+
+def summarize_rows(rows: Iterable[Row]) -> dict[str, Any]:
+    """:func:`orchestrator.summary.summarize` over rows, in one pass: totals, ``by_model``, ``by_tag``."""
+    cells: dict[tuple[str, tuple[str, ...]], _Cell] = {}
+    retried = 0
+    cost_all = 0.0
+    for r in rows:
+        cost_all += r.cost_usd
+        if not r.final:
+            retried += 1
+            continue
+        cell = cells.get((r.model_id, r.tags))
+        if cell is None:
+            cell = cells[(r.model_id, r.tags)] = _Cell()
+        cell.add(r)
+    totals = _group(cells.values())
+    totals["retried"] = retried
+    totals["cost_usd_all_attempts"] = cost_all
+    models = sorted({m for m, _ in cells})
+    tags = sorted({t for _, ts in cells for t in ts})
+    return {
+        "totals": totals,
+        "by_model": {m: _group(c for (cm, _), c in cells.items() if cm == m) for m in models},
+        "by_tag": {t: _group(c for (_, ts), c in cells.items() if t in ts) for t in tags},
+    }
+
+
+def build_report(run_dir: Path) -> dict[str, Any]:
+    """What ``orchestrate report`` shows: the run's identity plus :func:`summarize_rows` of its records."""
+    manifest = read_manifest(run_dir)
+    rows = read_rows(run_dir)
+    return {
+        "run_id": manifest.get("run_id") or run_dir.name,
+        "run_dir": str(run_dir),
+        "suite_name": manifest.get("suite_name"),
+        "started_at": manifest.get("started_at"),
+        "ended_at": manifest.get("ended_at"),
+        "attempts_planned": manifest.get("attempts_planned"),
+        **summarize_rows(rows),
+    }
+
+
+def final_rows(rows: Iterable[Row]) -> dict[tuple[str, str, int], Row]:
+    """The final row of each (case, model, repeat); when a forced resume left finals under several
+    config hashes, the last written wins (it is the newest result)."""
+    out: dict[tuple[str, str, int], Row] = {}
+    for r in rows:
+        if r.final:
+            out[(r.case_id, r.model_id, r.repeat)] = r
+    return out
+
+
+def _side(rows: Sequence[Row]) -> dict[str, Any]:
+    n = len(rows)
+    durations = sorted(r.duration_s for r in rows)
+    return {
+        "pass_rate": sum(1 for r in rows if r.passed) / n if n else None,
+        "cost_usd": sum(r.cost_usd for r in rows),
+        "duration_p50": _percentile(durations, 0.5),
+    }
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else b - a
+
+
+def _compare_group(pairs: Sequence[tuple[Row, Row]]) -> dict[str, Any]:
+    a = _side([p[0] for p in pairs])
+    b = _side([p[1] for p in pairs])
+    flips: dict[str, int] = {}
+    for ra, rb in pairs:
+        if ra.outcome != rb.outcome:
+            change = f"{ra.outcome}->{rb.outcome}"
+            flips[change] = flips.get(change, 0) + 1
+    return {
+        "paired": len(pairs),
+        "config_changed": sum(1 for ra, rb in pairs if ra.config_hash != rb.config_hash),
+        **{f"{k}_a": v for k, v in a.items()},
+        **{f"{k}_b": v for k, v in b.items()},
+        **{f"{k}_delta": _delta(a[k], b[k]) for k in a},
+        "flips": dict(sorted(flips.items())),
+    }
+
+
+def compare_rows(rows_a: Iterable[Row], rows_b: Iterable[Row]) -> dict[str, Any]:
+    """Pairs the final rows of two runs by (case, model, repeat) -- the config hash may differ and is
+    reported -- and lists every pair whose outcome (pass, fail, error) changed, with per-model and total
+    pass-rate (errors count against it, as in summarize), cost and median-duration deltas."""
+    a = final_rows(rows_a)
+    b = final_rows(rows_b)
+    keys = sorted(a.keys() & b.keys(), key=lambda k: (k[1], k[0], k[2]))
+    pairs = [(a[k], b[k]) for k in keys]
+    changes = [
+        {
+            "case_id": ra.case_id,
+            "model_id": ra.model_id,
+            "repeat": ra.repeat,
+            "change": f"{ra.outcome}->{rb.outcome}",
+            "status_a": ra.status,
+            "status_b": rb.status,
+            "error_a": ra.error_message,
+            "error_b": rb.error_message,
+            "config": "same" if ra.config_hash == rb.config_hash else "changed",
+            "cost_delta": rb.cost_usd - ra.cost_usd,
+            "duration_delta": rb.duration_s - ra.duration_s,
+        }
+        for ra, rb in pairs
+        if ra.outcome != rb.outcome
+    ]
+    by_model: dict[str, list[tuple[Row, Row]]] = {}
+    for pair in pairs:  # already in model order
+        by_model.setdefault(pair[0].model_id, []).append(pair)
+    return {
+        "totals": _compare_group(pairs),
+        "by_model": {m: _compare_group(p) for m, p in by_model.items()},
+        "changes": changes,
+        "only_a": [list(k) for k in sorted(a.keys() - b.keys())],
+        "only_b": [list(k) for k in sorted(b.keys() - a.keys())],
+    }
+
+
+def build_comparison(run_a: Path, run_b: Path) -> dict[str, Any]:
+    """What ``orchestrate compare`` shows: both runs' identities plus :func:`compare_rows`."""
+    out: dict[str, Any] = {}
+    rows: list[list[Row]] = []
+    for label, run_dir in (("a", run_a), ("b", run_b)):
+        manifest = read_manifest(run_dir)
+        out[label] = {"run_id": manifest.get("run_id") or run_dir.name, "run_dir": str(run_dir)}
+        rows.append(read_rows(run_dir))
+    return {**out, **compare_rows(rows[0], rows[1])}
+
+
+# ---------------------------------------------------------------------------------- formatting
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _pct_delta(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f}pp"
+
+
+def _secs(value: float | None, sign: bool = False) -> str:
+    return "-" if value is None else (f"{value:+.1f}s" if sign else f"{value:.1f}s")
+
+
+def _usd(value: float | None, sign: bool = False) -> str:
+    return "-" if value is None else (f"{value:+.4f}" if sign else f"{value:.4f}")
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], align: str = "") -> list[str]:
+    """Aligned plain-text columns. ``align`` holds one ``l`` or ``r`` a column; by default the first
+    column is left-aligned and the others, numbers, right-aligned."""
+    body = [list(r) for r in rows]
+    widths = [max(len(c) for c in col) for col in zip(headers, *body, strict=True)]
+    align = align or "l" + "r" * (len(widths) - 1)
+
+    def line(cells: Sequence[str]) -> str:
+        out = [c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(cells, widths, align, strict=True)]
+        return "  ".join(out).rstrip()
+
+    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in body)]
+
+
+_REPORT_HEADERS: tuple[str, ...] = ("", "attempts", "pass rate", "passed", "failed", "errors", "cost $")
+_REPORT_HEADERS += ("tokens in", "tokens out", "p50", "p90")
+
+
+def _report_line(name: str, g: Mapping[str, Any]) -> list[str]:
+    d = g["duration_s"]
+    return [
+        name,
+        f"{g['attempts']:,}",
+        _pct(g["pass_rate"]),
+        f"{g['passed']:,}",
+        f"{g['failed']:,}",
+        f"{g['errors']:,}",
+        _usd(g["cost_usd"]),
+        f"{g['tokens_in']:,}",
+        f"{g['tokens_out']:,}",
+        _secs(d["p50"]),
+        _secs(d["p90"]),
+    ]
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The report as text: a header, then one table of totals, models and tags."""
+    totals = report["totals"]
+    title = f"run {report['run_id']}"
+    if report.get("suite_name"):
+        title += f" (suite {report['suite_name']})"
+    lines = [title, f"  {report['run_dir']}"]
+    if report.get("started_at"):
+        lines.append(f"  started {report['started_at']}, ended {report.get('ended_at') or '-'}")
+    planned = report.get("attempts_planned")
+    lines.append(
+        f"  {totals['attempts']:,} final records"
+        + (f" of {planned:,} planned" if isinstance(planned, int) else "")
+        + f", {totals['retried']:,} retried attempts; cost with retries ${totals['cost_usd_all_attempts']:.4f}"
+    )
+    rows = [_report_line("total", totals)]
+    rows += [_report_line(f"model {m}", g) for m, g in report["by_model"].items()]
+    rows += [_report_line(f"tag {t}", g) for t, g in report["by_tag"].items()]
+    lines += ["", *table(_REPORT_HEADERS, rows)]
+    return "\n".join(lines)
+
+
+_COMPARE_HEADERS: tuple[str, ...] = ("", "paired", "pass A", "pass B", "delta", "cost A", "cost B", "delta")
+_COMPARE_HEADERS += ("p50 A", "p50 B", "delta", "flips", "config changed")
+
+
+def _compare_line(name: str, g: Mapping[str, Any]) -> list[str]:
+    flips = ", ".join(f"{k} {v}" for k, v in g["flips"].items()) or "-"
+    return [
+        name,
+        f"{g['paired']:,}",
+        _pct(g["pass_rate_a"]),
+        _pct(g["pass_rate_b"]),
+        _pct_delta(g["pass_rate_delta"]),
+        _usd(g["cost_usd_a"]),
+        _usd(g["cost_usd_b"]),
+        _usd(g["cost_usd_delta"], sign=True),
+        _secs(g["duration_p50_a"]),
+        _secs(g["duration_p50_b"]),
+        _secs(g["duration_p50_delta"], sign=True),
+        flips,
+        f"{g['config_changed']:,}",
+    ]
+
+
+def format_comparison(cmp: Mapping[str, Any], *, max_unpaired: int = 20) -> str:
+    """The comparison as text: both runs, the per-model table, then every changed pair."""
+    a, b = cmp["a"], cmp["b"]
+    lines = [f"A: run {a['run_id']}  {a['run_dir']}", f"B: run {b['run_id']}  {b['run_dir']}", ""]
+    rows = [_compare_line("total", cmp["totals"])]
+    rows += [_compare_line(f"model {m}", g) for m, g in cmp["by_model"].items()]
+    lines += table(_COMPARE_HEADERS, rows)
+    for label, keys in (("only in A", cmp["only_a"]), ("only in B", cmp["only_b"])):
+        if keys:
+            shown = ", ".join(f"{c}/{m}/{r}" for c, m, r in keys[:max_unpaired])
+            more = f" (+{len(keys) - max_unpaired} more)" if len(keys) > max_unpaired else ""
+            lines.append(f"{label}: {len(keys)} case/model/repeat: {shown}{more}")
+    changes = cmp["changes"]
+    lines.append("")
+    if not changes:
+        lines.append("no outcome changed between the paired attempts")
+        return "\n".join(lines)
+    lines.append(f"{len(changes)} changed outcome(s):")
+    lines += table(
+        (
+            "case",
+            "model",
+            "repeat",
+            "change",
+            "status A",
+            "status B",
+            "cost delta",
+            "duration delta",
+            "config",
+        ),
+        (
+            [
+                c["case_id"],
+                c["model_id"],
+                str(c["repeat"]),
+                c["change"],
+                c["status_a"],
+                c["status_b"],
+                _usd(c["cost_delta"], sign=True),
+                _secs(c["duration_delta"], sign=True),
+                c["config"],
+            ]
+            for c in changes
+        ),
+        align="llrlllrrl",
+    )
+    return "\n".join(lines)
