@@ -14,11 +14,13 @@ key, and on resume it cuts away a torn last line left by a hard kill. Every JSON
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import glob
 import importlib
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -103,52 +105,62 @@ class AttemptRecord(BaseModel):
 
     def flat(self) -> dict[str, Any]:
         """The record as one flat row (the columns of :func:`load`)."""
-        m = self.metrics
-        c = self.check
-        return {
-            "run_id": self.run_id,
-            "case_id": self.case_id,
-            "model_id": self.model_id,
-            "repeat": self.repeat,
-            "attempt": self.attempt,
-            "final": self.final,
-            "config_hash": self.config_hash,
-            "status": self.status.value,
-            "passed": self.passed,
-            "reason": self.reason,
-            "error_class": self.error_class,
-            "error": self.error,
-            "task_id": self.task_id,
-            "slot": self.slot,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-            "duration_s": self.duration_s,
-            **self.timings.model_dump(),
-            "tokens_in": m.tokens_in,
-            "tokens_out": m.tokens_out,
-            "cache_reads": m.cache_reads,
-            "cache_writes": m.cache_writes,
-            "context_tokens": m.context_tokens,
-            "cost_usd": m.cost_usd,
-            "tool_attempts": sum(t.attempts for t in m.tool_usage.values()),
-            "tool_failures": sum(t.failures for t in m.tool_usage.values()),
-            "tool_usage": {k: v.model_dump() for k, v in m.tool_usage.items()},
-            "tool_errors": [f.model_dump() for f in m.tool_failures],
-            "errors": list(m.errors),
-            "subtasks": m.subtasks,
-            "messages": m.messages,
-            "api_requests": m.api_requests,
-            "api_retries": m.api_retries,
-            "time_to_first_event_s": m.time_to_first_event_s,
-            "completion": m.completion,
-            "check_passed": c.passed if c else None,
-            "check_exit_code": c.exit_code if c else None,
-            "check_timed_out": c.timed_out if c else None,
-            "check_duration_s": c.duration if c else None,
-            "check_output_tail": c.output_tail if c else None,
-            "tags": list(self.tags),
-            "events_file": self.events_file,
-        }
+        return flat_row(self.model_dump(mode="json"))
+
+
+def flat_row(d: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat row from a record's JSON form (a results.jsonl line): the one definition of the columns.
+
+    Works on plain dicts so that :func:`load` need not build a pydantic model per line (100,000 lines:
+    ~0.7 s instead of ~8 s). ``started_at``/``ended_at`` stay ISO strings here; ``load`` converts them."""
+    m = d.get("metrics") or {}
+    c = d.get("check")
+    t = d.get("timings") or {}
+    tools = m.get("tool_usage") or {}
+    return {
+        "run_id": d["run_id"],
+        "case_id": d["case_id"],
+        "model_id": d["model_id"],
+        "repeat": d["repeat"],
+        "attempt": d["attempt"],
+        "final": d["final"],
+        "config_hash": d["config_hash"],
+        "status": d["status"],
+        "passed": d.get("passed"),
+        "reason": d.get("reason", ""),
+        "error_class": d.get("error_class"),
+        "error": d.get("error"),
+        "task_id": d.get("task_id"),
+        "slot": d.get("slot"),
+        "started_at": d["started_at"],
+        "ended_at": d["ended_at"],
+        "duration_s": d["duration_s"],
+        **{name: t.get(name) for name in Timings.model_fields},
+        "tokens_in": m.get("tokens_in", 0),
+        "tokens_out": m.get("tokens_out", 0),
+        "cache_reads": m.get("cache_reads", 0),
+        "cache_writes": m.get("cache_writes", 0),
+        "context_tokens": m.get("context_tokens", 0),
+        "cost_usd": m.get("cost_usd", 0.0),
+        "tool_attempts": sum(v["attempts"] for v in tools.values()),
+        "tool_failures": sum(v["failures"] for v in tools.values()),
+        "tool_usage": tools,
+        "tool_errors": list(m.get("tool_failures") or []),
+        "errors": list(m.get("errors") or []),
+        "subtasks": m.get("subtasks", 0),
+        "messages": m.get("messages", 0),
+        "api_requests": m.get("api_requests", 0),
+        "api_retries": m.get("api_retries", 0),
+        "time_to_first_event_s": m.get("time_to_first_event_s"),
+        "completion": m.get("completion"),
+        "check_passed": c["passed"] if c else None,
+        "check_exit_code": c["exit_code"] if c else None,
+        "check_timed_out": c["timed_out"] if c else None,
+        "check_duration_s": c["duration"] if c else None,
+        "check_output_tail": c["output_tail"] if c else None,
+        "tags": list(d.get("tags") or []),
+        "events_file": d.get("events_file"),
+    }
 
 
 COLUMNS = list(
@@ -503,6 +515,45 @@ def _run_dirs(source: str | Path | Iterable[str | Path]) -> list[Path]:
     return out
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Millions of small containers, none of them cyclic: the collector's passes only cost time (~3x)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """Flat rows of a results.jsonl, read-only, with the same torn-last-line rule as :func:`read_records`
+    (the writer validated every record; a line that is not one is an error unless it is the last)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
+    rows: list[dict[str, Any]] = []
+    with _gc_paused():
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(flat_row(orjson.loads(line)))
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                if number == len(lines):
+                    log.warning("%s: skipping a torn last line left by an interrupted run", path)
+                    break
+                raise ResultsError(
+                    f"{path}:{number}: unreadable record ({exc!r}); fix or remove the line"
+                ) from None
+    if len(data) and not data.endswith(b"\n"):
+        log.warning("%s: skipping a torn last line left by an interrupted run", path)
+    return rows
+
+
 def load(source: str | Path | Iterable[str | Path], *, all_attempts: bool = False) -> Any:
     """Load one run, several runs or a glob of runs as a ``pandas.DataFrame``, one row per attempt.
 
@@ -517,12 +568,12 @@ def load(source: str | Path | Iterable[str | Path], *, all_attempts: bool = Fals
         raise ImportError(
             "orchestrator.results.load needs pandas: pip install 'roo-eval-orchestrator[notebook]'"
         ) from None
-    rows: list[dict[str, Any]] = []
-    for run_dir in _run_dirs(source):
-        for record in read_records(run_dir / RESULTS):
-            if all_attempts or record.final:
-                rows.append(record.flat())
-    frame = pd.DataFrame(rows, columns=COLUMNS)
+    with _gc_paused():
+        rows = [row for run_dir in _run_dirs(source) for row in _read_rows(run_dir / RESULTS)]
+        if not all_attempts:
+            rows = [row for row in rows if row["final"]]
+        columns = {name: [row[name] for row in rows] for name in COLUMNS}
+        frame = pd.DataFrame(columns, columns=COLUMNS)
     for column in ("started_at", "ended_at"):
-        frame[column] = pd.to_datetime(frame[column], utc=True)
+        frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
     return frame
