@@ -6,6 +6,9 @@ for the extension) and every command gets exactly one reply; duplicates of a com
 retries reuse the msg_id) get the first one's reply, because StartNewTask is not idempotent. Every
 event of a slot gets the slot's next sequence number and goes into its replay buffer before it is
 published, so a subscriber that missed some can fetch them with ``snapshot``.
+
+A slot attached by a request belongs to the sender's session; a session silent for ``client_liveness``
+of its heartbeat intervals is expired and its slots detached, so a SIGKILLed worker leaks no slot.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ from .connection_file import (
     ipc_endpoint,
     write_connection_file,
 )
+from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, PeerRegistry, Ticker
 from .protocol import QUERY_RESPONSES, StartNewTask, task_command_adapter
-from .slots import BufferedEvent, Slot, SlotConfig, SlotError
+from .slots import OWNER_EXPIRED, BufferedEvent, Slot, SlotConfig, SlotError
 from .wire import (
     BRIDGE_TOPIC,
     DELIM,
@@ -84,7 +88,11 @@ class BridgeConfig:
     """HMAC key; a fresh one when None. Reusing the key across a restart lets workers notice the
     restart (new session) instead of seeing only bad signatures."""
     slot: SlotConfig = field(default_factory=SlotConfig)
-    hugz_interval: float = 1.0
+    hugz_interval: float = DEFAULT_INTERVAL
+    client_interval: float = DEFAULT_INTERVAL
+    """Heartbeat interval assumed for a client until its ``heartbeat`` announces its own."""
+    client_liveness: int = DEFAULT_LIVENESS
+    """A client silent for this many of its intervals is expired and its slots detached."""
     xpub_hwm: int = 100_000
     """Per-subscriber queue on the XPUB. Beyond it the XPUB drops (it must never block the bridge):
     subscribers notice the seq gap and fill it from the replay buffer with ``snapshot``."""
@@ -106,6 +114,7 @@ class Bridge:
         self.key = config.key or new_key()
         self.session = Session(self.key)
         self.slots: dict[str, Slot] = {}
+        self.peers = PeerRegistry(config.client_interval, config.client_liveness)
         self.ctx: zmq.asyncio.Context | None = None
         self.router: zmq.asyncio.Socket | None = None
         self.xpub: zmq.asyncio.Socket | None = None
@@ -145,6 +154,7 @@ class Bridge:
                 bridge_pid=os.getpid(),
                 session=self.session.session,
                 runtime_dir=str(runtime),
+                hugz_interval=self.config.hugz_interval,  # clients size their liveness window on it
             )
             write_connection_file(self.config.connection_file, self.info)
         except BaseException:
@@ -155,6 +165,7 @@ class Bridge:
             loop.create_task(self._command_loop()),
             loop.create_task(self._subscription_loop()),
             loop.create_task(self._hugz_loop()),
+            loop.create_task(self._expiry_loop()),
         ]
         for name, path in self.config.attach.items():
             slot = Slot(name, path, self._publish, self.config.slot)
@@ -278,6 +289,24 @@ class Bridge:
                     slot.last_publish = now
             self._publish(BRIDGE_TOPIC, "hugz", HugzContent(state="running"), None)
 
+    async def _expiry_loop(self) -> None:
+        ticker = Ticker()
+        while True:
+            now, stall = await ticker.sleep(self.peers.tick())
+            if stall:
+                log.warning("bridge loop stalled for %.1f s: not counted as client silence", stall)
+                self.peers.credit(stall, now)
+            for peer in self.peers.expire(now):
+                owned = [s for s in self.slots.values() if s.owner == peer.session and s.state != "detached"]
+                level = logging.WARNING if owned else logging.DEBUG
+                silent = f"client session {peer.session} silent for {now - peer.last_seen:.1f} s"
+                log.log(level, "%s: detaching %s", silent, [s.name for s in owned])
+                for slot in owned:
+                    try:
+                        await slot.detach(OWNER_EXPIRED)
+                    except Exception:  # one bad slot must not stop expiry for good
+                        log.exception("detaching slot %s failed", slot.name)
+
     # ----------------------------------------------------------------------------------- commands
 
     async def _command_loop(self) -> None:
@@ -289,6 +318,8 @@ class Bridge:
             except WireError as exc:
                 log.warning("dropped command: %s", exc)
                 continue
+            # Any verified request counts as a sign of life, retries and unknown types included.
+            self.peers.seen(msg.header.session, asyncio.get_running_loop().time())
             task = asyncio.ensure_future(self._handle(msg))
             self._handlers.add(task)
             task.add_done_callback(self._handlers.discard)
@@ -371,6 +402,11 @@ class Bridge:
             if slot.seq == 0:
                 del self.slots[req.slot]
             raise
+        owner = msg.header.session
+        if owner not in self.peers:  # expired while the host was connecting: nobody holds it now
+            await slot.detach(OWNER_EXPIRED)
+            raise SlotError(ErrorCode.SLOT_DOWN, f"slot {slot.name}: {OWNER_EXPIRED} during attach")
+        slot.owner = owner
         return AttachReply(slot=slot.info()), []
 
     async def _cmd_detach(self, msg: Message, req: DetachRequest) -> ReplyParts:
@@ -417,7 +453,12 @@ class Bridge:
         return reply, [frame for ev in events for frame in ev.frames]
 
     async def _cmd_heartbeat(self, msg: Message, req: Content) -> ReplyParts:
-        return HeartbeatReply(session=self.session.session, pid=os.getpid(), slots=len(self.slots)), []
+        # ``interval`` (request) and ``hugz_interval``/``liveness`` (reply) are optional 1.x fields.
+        interval = (req.model_extra or {}).get("interval")
+        self.peers.announce(msg.header.session, interval, asyncio.get_running_loop().time())
+        content = {"session": self.session.session, "pid": os.getpid(), "slots": len(self.slots)}
+        extra = {"hugz_interval": self.config.hugz_interval, "liveness": self.peers.liveness}
+        return HeartbeatReply.model_validate({**content, **extra}), []
 
     async def _cmd_shutdown(self, msg: Message, req: Content) -> ReplyParts:
         self.stopping = True

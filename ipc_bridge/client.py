@@ -10,6 +10,10 @@
   replay buffer; when the buffer no longer reaches back, :class:`EventGap` is raised: never a silent skip.
 * A message from another bridge session means the bridge restarted: streams raise
   :class:`BridgeRestarted` and ``on_restart`` callbacks run.
+* Liveness (:mod:`ipc_bridge.liveness`): a ``heartbeat`` goes out whenever no other request did for
+  ``heartbeat_interval``, so the bridge keeps this client's slots; and when nothing at all came from the
+  bridge for ``liveness`` hugz intervals (the SUB always hears the ``bridge.`` hugz), pending requests
+  and open streams raise :class:`BridgeLost`, and new requests fail at once until it is heard again.
 """
 
 from __future__ import annotations
@@ -18,17 +22,18 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import zmq
 import zmq.asyncio
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from .client_types import (
     ERRORS,
     BridgeError,
+    BridgeLost,
     BridgeRestarted,
     BridgeTimeout,
     CommandError,
@@ -43,6 +48,8 @@ from .client_types import (
     UnknownSlot,
 )
 from .connection_file import ConnectionInfo, read_connection_file
+from .event_stream import EventStreams, parse_event, snapshot_events
+from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, MIN_TICK, BridgeWatch, Ticker, positive_float
 from .protocol import (
     QUERY_RESPONSES,
     RooCodeSettings,
@@ -51,10 +58,9 @@ from .protocol import (
     WireModel,
 )
 from .wire import (
-    EVENTS,
+    BRIDGE_TOPIC,
     AttachReply,
     AttachRequest,
-    Content,
     DetachRequest,
     ErrorCode,
     ErrorReply,
@@ -73,11 +79,9 @@ from .wire import (
     SnapshotRequest,
     TaskCommandReply,
     TaskCommandRequest,
-    WelcomeContent,
     WireError,
     parse_reply,
     slot_topic,
-    split_snapshot_buffers,
 )
 
 log = logging.getLogger(__name__)
@@ -85,15 +89,16 @@ log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Reply)
 
 
-_Item = Event | BridgeError
-"""What a stream's queue holds: events, or the error that ends the stream (restart, client closed)."""
-
-
 # ------------------------------------------------------------------------------------------ client
 
 
 class BridgeClient:
-    """Use :meth:`connect`. One client per process is plenty; it is not shared across processes."""
+    """Use :meth:`connect`. One client per process is plenty; it is not shared across processes.
+
+    ``heartbeat_interval`` (None: no heartbeats) must stay well below the bridge's patience: the bridge
+    detaches the slots of a client it has not heard from for ``liveness`` (bridge side, 3) intervals.
+    ``liveness`` here is how many hugz intervals of silence make the bridge lost.
+    """
 
     def __init__(
         self,
@@ -104,13 +109,19 @@ class BridgeClient:
         retries: int = 3,
         rcvhwm: int = 100_000,
         linger_ms: int = 1000,
+        heartbeat_interval: float | None = DEFAULT_INTERVAL,
+        liveness: int = DEFAULT_LIVENESS,
     ) -> None:
         self.info = info
         self.timeout = timeout
         self.retries = retries
+        self.heartbeat_interval = heartbeat_interval
         self.session = Session(info.key, signature_scheme=info.signature_scheme)
         self.bridge_session: str | None = info.session
         self.on_restart: list[Callable[[BridgeRestarted], None]] = []
+        self.on_lost: list[Callable[[BridgeLost], None]] = []
+        hugz = positive_float((info.model_extra or {}).get("hugz_interval")) or DEFAULT_INTERVAL
+        self.watch = BridgeWatch(hugz, liveness)
         self._ctx = ctx or zmq.asyncio.Context.instance()
         self._linger = linger_ms
         self._dealer = self._ctx.socket(zmq.DEALER)
@@ -121,16 +132,18 @@ class BridgeClient:
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         self._dealer.setsockopt(zmq.IMMEDIATE, 1)
         self._sub.rcvhwm = rcvhwm
+        # The bridge-wide hugz: something to hear every interval even with no stream open.
+        self._sub.subscribe(BRIDGE_TOPIC)
         self._dealer.connect(info.command_endpoint)
         self._sub.connect(info.event_endpoint)
         self._pending: dict[str, asyncio.Future[Message]] = {}
-        self._welcomes: dict[bytes, asyncio.Future[None]] = {}
-        self._sub_counts: dict[bytes, int] = {}  # setsockopt(SUBSCRIBE) calls per topic
-        self._users: dict[bytes, int] = {}  # streams using each topic
-        self._listeners: dict[str, list[asyncio.Queue[_Item]]] = {}
+        self._streams = EventStreams(self, self._sub)
+        self._last_sent = self._last_beat = float("-inf")
+        self._announced_to: str | None = None  # the bridge session that has our heartbeat interval
         self._readers = [
             asyncio.ensure_future(self._read_replies()),
             asyncio.ensure_future(self._read_events()),
+            asyncio.ensure_future(self._liveness_loop()),
         ]
         self._closed = False
 
@@ -144,10 +157,16 @@ class BridgeClient:
         )
         return cls(info, **kwargs)
 
+    @property
+    def bridge_lost(self) -> BridgeLost | None:
+        """Set while the bridge counts as lost (see :class:`BridgeLost`)."""
+        return self.watch.lost
+
     async def close(self, linger_ms: int | None = None) -> None:
         if self._closed:
             return
         self._closed = True
+        self._streams.closed = True
         for task in self._readers:
             task.cancel()
         for task in self._readers:
@@ -157,9 +176,7 @@ class BridgeClient:
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(closed)
-        for queues in self._listeners.values():
-            for queue in queues:
-                queue.put_nowait(closed)
+        self._streams.fail(closed)
         linger = self._linger if linger_ms is None else linger_ms
         self._dealer.close(linger=linger)
         self._sub.close(linger=linger)
@@ -180,9 +197,13 @@ class BridgeClient:
         timeout: float | None = None,
         retries: int | None = None,
     ) -> Message:
-        """Send a request (Lazy Pirate) and return the raw reply message; raises on error replies."""
+        """Send a request (Lazy Pirate) and return the raw reply message; raises on error replies, and
+        :class:`BridgeLost` at once while the bridge is lost or as soon as it is while waiting."""
         timeout = self.timeout if timeout is None else timeout
         retries = self.retries if retries is None else retries
+        lost = self.watch.lost
+        if lost is not None:
+            raise lost
         msg_id = self.session.new_msg_id()
         fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut
@@ -191,8 +212,7 @@ class BridgeClient:
                 # Same msg_id, fresh date: the bridge dedups by msg_id, replay checks see a new signature.
                 frames = self.session.serialize(msg_type, content, msg_id=msg_id)
                 try:
-                    await asyncio.wait_for(self._dealer.send_multipart(frames), timeout)
-                    reply = await asyncio.wait_for(asyncio.shield(fut), timeout)
+                    reply = await self.watch.guard(self._send_and_wait(frames, fut), timeout)
                     break
                 except asyncio.TimeoutError:
                     log.info("%s %s: no reply in %g s (attempt %d)", msg_type, msg_id, timeout, attempt + 1)
@@ -223,6 +243,12 @@ class BridgeClient:
         reply = await self.request_message(msg_type, content, **kwargs)
         return cls.model_validate(reply.content)
 
+    async def _send_and_wait(self, frames: list[bytes], fut: asyncio.Future[Message]) -> Message:
+        await self._dealer.send_multipart(frames)
+        self._last_sent = asyncio.get_running_loop().time()
+        # Shielded: a timed-out attempt must not cancel the future the next attempt waits on.
+        return await asyncio.shield(fut)
+
     async def _read_replies(self) -> None:
         while True:
             frames = await self._dealer.recv_multipart()
@@ -231,17 +257,81 @@ class BridgeClient:
             except WireError as exc:
                 log.warning("dropped reply: %s", exc)
                 continue
-            self._check_session(msg.header)
+            self._heard(msg.header)
+            if msg.msg_type == "heartbeat_reply":
+                self._on_heartbeat_reply(msg)
             fut = self._pending.get(msg.parent_msg_id or "")
             if fut is not None and not fut.done():
                 fut.set_result(msg)
-            else:
+            elif msg.msg_type != "heartbeat_reply":  # background heartbeats are never awaited
                 log.debug("reply to %s not awaited (late or duplicate)", msg.parent_msg_id)
+
+    # ----------------------------------------------------------------------------------- liveness
+
+    def _heartbeat_content(self) -> dict[str, Any]:
+        # ``interval`` tells the bridge how long this client may be silent (liveness x interval).
+        return {} if self.heartbeat_interval is None else {"interval": self.heartbeat_interval}
+
+    def _on_heartbeat_reply(self, msg: Message) -> None:
+        if msg.content.get("status") != "ok":
+            return
+        self._announced_to = msg.header.session
+        hugz = positive_float(msg.content.get("hugz_interval"))
+        if hugz is not None:
+            self.watch.hugz_interval = hugz
+
+    async def _liveness_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        ticker = Ticker()
+        while True:
+            interval = self.heartbeat_interval
+            tick = max(MIN_TICK, min(interval or float("inf"), self.watch.hugz_interval) / 4)
+            now, stall = await ticker.sleep(tick)
+            if stall:
+                log.info("client loop stalled for %.1f s: not counted as bridge silence", stall)
+                self.watch.credit(stall, now)
+            if interval is not None and (
+                now - self._last_sent >= interval
+                # Until this bridge session has seen a heartbeat, it does not know our interval.
+                or (self._announced_to != self.bridge_session and now - self._last_beat >= interval)
+            ):
+                self._last_sent = self._last_beat = loop.time()
+                await self._beat(tick)
+            lost = self.watch.check(loop.time(), self.bridge_session)
+            if lost is not None:
+                self._on_lost(lost)
+
+    async def _beat(self, timeout: float) -> None:
+        """Fire and forget: the reply counts as traffic when it comes, and nothing waits for it."""
+        frames = self.session.serialize("heartbeat", self._heartbeat_content())
+        try:
+            # With IMMEDIATE=1 and no connection a send blocks (or queues behind a blocked request):
+            # skip this beat rather than delay the watch on the bridge.
+            await asyncio.wait_for(self._dealer.send_multipart(frames, flags=zmq.DONTWAIT), timeout)
+        except (zmq.Again, asyncio.TimeoutError):
+            log.debug("heartbeat not sent: no connection to the bridge")
+
+    def _on_lost(self, lost: BridgeLost) -> None:
+        log.warning("%s", lost)
+        self._streams.fail(lost)
+        for callback in self.on_lost:
+            try:
+                callback(lost)
+            except Exception:
+                log.exception("on_lost callback failed")
+
+    def _heard(self, header: Header) -> None:
+        """Any verified message from the bridge: it is alive (perhaps a new session: a restart)."""
+        self._check_session(header)
+        if self.watch.heard(asyncio.get_running_loop().time()):
+            log.warning("bridge heard again (session %s)", header.session)
 
     # ------------------------------------------------------------------------------------ commands
 
     async def heartbeat(self, timeout: float | None = None) -> HeartbeatReply:
-        return await self._typed(HeartbeatReply, "heartbeat", HeartbeatRequest(), timeout=timeout)
+        """An explicit heartbeat; the reply also carries the bridge's ``hugz_interval`` and ``liveness``."""
+        content = HeartbeatRequest.model_validate(self._heartbeat_content())
+        return await self._typed(HeartbeatReply, "heartbeat", content, timeout=timeout)
 
     async def attach(self, slot: str, socket_path: str, connect_timeout: float = 30.0) -> SlotInfo:
         req = AttachRequest(slot=slot, socket_path=socket_path, connect_timeout=connect_timeout)
@@ -332,113 +422,20 @@ class BridgeClient:
         msg = await self.request_message(
             "snapshot", SnapshotRequest(slot=slot, since_seq=since_seq, limit=limit)
         )
-        reply = SnapshotReply.model_validate(msg.content)
-        events = []
-        for frames in split_snapshot_buffers(msg.buffers):
-            # Seen live already, perhaps: verify the signature but not against the replay history.
-            event = self._parse_event(self.session.deserialize(frames, check_replay=False))
-            if event is not None:
-                events.append(event)
-        return reply, events
+        return SnapshotReply.model_validate(msg.content), snapshot_events(self.session, msg)
 
     async def subscribe(self, slot: str, timeout: float | None = None) -> None:
         """Subscribe to every event of ``slot`` and return once the bridge has welcomed us."""
-        await self._subscribe(slot_topic(slot), timeout)
+        await self._streams.subscribe(slot_topic(slot), timeout)
 
     async def unsubscribe(self, slot: str) -> None:
-        self._unsubscribe(slot_topic(slot))
+        self._streams.unsubscribe(slot_topic(slot))
 
-    async def _subscribe(self, topic: bytes, timeout: float | None) -> None:
-        timeout = self.timeout if timeout is None else timeout
-        self._users[topic] = self._users.get(topic, 0) + 1
-        welcome = self._welcomes.get(topic)
-        if welcome is None:
-            welcome = self._welcomes[topic] = asyncio.get_running_loop().create_future()
-        try:
-            for _ in range(self.retries + 1):
-                if welcome.done():
-                    return
-                # XPUB_VERBOSE makes the bridge see (and welcome) every repeat of a subscription.
-                self._sub.subscribe(topic)
-                self._sub_counts[topic] = self._sub_counts.get(topic, 0) + 1
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(welcome), timeout)
-            if not welcome.done():
-                raise BridgeTimeout(f"no welcome for {topic.decode()} after {self.retries + 1} tries")
-        except BaseException:
-            self._unsubscribe(topic)
-            raise
-
-    def _unsubscribe(self, topic: bytes) -> None:
-        self._users[topic] = self._users.get(topic, 1) - 1
-        if self._users[topic] > 0:
-            return
-        del self._users[topic]
-        self._welcomes.pop(topic, None)
-        if not self._closed:
-            for _ in range(self._sub_counts.pop(topic, 0)):
-                self._sub.unsubscribe(topic)
-
-    async def events(self, slot: str, since_seq: int | None = None) -> AsyncGenerator[Event, None]:
+    def events(self, slot: str, since_seq: int | None = None) -> AsyncGenerator[Event, None]:
         """Every sequenced event of ``slot`` with seq > ``since_seq`` (None: from now on), in order,
-        without gaps. Raises :class:`EventGap` or :class:`BridgeRestarted` rather than skip events."""
-        queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._listeners.setdefault(slot, []).append(queue)
-        topic = slot_topic(slot)
-        subscribed = False
-        try:
-            await self._subscribe(topic, None)
-            subscribed = True
-            if since_seq is None:
-                try:
-                    last = (await self.snapshot(slot, None))[0].last_seq
-                except UnknownSlot:
-                    last = 0  # not attached yet: its first event will be seq 1
-            else:
-                last = since_seq
-                with contextlib.suppress(UnknownSlot):  # not attached yet: nothing to replay
-                    async for event in self._replay(slot, last):
-                        last = cast(int, event.seq)
-                        yield event
-            while True:
-                item = await queue.get()
-                if isinstance(item, BridgeError):
-                    raise item
-                seq = getattr(item.content, "seq", None) if item.msg_type == "hugz" else item.seq
-                if not isinstance(seq, int) or seq <= last:
-                    continue
-                if item.msg_type == "hugz" or seq > last + 1:
-                    log.info("slot %s: gap after seq %d (saw %d), filling from the bridge", slot, last, seq)
-                    async for event in self._replay(slot, last):
-                        last = cast(int, event.seq)
-                        yield event
-                    if seq <= last or item.msg_type == "hugz":
-                        continue
-                    if seq > last + 1:
-                        raise EventGap(slot, last + 1, seq)
-                last = seq
-                yield item
-        finally:
-            self._listeners[slot].remove(queue)
-            if not self._listeners[slot]:
-                del self._listeners[slot]
-            if subscribed:
-                self._unsubscribe(topic)
-
-    async def _replay(self, slot: str, since: int) -> AsyncIterator[Event]:
-        while True:
-            reply, events = await self.snapshot(slot, since)
-            if not reply.complete:
-                raise EventGap(slot, since + 1, reply.first_seq)
-            for event in events:
-                if event.header.session != self.bridge_session:
-                    raise BridgeRestarted(self.bridge_session, event.header.session)
-                if event.seq != since + 1:
-                    raise EventGap(slot, since + 1, event.seq or 0)
-                since += 1
-                yield event
-            if not reply.more or not events:
-                return
+        without gaps. Raises :class:`EventGap`, :class:`BridgeRestarted` or :class:`BridgeLost` rather
+        than skip events or wait forever."""
+        return self._streams.events(slot, since_seq)
 
     async def wait_for(
         self,
@@ -449,24 +446,7 @@ class BridgeClient:
         since_seq: int | None = None,
     ) -> Event:
         """The first event of ``slot`` (after ``since_seq``) matching ``predicate``; TimeoutError else."""
-
-        async def first() -> Event:
-            async with contextlib.aclosing(self.events(slot, since_seq)) as stream:
-                async for event in stream:
-                    if predicate(event):
-                        return event
-            raise BridgeError("event stream ended")  # pragma: no cover - events() never ends by itself
-
-        return await asyncio.wait_for(first(), timeout)
-
-    def _parse_event(self, msg: Message) -> Event | None:
-        model = EVENTS.get(msg.msg_type, Content)
-        try:
-            content = model.model_validate(msg.content)
-        except ValidationError as exc:
-            log.warning("dropped %s event: %s", msg.msg_type, exc)
-            return None
-        return Event(msg.msg_type, msg.header, msg.parent, content, msg.topic)
+        return await asyncio.wait_for(self._streams.first(slot, predicate, since_seq), timeout)
 
     async def _read_events(self) -> None:
         while True:
@@ -476,18 +456,10 @@ class BridgeClient:
             except WireError as exc:
                 log.warning("dropped event: %s", exc)
                 continue
-            self._check_session(msg.header)
-            event = self._parse_event(msg)
-            if event is None:
-                continue
-            if isinstance(event.content, WelcomeContent):
-                welcome = self._welcomes.get(event.content.subscription.encode())
-                if welcome is not None and not welcome.done():
-                    welcome.set_result(None)
-                continue
-            slot = event.slot
-            for queue in self._listeners.get(slot or "", ()):
-                queue.put_nowait(event)
+            self._heard(msg.header)
+            event = parse_event(msg)
+            if event is not None:
+                self._streams.dispatch(event)
 
     def _check_session(self, header: Header) -> None:
         if header.session == self.bridge_session:
@@ -495,9 +467,7 @@ class BridgeClient:
         restarted = BridgeRestarted(self.bridge_session, header.session)
         log.warning("%s", restarted)
         self.bridge_session = header.session
-        for queues in self._listeners.values():
-            for queue in queues:
-                queue.put_nowait(restarted)
+        self._streams.fail(restarted)
         for callback in self.on_restart:
             try:
                 callback(restarted)
@@ -508,6 +478,7 @@ class BridgeClient:
 __all__ = [
     "BridgeClient",
     "BridgeError",
+    "BridgeLost",
     "BridgeRestarted",
     "BridgeTimeout",
     "CommandError",

@@ -91,6 +91,18 @@ class BridgeRestarted(BridgeError):
         self.new = new
 
 
+class BridgeLost(BridgeError):
+    """Nothing (no reply, no event, not even a ``hugz``) came from the bridge for ``liveness`` hugz
+    intervals: it is dead, stopped or stuck. Pending requests and open event streams raise this, and
+    new requests fail at once until the bridge is heard again (a new session then means a restart)."""
+
+    def __init__(self, silent_for: float, window: float, session: str | None) -> None:
+        super().__init__(f"bridge {session} silent for {silent_for:.1f} s (liveness window {window:g} s)")
+        self.silent_for = silent_for
+        self.window = window
+        self.session = session
+
+
 # ------------------------------------------------------------------------------------------ events
 
 

@@ -41,6 +41,9 @@ Publish = Callable[[bytes, str, Content, "ParentDict | None"], list[bytes]]
 
 _RESPONSE_NAMES = frozenset(QUERY_RESPONSES.values())
 
+OWNER_EXPIRED = "owner expired"
+"""``slot_down`` reason when the bridge detached a slot because the client that attached it went silent."""
+
 
 class SlotError(Exception):
     """A command a slot cannot carry out; becomes an error reply with ``code`` and the message."""
@@ -123,6 +126,8 @@ class Slot:
         self.conn: ExtensionConnection | None = None
         self.last_error: str | None = None
         self.last_publish = 0.0
+        self.owner: str | None = None
+        """Session of the client whose ``attach`` holds the slot; None for slots attached at start-up."""
         self._publish = publish
         self._topic = slot_topic(name)
         self._reader: asyncio.Task[None] | None = None
@@ -150,6 +155,7 @@ class Slot:
             seq=self.seq,
             first_seq=self.buffer.first_seq,
             last_error=self.last_error,
+            owner=self.owner,  # an optional 1.x field
         )
 
     # ------------------------------------------------------------------------------------ publish
@@ -219,16 +225,22 @@ class Slot:
         self._closing = False
 
     async def detach(self, reason: str = "detached") -> None:
+        """Close the host connection and stop reconnecting; ``slot_down {reason}`` if it was up."""
         was_up = self.state == "up"
         self.state = "detached"
+        self.owner = None
+        if reason != "detached":
+            self.last_error = reason
+        # Everything that must not interleave with a new attach happens before the first await.
+        conn, self.conn = self.conn, None
+        tasks = self._cancel_tasks()
         self._fail_pending(SlotError(ErrorCode.SLOT_DOWN, f"slot {self.name} {reason}"))
-        await self._stop_tasks()
-        if self.conn is not None:
-            await self.conn.close()
-            self.conn = None
         if was_up:
             content = SlotDownContent(slot=self.name, seq=self._next_seq(), reason=reason)
             self._emit(self._topic, "slot_down", content, None)
+        await _finish(tasks)
+        if conn is not None:
+            await conn.close()
 
     def connect_in_background(self) -> None:
         """Attach without waiting: the slot starts ``down`` and connects whenever the host listens."""
@@ -239,19 +251,21 @@ class Slot:
     async def close(self) -> None:
         """For bridge shutdown: drop the connection without publishing (the socket is going away)."""
         self.state = "detached"
+        conn, self.conn = self.conn, None
+        tasks = self._cancel_tasks()
         self._fail_pending(SlotError(ErrorCode.SHUTTING_DOWN, "bridge shutting down"))
-        await self._stop_tasks()
-        if self.conn is not None:
-            await self.conn.close()
-            self.conn = None
+        await _finish(tasks)
+        if conn is not None:
+            await conn.close()
 
-    async def _stop_tasks(self) -> None:
-        for task in (self._reader, self._reconnector):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+    def _cancel_tasks(self) -> list[asyncio.Task[None]]:
+        tasks = [
+            t for t in (self._reader, self._reconnector) if t is not None and t is not asyncio.current_task()
+        ]
+        for task in tasks:
+            task.cancel()
         self._reader = self._reconnector = None
+        return tasks
 
     def _fail_pending(self, error: SlotError) -> None:
         if self._pending_start is not None and not self._pending_start[0].done():
@@ -397,3 +411,9 @@ class Slot:
 
     def replay(self, since_seq: int, limit: int) -> tuple[list[BufferedEvent], bool, bool]:
         return self.buffer.since(since_seq, self.seq, limit)
+
+
+async def _finish(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

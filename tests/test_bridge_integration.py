@@ -141,9 +141,12 @@ class Collector:
 
     async def wait(self, predicate: Callable[[Event], bool], timeout: float = 10) -> Event:
         def found() -> Event | None:
-            if self.error is not None:
+            # Events that came before the error still count: a stream ends with BridgeLost once the
+            # bridge it followed has stopped.
+            event = next((e for e in self.events if predicate(e)), None)
+            if event is None and self.error is not None:
                 raise self.error
-            return next((e for e in self.events if predicate(e)), None)
+            return event
 
         async with self._changed:
             await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
@@ -331,7 +334,7 @@ async def test_a_dropped_event_is_detected_and_filled(
     victim = Collector(client, "w1")
     witness = Collector(witness_client, "w1")
     topic = slot_topic("w1")
-    caplog.set_level(logging.INFO, logger="ipc_bridge.client")
+    caplog.set_level(logging.INFO, logger="ipc_bridge.event_stream")
     try:
         await victim.wait(kind("slot_up"))
         await witness.wait(kind("slot_up"))

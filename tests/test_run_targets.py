@@ -275,3 +275,44 @@ def test_sigint_reaches_only_the_orchestrator_not_the_bridge(tmp_path: Path) -> 
     (hung,) = [r for r in records if r.case_id == "h0"]
     assert hung.status.value == "cancelled"
     assert hung.events_file is not None
+
+
+def test_second_sigint_exits_at_once_with_valid_files(tmp_path: Path) -> None:
+    hang = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{outcome: hang}}\n"
+    suite = _write_suite(tmp_path, SIM, _cases(1) + _cases(1, hang, prefix="h"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            str(suite),
+            "--results",
+            str(tmp_path / "r"),
+            "--run-id",
+            "r",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline())["case_id"] == "c0"
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        import time
+
+        start = time.monotonic()
+        proc.communicate(timeout=20)
+        assert time.monotonic() - start < 8
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    run_dir = tmp_path / "r" / "r"
+    finals = [r for r in read_records(run_dir / "results.jsonl") if r.final]
+    assert [r.case_id for r in finals] == ["c0"]
+    assert json.loads((run_dir / "summary.json").read_text())["stop_reason"] in ("killed", "interrupted")
