@@ -55,6 +55,7 @@ from .wire import (
     ErrorCode,
     ErrorReply,
     HeartbeatReply,
+    HeartbeatRequest,
     HugzContent,
     Message,
     Session,
@@ -453,12 +454,16 @@ class Bridge:
         return reply, [frame for ev in events for frame in ev.frames]
 
     async def _cmd_heartbeat(self, msg: Message, req: Content) -> ReplyParts:
-        # ``interval`` (request) and ``hugz_interval``/``liveness`` (reply) are optional 1.x fields.
-        interval = (req.model_extra or {}).get("interval")
+        interval = req.interval if isinstance(req, HeartbeatRequest) else None
         self.peers.announce(msg.header.session, interval, asyncio.get_running_loop().time())
-        content = {"session": self.session.session, "pid": os.getpid(), "slots": len(self.slots)}
-        extra = {"hugz_interval": self.config.hugz_interval, "liveness": self.peers.liveness}
-        return HeartbeatReply.model_validate({**content, **extra}), []
+        reply = HeartbeatReply(
+            session=self.session.session,
+            pid=os.getpid(),
+            slots=len(self.slots),
+            hugz_interval=self.config.hugz_interval,
+            liveness=self.peers.liveness,
+        )
+        return reply, []
 
     async def _cmd_shutdown(self, msg: Message, req: Content) -> ReplyParts:
         self.stopping = True

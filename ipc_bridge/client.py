@@ -120,7 +120,7 @@ class BridgeClient:
         self.bridge_session: str | None = info.session
         self.on_restart: list[Callable[[BridgeRestarted], None]] = []
         self.on_lost: list[Callable[[BridgeLost], None]] = []
-        hugz = positive_float((info.model_extra or {}).get("hugz_interval")) or DEFAULT_INTERVAL
+        hugz = positive_float(info.hugz_interval) or DEFAULT_INTERVAL
         self.watch = BridgeWatch(hugz, liveness)
         self._ctx = ctx or zmq.asyncio.Context.instance()
         self._linger = linger_ms
@@ -268,15 +268,15 @@ class BridgeClient:
 
     # ----------------------------------------------------------------------------------- liveness
 
-    def _heartbeat_content(self) -> dict[str, Any]:
+    def _heartbeat_content(self) -> HeartbeatRequest:
         # ``interval`` tells the bridge how long this client may be silent (liveness x interval).
-        return {} if self.heartbeat_interval is None else {"interval": self.heartbeat_interval}
+        return HeartbeatRequest(interval=self.heartbeat_interval)
 
     def _on_heartbeat_reply(self, msg: Message) -> None:
         if msg.content.get("status") != "ok":
             return
         self._announced_to = msg.header.session
-        hugz = positive_float(msg.content.get("hugz_interval"))
+        hugz = positive_float(HeartbeatReply.model_validate(msg.content).hugz_interval)
         if hugz is not None:
             self.watch.hugz_interval = hugz
 
@@ -330,7 +330,7 @@ class BridgeClient:
 
     async def heartbeat(self, timeout: float | None = None) -> HeartbeatReply:
         """An explicit heartbeat; the reply also carries the bridge's ``hugz_interval`` and ``liveness``."""
-        content = HeartbeatRequest.model_validate(self._heartbeat_content())
+        content = self._heartbeat_content()
         return await self._typed(HeartbeatReply, "heartbeat", content, timeout=timeout)
 
     async def attach(self, slot: str, socket_path: str, connect_timeout: float = 30.0) -> SlotInfo:

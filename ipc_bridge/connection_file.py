@@ -46,6 +46,8 @@ class ConnectionInfo(BaseModel):
     """The bridge's session id; a different session in a message means the bridge restarted."""
     runtime_dir: str
     protocol: str = PROTOCOL
+    hugz_interval: float | None = None
+    """How often the bridge publishes hugz when idle (s); None from a 1.0 bridge."""
     version: str = VERSION
 
 

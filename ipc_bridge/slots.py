@@ -155,7 +155,7 @@ class Slot:
             seq=self.seq,
             first_seq=self.buffer.first_seq,
             last_error=self.last_error,
-            owner=self.owner,  # an optional 1.x field
+            owner=self.owner,
         )
 
     # ------------------------------------------------------------------------------------ publish

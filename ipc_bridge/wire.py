@@ -38,7 +38,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 PROTOCOL = "roo-bridge"
-VERSION = "1.0"
+VERSION = "1.1"  # 1.1: heartbeat interval / hugz_interval / liveness, SlotInfo.owner
 DELIM = b"<IDS|MSG>"
 SIGNATURE_SCHEME = "hmac-sha256"
 DIGEST_HISTORY_SIZE = 2**16
@@ -351,7 +351,8 @@ class SnapshotRequest(Content):
 
 
 class HeartbeatRequest(Content):
-    pass
+    interval: float | None = None
+    """How often this client heartbeats (s): the bridge expires it after ``liveness`` silent intervals."""
 
 
 class ShutdownRequest(Content):
@@ -383,6 +384,8 @@ class SlotInfo(Content):
     first_seq: int = 0
     """Oldest seq still in the replay buffer (0 when it is empty)."""
     last_error: str | None = None
+    owner: str | None = None
+    """The session of the client that attached the slot (None: attached at bridge start, never expires)."""
 
 
 class AttachReply(Reply):
@@ -424,6 +427,9 @@ class HeartbeatReply(Reply):
     session: str
     pid: int
     slots: int
+    hugz_interval: float | None = None
+    """The bridge publishes hugz this often (s) when idle: the client's silence window is sized on it."""
+    liveness: int | None = None
 
 
 class ShutdownReply(Reply):

@@ -148,11 +148,11 @@ async def test_a_killed_client_loses_its_slots_a_live_one_keeps_them(
         assert line == b"attached\n"
         async with connected(bridge, heartbeat_interval=0.2) as live:
             hb = await live.heartbeat()
-            assert hb.model_extra == {"hugz_interval": 0.2, "liveness": 3}
+            assert (hb.hugz_interval, hb.liveness) == (0.2, 3)
             await live.attach("w2", kept, connect_timeout=10)
             slots = {s.slot: s for s in await live.slots()}
-            assert slots["w1"].state == "up" and slots["w1"].model_extra is not None
-            assert slots["w1"].model_extra["owner"] not in (None, live.session.session)
+            assert slots["w1"].state == "up"
+            assert slots["w1"].owner not in (None, live.session.session)
             with pytest.raises(SlotExists):  # held by the other client
                 await live.attach("w1", orphaned)
 
@@ -173,11 +173,11 @@ async def test_a_killed_client_loses_its_slots_a_live_one_keeps_them(
             slots = {s.slot: s for s in await live.slots()}
             assert slots["w1"].state == "detached" and slots["w1"].last_error == OWNER_EXPIRED
             assert slots["w2"].state == "up"
-            assert slots["w2"].model_extra == {"owner": live.session.session}
-            assert slots["w0"].state == "up" and slots["w0"].model_extra == {"owner": None}
+            assert slots["w2"].owner == live.session.session
+            assert slots["w0"].state == "up" and slots["w0"].owner is None
             # Released, not leaked: another worker can take the host over.
             info = await live.attach("w1", orphaned, connect_timeout=10)
-            assert info.state == "up" and info.model_extra == {"owner": live.session.session}
+            assert info.state == "up" and info.owner == live.session.session
     finally:
         bridge.kill()
 
@@ -191,7 +191,7 @@ async def test_a_stopped_bridge_is_lost_then_found_again(
     # hugz 0.4 s: the client gives up after 1.2 s of silence, longer than the bridge waits for it
     # (3 x 0.2 s): the stopped bridge must not count its own pause as the client's silence.
     bridge = _bridge(sockdir, 0.4)
-    assert read_connection_file(bridge.connection_file).model_extra == {"hugz_interval": 0.4}
+    assert read_connection_file(bridge.connection_file).hugz_interval == 0.4
     try:
         async with connected(bridge, heartbeat_interval=0.2) as client:
             assert client.watch.window == pytest.approx(1.2)
@@ -225,7 +225,7 @@ async def test_a_stopped_bridge_is_lost_then_found_again(
                 os.kill(bridge.pid, signal.SIGCONT)
                 await until(lambda: client.bridge_lost is None, 5)
                 (slot,) = await client.slots()  # same session: no restart, and our slot was kept
-                assert slot.state == "up" and slot.model_extra == {"owner": client.session.session}
+                assert slot.state == "up" and slot.owner == client.session.session
                 assert client.bridge_session == bridge.connection.session
             finally:
                 os.kill(bridge.pid, signal.SIGCONT)
