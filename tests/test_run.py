@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +68,42 @@ GOOD = f"""
   check: python3 -m unittest -q
   simulate: {{outcome: api_error_noauto}}
 """
+
+
+@contextlib.contextmanager
+def running(
+    suite: Path, results: Path, **popen: Any
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """``orchestrate run SUITE --json`` in the background, run id ``r``: yields the process and its first
+    attempt record (the event the tests act on), and leaves no process or pipe behind."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            str(suite),
+            "--results",
+            str(results),
+            "--run-id",
+            "r",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "TEST_KEY": SECRET},
+        **popen,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc, json.loads(proc.stdout.readline())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def orchestrate(
@@ -167,36 +205,11 @@ def test_sigint_stops_cancels_and_resume_completes(tmp_path: Path) -> None:
   simulate: {{duration: 100ms}}
 """
     suite = _suite(tmp_path, hang + quick, slots=3)
-    env = {**os.environ, "TEST_KEY": SECRET}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "run",
-            str(suite),
-            "--results",
-            str(tmp_path / "r"),
-            "--run-id",
-            "r",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
+    with running(suite, tmp_path / "r") as (proc, first):
         # Plan order starts hang-0 and hang-1 before quick; once quick's record is out, both hang.
-        first = json.loads(proc.stdout.readline())
         assert first["case_id"] == "quick"
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130
     assert json.loads(out.splitlines()[-1])["stop_reason"] == "interrupted"
     records = read_records(tmp_path / "r" / "r" / "results.jsonl")

@@ -6,15 +6,15 @@ import json
 import os
 import signal
 import stat
-import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.results import read_records
-from tests.test_run import EXERCISES, orchestrate
+from tests.test_run import EXERCISES, orchestrate, running
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -109,41 +109,13 @@ def _alive(pid: int) -> bool:
 def test_sigkill_of_the_orchestrator_leaves_nothing_and_resume_completes(tmp_path: Path) -> None:
     hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
     suite = _write_suite(tmp_path, SIM, _cases(1) + _cases(2, hang, prefix="h"))
-    env = {**os.environ}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "run",
-            str(suite),
-            "--results",
-            str(tmp_path / "r"),
-            "--run-id",
-            "r",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        first = json.loads(proc.stdout.readline())  # c0 done; h0 now hangs on the other slot
+    with running(suite, tmp_path / "r") as (proc, first):
         assert first["case_id"] == "c0"
         tree = _descendants(proc.pid)
         assert len(tree) >= 4  # bridge, workers, at least one host
         proc.kill()
         proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
     # Every process of the run dies with it (PR_SET_PDEATHSIG), without anyone reaping them here.
-    import time
 
     deadline = time.monotonic() + 15
     while any(_alive(p) for p in tree) and time.monotonic() < deadline:
@@ -242,33 +214,10 @@ def test_vscode_target_launches_code_like_roo_does(tmp_path: Path) -> None:
 def test_sigint_reaches_only_the_orchestrator_not_the_bridge(tmp_path: Path) -> None:
     hang = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{outcome: hang}}\n"
     suite = _write_suite(tmp_path, SIM, _cases(1) + _cases(1, hang, prefix="h"))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "run",
-            str(suite),
-            "--results",
-            str(tmp_path / "r"),
-            "--run-id",
-            "r",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert json.loads(proc.stdout.readline())["case_id"] == "c0"
+    with running(suite, tmp_path / "r", start_new_session=True) as (proc, first):
+        assert first["case_id"] == "c0"
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
         proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130
     records = read_records(tmp_path / "r" / "r" / "results.jsonl")
     # The cancel went through the bridge: it was still up when the worker sent CancelTask.
@@ -280,37 +229,14 @@ def test_sigint_reaches_only_the_orchestrator_not_the_bridge(tmp_path: Path) -> 
 def test_second_sigint_exits_at_once_with_valid_files(tmp_path: Path) -> None:
     hang = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{outcome: hang}}\n"
     suite = _write_suite(tmp_path, SIM, _cases(1) + _cases(1, hang, prefix="h"))
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "run",
-            str(suite),
-            "--results",
-            str(tmp_path / "r"),
-            "--run-id",
-            "r",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert json.loads(proc.stdout.readline())["case_id"] == "c0"
+    with running(suite, tmp_path / "r") as (proc, first):
+        assert first["case_id"] == "c0"
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)
-        import time
 
         start = time.monotonic()
         proc.communicate(timeout=20)
         assert time.monotonic() - start < 8
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130
     run_dir = tmp_path / "r" / "r"
     finals = [r for r in read_records(run_dir / "results.jsonl") if r.final]
