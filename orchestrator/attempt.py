@@ -26,6 +26,7 @@ from .grading import CheckResult, run_command
 from .hosts import (
     Host,
     HostError,
+    SimulatorFarm,
     fill_placeholders,
     launch,
     simulator_argv,
@@ -89,6 +90,12 @@ class AttemptRunner:
         self.config = config
         self.wid = wid
         self._counter = itertools.count(1)
+        self._farm: SimulatorFarm | None = None
+
+    async def close(self) -> None:
+        """Stop what the runner started for its attempts (the simulator farm). The worker calls it last."""
+        if self._farm is not None:
+            await self._farm.close()
 
     async def run(self, job: Job) -> JobResult:
         started = datetime.now(timezone.utc)
@@ -201,6 +208,8 @@ class AttemptRunner:
             return None, job.socket
         socket_path = socket_path_for(Path(self.config.runtime_dir), slot)
         log_path = Path(self.config.work_dir) / f"{slot}.host.log"
+        if isinstance(target, SimulatorTarget) and not target.options.get("process_per_host"):
+            return await self._farm_host(target, workspace, socket_path), socket_path
         if isinstance(target, SimulatorTarget):
             opts = target.options
             argv = [
@@ -208,6 +217,7 @@ class AttemptRunner:
                     engine=target.engine,
                     time_scale=opts.get("time_scale"),
                     status_delay=opts.get("status_delay"),
+                    seed=opts.get("seed"),
                 ),
                 "--workspace",
                 str(workspace),
@@ -229,6 +239,19 @@ class AttemptRunner:
             raise HostError(f"unknown target {target!r}")
         host = await launch(argv, socket_path=socket_path, workspace=workspace, env=env, log_path=log_path)
         return host, socket_path
+
+    async def _farm_host(self, target: SimulatorTarget, workspace: Path, socket_path: str) -> Host:
+        if self._farm is None:
+            self._farm = SimulatorFarm(
+                socket_path_for(Path(self.config.runtime_dir), f"farm-w{self.wid}"),
+                log_path=Path(self.config.work_dir) / f"farm-w{self.wid}.log",
+                ready_timeout=float(target.launch_timeout),
+            )
+        opts = target.options
+        params = {k: opts[k] for k in ("time_scale", "status_delay", "seed") if opts.get(k) is not None}
+        if target.engine:
+            params["engine"] = target.engine
+        return await self._farm.host(socket_path, workspace, timeout=float(target.launch_timeout), **params)
 
     async def _follow(self, attempt: Attempt, slot: str, transcript: list[dict[str, Any]]) -> OutcomeTracker:
         loop = asyncio.get_running_loop()
@@ -298,11 +321,7 @@ class AttemptRunner:
         if host is not None:
             with contextlib.suppress(BridgeError, asyncio.TimeoutError):
                 await asyncio.wait_for(self.client.close_task(slot), 5)
-            grace = float(getattr(self.config.target, "close_grace", 10.0))
-            proc = host.process
-            if proc is not None:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(proc.wait(), grace)
+            await host.wait(float(getattr(self.config.target, "close_grace", 10.0)))
             await host.stop(grace=2.0)
         with contextlib.suppress(BridgeError, asyncio.TimeoutError):
             await asyncio.wait_for(self.client.detach(slot), 5)

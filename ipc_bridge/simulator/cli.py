@@ -1,4 +1,5 @@
-"""``orchestrate simulate``: serve a simulated Roo Code extension host on a socket until CloseTask."""
+"""``orchestrate simulate``: serve a simulated Roo Code extension host on a socket until CloseTask, or
+(``--farm``) a farm of them opened and closed over a control socket."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
+from .farm import SimulatorFarm, serve_farm
 from .host import SimulatorHost
 from .script import ScriptError, load_script, normalize_engine
 
@@ -64,6 +67,18 @@ def run_simulator(
     return 0
 
 
+def run_farm(control_path: str, *, defaults: Mapping[str, Any] | None = None) -> int:
+    """Serve a farm in a fresh event loop; prints ``{"ready": true, ...}`` once its control socket listens."""
+    farm = SimulatorFarm(control_path, defaults)
+
+    def ready() -> None:
+        # The one line a launcher waits for (readiness is a line, never a sleep); logs go to stderr.
+        click.echo(orjson.dumps({"ready": True, "control": control_path, "pid": os.getpid()}).decode())
+
+    asyncio.run(serve_farm(farm, on_ready=ready))
+    return 0
+
+
 def _crash_now() -> None:
     # The crash outcome: die at once, no socket cleanup, no goodbye (like a killed VS Code window).
     logging.shutdown()
@@ -90,8 +105,17 @@ A task's StartNewTask configuration may carry its own script under the key
     "socket_path",
     envvar="ROO_CODE_IPC_SOCKET_PATH",
     show_envvar=True,
-    required=True,
+    default=None,
     help="Path of the unix socket to serve (taken over if it exists).",
+)
+@click.option(
+    "--farm",
+    "farm_path",
+    metavar="CONTROL_SOCKET",
+    default=None,
+    help="Serve a farm of hosts instead of one: hosts are opened and closed by requests on this control "
+    "socket (see ipc_bridge.simulator.farm). The other options are the hosts' defaults. Prints one JSON "
+    "line once the control socket listens; stops when its last control connection closes.",
 )
 @click.option(
     "--workspace",
@@ -129,8 +153,11 @@ A task's StartNewTask configuration may carry its own script under the key
     show_default=True,
     help="Seconds between an ask and its taskIdle/taskInteractive/taskResumable, as in the engine.",
 )
+@click.pass_context
 def simulate(
-    socket_path: str,
+    ctx: click.Context,
+    socket_path: str | None,
+    farm_path: str | None,
     workspace: Path | None,
     engine: str,
     script_file: Path | None,
@@ -144,7 +171,15 @@ def simulate(
     scripted, deterministic agent instead of a model. Runs until CloseTask, SIGTERM or SIGINT, then
     removes the socket and exits 0.
     """
-    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
+    if farm_path is not None:
+        if ctx.get_parameter_source("socket_path") is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--socket and --farm exclude each other")
+        socket_path = None
+        if len(os.fsencode(farm_path)) > MAX_SOCKET_PATH:
+            raise click.BadParameter(f"longer than {MAX_SOCKET_PATH} bytes", param_hint="--farm")
+    elif socket_path is None:
+        raise click.UsageError("give --socket (or ROO_CODE_IPC_SOCKET_PATH), or --farm")
+    elif len(os.fsencode(socket_path)) > MAX_SOCKET_PATH:
         raise click.BadParameter(f"longer than {MAX_SOCKET_PATH} bytes", param_hint="--socket")
     try:
         engine = normalize_engine(engine)
@@ -156,6 +191,12 @@ def simulate(
         script = load_script(script_file) if script_file is not None else None
     except ScriptError as exc:
         raise click.BadParameter(str(exc), param_hint="--script") from exc
+    if farm_path is not None:
+        defaults: dict[str, Any] = {"engine": engine, "seed": seed, "time_scale": time_scale}
+        defaults |= {"status_delay": status_delay, "script": script, "workspace": workspace}
+        run_farm(farm_path, defaults={k: v for k, v in defaults.items() if v is not None})
+        return
+    assert socket_path is not None
     run_simulator(
         socket_path,
         workspace=workspace,
