@@ -147,7 +147,8 @@ class AttemptRunner:
             if host is not None:
                 await asyncio.shield(self._cleanup_host(slot, host))
             if not self.config.keep_workspaces:
-                shutil.rmtree(workspace, ignore_errors=True)
+                # rmdir blocks for milliseconds per directory on some disks: not on the event loop
+                await asyncio.shield(asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True))
         if check is not None:
             passed: bool | None = check.passed
         else:

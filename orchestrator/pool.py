@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import queue
 import signal
 import time
@@ -24,8 +25,10 @@ from ipc_bridge.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
 
-# Messages worker -> main: ("ready", wid) | ("done", wid, job_id, result) | ("log", wid, text)
+# Messages worker -> main: ("done", wid, job_id, result)
 # Messages main -> worker: ("job", job_id, payload) | ("cancel",) | ("stop",)
+# They cross the queues as stdlib pickles (see send/receive): multiprocess would pickle them with dill's
+# pure-Python pickler, ~20x slower per Job, and that was most of the main process's CPU per attempt.
 WorkerMain = Callable[[int, Any, Any, Any], None]
 
 
@@ -110,7 +113,7 @@ class Pool:
             raise RuntimeError("no free worker slot")
         worker = max(live, key=lambda w: w.free)
         worker.jobs[job_id] = payload
-        worker.inbox.put(("job", job_id, payload))
+        send(worker.inbox, ("job", job_id, payload))
         return worker.wid
 
     def poll(self, timeout: float) -> list[Finished | Lost]:
@@ -120,7 +123,9 @@ class Pool:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                msg = self._outbox.get(timeout=max(0.0, remaining)) if not out else self._outbox.get_nowait()
+                msg = receive(
+                    self._outbox.get(timeout=max(0.0, remaining)) if not out else self._outbox.get_nowait()
+                )
             except queue.Empty:
                 break
             if msg[0] == "done":
@@ -152,14 +157,14 @@ class Pool:
         """Ask every worker to cancel its in-flight jobs; they still report them as done."""
         for worker in self._workers.values():
             if worker.process.is_alive():
-                worker.inbox.put(("cancel",))
+                send(worker.inbox, ("cancel",))
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the workers: ask, then terminate, then kill."""
         self._closing = True
         for worker in self._workers.values():
             if worker.process.is_alive():
-                worker.inbox.put(("stop",))
+                send(worker.inbox, ("stop",))
         deadline = time.monotonic() + timeout / 2
         for worker in self._workers.values():
             worker.process.join(max(0.0, deadline - time.monotonic()))
@@ -182,6 +187,16 @@ class Pool:
                 worker.process.kill()
                 return int(worker.wid)
         raise KeyError(job_id)
+
+
+def send(q: Any, msg: tuple[Any, ...]) -> None:
+    """Put a message on a pool queue (a stdlib pickle: the C pickler, protocol 5)."""
+    q.put(pickle.dumps(msg, protocol=5))
+
+
+def receive(raw: bytes) -> tuple[Any, ...]:
+    msg: tuple[Any, ...] = pickle.loads(raw)
+    return msg
 
 
 def _worker_entry(target: WorkerMain, wid: int, inbox: Any, outbox: Any, config: Any, parent: int) -> None:

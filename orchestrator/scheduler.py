@@ -52,6 +52,17 @@ class RunOptions:
     seed: int | None = None
 
 
+def _runtime_parent() -> str:
+    """$TMPDIR when its path is short: host sockets live below it and sun_path allows ~104 bytes."""
+    tmp = tempfile.gettempdir()
+    return tmp if len(tmp) <= 40 else "/tmp"
+
+
+def _cost(record: dict[str, Any]) -> float:
+    metrics = record.get("metrics") or {}
+    return float(metrics.get("cost_usd") or 0.0)
+
+
 class Interrupted(Exception):
     """Ctrl-C twice: stop now."""
 
@@ -85,13 +96,14 @@ class Scheduler:
             self._free_sockets = [str(p) for p in suite.target.sockets]
         self._leased: dict[str, str] = {}
         self.skipped_budget = 0
+        self._unrecorded_cost = 0.0
 
     # ------------------------------------------------------------------------------------- run
 
     def run(self) -> str:
         """Run to the end (or until stopped); returns why it stopped: ``finished``, ``interrupted``,
         ``budget``."""
-        runtime = Path(tempfile.mkdtemp(prefix="orc-", dir="/tmp"))
+        runtime = Path(tempfile.mkdtemp(prefix="orc-", dir=_runtime_parent()))
         runtime.chmod(0o700)
         work = runtime / "work"
         work.mkdir()
@@ -142,11 +154,18 @@ class Scheduler:
                 break
             if self._interrupts > 1:
                 raise Interrupted
-            for item in pool.poll(POLL_INTERVAL):
+            items = pool.poll(POLL_INTERVAL)
+            # Refill the freed slots before writing the records (fsync): a slot waits for nothing of ours.
+            # Their cost counts against the budget already.
+            self._unrecorded_cost = sum(_cost(i.result.record) for i in items if isinstance(i, Finished))
+            if not self._stopping:
+                self._start_ready(pool)
+            for item in items:
                 if isinstance(item, Finished):
                     self._finished(item)
                 else:
                     self._lost(item)
+            self._unrecorded_cost = 0.0
         if self._stopping == "budget":
             self.skipped_budget = len(self._queue)
         return self._stopping or "finished"
@@ -168,7 +187,7 @@ class Scheduler:
 
     def _over_budget(self) -> bool:
         limit = self.suite.budget.max_cost_usd
-        return limit is not None and self.writer.cost_usd >= limit
+        return limit is not None and self.writer.cost_usd + self._unrecorded_cost >= limit
 
     # --------------------------------------------------------------------------------- results
 

@@ -16,6 +16,7 @@ from typing import Any
 from ipc_bridge.client import BridgeClient
 
 from .attempt import AttemptRunner, Job, JobResult, WorkerConfig
+from .pool import receive, send
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> Non
 
     def read_inbox() -> None:
         while True:
-            msg = inbox.get()
+            msg = receive(inbox.get())
             loop.call_soon_threadsafe(messages.put_nowait, msg)
             if msg[0] == "stop":
                 return
@@ -53,7 +54,7 @@ async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> Non
             result = JobResult(record={"crash": f"{type(exc).__name__}: {exc}"})
         finally:
             running.pop(job_id, None)
-        outbox.put(("done", wid, job_id, result))
+        send(outbox, ("done", wid, job_id, result))
 
     try:
         while True:
@@ -69,4 +70,5 @@ async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> Non
         if running:
             await asyncio.gather(*running.values(), return_exceptions=True)
     finally:
+        await runner.close()
         await client.close()

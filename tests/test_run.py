@@ -72,7 +72,7 @@ GOOD = f"""
 
 @contextlib.contextmanager
 def running(
-    suite: Path, results: Path, **popen: Any
+    suite: Path, results: Path, env: dict[str, str] | None = None, **popen: Any
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
     """``orchestrate run SUITE --json`` in the background, run id ``r``: yields the process and its first
     attempt record (the event the tests act on), and leaves no process or pipe behind."""
@@ -92,7 +92,7 @@ def running(
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
-        env={**os.environ, "TEST_KEY": SECRET},
+        env={**os.environ, "TEST_KEY": SECRET, **(env or {})},
         **popen,
     )
     try:

@@ -106,10 +106,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_sigkill_of_the_orchestrator_leaves_nothing_and_resume_completes(tmp_path: Path) -> None:
+def test_sigkill_of_the_orchestrator_leaves_nothing_and_resume_completes(
+    tmp_path: Path, sockdir: Path
+) -> None:
     hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
     suite = _write_suite(tmp_path, SIM, _cases(1) + _cases(2, hang, prefix="h"))
-    with running(suite, tmp_path / "r") as (proc, first):
+    # The killed run cannot remove its runtime directory: put it where the fixture cleans up.
+    with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}) as (proc, first):
         assert first["case_id"] == "c0"
         tree = _descendants(proc.pid)
         assert len(tree) >= 4  # bridge, workers, at least one host
