@@ -71,6 +71,28 @@ class JobResult:
     transcript: list[dict[str, Any]] = field(default_factory=list)
 
 
+def new_record(
+    run_id: str, job: Job, status: Status, *, started: datetime, ended: datetime, **fields: Any
+) -> AttemptRecord:
+    """The record of one try of ``job``: its key, number, finality and timing; ``fields`` add the rest."""
+    a = job.attempt
+    return AttemptRecord(
+        run_id=run_id,
+        case_id=a.key.case_id,
+        model_id=a.key.model_id,
+        repeat=a.key.repeat,
+        config_hash=a.key.config_hash,
+        attempt=job.number,
+        final=final_for(status, job.number, a.retries),
+        status=status,
+        started_at=started,
+        ended_at=ended,
+        duration_s=round((ended - started).total_seconds(), 4),
+        tags=list(a.tags),
+        **fields,
+    )
+
+
 class _Phase:
     def __init__(self) -> None:
         self.timings = Timings()
@@ -154,27 +176,20 @@ class AttemptRunner:
         else:
             passed = True if status is Status.COMPLETED and not attempt.case.check else None
         ended = datetime.now(timezone.utc)
-        record = AttemptRecord(
-            run_id=self.config.run_id,
-            case_id=attempt.key.case_id,
-            model_id=attempt.key.model_id,
-            repeat=attempt.key.repeat,
-            config_hash=attempt.key.config_hash,
-            attempt=job.number,
-            final=final_for(status, job.number, attempt.retries),
-            status=status,
+        record = new_record(
+            self.config.run_id,
+            job,
+            status,
+            started=started,
+            ended=ended,
             passed=passed,
             reason=reason,
             error_class=error_class if (status.is_infra or error) else None,
             error=error,
             task_id=tracker.root if tracker else None,
             slot=slot,
-            started_at=started,
-            ended_at=ended,
-            duration_s=round((ended - started).total_seconds(), 4),
             timings=phase.timings,
             check=check,
-            tags=list(attempt.tags),
         )
         if tracker is not None:
             record.metrics = tracker.metrics()

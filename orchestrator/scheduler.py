@@ -23,12 +23,12 @@ from typing import Any
 
 from ipc_bridge.launcher import BridgeProcess, start_bridge_process
 
-from .attempt import Job, JobResult, WorkerConfig
+from .attempt import Job, JobResult, WorkerConfig, new_record
 from .config import SocketTarget, Suite
 from .outcome import Status
 from .plan import Attempt
 from .pool import Finished, Lost, Pool
-from .results import AttemptRecord, ResultsWriter, final_for
+from .results import AttemptRecord, ResultsWriter
 from .worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -234,24 +234,16 @@ class Scheduler:
         self, job: Job, status: Status, error_class: Any, reason: str, detail: str
     ) -> AttemptRecord:
         now = datetime.now(timezone.utc)
-        a = job.attempt
-        return AttemptRecord(
-            run_id=self.run_id,
-            case_id=a.key.case_id,
-            model_id=a.key.model_id,
-            repeat=a.key.repeat,
-            config_hash=a.key.config_hash,
-            attempt=job.number,
-            final=final_for(status, job.number, a.retries),
-            status=status,
+        return new_record(
+            self.run_id,
+            job,
+            status,
+            started=now,
+            ended=now,
             passed=None,
             reason=reason,
             error_class=error_class,
             error=detail,
-            started_at=now,
-            ended_at=now,
-            duration_s=0.0,
-            tags=list(a.tags),
         )
 
     # --------------------------------------------------------------------------------- signals
