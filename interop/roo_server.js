@@ -369,7 +369,9 @@ async function shutdown() {
 		// not listening yet
 	}
 	await Promise.race([Promise.all(closed), delay(2000)]);
-	process.exit(0);
+	// A pipe takes process.stdout writes asynchronously: exit only once the summary is flushed,
+	// or a long one (more than the 64 KiB pipe buffer) arrives cut short.
+	process.stdout.write("", () => process.exit(0));
 }
 
 process.on("SIGTERM", () => shutdown());

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable
@@ -85,6 +86,9 @@ from .wire import (
 )
 
 log = logging.getLogger(__name__)
+
+YIELD_EVERY = 64
+"""Receive loops give the event loop a turn this often, so a flood cannot starve other tasks."""
 
 R = TypeVar("R", bound=Reply)
 
@@ -250,7 +254,9 @@ class BridgeClient:
         return await asyncio.shield(fut)
 
     async def _read_replies(self) -> None:
-        while True:
+        for n in itertools.count(1):
+            if n % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
             frames = await self._dealer.recv_multipart()
             try:
                 msg = self.session.deserialize(frames)
@@ -449,7 +455,11 @@ class BridgeClient:
         return await asyncio.wait_for(self._streams.first(slot, predicate, since_seq), timeout)
 
     async def _read_events(self) -> None:
-        while True:
+        for n in itertools.count(1):
+            if n % YIELD_EVERY == 0:
+                # An awaited recv that finds a message waiting does not yield: in a flood, nothing else
+                # (heartbeats, the consumers of the events) would run until it ends.
+                await asyncio.sleep(0)
             frames = await self._sub.recv_multipart()
             try:
                 msg = self.session.deserialize(frames)

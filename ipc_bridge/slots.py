@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +35,9 @@ from .wire import (
 )
 
 log = logging.getLogger(__name__)
+
+YIELD_EVERY = 64
+"""Receive loops give the event loop a turn this often, so a flood cannot starve other tasks."""
 
 ParentDict = dict[str, Any]
 Publish = Callable[[bytes, str, Content, "ParentDict | None"], list[bytes]]
@@ -278,7 +282,9 @@ class Slot:
 
     async def _read_loop(self, conn: ExtensionConnection) -> None:
         try:
-            while True:
+            for n in itertools.count(1):
+                if n % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)  # frames already buffered are read without yielding
                 self._on_data(await conn.recv_data())
         except Disconnected as exc:
             reason = str(exc)
@@ -400,8 +406,9 @@ class Slot:
             except asyncio.TimeoutError:
                 raise SlotError(ErrorCode.TIMEOUT, f"no {response_name} within {timeout:g} s") from None
         finally:
-            with contextlib.suppress(ValueError):
-                self._pending_queries[response_name].remove(entry)
+            pending = self._pending_queries[response_name]
+            if entry in pending:  # not when the response already took it
+                pending.remove(entry)
 
     async def send(self, command: Any) -> None:
         await self._send(command)

@@ -1,0 +1,59 @@
+"""A flood of events through the bridge must not starve the subscriber's event loop: its heartbeats keep
+going (so the bridge never expires its slot) and the consumer sees events as they come."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from ipc_bridge.client import BridgeClient
+from ipc_bridge.launcher import start_bridge_process
+from tests.conftest import requires_node
+from tests.interop.peers import Processes
+
+pytestmark = [pytest.mark.interop, requires_node, pytest.mark.timeout(120)]
+
+EVENTS = 30_000
+
+
+async def test_subscriber_loop_keeps_turning_during_a_flood(procs: Processes, sockdir: Path) -> None:
+    sock = sockdir / "flood.sock"
+    await procs.roo_server(sock, "--stream", str(EVENTS), "--size", "400")
+    bridge = await asyncio.to_thread(start_bridge_process, sockdir / "b")
+    client = await BridgeClient.connect(bridge.connection)
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        last = loop.time()
+        while not stop.is_set():
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.ensure_future(ticker())
+    try:
+        await client.attach("flood", str(sock), connect_timeout=10)  # owned by this client's session
+        names: list[str] = []
+        async with contextlib.aclosing(client.events("flood", since_seq=0)) as stream:
+            await client.start_task("flood", "go")
+            async for event in stream:
+                if event.msg_type == "task_event":
+                    names.append(event.event_name or "")
+                    if event.event_name == "taskIdle":
+                        break
+        assert names.count("message") == EVENTS
+        (info,) = [s for s in await client.slots() if s.slot == "flood"]
+        assert info.state == "up"
+        assert info.owner == client.session.session  # never expired for silence
+        assert max(gaps) < 1.0, f"event loop stalled for {max(gaps):.2f} s"
+    finally:
+        stop.set()
+        await tick
+        await client.close()
+        await asyncio.to_thread(bridge.stop)
