@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import shutil
@@ -69,6 +70,13 @@ class Job:
 class JobResult:
     record: dict[str, Any]
     transcript: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _host_seed(base: Any, job: Job) -> int:
+    """A simulated host's seed: a pure function of the suite's seed, the attempt key and the try, so an
+    attempt replays identically while task ids differ between attempts (as real UUIDv7s do)."""
+    text = f"{base or 0}/{job.attempt.key.slug}/{job.attempt.key.config_hash}/{job.number}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big")
 
 
 def new_record(
@@ -225,7 +233,7 @@ class AttemptRunner:
         socket_path = socket_path_for(Path(self.config.runtime_dir), slot)
         log_path = Path(self.config.work_dir) / f"{slot}.host.log"
         if isinstance(target, SimulatorTarget) and not target.options.get("process_per_host"):
-            return await self._farm_host(target, workspace, socket_path), socket_path
+            return await self._farm_host(target, job, workspace, socket_path), socket_path
         if isinstance(target, SimulatorTarget):
             opts = target.options
             argv = [
@@ -233,7 +241,7 @@ class AttemptRunner:
                     engine=target.engine,
                     time_scale=opts.get("time_scale"),
                     status_delay=opts.get("status_delay"),
-                    seed=opts.get("seed"),
+                    seed=_host_seed(opts.get("seed"), job),
                 ),
                 "--workspace",
                 str(workspace),
@@ -256,7 +264,7 @@ class AttemptRunner:
         host = await launch(argv, socket_path=socket_path, workspace=workspace, env=env, log_path=log_path)
         return host, socket_path
 
-    async def _farm_host(self, target: SimulatorTarget, workspace: Path, socket_path: str) -> Host:
+    async def _farm_host(self, target: SimulatorTarget, job: Job, workspace: Path, socket_path: str) -> Host:
         if self._farm is None:
             self._farm = SimulatorFarm(
                 socket_path_for(Path(self.config.runtime_dir), f"farm-w{self.wid}"),
@@ -264,7 +272,8 @@ class AttemptRunner:
                 ready_timeout=float(target.launch_timeout),
             )
         opts = target.options
-        params = {k: opts[k] for k in ("time_scale", "status_delay", "seed") if opts.get(k) is not None}
+        params = {k: opts[k] for k in ("time_scale", "status_delay") if opts.get(k) is not None}
+        params["seed"] = _host_seed(opts.get("seed"), job)
         if target.engine:
             params["engine"] = target.engine
         return await self._farm.host(socket_path, workspace, timeout=float(target.launch_timeout), **params)

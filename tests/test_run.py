@@ -249,6 +249,8 @@ def test_the_default_suite_shows_every_outcome(tmp_path: Path) -> None:
         assert got == expected
     assert final["py-isogram", "sonnet"].metrics.subtasks == 1
     assert final["py-reverse-string", "sonnet"].metrics.tool_failures  # the apply_diff that did not match
+    task_ids = [r.task_id for r in records if r.task_id]
+    assert len(task_ids) == len(set(task_ids))  # each attempt's host has its own seed, like real UUIDv7s
     retried = sorted({r.case_id for r in records if not r.final})
     assert retried == ["py-leap-api-down", "py-reverse-crash"]
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import textwrap
 import time
@@ -245,3 +246,53 @@ def test_second_sigint_exits_at_once_with_valid_files(tmp_path: Path) -> None:
     finals = [r for r in read_records(run_dir / "results.jsonl") if r.final]
     assert [r.case_id for r in finals] == ["c0"]
     assert json.loads((run_dir / "summary.json").read_text())["stop_reason"] in ("killed", "interrupted")
+
+
+def test_socket_target_leases_running_hosts_and_leaves_them_running(tmp_path: Path, sockdir: Path) -> None:
+    hosts = []
+    try:
+        for seed, name in enumerate(("a", "b")):
+            ws = tmp_path / f"ws-{name}"
+            ws.mkdir()
+            hosts.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "orchestrator",
+                        "simulate",
+                        "--socket",
+                        str(sockdir / f"{name}.sock"),
+                        "--workspace",
+                        str(ws),
+                        "--time-scale",
+                        "0.05",
+                        "--status-delay",
+                        "0.1",
+                        "--seed",
+                        str(seed),  # two real hosts never share task ids
+                    ],
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        target = f"{{kind: socket, sockets: ['{sockdir}/a.sock', '{sockdir}/b.sock']}}"
+        cases = "".join(
+            f"- id: c{i}\n  prompt: p{i}\n  simulate: {{files: {{out{i}.txt: '{i}'}}}}\n" for i in range(5)
+        )
+        suite = _write_suite(tmp_path, target, cases)
+        res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--quiet")
+        assert res.returncode == 0, res.stderr
+        records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+        assert sorted((r.case_id, r.status.value) for r in records) == [
+            (f"c{i}", "completed") for i in range(5)
+        ]
+        # Each attempt's root is the task its own StartNewTask created, though the hosts were reused.
+        assert len({r.task_id for r in records}) == 5
+        # The hosts were leased, not closed: both still run and wrote every file between them.
+        assert all(h.poll() is None for h in hosts)
+        written = sorted(p.name for p in tmp_path.glob("ws-*/out*.txt"))
+        assert written == [f"out{i}.txt" for i in range(5)]
+    finally:
+        for h in hosts:
+            h.terminate()
+            h.wait(timeout=10)
