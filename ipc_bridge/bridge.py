@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -40,10 +40,10 @@ from .connection_file import (
 )
 from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, PeerRegistry, Ticker
 from .protocol import QUERY_RESPONSES, StartNewTask, task_command_adapter
+from .publisher import Publisher
 from .slots import OWNER_EXPIRED, BufferedEvent, Slot, SlotConfig, SlotError
 from .wire import (
     BRIDGE_TOPIC,
-    DELIM,
     REQUESTS,
     VERSION,
     AttachReply,
@@ -118,7 +118,7 @@ class Bridge:
         self.peers = PeerRegistry(config.client_interval, config.client_liveness)
         self.ctx: zmq.asyncio.Context | None = None
         self.router: zmq.asyncio.Socket | None = None
-        self.xpub: zmq.asyncio.Socket | None = None
+        self.publisher: Publisher | None = None
         self.info: ConnectionInfo | None = None
         self.stopping = False
         self._stop = asyncio.Event()
@@ -147,7 +147,8 @@ class Bridge:
             cmd_ep = ipc_endpoint(runtime, COMMAND_SOCKET)
             ev_ep = ipc_endpoint(runtime, EVENT_SOCKET)
             self.ctx = zmq.asyncio.Context()
-            self.router, self.xpub = self._bind(cmd_ep, ev_ep)
+            self.router, xpub = self._bind(cmd_ep, ev_ep)
+            self.publisher = Publisher(xpub, self.session, self._welcome)
             self.info = ConnectionInfo(
                 command_endpoint=cmd_ep,
                 event_endpoint=ev_ep,
@@ -162,9 +163,9 @@ class Bridge:
             self._teardown(linger=0)
             raise
         loop = asyncio.get_running_loop()
+        self.publisher.start(loop)
         self._loops = [
             loop.create_task(self._command_loop()),
-            loop.create_task(self._subscription_loop()),
             loop.create_task(self._hugz_loop()),
             loop.create_task(self._expiry_loop()),
         ]
@@ -175,11 +176,12 @@ class Bridge:
         log.info("bridge %s serving on %s and %s", self.session.session, cmd_ep, ev_ep)
         return self.info
 
-    def _bind(self, cmd_ep: str, ev_ep: str) -> tuple[zmq.asyncio.Socket, zmq.asyncio.Socket]:
+    def _bind(self, cmd_ep: str, ev_ep: str) -> tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]:
         assert self.ctx is not None
         c = self.config
         router = self.ctx.socket(zmq.ROUTER)
-        xpub = self.ctx.socket(zmq.XPUB)
+        # A plain socket of the same context: see publisher.py for why the XPUB is not asyncio.
+        xpub: zmq.Socket[bytes] = zmq.Context.shadow(self.ctx.underlying).socket(zmq.XPUB)
         for sock in (router, xpub):
             sock.linger = c.linger_ms
             sock.setsockopt(zmq.HEARTBEAT_IVL, c.heartbeat_ivl_ms)
@@ -219,7 +221,7 @@ class Bridge:
         for slot in self.slots.values():
             if slot.state != "detached":
                 slot.emit_stopping()
-        if self.xpub is not None:
+        if self.publisher is not None:
             self._publish(BRIDGE_TOPIC, "bridge_stopping", BridgeStoppingContent(), None)
         for slot in self.slots.values():
             await slot.close()  # fails pending commands, whose handlers then reply
@@ -238,10 +240,11 @@ class Bridge:
         self._teardown(linger=0 if error else self.config.linger_ms)
 
     def _teardown(self, linger: int) -> None:
-        for sock in (self.router, self.xpub):
-            if sock is not None:
-                sock.close(linger=linger)
-        self.router = self.xpub = None
+        if self.router is not None:
+            self.router.close(linger=linger)
+        if self.publisher is not None:
+            self.publisher.close(linger)
+        self.router = self.publisher = None
         if self.ctx is not None:
             self.ctx.term()
             self.ctx = None
@@ -256,26 +259,16 @@ class Bridge:
     # ------------------------------------------------------------------------------------ publish
 
     def _publish(
-        self, topic: bytes, msg_type: str, content: Content, parent: dict[str, Any] | None
+        self, topic: bytes, msg_type: str, content: Content | dict[str, Any], parent: dict[str, Any] | None
     ) -> list[bytes]:
-        assert self.xpub is not None
-        parts = self.session.serialize_parts(self.session.header(msg_type), parent, content)
-        sent = cast("asyncio.Future[Any]", self.xpub.send_multipart([topic, DELIM, *parts]))
-        # An XPUB drops rather than blocks, so this normally completes at once; never leave it unread.
-        sent.add_done_callback(_log_send_error)
-        return [topic, *parts]
+        assert self.publisher is not None
+        return self.publisher.publish(topic, msg_type, content, parent)
 
-    async def _subscription_loop(self) -> None:
+    def _welcome(self, topic: bytes) -> None:
         """JEP 65: answer every subscription with a welcome on its topic, so subscribers know they
         are connected without sleeping. XPUB_VERBOSE passes repeated subscriptions too."""
-        assert self.xpub is not None
-        while True:
-            frames = await self.xpub.recv_multipart()
-            frame = frames[0]
-            if frame[:1] == b"\x01":
-                topic = bytes(frame[1:])
-                content = WelcomeContent(subscription=topic.decode(errors="replace"))
-                self._publish(topic, "welcome", content, None)
+        content = WelcomeContent(subscription=topic.decode(errors="replace"))
+        self._publish(topic, "welcome", content, None)
 
     async def _hugz_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -479,11 +472,6 @@ def _short(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
     return f"{first['msg']} at {where or '<root>'} ({exc.error_count()} error(s))"
-
-
-def _log_send_error(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.warning("event not published: %s", fut.exception())
 
 
 async def run_bridge(config: BridgeConfig, ready: Callable[[ConnectionInfo], None] | None = None) -> None:

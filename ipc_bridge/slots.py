@@ -29,8 +29,8 @@ from .wire import (
     SlotDownContent,
     SlotInfo,
     SlotUpContent,
-    TaskEventContent,
     slot_topic,
+    task_event_content,
     task_topic,
 )
 
@@ -40,7 +40,7 @@ YIELD_EVERY = 64
 """Receive loops give the event loop a turn this often, so a flood cannot starve other tasks."""
 
 ParentDict = dict[str, Any]
-Publish = Callable[[bytes, str, Content, "ParentDict | None"], list[bytes]]
+Publish = Callable[[bytes, str, "Content | dict[str, Any]", "ParentDict | None"], list[bytes]]
 """``(topic, msg_type, content, parent) -> [topic, signature, header, parent, content]``: signs and sends."""
 
 _RESPONSE_NAMES = frozenset(QUERY_RESPONSES.values())
@@ -164,7 +164,9 @@ class Slot:
 
     # ------------------------------------------------------------------------------------ publish
 
-    def _emit(self, topic: bytes, msg_type: str, content: Content, parent: ParentDict | None) -> None:
+    def _emit(
+        self, topic: bytes, msg_type: str, content: Content | dict[str, Any], parent: ParentDict | None
+    ) -> None:
         frames = self._publish(topic, msg_type, content, parent)
         self.buffer.append(self.seq, frames)
         self.last_publish = asyncio.get_running_loop().time()
@@ -339,7 +341,7 @@ class Slot:
             parent = self._task_parent.get(task_id)
         elif name in _RESPONSE_NAMES:
             parent = self._on_query_response(name, event.get("payload"))
-        content = TaskEventContent(slot=self.name, seq=self._next_seq(), task_id=task_id, event=event)
+        content = task_event_content(self.name, self._next_seq(), task_id, event)
         topic = task_topic(self.name, task_id) if task_id is not None else self._topic
         self._emit(topic, "task_event", content, parent)
 
