@@ -226,11 +226,15 @@ def test_sigint_stops_cancels_and_resume_completes(tmp_path: Path) -> None:
     assert final == [("hang-0", "timeout", 2), ("hang-1", "timeout", 2), ("quick", "completed", 1)]
 
 
-def test_the_default_suite_shows_every_outcome(tmp_path: Path) -> None:
-    """README command 1: each case of configs/suite.yaml ends the way its comment says, for both models."""
-    res = orchestrate(
-        "run", str(ROOT / "configs" / "suite.yaml"), "--results", str(tmp_path), "--run-id", "d", "--quiet"
-    )
+@pytest.mark.parametrize("engine", ["3.52", "3.50"])
+def test_the_default_suite_shows_every_outcome(tmp_path: Path, engine: str) -> None:
+    """README command 1: each case of configs/suite.yaml ends the way its comment says, for both models,
+    on both engines (3.50 signals completion with taskCompleted, 3.52 only with the completion ask)."""
+    source = (ROOT / "configs" / "suite.yaml").read_text()
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(source.replace("  kind: simulator\n", f"  kind: simulator\n  engine: '{engine}'\n"))
+    (tmp_path / "exercises").symlink_to(ROOT / "configs" / "exercises")
+    res = orchestrate("run", str(suite), "--results", str(tmp_path), "--run-id", "d", "--quiet")
     assert res.returncode == 0, res.stderr
     records = read_records(tmp_path / "d" / "results.jsonl")
     final = {(r.case_id, r.model_id): r for r in records if r.final}
@@ -243,6 +247,7 @@ def test_the_default_suite_shows_every_outcome(tmp_path: Path) -> None:
         "py-leap-api-down": ("api_error", None),
         "py-isogram-slow": ("timeout", False),
         "py-reverse-crash": ("infra_error", None),
+        "py-leap-gives-up": ("aborted", False),
     }
     for model in ("sonnet", "gpt"):
         got = {case: (final[case, model].status.value, final[case, model].passed) for case in expected}
@@ -255,3 +260,5 @@ def test_the_default_suite_shows_every_outcome(tmp_path: Path) -> None:
     assert retried == ["py-leap-api-down", "py-reverse-crash"]
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert summary["totals"]["passed"] == 6
+    completions = {r.reason for r in records if r.final and r.status.value == "completed"}
+    assert any("taskCompleted" in reason for reason in completions) == (engine == "3.50")
