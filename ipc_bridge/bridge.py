@@ -72,6 +72,7 @@ from .wire import (
     reply_type,
     slot_topic,
 )
+from .zmq_loop import Reader, plain_socket, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ class Bridge:
         self.slots: dict[str, Slot] = {}
         self.peers = PeerRegistry(config.client_interval, config.client_liveness)
         self.ctx: zmq.asyncio.Context | None = None
-        self.router: zmq.asyncio.Socket | None = None
+        self.router: zmq.Socket[bytes] | None = None
+        self._router_reader: Reader | None = None
         self.publisher: Publisher | None = None
         self.info: ConnectionInfo | None = None
         self.stopping = False
@@ -148,6 +150,7 @@ class Bridge:
             ev_ep = ipc_endpoint(runtime, EVENT_SOCKET)
             self.ctx = zmq.asyncio.Context()
             self.router, xpub = self._bind(cmd_ep, ev_ep)
+            self._router_reader = Reader(self.router, self._on_command)
             self.publisher = Publisher(xpub, self.session, self._welcome)
             self.info = ConnectionInfo(
                 command_endpoint=cmd_ep,
@@ -164,8 +167,8 @@ class Bridge:
             raise
         loop = asyncio.get_running_loop()
         self.publisher.start(loop)
+        self._router_reader.start(loop)
         self._loops = [
-            loop.create_task(self._command_loop()),
             loop.create_task(self._hugz_loop()),
             loop.create_task(self._expiry_loop()),
         ]
@@ -176,12 +179,12 @@ class Bridge:
         log.info("bridge %s serving on %s and %s", self.session.session, cmd_ep, ev_ep)
         return self.info
 
-    def _bind(self, cmd_ep: str, ev_ep: str) -> tuple[zmq.asyncio.Socket, zmq.Socket[bytes]]:
+    def _bind(self, cmd_ep: str, ev_ep: str) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
         assert self.ctx is not None
         c = self.config
-        router = self.ctx.socket(zmq.ROUTER)
-        # A plain socket of the same context: see publisher.py for why the XPUB is not asyncio.
-        xpub: zmq.Socket[bytes] = zmq.Context.shadow(self.ctx.underlying).socket(zmq.XPUB)
+        # Plain sockets of the one context, driven from the loop: see zmq_loop.py.
+        router = plain_socket(self.ctx, zmq.ROUTER)
+        xpub = plain_socket(self.ctx, zmq.XPUB)
         for sock in (router, xpub):
             sock.linger = c.linger_ms
             sock.setsockopt(zmq.HEARTBEAT_IVL, c.heartbeat_ivl_ms)
@@ -240,11 +243,13 @@ class Bridge:
         self._teardown(linger=0 if error else self.config.linger_ms)
 
     def _teardown(self, linger: int) -> None:
+        if self._router_reader is not None:
+            self._router_reader.stop()
         if self.router is not None:
             self.router.close(linger=linger)
         if self.publisher is not None:
             self.publisher.close(linger)
-        self.router = self.publisher = None
+        self.router = self._router_reader = self.publisher = None
         if self.ctx is not None:
             self.ctx.term()
             self.ctx = None
@@ -303,20 +308,17 @@ class Bridge:
 
     # ----------------------------------------------------------------------------------- commands
 
-    async def _command_loop(self) -> None:
-        assert self.router is not None
-        while True:
-            frames = await self.router.recv_multipart()
-            try:
-                msg = self.session.deserialize(frames)
-            except WireError as exc:
-                log.warning("dropped command: %s", exc)
-                continue
-            # Any verified request counts as a sign of life, retries and unknown types included.
-            self.peers.seen(msg.header.session, asyncio.get_running_loop().time())
-            task = asyncio.ensure_future(self._handle(msg))
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
+    def _on_command(self, frames: list[bytes]) -> None:
+        try:
+            msg = self.session.deserialize(frames)
+        except WireError as exc:
+            log.warning("dropped command: %s", exc)
+            return
+        # Any verified request counts as a sign of life, retries and unknown types included.
+        self.peers.seen(msg.header.session, asyncio.get_running_loop().time())
+        task = asyncio.ensure_future(self._handle(msg))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
 
     async def _handle(self, msg: Message) -> None:
         key = (msg.header.session, msg.header.msg_id)
@@ -370,9 +372,13 @@ class Bridge:
             reply_type(msg.msg_type), content, msg.header, idents=msg.idents, buffers=buffers
         )
         try:
-            await self.router.send_multipart(frames)
+            send_frames(self.router, frames)
+        except zmq.Again:  # the worker's queue is full (ROUTER_MANDATORY): it will retry
+            log.warning("reply to %s dropped: the worker is not reading", msg.header.msg_id)
         except zmq.ZMQError as exc:  # EHOSTUNREACH (ROUTER_MANDATORY): the worker is gone
             log.info("reply to %s not delivered: %s", msg.header.msg_id, exc)
+        if self._router_reader is not None:
+            self._router_reader.kick()  # the send may have consumed the FD's edge
 
     def _slot(self, name: str) -> Slot:
         slot = self.slots.get(name)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 from collections.abc import AsyncGenerator, Callable
@@ -49,7 +48,7 @@ from .client_types import (
     UnknownSlot,
 )
 from .connection_file import ConnectionInfo, read_connection_file
-from .event_stream import EventStreams, parse_event, snapshot_events
+from .event_stream import EventStreams, snapshot_events
 from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, MIN_TICK, BridgeWatch, Ticker, positive_float
 from .protocol import (
     QUERY_RESPONSES,
@@ -84,11 +83,9 @@ from .wire import (
     parse_reply,
     slot_topic,
 )
+from .zmq_loop import Reader, Sender, plain_socket
 
 log = logging.getLogger(__name__)
-
-YIELD_EVERY = 64
-"""Receive loops give the event loop a turn this often, so a flood cannot starve other tasks."""
 
 R = TypeVar("R", bound=Reply)
 
@@ -128,25 +125,28 @@ class BridgeClient:
         self.watch = BridgeWatch(hugz, liveness)
         self._ctx = ctx or zmq.asyncio.Context.instance()
         self._linger = linger_ms
-        self._dealer = self._ctx.socket(zmq.DEALER)
-        self._sub = self._ctx.socket(zmq.SUB)
+        # Plain sockets of the one context, driven from the loop: see zmq_loop.py.
+        self._dealer = plain_socket(self._ctx, zmq.DEALER)
+        self._sub = plain_socket(self._ctx, zmq.SUB)
         for sock in (self._dealer, self._sub):
             sock.linger = linger_ms
             sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
         self._dealer.setsockopt(zmq.IMMEDIATE, 1)
-        self._sub.rcvhwm = rcvhwm
+        self._sub.setsockopt(zmq.RCVHWM, rcvhwm)
         # The bridge-wide hugz: something to hear every interval even with no stream open.
         self._sub.subscribe(BRIDGE_TOPIC)
         self._dealer.connect(info.command_endpoint)
         self._sub.connect(info.event_endpoint)
         self._pending: dict[str, asyncio.Future[Message]] = {}
-        self._streams = EventStreams(self, self._sub)
+        self._streams = EventStreams(self, self._sub, self._heard)
+        self._streams.reader.start(asyncio.get_running_loop())
         self._last_sent = self._last_beat = float("-inf")
         self._announced_to: str | None = None  # the bridge session that has our heartbeat interval
+        self._replies = Reader(self._dealer, self._on_reply)
+        self._sender = Sender(self._replies)
+        self._replies.start(asyncio.get_running_loop())
         self._readers = [
-            asyncio.ensure_future(self._read_replies()),
-            asyncio.ensure_future(self._read_events()),
             asyncio.ensure_future(self._liveness_loop()),
         ]
         self._closed = False
@@ -181,6 +181,9 @@ class BridgeClient:
             if not fut.done():
                 fut.set_exception(closed)
         self._streams.fail(closed)
+        self._sender.fail(closed)
+        self._streams.reader.stop()
+        self._replies.stop()
         linger = self._linger if linger_ms is None else linger_ms
         self._dealer.close(linger=linger)
         self._sub.close(linger=linger)
@@ -224,9 +227,9 @@ class BridgeClient:
                 raise BridgeTimeout(f"{msg_type}: no reply after {retries + 1} attempts of {timeout:g} s")
         finally:
             self._pending.pop(msg_id, None)
-        parsed = parse_reply(msg_type, reply.content)
-        if isinstance(parsed, ErrorReply):
-            raise ERRORS.get(parsed.error, CommandError)(parsed.error, parsed.reason, msg_type)
+        if reply.content.get("status") == "error":  # the ok reply is validated once, by the caller
+            error = ErrorReply.model_validate(reply.content)
+            raise ERRORS.get(error.error, CommandError)(error.error, error.reason, msg_type)
         return reply
 
     async def request(
@@ -248,29 +251,25 @@ class BridgeClient:
         return cls.model_validate(reply.content)
 
     async def _send_and_wait(self, frames: list[bytes], fut: asyncio.Future[Message]) -> Message:
-        await self._dealer.send_multipart(frames)
+        await self._sender.send(frames)
         self._last_sent = asyncio.get_running_loop().time()
         # Shielded: a timed-out attempt must not cancel the future the next attempt waits on.
         return await asyncio.shield(fut)
 
-    async def _read_replies(self) -> None:
-        for n in itertools.count(1):
-            if n % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            frames = await self._dealer.recv_multipart()
-            try:
-                msg = self.session.deserialize(frames)
-            except WireError as exc:
-                log.warning("dropped reply: %s", exc)
-                continue
-            self._heard(msg.header)
-            if msg.msg_type == "heartbeat_reply":
-                self._on_heartbeat_reply(msg)
-            fut = self._pending.get(msg.parent_msg_id or "")
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
-            elif msg.msg_type != "heartbeat_reply":  # background heartbeats are never awaited
-                log.debug("reply to %s not awaited (late or duplicate)", msg.parent_msg_id)
+    def _on_reply(self, frames: list[bytes]) -> None:
+        try:
+            msg = self.session.deserialize(frames)
+        except WireError as exc:
+            log.warning("dropped reply: %s", exc)
+            return
+        self._heard(msg.header)
+        if msg.msg_type == "heartbeat_reply":
+            self._on_heartbeat_reply(msg)
+        fut = self._pending.get(msg.parent_msg_id or "")
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+        elif msg.msg_type != "heartbeat_reply":  # background heartbeats are never awaited
+            log.debug("reply to %s not awaited (late or duplicate)", msg.parent_msg_id)
 
     # ----------------------------------------------------------------------------------- liveness
 
@@ -303,6 +302,9 @@ class BridgeClient:
             ):
                 self._last_sent = self._last_beat = loop.time()
                 await self._beat(tick)
+            # A safety net: an edge of a socket's FD may have been consumed unseen.
+            self._streams.reader.kick()
+            self._replies.kick()
             lost = self.watch.check(loop.time(), self.bridge_session)
             if lost is not None:
                 self._on_lost(lost)
@@ -310,11 +312,9 @@ class BridgeClient:
     async def _beat(self, timeout: float) -> None:
         """Fire and forget: the reply counts as traffic when it comes, and nothing waits for it."""
         frames = self.session.serialize("heartbeat", self._heartbeat_content())
-        try:
-            # With IMMEDIATE=1 and no connection a send blocks (or queues behind a blocked request):
-            # skip this beat rather than delay the watch on the bridge.
-            await asyncio.wait_for(self._dealer.send_multipart(frames, flags=zmq.DONTWAIT), timeout)
-        except (zmq.Again, asyncio.TimeoutError):
+        # With IMMEDIATE=1 and no connection a send blocks (or queues behind a blocked request):
+        # skip this beat rather than delay the watch on the bridge.
+        if not self._sender.try_send(frames):
             log.debug("heartbeat not sent: no connection to the bridge")
 
     def _on_lost(self, lost: BridgeLost) -> None:
@@ -453,23 +453,6 @@ class BridgeClient:
     ) -> Event:
         """The first event of ``slot`` (after ``since_seq``) matching ``predicate``; TimeoutError else."""
         return await asyncio.wait_for(self._streams.first(slot, predicate, since_seq), timeout)
-
-    async def _read_events(self) -> None:
-        for n in itertools.count(1):
-            if n % YIELD_EVERY == 0:
-                # An awaited recv that finds a message waiting does not yield: in a flood, nothing else
-                # (heartbeats, the consumers of the events) would run until it ends.
-                await asyncio.sleep(0)
-            frames = await self._sub.recv_multipart()
-            try:
-                msg = self.session.deserialize(frames)
-            except WireError as exc:
-                log.warning("dropped event: %s", exc)
-                continue
-            self._heard(msg.header)
-            event = parse_event(msg)
-            if event is not None:
-                self._streams.dispatch(event)
 
     def _check_session(self, header: Header) -> None:
         if header.session == self.bridge_session:

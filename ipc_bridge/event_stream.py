@@ -5,6 +5,9 @@ snapshot, drops live events it already covered, then yields events in seq order.
 ``hugz`` showing a newer seq) is filled from the bridge's replay buffer; when the buffer no longer
 reaches back, :class:`EventGap` is raised: never a silent skip. Errors that end every stream (restart,
 bridge lost, client closed) are pushed into each stream's queue by the client.
+
+The SUB is a plain socket read by a :class:`~.zmq_loop.Reader`; a (un)subscribe can consume its FD's
+edge, so each one kicks the reader, and so does the client's liveness tick, as a safety net.
 """
 
 from __future__ import annotations
@@ -15,11 +18,22 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, cast
 
-import zmq.asyncio
+import zmq
 from pydantic import ValidationError
 
 from .client_types import BridgeError, BridgeRestarted, BridgeTimeout, Event, EventGap, UnknownSlot
-from .wire import EVENTS, Content, Message, Session, WelcomeContent, slot_topic, split_snapshot_buffers
+from .wire import (
+    EVENTS,
+    Content,
+    Header,
+    Message,
+    Session,
+    WelcomeContent,
+    WireError,
+    slot_topic,
+    split_snapshot_buffers,
+)
+from .zmq_loop import Reader
 
 if TYPE_CHECKING:
     from .client import BridgeClient
@@ -55,14 +69,29 @@ def snapshot_events(session: Session, reply: Message) -> list[Event]:
 class EventStreams:
     """Owned by one :class:`~ipc_bridge.client.BridgeClient`; uses its SUB socket and its requests."""
 
-    def __init__(self, client: BridgeClient, sub: zmq.asyncio.Socket) -> None:
+    def __init__(self, client: BridgeClient, sub: zmq.Socket[bytes], heard: Callable[[Header], None]) -> None:
         self._client = client
         self._sub = sub
+        self._heard = heard
+        self.reader = Reader(sub, self._on_frames)
         self._welcomes: dict[bytes, asyncio.Future[None]] = {}
         self._sub_counts: dict[bytes, int] = {}  # setsockopt(SUBSCRIBE) calls per topic
         self._users: dict[bytes, int] = {}  # streams (or subscribe() calls) using each topic
         self._listeners: dict[str, list[asyncio.Queue[_Item]]] = {}
         self.closed = False
+
+    # -------------------------------------------------------------------------------------- reading
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            msg = self._client.session.deserialize(frames)
+        except WireError as exc:
+            log.warning("dropped event: %s", exc)
+            return
+        self._heard(msg.header)
+        event = parse_event(msg)
+        if event is not None:
+            self.dispatch(event)
 
     # ------------------------------------------------------------------------------- subscriptions
 
@@ -80,6 +109,7 @@ class EventStreams:
                     return
                 # XPUB_VERBOSE makes the bridge see (and welcome) every repeat of a subscription.
                 self._sub.subscribe(topic)
+                self.reader.kick()
                 self._sub_counts[topic] = self._sub_counts.get(topic, 0) + 1
                 with contextlib.suppress(asyncio.TimeoutError):
                     await client.watch.guard(asyncio.shield(welcome), timeout)
@@ -98,6 +128,7 @@ class EventStreams:
         if not self.closed:
             for _ in range(self._sub_counts.pop(topic, 0)):
                 self._sub.unsubscribe(topic)
+            self.reader.kick()
 
     # ------------------------------------------------------------------------------------ dispatch
 

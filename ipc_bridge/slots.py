@@ -94,7 +94,7 @@ class ReplayBuffer:
     def append(self, seq: int, frames: list[bytes]) -> None:
         if self._events and seq != self._events[-1].seq + 1:
             raise ValueError(f"seq {seq} does not follow {self._events[-1].seq}")
-        size = sum(len(f) for f in frames)
+        size = sum(map(len, frames))
         self._events.append(BufferedEvent(seq, frames, size))
         self.bytes += size
         while len(self._events) > 1 and (len(self._events) > self.max_events or self.bytes > self.max_bytes):
@@ -400,14 +400,19 @@ class Slot:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         entry = (fut, parent.to_dict())
         self._pending_queries[response_name].append(entry)
+        timeout = self.config.query_timeout
+        # Cheaper than wait_for(shield(...)) (a round trip's worth of the bridge's time).
+        expiry = asyncio.get_running_loop().call_later(
+            timeout,
+            _expire,
+            fut,
+            SlotError(ErrorCode.TIMEOUT, f"no {response_name} within {timeout:g} s"),
+        )
         try:
             await self._send(command)
-            timeout = self.config.query_timeout
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except asyncio.TimeoutError:
-                raise SlotError(ErrorCode.TIMEOUT, f"no {response_name} within {timeout:g} s") from None
+            return await fut
         finally:
+            expiry.cancel()
             pending = self._pending_queries[response_name]
             if entry in pending:  # not when the response already took it
                 pending.remove(entry)
@@ -420,6 +425,11 @@ class Slot:
 
     def replay(self, since_seq: int, limit: int) -> tuple[list[BufferedEvent], bool, bool]:
         return self.buffer.since(since_seq, self.seq, limit)
+
+
+def _expire(fut: asyncio.Future[Any], error: SlotError) -> None:
+    if not fut.done():
+        fut.set_exception(error)
 
 
 async def _finish(tasks: list[asyncio.Task[None]]) -> None:

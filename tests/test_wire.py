@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import orjson
 import pytest
@@ -19,6 +21,7 @@ from ipc_bridge.wire import (
     VERSION,
     AttachRequest,
     Header,
+    HugzContent,
     ReplayError,
     Session,
     SignatureError,
@@ -26,8 +29,10 @@ from ipc_bridge.wire import (
     TaskCommandRequest,
     TaskEventContent,
     WireError,
+    iso_utc,
     slot_topic,
     split_snapshot_buffers,
+    task_event_content,
     task_topic,
 )
 
@@ -198,3 +203,56 @@ def test_event_content_round_trips(text: str, seq: int, task: str | None) -> Non
     content = TaskEventContent(slot="a", seq=seq, task_id=task, event=event)
     msg = s.deserialize(s.serialize("task_event", content, idents=[b"slot.a."]))
     assert TaskEventContent.model_validate(msg.content) == content
+
+
+# ------------------------------------------------------------------------------- fast paths (hot)
+
+_EVENT = {"eventName": "message", "payload": [{"taskId": "t1", "message": {"text": "é\u2028x", "ts": 1}}]}
+
+
+@pytest.mark.parametrize("parent", [None, {}, {"msg_id": "m1", "session": "s", "msg_type": "task_command"}])
+@pytest.mark.parametrize(
+    ("msg_type", "model", "raw"),
+    [
+        (
+            "task_event",
+            TaskEventContent(slot="w1", seq=7, task_id="t1", event=_EVENT),
+            task_event_content("w1", 7, "t1", _EVENT),
+        ),
+        (
+            "task_event",
+            TaskEventContent(slot="w1", seq=8, task_id=None, event={"eventName": "modesResponse"}),
+            task_event_content("w1", 8, None, {"eventName": "modesResponse"}),
+        ),
+        ("hugz", HugzContent(slot="w1", seq=3, state="up"), HugzContent(slot="w1", seq=3, state="up")),
+    ],
+)
+def test_serialize_event_is_byte_identical_to_serialize_parts(
+    parent: dict[str, Any] | None, msg_type: str, model: Any, raw: Any
+) -> None:
+    session = Session(KEY)
+    fast = session.serialize_event(msg_type, parent, raw)
+    header = Header(**orjson.loads(fast[1]))  # same msg_id and date: the only varying fields
+    assert header.msg_type == msg_type and header.session == session.session
+    assert fast == session.serialize_parts(header, parent, model)
+    msg = Session(KEY).deserialize([b"topic", DELIM, *fast])
+    assert msg.content == model.model_dump() and msg.header == header
+
+
+def test_serialize_keeps_a_given_msg_id_and_the_header_fields() -> None:
+    session = Session(KEY)
+    frames = session.serialize("heartbeat", {}, {"msg_id": "p"}, msg_id="fixed")
+    header = orjson.loads(frames[2])
+    assert list(header) == ["msg_id", "session", "msg_type", "version", "date", "protocol"]
+    assert header["msg_id"] == "fixed" and header["version"] == VERSION
+    assert orjson.loads(frames[3]) == {"msg_id": "p"}
+
+
+@given(st.integers(min_value=0, max_value=4_102_444_800 * 10**6))
+def test_iso_utc_matches_datetime_isoformat(micros: int) -> None:
+    expected = (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=micros)).isoformat()
+    assert iso_utc(micros) == expected
+
+
+def test_iso_utc_without_microseconds_matches_datetime() -> None:
+    assert iso_utc(1_700_000_000 * 10**6) == datetime.fromtimestamp(1_700_000_000, timezone.utc).isoformat()

@@ -1,0 +1,173 @@
+"""Plain (non-asyncio) ZeroMQ sockets driven from an asyncio loop: the bridge's and the client's hot paths.
+
+A ``zmq.asyncio`` recv costs about three times a ``NOBLOCK`` drain, and a ``zmq.asyncio`` send on a
+socket with a pending recv does a ``getsockopt(EVENTS)`` after every message. Here a socket gets a
+:class:`Reader`: a loop reader on its FD that drains it with ``NOBLOCK`` and hands every message to a
+callback, at most :data:`DRAIN_LIMIT` per loop turn (a flood must not starve other tasks). ZeroMQ's FD
+is edge-triggered and *any* operation on the socket (a send, a subscribe) can consume the edge, so the
+owner calls :meth:`Reader.kick` after such operations: one more drain on the next loop turn.
+
+The flags are plain ints: pyzmq's flag enums cost about 1 us per ``|`` (``send_multipart`` and
+``recv_multipart`` do one per frame), a large share of a 6-frame message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+import zmq
+
+log = logging.getLogger(__name__)
+
+DRAIN_LIMIT = 128
+"""Messages handled per loop turn and socket."""
+
+MORE = int(zmq.SNDMORE | zmq.DONTWAIT)
+LAST = int(zmq.DONTWAIT)
+NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
+
+
+def plain_socket(ctx: zmq.Context[Any], socket_type: int) -> zmq.Socket[bytes]:
+    """A plain socket of ``ctx`` (an asyncio context too): one context per process."""
+    return zmq.Context.shadow(ctx.underlying).socket(socket_type)
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
+    """``send_multipart(frames, DONTWAIT)`` at a third of the cost. Raises ``zmq.Again`` (nothing
+    sent) when the socket cannot take the message now."""
+    send = sock.send
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        send(frame, MORE if i < last else LAST)
+
+
+def writable(sock: zmq.Socket[bytes]) -> bool:
+    return bool(cast(int, sock.getsockopt(_EVENTS)) & _POLLOUT)
+
+
+class Reader:
+    """Calls ``on_message(frames)`` for every message arriving on ``sock``, from the loop."""
+
+    def __init__(self, sock: zmq.Socket[bytes], on_message: Callable[[list[bytes]], None]) -> None:
+        self.sock = sock
+        self._on_message = on_message
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending = False
+        self.on_drained: Callable[[], None] | None = None
+        """Called after every drain: a hook for work that waits for the socket, e.g. blocked sends."""
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.FD, self._drain)
+        self.kick()  # messages may have come in before the reader existed
+
+    def stop(self) -> None:
+        """Before closing the socket."""
+        if self._loop is not None and not self.sock.closed:
+            self._loop.remove_reader(self.sock.FD)
+        self._loop = None
+
+    def kick(self) -> None:
+        """Drain on the next loop turn (at most one such call is pending)."""
+        if not self._pending and self._loop is not None:
+            self._pending = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._pending = False
+        sock = self.sock
+        if self._loop is None or sock.closed:
+            return
+        recv, opt = sock.recv, sock.getsockopt
+        if not cast(int, opt(_EVENTS)) & _POLLIN:  # often so for kicks: cheaper than an exception
+            self._after()
+            return
+        try:
+            for _ in range(DRAIN_LIMIT):
+                frames = [recv(NOBLOCK)]  # zmq.Again when empty: once per drain, cheaper than asking
+                while opt(_RCVMORE):
+                    frames.append(recv(NOBLOCK))
+                try:
+                    self._on_message(frames)
+                except Exception:  # one bad message must not stop the reading
+                    log.exception("message not handled")
+            self.kick()  # the limit, not an empty socket: go on after the others had a turn
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:
+            log.warning("receive failed: %s", exc)
+        self._after()
+
+    def _after(self) -> None:
+        if self.on_drained is not None:
+            self.on_drained()
+
+
+class Sender:
+    """In-order sends on a plain socket that may refuse a message for now (``zmq.Again``: a DEALER with
+    ``IMMEDIATE`` and no connection, or a full queue). Refused messages wait, and go out when the
+    socket's reader next drains (the FD's edge also signals writability)."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.sock = reader.sock
+        self._reader = reader
+        self._blocked: deque[tuple[Sequence[bytes], asyncio.Future[None]]] = deque()
+        reader.on_drained = self.flush
+
+    def try_send(self, frames: Sequence[bytes]) -> bool:
+        """Send now or not at all (heartbeats: a beat that cannot go now is skipped)."""
+        if self._blocked:
+            return False
+        try:
+            send_frames(self.sock, frames)
+        except zmq.Again:
+            return False
+        finally:
+            self._reader.kick()  # the send may have consumed the FD's edge
+        return True
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        """Send, waiting while the socket refuses; cancelling the wait withdraws the message."""
+        if self.try_send(frames):
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (frames, fut)
+        self._blocked.append(entry)
+        try:
+            await fut
+        finally:
+            if not fut.done() or fut.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._blocked.remove(entry)
+
+    def flush(self) -> None:
+        blocked = self._blocked
+        while blocked:
+            frames, fut = blocked[0]
+            if fut.done():
+                blocked.popleft()
+                continue
+            try:
+                send_frames(self.sock, frames)
+            except zmq.Again:
+                return
+            except zmq.ZMQError as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(None)
+            blocked.popleft()
+
+    def fail(self, exc: BaseException) -> None:
+        while self._blocked:
+            _, fut = self._blocked.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
