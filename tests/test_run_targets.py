@@ -296,3 +296,35 @@ def test_socket_target_leases_running_hosts_and_leaves_them_running(tmp_path: Pa
         for h in hosts:
             h.terminate()
             h.wait(timeout=10)
+
+
+def test_a_sigkilled_worker_loses_its_attempt_which_is_retried_and_recorded_once(
+    tmp_path: Path, sockdir: Path
+) -> None:
+    hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
+    one_slot = "{kind: simulator, slots: 1, options: {time_scale: 0.05, status_delay: 0.1}}"
+    suite = _write_suite(tmp_path, one_slot, _cases(1) + _cases(1, hang, prefix="h"))
+    with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}) as (proc, first):
+        assert first["case_id"] == "c0"
+        # h0 runs next on the only worker; its host socket appearing means the attempt is in flight.
+        deadline = time.monotonic() + 30
+        while not list(sockdir.glob("orc-*/w*-2.sock")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        workers = [p for p in _descendants(proc.pid) if b"spawn_main" in _cmdline(p)]
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    h0 = [(r.attempt, r.status.value, r.final, r.reason) for r in records if r.case_id == "h0"]
+    assert h0[0][:3] == (1, "infra_error", False)
+    assert h0[0][3] == "worker died"
+    assert h0[1][:3] == (2, "timeout", True)
+    assert len([r for r in records if r.final]) == 2  # exactly one final record per key
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
