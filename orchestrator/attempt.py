@@ -140,6 +140,7 @@ class AttemptRunner:
         status, reason = Status.INFRA_ERROR, ""
         error_class: Literal["infra", "harness"] | None = "infra"
         error: str | None = None
+        attached = False  # the slot exists in the bridge: it must be detached, its task cancelled if stopped
         workspace = Path(tempfile.mkdtemp(prefix=f"{attempt.key.slug[:40]}-", dir=self.config.work_dir))
         try:
             try:
@@ -149,6 +150,7 @@ class AttemptRunner:
                 raise _Stop(Status.INFRA_ERROR, "setup failed", "harness", str(exc)) from exc
             try:
                 host, socket_path = await self._host(job, workspace, slot)
+                attached = True  # even a failed attach may leave a connecting slot behind
                 await self.client.attach(slot, socket_path, connect_timeout=self._launch_timeout())
                 phase.lap("launch_s")
             except (HostError, BridgeError, OSError) as exc:
@@ -159,7 +161,7 @@ class AttemptRunner:
             error_class = "infra" if status.is_infra else None
             phase.lap("agent_s")
             await self._teardown(slot, host, tracker)
-            host = None
+            host, attached = None, False
             phase.lap("teardown_s")
             if not status.is_infra and attempt.case.check:
                 check = await run_command(
@@ -170,11 +172,12 @@ class AttemptRunner:
             status, reason, error_class, error = stop.status, stop.reason, stop.error_class, stop.detail
         except asyncio.CancelledError:
             status, reason, error_class = Status.CANCELLED, "cancelled by the orchestrator", None
-            if tracker is not None:
+            if attached:
+                # A leased host (socket target) is not closed afterwards: its task must be stopped here.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.client.cancel(slot), 2)
         finally:
-            if host is not None:
+            if host is not None or attached:
                 await asyncio.shield(self._cleanup_host(slot, host))
             if not self.config.keep_workspaces:
                 # rmdir blocks for milliseconds per directory on some disks: not on the event loop

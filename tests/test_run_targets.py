@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -328,3 +329,65 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+async def test_sigint_cancels_the_task_on_a_leased_host(tmp_path: Path, sockdir: Path) -> None:
+    from ipc_bridge.extension import connect
+
+    sock = sockdir / "leased.sock"
+    host = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "simulate",
+        "--socket",
+        str(sock),
+        "--workspace",
+        str(tmp_path),
+        "--time-scale",
+        "0.05",
+        "--status-delay",
+        "0.1",
+        stdin=subprocess.DEVNULL,
+    )
+    observer = None
+    run = None
+    try:
+        observer = await connect(str(sock), timeout=20)  # a second client sees every broadcast event
+        target = f"{{kind: socket, sockets: ['{sock}']}}"
+        suite = _write_suite(tmp_path, target, "- id: h0\n  prompt: hang\n  simulate: {outcome: hang}\n")
+        run = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            str(suite),
+            "--results",
+            str(tmp_path / "r"),
+            "--run-id",
+            "r",
+            "--quiet",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        async def first(name: str) -> str:
+            async for event in observer.events():
+                if event.eventName == name and event.task_id:
+                    return event.task_id
+            raise AssertionError(f"host closed before {name}")
+
+        task_id = await asyncio.wait_for(first("taskStarted"), 30)
+        run.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(first("taskAborted"), 15) == task_id
+        assert await asyncio.wait_for(run.wait(), 20) == 130
+        assert host.returncode is None  # leased, not closed
+    finally:
+        if run is not None and run.returncode is None:
+            run.kill()
+            await run.wait()
+        if observer is not None:
+            await observer.close()
+        if host.returncode is None:
+            host.terminate()
+            await host.wait()
