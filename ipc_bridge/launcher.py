@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import zmq
 import zmq.asyncio
@@ -173,6 +173,7 @@ def start_bridge_process(
     args: Sequence[str] = (),
     timeout: float = 15.0,
     env: Mapping[str, str] | None = None,
+    stderr: int | IO[bytes] | None = None,
 ) -> BridgeProcess:
     """Spawn ``python -m ipc_bridge.bridge_cli`` and return once it is serving and answers a heartbeat.
 
@@ -202,6 +203,7 @@ def start_bridge_process(
             pass_fds=(write_fd,),
             env=child_env,
             stdin=subprocess.DEVNULL,
+            stderr=stderr,  # its log (None: inherited)
             # Its own session: a terminal's Ctrl-C goes to the orchestrator, which stops the bridge
             # last, in order. SIGTERM when the parent dies outright, so the bridge cleans up its files.
             start_new_session=True,

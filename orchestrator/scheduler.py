@@ -34,6 +34,7 @@ from .worker import worker_main
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
+BRIDGE_LOG = "bridge.log"
 CANCEL_WAIT = 8.0
 
 
@@ -112,7 +113,10 @@ class Scheduler:
         bridge: BridgeProcess | None = None
         pool: Pool | None = None
         try:
-            bridge = start_bridge_process(runtime / "bridge")
+            # The bridge's log goes next to the results (not over the progress bar); it holds no
+            # configuration values, and the secret grep of the tests covers it like every run file.
+            with open(self.writer.run_dir / BRIDGE_LOG, "ab") as bridge_log:
+                bridge = start_bridge_process(runtime / "bridge", stderr=bridge_log)
             slots = self.suite.target.slots
             workers = self.options.workers or max(1, min(slots, 2))
             config = WorkerConfig(

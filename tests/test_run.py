@@ -254,6 +254,9 @@ def test_the_default_suite_shows_every_outcome(tmp_path: Path, engine: str) -> N
         assert got == expected
     assert final["py-isogram", "sonnet"].metrics.subtasks == 1
     assert final["py-reverse-string", "sonnet"].metrics.tool_failures  # the apply_diff that did not match
+    # The crashing host is in the bridge's log next to the results, not printed over the progress bar.
+    assert "down" in (tmp_path / "d" / "bridge.log").read_text()
+    assert "down" not in res.stderr
     task_ids = [r.task_id for r in records if r.task_id]
     assert len(task_ids) == len(set(task_ids))  # each attempt's host has its own seed, like real UUIDv7s
     retried = sorted({r.case_id for r in records if not r.final})
