@@ -155,12 +155,18 @@ class AttemptRunner:
                 phase.lap("launch_s")
             except (HostError, BridgeError, OSError) as exc:
                 raise _Stop(Status.INFRA_ERROR, "extension host did not come up", "infra", str(exc)) from exc
-            tracker = await self._follow(attempt, slot, transcript)
+            tracker, responsive = await self._follow(attempt, slot, transcript)
             outcome = tracker.result()
             status, reason = outcome.status, outcome.reason
+            if not responsive:
+                # Alive but silent (stopped, wedged): the agent never had its chance.
+                error = (
+                    f"{status.value}, then no event within {attempt.limits.cancel_timeout:g}s of CancelTask"
+                )
+                status, reason = Status.INFRA_ERROR, "extension host unresponsive"
             error_class = "infra" if status.is_infra else None
             phase.lap("agent_s")
-            await self._teardown(slot, host, tracker)
+            await self._cleanup_host(slot, host)
             host, attached = None, False
             phase.lap("teardown_s")
             if not status.is_infra and attempt.case.check:
@@ -281,7 +287,11 @@ class AttemptRunner:
             params["engine"] = target.engine
         return await self._farm.host(socket_path, workspace, timeout=float(target.launch_timeout), **params)
 
-    async def _follow(self, attempt: Attempt, slot: str, transcript: list[dict[str, Any]]) -> OutcomeTracker:
+    async def _follow(
+        self, attempt: Attempt, slot: str, transcript: list[dict[str, Any]]
+    ) -> tuple[OutcomeTracker, bool]:
+        """Start the task and follow it to its outcome. Returns the tracker and whether the host
+        reacted to the CancelTask that an outcome leaving the task running is followed by."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         tracker = OutcomeTracker(t0, attempt.limits)
@@ -299,7 +309,7 @@ class AttemptRunner:
                 )
             except BridgeError as exc:
                 tracker.force(Status.INFRA_ERROR, f"StartNewTask failed: {exc}", loop.time())
-                return tracker
+                return tracker, True
             while not tracker.done:
                 now = loop.time()
                 deadline = tracker.next_deadline()
@@ -321,7 +331,10 @@ class AttemptRunner:
                 elif item.msg_type == SLOT_DOWN:
                     tracker.force(Status.INFRA_ERROR, "extension host disconnected", now)
                 tracker.tick(now)
-            return tracker
+            status = tracker.status
+            if status is not None and status.task_left_running:
+                return tracker, await self._cancel(slot, inbox, transcript, t0, attempt.limits.cancel_timeout)
+            return tracker, True
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -337,19 +350,50 @@ class AttemptRunner:
         except BaseException as exc:
             inbox.put_nowait(exc)
 
-    async def _teardown(self, slot: str, host: Host | None, tracker: OutcomeTracker) -> None:
-        status = tracker.status
-        if status is not None and status.task_left_running:
-            with contextlib.suppress(BridgeError):
-                await self.client.cancel(slot)
-        await self._cleanup_host(slot, host)
+    async def _cancel(
+        self,
+        slot: str,
+        inbox: asyncio.Queue[Event | BaseException],
+        transcript: list[dict[str, Any]],
+        t0: float,
+        timeout: float,
+    ) -> bool:
+        """CancelTask, and whether the host sent any event within ``timeout`` afterwards (every engine
+        answers it with taskAborted). Events already queued do not count: they predate the command."""
+        loop = asyncio.get_running_loop()
+        while not inbox.empty():
+            self._keep(inbox.get_nowait(), transcript, loop.time() - t0)
+        try:
+            await asyncio.wait_for(self.client.cancel(slot), timeout)
+        except (BridgeError, asyncio.TimeoutError):
+            return False
+        deadline = loop.time() + timeout
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                item = await asyncio.wait_for(inbox.get(), remaining)
+            except asyncio.TimeoutError:
+                break
+            if self._keep(item, transcript, loop.time() - t0):
+                return True
+        return False
+
+    @staticmethod
+    def _keep(item: Event | BaseException, transcript: list[dict[str, Any]], t: float) -> bool:
+        """Add a task event that arrived after the outcome to the transcript; True if it was one."""
+        if isinstance(item, BaseException) or item.msg_type != TASK_EVENT:
+            return False
+        transcript.append({"t": round(t, 4), "dir": "in", "seq": item.seq, "event": item.task_event().wire()})
+        return True
 
     async def _cleanup_host(self, slot: str, host: Host | None) -> None:
         """CloseTask, give the host its grace to exit, then make sure it is gone; detach the slot."""
         if host is not None:
-            with contextlib.suppress(BridgeError, asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(self.client.close_task(slot), 5)
-            await host.wait(float(getattr(self.config.target, "close_grace", 10.0)))
+            except (BridgeError, asyncio.TimeoutError):
+                pass  # the host never got it (bridge restarted, host gone): no grace to wait for
+            else:
+                await host.wait(float(getattr(self.config.target, "close_grace", 10.0)))
             await host.stop(grace=2.0)
         with contextlib.suppress(BridgeError, asyncio.TimeoutError):
             await asyncio.wait_for(self.client.detach(slot), 5)

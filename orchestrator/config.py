@@ -120,6 +120,9 @@ class _Strict(BaseModel):
 class _Launched(_Strict):
     slots: int = Field(default=4, ge=1, le=1024)
     """Extension hosts used at once."""
+    executor: Literal["local", "ray"] = "local"
+    """Where attempts run: worker processes on this machine, or Ray actors on the cluster's nodes that
+    offer extension-host slots (``pip install '.[ray]'``)."""
     launch_timeout: Duration = 60.0
     """How long a launched host may take until its socket answers."""
     close_grace: Duration = 10.0
@@ -249,6 +252,9 @@ class Defaults(_Strict):
     """Consecutive model API retry waits tolerated before the attempt is an api_error."""
     abort_settle: Duration = 5.0
     completion_grace: Duration = 3.0
+    cancel_timeout: Duration = 10.0
+    """After a timeout or stuck outcome, how long the host may take to react to CancelTask before it
+    counts as unresponsive (an infra_error, retried on a fresh host)."""
 
 
 class ModelSpec(_Strict):
@@ -412,6 +418,7 @@ class Suite(_Strict):
             api_retry_limit=d.api_retry_limit,
             abort_settle=d.abort_settle,
             completion_grace=d.completion_grace,
+            cancel_timeout=d.cancel_timeout,
         )
 
     def check_timeout_for(self, case: Case) -> float:

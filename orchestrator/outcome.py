@@ -90,6 +90,8 @@ class OutcomeLimits:
     """How long a root taskAborted waits for a child task or the root's re-activation."""
     completion_grace: float = 3.0
     """After completion, how long to wait for taskIdle(root) and the final token usage."""
+    cancel_timeout: float = 10.0
+    """After CancelTask (timeout, stuck), how long until a host that sent nothing counts as unresponsive."""
 
 
 class ToolCount(BaseModel):

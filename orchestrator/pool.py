@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import multiprocess as mp
 
@@ -59,6 +59,21 @@ class Lost:
     wid: int
     exitcode: int | None
     jobs: dict[str, Any]
+
+
+class Executor(Protocol):
+    """What the scheduler needs of a pool: the local :class:`Pool` or ``RayPool`` (one per node)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def submit(self, job_id: str, payload: Any) -> int: ...
+
+    def poll(self, timeout: float) -> list[Finished | Lost]: ...
+
+    def cancel_all(self) -> None: ...
+
+    def close(self, timeout: float = 10.0) -> None: ...
 
 
 class Pool:

@@ -7,6 +7,7 @@ run what they are given and report back.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 import random
@@ -21,14 +22,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from ipc_bridge.launcher import BridgeProcess, start_bridge_process
-
 from .attempt import Job, JobResult, WorkerConfig, new_record
 from .config import SocketTarget, Suite
 from .outcome import Status
 from .plan import Attempt
-from .pool import Finished, Lost, Pool
+from .pool import Executor, Finished, Lost, Pool
 from .results import AttemptRecord, ResultsWriter
+from .supervisor import BridgeSupervisor
 from .worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,10 @@ class RunOptions:
     workers: int | None = None
     keep_workspaces: bool = False
     seed: int | None = None
+    ray_address: str | None = None
+    bridge_restarts: int = 10
+    """How often the bridge may die within a minute before the run stops."""
+    """With ``target.executor: ray``: the cluster to join (``auto``, an address); None starts a local one."""
 
 
 def _runtime_parent() -> str:
@@ -98,6 +102,7 @@ class Scheduler:
         self._leased: dict[str, str] = {}
         self.skipped_budget = 0
         self._unrecorded_cost = 0.0
+        self._supervisor: BridgeSupervisor | None = None
 
     # ------------------------------------------------------------------------------------- run
 
@@ -110,24 +115,33 @@ class Scheduler:
         work.mkdir()
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
-        bridge: BridgeProcess | None = None
-        pool: Pool | None = None
+        pool: Executor | None = None
         try:
-            # The bridge's log goes next to the results (not over the progress bar); it holds no
-            # configuration values, and the secret grep of the tests covers it like every run file.
-            with open(self.writer.run_dir / BRIDGE_LOG, "ab") as bridge_log:
-                bridge = start_bridge_process(runtime / "bridge", stderr=bridge_log)
             slots = self.suite.target.slots
-            workers = self.options.workers or max(1, min(slots, 2))
             config = WorkerConfig(
                 run_id=self.run_id,
-                connection_file=str(bridge.connection_file),
+                connection_file="",
                 runtime_dir=str(runtime),
                 work_dir=str(work),
                 target=self.suite.target,
                 keep_workspaces=self.options.keep_workspaces,
             )
-            pool = Pool(worker_main, config, workers=workers, slots_per_worker=-(-slots // workers))
+            if getattr(self.suite.target, "executor", "local") == "ray":
+                # Ray is an optional extra: imported only when asked for. Every node runs its own
+                # bridge; nothing of the driver's runtime dir is used there.
+                from .ray_pool import RayPool
+
+                pool = RayPool(config, slots=slots, address=self.options.ray_address)
+            else:
+                self._supervisor = BridgeSupervisor(
+                    runtime / "bridge",
+                    self.writer.run_dir / BRIDGE_LOG,
+                    max_restarts=self.options.bridge_restarts,
+                )
+                bridge = self._supervisor.start()
+                config = dataclasses.replace(config, connection_file=str(bridge.connection_file))
+                workers = self.options.workers or max(1, min(slots, 2))
+                pool = Pool(worker_main, config, workers=workers, slots_per_worker=-(-slots // workers))
             self._capacity = slots
             return self._loop(pool)
         finally:
@@ -135,15 +149,12 @@ class Scheduler:
             signal.signal(signal.SIGTERM, old_term)
             if pool is not None:
                 pool.close(timeout=2.0 if self._interrupts > 1 else 10.0)
-            if bridge is not None:
-                if self._interrupts > 1:
-                    bridge.kill()
-                else:
-                    bridge.stop()
+            if self._supervisor is not None:
+                self._supervisor.stop(kill=self._interrupts > 1)
             if not self.options.keep_workspaces:
                 shutil.rmtree(runtime, ignore_errors=True)
 
-    def _loop(self, pool: Pool) -> str:
+    def _loop(self, pool: Executor) -> str:
         cancel_deadline: float | None = None
         while True:
             if self._stopping and cancel_deadline is None:
@@ -159,6 +170,8 @@ class Scheduler:
             if self._interrupts > 1:
                 raise Interrupted
             items = pool.poll(POLL_INTERVAL)
+            if self._supervisor is not None:
+                self._supervisor.check()
             # Refill the freed slots before writing the records (fsync): a slot waits for nothing of ours.
             # Their cost counts against the budget already.
             self._unrecorded_cost = sum(_cost(i.result.record) for i in items if isinstance(i, Finished))
@@ -174,7 +187,7 @@ class Scheduler:
             self.skipped_budget = len(self._queue)
         return self._stopping or "finished"
 
-    def _start_ready(self, pool: Pool) -> None:
+    def _start_ready(self, pool: Executor) -> None:
         now = time.monotonic()
         while self._queue and self._queue[0].not_before <= now and pool.in_flight < self._capacity:
             if self._over_budget():

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from orchestrator.results import load, read_records
-
-ROOT = Path(__file__).resolve().parent.parent
-EXERCISES = ROOT / "configs" / "exercises"
-SECRET = "sk-test-4f1c9e2b7d"
+from tests.runs import EXERCISES, ROOT, SECRET, orchestrate, running
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -68,56 +62,6 @@ GOOD = f"""
   check: python3 -m unittest -q
   simulate: {{outcome: api_error_noauto}}
 """
-
-
-@contextlib.contextmanager
-def running(
-    suite: Path, results: Path, env: dict[str, str] | None = None, **popen: Any
-) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
-    """``orchestrate run SUITE --json`` in the background, run id ``r``: yields the process and its first
-    attempt record (the event the tests act on), and leaves no process or pipe behind."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "run",
-            str(suite),
-            "--results",
-            str(results),
-            "--run-id",
-            "r",
-            "--json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "TEST_KEY": SECRET, **(env or {})},
-        **popen,
-    )
-    try:
-        assert proc.stdout is not None
-        yield proc, json.loads(proc.stdout.readline())
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-def orchestrate(
-    *args: str, env_extra: dict[str, str] | None = None, **kw: Any
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TEST_KEY": SECRET, **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=150,
-        **kw,
-    )
 
 
 def test_run_grades_retries_and_writes_loadable_results(tmp_path: Path) -> None:

@@ -16,49 +16,21 @@ from pathlib import Path
 import pytest
 
 from orchestrator.results import read_records
-from tests.test_run import EXERCISES, orchestrate, running
+from tests.runs import (
+    EXERCISES,
+    SIM,
+    cases,
+    orchestrate,
+    running,
+    write_suite,
+)
 
 pytestmark = pytest.mark.timeout(180)
-
-TWO_FER = f"""
-  workspace: {EXERCISES}/python/two-fer
-  check: python3 -m unittest -q
-  simulate:
-    files:
-      two_fer.py: |
-        def two_fer(name="you"):
-            return f"One for {{name}}, one for me."
-    cost: 0.5
-"""
-
-
-def _write_suite(tmp: Path, target: str, cases: str, defaults: str = "", top: str = "") -> Path:
-    path = tmp / "suite.yaml"
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            name: t
-            target: {target}
-            defaults: {{timeout: 30s, retries: 1, retry_backoff: 100ms, ask_timeout: 1s{defaults}}}
-            """
-        )
-        + top
-        + "cases:\n"
-        + cases
-    )
-    return path
-
-
-def _cases(n: int, body: str = TWO_FER, prefix: str = "c") -> str:
-    return "".join(f"- id: {prefix}{i}\n  prompt: Implement two_fer.{body}" for i in range(n))
-
-
-SIM = "{kind: simulator, slots: 2, options: {time_scale: 0.05, status_delay: 0.1}}"
 
 
 def test_engine_3_50_completes_through_task_completed(tmp_path: Path) -> None:
     target = "{kind: simulator, slots: 1, engine: '3.50', options: {time_scale: 0.05, status_delay: 0.1}}"
-    suite = _write_suite(tmp_path, target, _cases(1))
+    suite = write_suite(tmp_path, target, cases(1))
     res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--quiet")
     assert res.returncode == 0, res.stderr
     (record,) = read_records(tmp_path / "r" / "r" / "results.jsonl")
@@ -73,7 +45,7 @@ def test_engine_3_50_completes_through_task_completed(tmp_path: Path) -> None:
 
 def test_budget_stops_starting_attempts(tmp_path: Path) -> None:
     target = "{kind: simulator, slots: 1, options: {time_scale: 0.05, status_delay: 0.1}}"
-    suite = _write_suite(tmp_path, target, _cases(5), top="budget: {max_cost_usd: 0.9}\n")
+    suite = write_suite(tmp_path, target, cases(5), top="budget: {max_cost_usd: 0.9}\n")
     res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--json")
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout.splitlines()[-1])
@@ -83,59 +55,8 @@ def test_budget_stops_starting_attempts(tmp_path: Path) -> None:
     assert summary["skipped_budget"] == 3
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_file.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.add(child)
-            todo.append(child)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def test_sigkill_of_the_orchestrator_leaves_nothing_and_resume_completes(
-    tmp_path: Path, sockdir: Path
-) -> None:
-    hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
-    suite = _write_suite(tmp_path, SIM, _cases(1) + _cases(2, hang, prefix="h"))
-    # The killed run cannot remove its runtime directory: put it where the fixture cleans up.
-    with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}) as (proc, first):
-        assert first["case_id"] == "c0"
-        tree = _descendants(proc.pid)
-        assert len(tree) >= 4  # bridge, workers, at least one host
-        proc.kill()
-        proc.wait()
-    # Every process of the run dies with it (PR_SET_PDEATHSIG), without anyone reaping them here.
-
-    deadline = time.monotonic() + 15
-    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [p for p in tree if _alive(p)]
-
-    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--quiet")
-    assert res.returncode == 0, res.stderr
-    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
-    finals = sorted(r.case_id for r in records if r.final)
-    assert finals == ["c0", "h0", "h1"]  # exactly one final record per key
-
-
 def test_resume_refuses_a_changed_suite_without_force(tmp_path: Path) -> None:
-    suite = _write_suite(tmp_path, SIM, _cases(1))
+    suite = write_suite(tmp_path, SIM, cases(1))
     assert (
         orchestrate(
             "run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--quiet"
@@ -159,7 +80,7 @@ def test_command_target_fills_the_template(tmp_path: Path) -> None:
         " --time-scale, '0.05', --status-delay, '0.1']"
     )
     target = f"{{kind: command, slots: 2, argv: {argv}, env: {{SLOT_NAME: 'slot-{{slot}}'}}}}"
-    suite = _write_suite(tmp_path, target, _cases(3))
+    suite = write_suite(tmp_path, target, cases(3))
     res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--quiet")
     assert res.returncode == 0, res.stderr
     records = read_records(tmp_path / "r" / "r" / "results.jsonl")
@@ -188,7 +109,7 @@ def test_vscode_target_launches_code_like_roo_does(tmp_path: Path) -> None:
     )
     code.chmod(code.stat().st_mode | stat.S_IEXEC)
     target = "{kind: vscode, slots: 1, code: code, xvfb: false, args: [--log, trace], env: {EXTRA: 'yes'}}"
-    suite = _write_suite(tmp_path, target, _cases(1))
+    suite = write_suite(tmp_path, target, cases(1))
     env_path = f"{bindir}:{os.environ['PATH']}"
     res = orchestrate(
         "run",
@@ -218,7 +139,7 @@ def test_vscode_target_launches_code_like_roo_does(tmp_path: Path) -> None:
 
 def test_sigint_reaches_only_the_orchestrator_not_the_bridge(tmp_path: Path) -> None:
     hang = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{outcome: hang}}\n"
-    suite = _write_suite(tmp_path, SIM, _cases(1) + _cases(1, hang, prefix="h"))
+    suite = write_suite(tmp_path, SIM, cases(1) + cases(1, hang, prefix="h"))
     with running(suite, tmp_path / "r", start_new_session=True) as (proc, first):
         assert first["case_id"] == "c0"
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
@@ -233,7 +154,7 @@ def test_sigint_reaches_only_the_orchestrator_not_the_bridge(tmp_path: Path) -> 
 
 def test_second_sigint_exits_at_once_with_valid_files(tmp_path: Path) -> None:
     hang = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{outcome: hang}}\n"
-    suite = _write_suite(tmp_path, SIM, _cases(1) + _cases(1, hang, prefix="h"))
+    suite = write_suite(tmp_path, SIM, cases(1) + cases(1, hang, prefix="h"))
     with running(suite, tmp_path / "r") as (proc, first):
         assert first["case_id"] == "c0"
         proc.send_signal(signal.SIGINT)
@@ -280,7 +201,7 @@ def test_socket_target_leases_running_hosts_and_leaves_them_running(tmp_path: Pa
         cases = "".join(
             f"- id: c{i}\n  prompt: p{i}\n  simulate: {{files: {{out{i}.txt: '{i}'}}}}\n" for i in range(5)
         )
-        suite = _write_suite(tmp_path, target, cases)
+        suite = write_suite(tmp_path, target, cases)
         res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--quiet")
         assert res.returncode == 0, res.stderr
         records = read_records(tmp_path / "r" / "r" / "results.jsonl")
@@ -297,38 +218,6 @@ def test_socket_target_leases_running_hosts_and_leaves_them_running(tmp_path: Pa
         for h in hosts:
             h.terminate()
             h.wait(timeout=10)
-
-
-def test_a_sigkilled_worker_loses_its_attempt_which_is_retried_and_recorded_once(
-    tmp_path: Path, sockdir: Path
-) -> None:
-    hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
-    one_slot = "{kind: simulator, slots: 1, options: {time_scale: 0.05, status_delay: 0.1}}"
-    suite = _write_suite(tmp_path, one_slot, _cases(1) + _cases(1, hang, prefix="h"))
-    with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}) as (proc, first):
-        assert first["case_id"] == "c0"
-        # h0 runs next on the only worker; its host socket appearing means the attempt is in flight.
-        deadline = time.monotonic() + 30
-        while not list(sockdir.glob("orc-*/w*-2.sock")) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        workers = [p for p in _descendants(proc.pid) if b"spawn_main" in _cmdline(p)]
-        assert len(workers) == 1
-        os.kill(workers[0], signal.SIGKILL)
-        proc.communicate(timeout=60)
-    assert proc.returncode == 0
-    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
-    h0 = [(r.attempt, r.status.value, r.final, r.reason) for r in records if r.case_id == "h0"]
-    assert h0[0][:3] == (1, "infra_error", False)
-    assert h0[0][3] == "worker died"
-    assert h0[1][:3] == (2, "timeout", True)
-    assert len([r for r in records if r.final]) == 2  # exactly one final record per key
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 async def test_sigint_cancels_the_task_on_a_leased_host(tmp_path: Path, sockdir: Path) -> None:
@@ -355,7 +244,7 @@ async def test_sigint_cancels_the_task_on_a_leased_host(tmp_path: Path, sockdir:
     try:
         observer = await connect(str(sock), timeout=20)  # a second client sees every broadcast event
         target = f"{{kind: socket, sockets: ['{sock}']}}"
-        suite = _write_suite(tmp_path, target, "- id: h0\n  prompt: hang\n  simulate: {outcome: hang}\n")
+        suite = write_suite(tmp_path, target, "- id: h0\n  prompt: hang\n  simulate: {outcome: hang}\n")
         run = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

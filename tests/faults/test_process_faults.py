@@ -1,0 +1,160 @@
+"""Processes killed or frozen mid-run: every attempt still ends with exactly one final record, the run
+finishes or resumes to completion, and nothing is left running."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.results import read_records
+from tests.runs import (
+    EXERCISES,
+    SIM,
+    alive,
+    cases,
+    cmdline,
+    descendants,
+    orchestrate,
+    poll_until,
+    running,
+    write_suite,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_sigkill_of_the_orchestrator_leaves_nothing_and_resume_completes(
+    tmp_path: Path, sockdir: Path
+) -> None:
+    hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
+    suite = write_suite(tmp_path, SIM, cases(1) + cases(2, hang, prefix="h"))
+    # The killed run cannot remove its runtime directory: put it where the fixture cleans up.
+    with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}) as (proc, first):
+        assert first["case_id"] == "c0"
+        tree = descendants(proc.pid)
+        assert len(tree) >= 4  # bridge, workers, at least one host
+        proc.kill()
+        proc.wait()
+    # Every process of the run dies with it (PR_SET_PDEATHSIG), without anyone reaping them here.
+
+    deadline = time.monotonic() + 15
+    while any(alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in tree if alive(p)]
+
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--quiet")
+    assert res.returncode == 0, res.stderr
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    finals = sorted(r.case_id for r in records if r.final)
+    assert finals == ["c0", "h0", "h1"]  # exactly one final record per key
+
+
+def test_a_sigkilled_worker_loses_its_attempt_which_is_retried_and_recorded_once(
+    tmp_path: Path, sockdir: Path
+) -> None:
+    hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
+    one_slot = "{kind: simulator, slots: 1, options: {time_scale: 0.05, status_delay: 0.1}}"
+    suite = write_suite(tmp_path, one_slot, cases(1) + cases(1, hang, prefix="h"))
+    with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}) as (proc, first):
+        assert first["case_id"] == "c0"
+        # h0 runs next on the only worker; its host socket appearing means the attempt is in flight.
+        deadline = time.monotonic() + 30
+        while not list(sockdir.glob("orc-*/w*-2.sock")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        workers = [p for p in descendants(proc.pid) if b"spawn_main" in cmdline(p)]
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    h0 = [(r.attempt, r.status.value, r.final, r.reason) for r in records if r.case_id == "h0"]
+    assert h0[0][:3] == (1, "infra_error", False)
+    assert h0[0][3] == "worker died"
+    assert h0[1][:3] == (2, "timeout", True)
+    assert len([r for r in records if r.final]) == 2  # exactly one final record per key
+
+
+def _bridges(pid: int) -> list[int]:
+    return [p for p in descendants(pid) if b"ipc_bridge.bridge_cli" in cmdline(p)]
+
+
+def test_a_sigkilled_bridge_is_restarted_and_its_lost_attempts_retried(tmp_path: Path, sockdir: Path) -> None:
+    slow = f"""
+  workspace: {EXERCISES}/python/two-fer
+  check: python3 -m unittest -q
+  simulate:
+    duration: 40s
+    files:
+      two_fer.py: |
+        def two_fer(name="you"):
+            return f"One for {{name}}, one for me."
+"""
+    quick = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{duration: 1s}}\n"
+    suite = write_suite(tmp_path, SIM, cases(1, quick, prefix="q") + cases(2, slow, prefix="s"))
+    with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}) as (proc, first):
+        assert first["case_id"] == "q0"
+        # s0 and s1 (2 s each at this time scale) are both following their tasks now.
+        poll_until(lambda: len(list(sockdir.glob("orc-*/w*.sock"))) >= 2, 30, "two attempts in flight")
+        (old,) = _bridges(proc.pid)
+        os.kill(old, signal.SIGKILL)
+        poll_until(lambda: [p for p in _bridges(proc.pid) if p != old], 30, "a new bridge")
+        tree = descendants(proc.pid)
+        proc.communicate(timeout=90)
+    assert proc.returncode == 0
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    retried = [r for r in records if not r.final]
+    # The attempts following a task when the bridge died lost events: never graded, always retried.
+    assert retried and all(r.status.value == "infra_error" and r.passed is None for r in retried)
+    assert {r.case_id for r in retried} <= {"s0", "s1"}
+    finals = sorted((r.case_id, r.status.value, r.passed) for r in records if r.final)
+    assert finals == [("q0", "completed", True), ("s0", "completed", True), ("s1", "completed", True)]
+    assert not alive(old)
+    assert not [p for p in tree if alive(p)]
+
+
+async def test_a_stopped_host_is_unresponsive_and_retried_on_a_fresh_one(
+    tmp_path: Path, sockdir: Path
+) -> None:
+    from ipc_bridge.extension import connect
+
+    target = (
+        "{kind: simulator, slots: 1, options: {time_scale: 0.05, status_delay: 0.1, process_per_host: true}}"
+    )
+    slow = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{duration: 200s}}\n"
+    suite = write_suite(tmp_path, target, cases(1, slow, prefix="h"), defaults=", cancel_timeout: 1s")
+    with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}, first=False) as (proc, _):
+
+        def h0_host() -> list[int]:
+            return [p for p in descendants(proc.pid) if b"simulate" in cmdline(p) and b"/h0__" in cmdline(p)]
+
+        ready = lambda: bool(h0_host()) and bool(list(sockdir.glob("orc-*/w*-1.sock")))  # noqa: E731
+        await asyncio.to_thread(poll_until, ready, 30, "h0's host")
+        (frozen,) = h0_host()
+        (sock,) = await asyncio.to_thread(lambda: list(sockdir.glob("orc-*/w*-1.sock")))
+        # A second client of the host sees every event it broadcasts: freeze it once the task runs.
+        observer = await connect(str(sock), timeout=20)
+        try:
+            async for event in observer.events():
+                if event.eventName == "taskStarted":
+                    break
+        finally:
+            await observer.close()
+        os.kill(frozen, signal.SIGSTOP)
+        try:
+            assert await asyncio.wait_for(asyncio.to_thread(proc.wait), 90) == 0
+        finally:
+            if alive(frozen):
+                os.kill(frozen, signal.SIGCONT)
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    h0 = [(r.attempt, r.status.value, r.final, r.reason) for r in records if r.case_id == "h0"]
+    assert h0 == [
+        (1, "infra_error", False, "extension host unresponsive"),
+        # The fresh host answers CancelTask: an agent that runs out of time is the agent's timeout.
+        (2, "timeout", True, h0[1][3]),
+    ]
+    assert not alive(frozen)

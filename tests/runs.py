@@ -1,0 +1,143 @@
+"""Helpers of the end-to-end tests: a suite file, ``orchestrate`` as a subprocess, the process tree."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+EXERCISES = ROOT / "configs" / "exercises"
+SECRET = "sk-test-4f1c9e2b7d"
+
+TWO_FER = f"""
+  workspace: {EXERCISES}/python/two-fer
+  check: python3 -m unittest -q
+  simulate:
+    files:
+      two_fer.py: |
+        def two_fer(name="you"):
+            return f"One for {{name}}, one for me."
+    cost: 0.5
+"""
+SIM = "{kind: simulator, slots: 2, options: {time_scale: 0.05, status_delay: 0.1}}"
+
+
+@contextlib.contextmanager
+def running(
+    suite: Path, results: Path, env: dict[str, str] | None = None, *, first: bool = True, **popen: Any
+) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """``orchestrate run SUITE --json`` in the background, run id ``r``: yields the process and its first
+    attempt record (the event the tests act on; ``{}`` unless ``first``), and leaves no process or pipe
+    behind."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "run",
+            str(suite),
+            "--results",
+            str(results),
+            "--run-id",
+            "r",
+            "--json",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "TEST_KEY": SECRET, **(env or {})},
+        **popen,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc, json.loads(proc.stdout.readline()) if first else {}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def orchestrate(
+    *args: str, env_extra: dict[str, str] | None = None, **kw: Any
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TEST_KEY": SECRET, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=150,
+        **kw,
+    )
+
+
+def write_suite(tmp: Path, target: str, cases: str, defaults: str = "", top: str = "") -> Path:
+    path = tmp / "suite.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            name: t
+            target: {target}
+            defaults: {{timeout: 30s, retries: 1, retry_backoff: 100ms, ask_timeout: 1s{defaults}}}
+            """
+        )
+        + top
+        + "cases:\n"
+        + cases
+    )
+    return path
+
+
+def cases(n: int, body: str = TWO_FER, prefix: str = "c") -> str:
+    return "".join(f"- id: {prefix}{i}\n  prompt: Implement two_fer.{body}" for i in range(n))
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def poll_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Wait for a condition of the outside world (a process, a file) that nothing notifies us of."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
