@@ -141,3 +141,24 @@ def poll_until(predicate: Callable[[], object], timeout: float, what: str) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(0.02)
+
+
+def simulator_suite(tmp: Path, cases: str, *, extra: str = "", slots: int = 3) -> Path:
+    """A suite on the simulator with a secret from $TEST_KEY and ``cases`` (YAML list items)."""
+    text = f"""
+    name: t
+    target: {{kind: simulator, slots: {slots}, options: {{time_scale: 0.05, status_delay: 0.1}}}}
+    defaults:
+      timeout: 30s
+      retries: 1
+      retry_backoff: 100ms
+      ask_timeout: 1s
+      configuration: {{apiProvider: openrouter, openRouterApiKey: "${{TEST_KEY}}", mode: code}}
+    models:
+      - {{id: m1}}
+    {extra}
+    cases:
+    """
+    path = tmp / "suite.yaml"
+    path.write_text(textwrap.dedent(text) + textwrap.indent(textwrap.dedent(cases), "  "))
+    return path

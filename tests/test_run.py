@@ -4,38 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from orchestrator.results import load, read_records
-from tests.runs import EXERCISES, ROOT, SECRET, orchestrate, running
+from tests.runs import EXERCISES, ROOT, SECRET, orchestrate
+from tests.runs import simulator_suite as _suite
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def _suite(tmp: Path, cases: str, *, extra: str = "", slots: int = 3) -> Path:
-    text = f"""
-    name: t
-    target: {{kind: simulator, slots: {slots}, options: {{time_scale: 0.05, status_delay: 0.1}}}}
-    defaults:
-      timeout: 30s
-      retries: 1
-      retry_backoff: 100ms
-      ask_timeout: 1s
-      configuration: {{apiProvider: openrouter, openRouterApiKey: "${{TEST_KEY}}", mode: code}}
-    models:
-      - {{id: m1}}
-    {extra}
-    cases:
-    """
-    path = tmp / "suite.yaml"
-    path.write_text(textwrap.dedent(text) + textwrap.indent(textwrap.dedent(cases), "  "))
-    return path
 
 
 GOOD = f"""
@@ -66,8 +45,19 @@ GOOD = f"""
 
 def test_run_grades_retries_and_writes_loadable_results(tmp_path: Path) -> None:
     suite = _suite(tmp_path, GOOD)
-    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r1", "--json")
+    # Every log line of every process (orchestrator, workers, bridge) is emitted: the secret grep covers them.
+    res = orchestrate(
+        "run",
+        str(suite),
+        "--results",
+        str(tmp_path / "r"),
+        "--run-id",
+        "r1",
+        "--json",
+        env_extra={"ORCHESTRATE_LOG_LEVEL": "DEBUG"},
+    )
     assert res.returncode == 0, res.stderr
+    assert "DEBUG" in res.stderr or "INFO" in res.stderr
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     assert lines[-1]["type"] == "summary"
     assert sum(1 for line in lines if line["type"] == "attempt") == 4  # api-down is tried twice
@@ -129,45 +119,6 @@ def test_unset_secret_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert res.returncode == 2
     assert "TEST_KEY" in res.stderr
-
-
-def test_sigint_stops_cancels_and_resume_completes(tmp_path: Path) -> None:
-    hang = "".join(
-        f"""
-- id: hang-{i}
-  prompt: never finishes
-  workspace: {EXERCISES}/python/leap
-  timeout: 6s
-  simulate: {{outcome: hang, duration: 100ms}}
-"""
-        for i in range(2)
-    )
-    quick = f"""
-- id: quick
-  prompt: quick
-  workspace: {EXERCISES}/python/two-fer
-  simulate: {{duration: 100ms}}
-"""
-    suite = _suite(tmp_path, hang + quick, slots=3)
-    with running(suite, tmp_path / "r") as (proc, first):
-        # Plan order starts hang-0 and hang-1 before quick; once quick's record is out, both hang.
-        assert first["case_id"] == "quick"
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 130
-    assert json.loads(out.splitlines()[-1])["stop_reason"] == "interrupted"
-    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
-    assert sorted((r.case_id, r.status.value, r.final) for r in records) == [
-        ("hang-0", "cancelled", False),
-        ("hang-1", "cancelled", False),
-        ("quick", "completed", True),
-    ]
-
-    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--quiet")
-    assert res.returncode == 0, res.stderr
-    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
-    final = sorted((r.case_id, r.status.value, r.attempt) for r in records if r.final)
-    assert final == [("hang-0", "timeout", 2), ("hang-1", "timeout", 2), ("quick", "completed", 1)]
 
 
 @pytest.mark.parametrize("engine", ["3.52", "3.50"])

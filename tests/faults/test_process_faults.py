@@ -4,6 +4,7 @@ finishes or resumes to completion, and nothing is left running."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -22,6 +23,7 @@ from tests.runs import (
     orchestrate,
     poll_until,
     running,
+    simulator_suite,
     write_suite,
 )
 
@@ -114,7 +116,9 @@ def test_a_sigkilled_bridge_is_restarted_and_its_lost_attempts_retried(tmp_path:
     finals = sorted((r.case_id, r.status.value, r.passed) for r in records if r.final)
     assert finals == [("q0", "completed", True), ("s0", "completed", True), ("s1", "completed", True)]
     assert not alive(old)
-    assert not [p for p in tree if alive(p)]
+    # Processes that outlive the run die with it (PR_SET_PDEATHSIG), perhaps a moment later.
+    poll_until(lambda: not [p for p in tree if alive(p)], 15, "the run's processes to exit")
+    assert not list(sockdir.glob("orc-*"))
 
 
 async def test_a_stopped_host_is_unresponsive_and_retried_on_a_fresh_one(
@@ -158,3 +162,43 @@ async def test_a_stopped_host_is_unresponsive_and_retried_on_a_fresh_one(
         (2, "timeout", True, h0[1][3]),
     ]
     assert not alive(frozen)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_or_sigterm_stops_cancels_and_resume_completes(tmp_path: Path, signum: int) -> None:
+    hang = "".join(
+        f"""
+- id: hang-{i}
+  prompt: never finishes
+  workspace: {EXERCISES}/python/leap
+  timeout: 6s
+  simulate: {{outcome: hang, duration: 100ms}}
+"""
+        for i in range(2)
+    )
+    quick = f"""
+- id: quick
+  prompt: quick
+  workspace: {EXERCISES}/python/two-fer
+  simulate: {{duration: 100ms}}
+"""
+    suite = simulator_suite(tmp_path, hang + quick, slots=3)
+    with running(suite, tmp_path / "r") as (proc, first):
+        # Plan order starts hang-0 and hang-1 before quick; once quick's record is out, both hang.
+        assert first["case_id"] == "quick"
+        proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert json.loads(out.splitlines()[-1])["stop_reason"] == "interrupted"
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert sorted((r.case_id, r.status.value, r.final) for r in records) == [
+        ("hang-0", "cancelled", False),
+        ("hang-1", "cancelled", False),
+        ("quick", "completed", True),
+    ]
+
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--quiet")
+    assert res.returncode == 0, res.stderr
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    final = sorted((r.case_id, r.status.value, r.attempt) for r in records if r.final)
+    assert final == [("hang-0", "timeout", 2), ("hang-1", "timeout", 2), ("quick", "completed", 1)]
