@@ -94,6 +94,31 @@ def _check_command(value: Any) -> Any:
     )
 
 
+def _not_bool(value: Any) -> Any:
+    # YAML reads yes/no/on/off as booleans, and pydantic would take True for 1
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, got {value!r}: write a number such as 1 or 4")
+    return value
+
+
+def _path_text(value: Any) -> Any:
+    # Path("") is ".": an empty value (often an empty ${VAR}) would silently mean the suite's directory
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("the path is empty: give a path, or remove the key")
+    return value
+
+
+def _existing(path: Path, what: str, want_dir: bool) -> Path:
+    if path.is_dir() if want_dir else path.is_file():
+        return path
+    where = "(relative paths start at the suite file's directory)"
+    if path.exists():
+        is_kind = "a directory" if path.is_dir() else "a file" if path.is_file() else "no regular file"
+        want = "a directory" if want_dir else "a file"
+        raise ValueError(f"{what} {path} is {is_kind}: give {want} {where}")
+    raise ValueError(f"{what} {path} does not exist: create it or fix the path {where}")
+
+
 def _base_dir(info: ValidationInfo) -> Path:
     ctx = info.context if isinstance(info.context, dict) else {}
     return Path(ctx.get("base_dir") or Path.cwd())
@@ -105,6 +130,8 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
 
 
 SafeId = Annotated[str, AfterValidator(_check_id)]
+Count = Annotated[int, BeforeValidator(_not_bool)]
+PathText = Annotated[Path, BeforeValidator(_path_text)]
 Command = Annotated[str | list[str], BeforeValidator(_check_command)]
 """A shell string (run with ``sh -c``) or an argv list."""
 Settings = Annotated[RooCodeSettings, PlainSerializer(lambda s: s.wire(), return_type=dict)]
@@ -129,6 +156,10 @@ class _Launched(_Strict):
     """After CloseTask, how long a host may take to exit before it is terminated."""
 
 
+def _slots_not_bool(cls: Any, value: Any) -> Any:
+    return _not_bool(value)
+
+
 class SimulatorTarget(_Launched):
     kind: Literal["simulator"] = "simulator"
     engine: str | None = None
@@ -136,20 +167,24 @@ class SimulatorTarget(_Launched):
     options: dict[str, Any] = Field(default_factory=dict)
     """Passed through to the simulator."""
 
+    _slots = field_validator("slots", mode="before")(_slots_not_bool)
+
 
 class SocketTarget(_Strict):
     kind: Literal["socket"] = "socket"
-    sockets: list[Path] = Field(min_length=1)
+    sockets: list[PathText] = Field(min_length=1)
     """Sockets of hosts that already run; attached, never launched or closed."""
-    slots: int = Field(ge=1)
+    slots: Count = Field(ge=1)
     """Defaults to the number of sockets."""
     connect_timeout: Duration = 30.0
 
     @model_validator(mode="before")
     @classmethod
     def _default_slots(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "slots" not in data and isinstance(data.get("sockets"), list):
-            data = {**data, "slots": max(len(data["sockets"]), 1)}
+        if isinstance(data, dict) and "slots" not in data:
+            # without a usable sockets list, that is the one problem to report, not slots as well
+            sockets = data.get("sockets")
+            data = {**data, "slots": max(len(sockets), 1) if isinstance(sockets, list) else 1}
         return data
 
     @field_validator("sockets")
@@ -170,16 +205,24 @@ class SocketTarget(_Strict):
         return self
 
 
+def _xvfb(value: Any) -> Any:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"xvfb is auto, true or false (got {value!r})")
+
+
 class VscodeTarget(_Launched):
     kind: Literal["vscode"] = "vscode"
-    code: str = "code"
+    code: str = Field(default="code", min_length=1)
     """The VS Code executable (a name on PATH or a path)."""
     args: list[str] = Field(default_factory=list)
-    xvfb: Literal["auto"] | bool = "auto"
+    xvfb: Annotated[Literal["auto"] | bool, BeforeValidator(_xvfb)] = "auto"
     """Run under xvfb-run: always, never, or when there is no DISPLAY."""
-    user_data_dir: Path | None = None
-    extensions_dir: Path | None = None
+    user_data_dir: PathText | None = None
+    extensions_dir: PathText | None = None
     env: dict[str, str] = Field(default_factory=dict)
+
+    _slots = field_validator("slots", mode="before")(_slots_not_bool)
 
     @field_validator("user_data_dir", "extensions_dir")
     @classmethod
@@ -193,11 +236,15 @@ class CommandTarget(_Launched):
     """The host's command line; {socket}, {workspace} and {slot} are filled in ({{ }} for braces)."""
     env: dict[str, str] = Field(default_factory=dict)
     """Added to the host's environment (placeholders filled in too)."""
-    cwd: Path | None = None
+    cwd: PathText | None = None
+
+    _slots = field_validator("slots", mode="before")(_slots_not_bool)
 
     @field_validator("argv", "env")
     @classmethod
     def _placeholders(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and not value[0].strip():
+            raise ValueError("the command (argv[0]) is empty: give the host's executable first")
         items = value if isinstance(value, list) else list(value.values())
         for item in items:
             try:
@@ -217,10 +264,7 @@ class CommandTarget(_Launched):
     def _cwd_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        path = _resolve(value, info)
-        if not path.is_dir():
-            raise ValueError(f"directory {path} does not exist: create it or fix the path")
-        return path
+        return _existing(_resolve(value, info), "cwd", want_dir=True)
 
 
 Target = Annotated[SimulatorTarget | SocketTarget | VscodeTarget | CommandTarget, Field(discriminator="kind")]
@@ -232,7 +276,7 @@ Target = Annotated[SimulatorTarget | SocketTarget | VscodeTarget | CommandTarget
 class Defaults(_Strict):
     timeout: Duration = 300.0
     """Wall clock per attempt (Roo's own evals use 5 minutes)."""
-    retries: int = Field(default=2, ge=0, le=100)
+    retries: Count = Field(default=2, ge=0, le=100)
     """Extra attempts after an infrastructure failure (never after an agent failure)."""
     retry_backoff: Duration = 5.0
     """First backoff; it doubles per retry, with jitter, up to retry_backoff_max."""
@@ -248,7 +292,7 @@ class Defaults(_Strict):
     """An ask nobody answers (followup, a command not auto-approved, ...) this long: stuck."""
     idle_timeout: Duration | None = None
     """No event at all this long: stuck (off by default)."""
-    api_retry_limit: int = Field(default=3, ge=0)
+    api_retry_limit: Count = Field(default=3, ge=0)
     """Consecutive model API retry waits tolerated before the attempt is an api_error."""
     abort_settle: Duration = 5.0
     completion_grace: Duration = 3.0
@@ -272,8 +316,8 @@ class Case(_Strict):
     id: SafeId
     description: str | None = None
     prompt: str | None = None
-    prompt_file: Path | None = None
-    workspace: Path | None = None
+    prompt_file: PathText | None = None
+    workspace: PathText | None = None
     """Template directory copied fresh for every attempt (an empty directory when unset)."""
     setup: list[Command] = Field(default_factory=list)
     check: Command | None = None
@@ -291,25 +335,22 @@ class Case(_Strict):
     def _workspace_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        path = _resolve(value, info)
-        if not path.is_dir():
-            raise ValueError(
-                f"workspace directory {path} does not exist: create it or fix the path "
-                f"(relative paths start at the suite file's directory)"
-            )
-        return path
+        return _existing(_resolve(value, info), "workspace directory", want_dir=True)
 
     @field_validator("prompt_file")
     @classmethod
     def _prompt_file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        path = _resolve(value, info)
-        if not path.is_file():
+        path = _existing(_resolve(value, info), "prompt_file", want_dir=False)
+        try:
+            path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
             raise ValueError(
-                f"prompt_file {path} does not exist: create it or fix the path "
-                f"(relative paths start at the suite file's directory)"
-            )
+                f"prompt_file {path} is not UTF-8 text ({exc.reason}): save it as UTF-8"
+            ) from None
+        except OSError as exc:
+            raise ValueError(f"cannot read prompt_file {path}: {exc.strerror or exc}") from None
         return path
 
     @model_validator(mode="after")
@@ -348,13 +389,23 @@ class Suite(_Strict):
     defaults: Defaults = Field(default_factory=Defaults)
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec(id="default")])
     """One matrix axis; when absent, one model "default" that only uses defaults.configuration."""
-    repeats: int = Field(default=1, ge=1, le=10_000)
+    repeats: Count = Field(default=1, ge=1, le=10_000)
     """Another axis (pass@k)."""
     budget: Budget = Field(default_factory=Budget)
     cases: list[Case]
 
     _source: Path | None = PrivateAttr(default=None)
     _secrets: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kind(cls, data: Any) -> Any:
+        # kind is the union's tag; without it pydantic would only say "kind is missing" and hide the
+        # real mistake, while the documented default is the simulator
+        target = data.get("target") if isinstance(data, dict) else None
+        if isinstance(target, dict) and "kind" not in target:
+            data = {**data, "target": {**target, "kind": "simulator"}}
+        return data
 
     @field_validator("models")
     @classmethod
@@ -457,7 +508,9 @@ def load_suite(path: str | Path, *, env: Mapping[str, str] | None = None) -> Sui
         found = validation_problems(exc, raw, Suite)
         if duplicates:  # already reported with the duplicate's own line
             found = [p for p in found if not p.message.startswith("duplicate ")]
-        problems += found
+        # an unset ${VAR} left an empty value behind: its own problem is the one to report
+        reported = {p.key for p in problems}
+        problems += [p for p in found if p.key not in reported]
     if problems:
         problems.sort(key=lambda p: (p.line is None, p.line or 0))
         raise SuiteError(path, problems)

@@ -27,12 +27,17 @@ def parse_duration(value: Any) -> float:
         try:
             seconds = float(text)
         except ValueError:
-            if not text or not _WHOLE.fullmatch(text):
+            if text.startswith("-") and _WHOLE.fullmatch(text[1:].strip()):
+                seconds = -1.0
+            elif not text or not _WHOLE.fullmatch(text):
                 raise ValueError(f"invalid duration {value!r}: {DURATION_HINT}") from None
-            seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(text))
+            else:
+                seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _PART.findall(text))
     else:
         raise ValueError(f"invalid duration {value!r}: {DURATION_HINT}")
-    if not math.isfinite(seconds) or seconds <= 0:
+    if not math.isfinite(seconds):
+        raise ValueError(f"invalid duration {value!r}: it must be a finite number; {DURATION_HINT}")
+    if seconds <= 0:
         raise ValueError(f"invalid duration {value!r}: it must be more than zero; {DURATION_HINT}")
     return seconds
 

@@ -15,11 +15,13 @@ key, and on resume it cuts away a torn last line left by a hard kill. Every JSON
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import glob
 import importlib
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +51,29 @@ class ResultsError(Exception):
 
 class DuplicateRecordError(ResultsError):
     """A second final record for an attempt key, or a reused attempt number: refused."""
+
+
+class ResultsWriteError(ResultsError):
+    """A file of the run could not be written (disk full, file too large, I/O error, not writable).
+    Every record written before is complete, and no torn line is left behind: once the cause is fixed,
+    resuming the run continues it. ``orchestrate run`` exits with :attr:`exit_code`."""
+
+    exit_code = 3
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path = Path(path)
+        self.errno = error.errno
+        name = errno.errorcode.get(error.errno or 0, "")
+        reason = f"{error.strerror} ({name})" if error.strerror and name else str(error)
+        super().__init__(f"cannot write {self.path}: {reason}")
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise ResultsWriteError(path, exc) from exc
 
 
 class Timings(BaseModel):
@@ -89,6 +114,8 @@ class AttemptRecord(BaseModel):
     """The root Roo task id."""
     slot: str | None = None
     """The host or socket that ran it."""
+    node: str | None = None
+    """The Ray node id that ran it (``target.executor: ray``); None for a local run."""
     started_at: AwareDatetime
     ended_at: AwareDatetime
     duration_s: float
@@ -132,6 +159,7 @@ def flat_row(d: Mapping[str, Any]) -> dict[str, Any]:
         "error": d.get("error"),
         "task_id": d.get("task_id"),
         "slot": d.get("slot"),
+        "node": d.get("node"),
         "started_at": d["started_at"],
         "ended_at": d["ended_at"],
         "duration_s": d["duration_s"],
@@ -209,13 +237,18 @@ def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # a full disk must not also keep a half-written temp file
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
 
 
@@ -334,7 +367,9 @@ class ResultsWriter:
         self.events_dir = self.run_dir / EVENTS
         self.results_path = self.run_dir / RESULTS
         self._redact = redactor or Redactor()
-        self._records: list[AttemptRecord] = []
+        # What the writer must answer at once, in O(1) per record; the records themselves are on disk
+        # (holding them cost ~8.5 kB per attempt in a long run).
+        self._cost_usd = 0.0
         self._final: set[AttemptKey] = set()
         self._numbers: dict[tuple[str, str, int], set[int]] = {}
         self._fd: int | None = None
@@ -343,19 +378,31 @@ class ResultsWriter:
     def create(
         cls, run_dir: Path, manifest: Mapping[str, Any], *, redactor: Redactor | None = None
     ) -> ResultsWriter:
-        """Make a new run directory with its manifest. Refuses a directory that exists."""
+        """Make a new run directory with its manifest. Refuses a directory that exists; raises
+        :class:`ResultsWriteError` (leaving nothing behind) when it cannot be made or written."""
         run_dir = Path(run_dir)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with _writing(run_dir.parent):
+            if not run_dir.parent.is_dir():
+                run_dir.parent.mkdir(parents=True)
         try:
             run_dir.mkdir()
         except FileExistsError:
             raise ResultsError(
                 f"{run_dir} exists: choose another --run-id, or --resume {run_dir.name} to continue it"
             ) from None
+        except OSError as exc:
+            raise ResultsWriteError(run_dir, exc) from exc
         writer = cls(run_dir, redactor)
-        writer.events_dir.mkdir()
-        writer.write_manifest(manifest)
-        writer._open()
+        try:
+            with _writing(run_dir):
+                writer.events_dir.mkdir()
+                writer.write_manifest(manifest)
+                writer._open()
+        except ResultsWriteError:
+            # A directory without a manifest is neither a run nor free for a new one: take it away.
+            writer.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         return writer
 
     @classmethod
@@ -365,10 +412,11 @@ class ResultsWriter:
         if not (run_dir / MANIFEST).is_file():
             raise ResultsError(f"{run_dir} is not a run directory (no {MANIFEST})")
         writer = cls(run_dir, redactor)
-        writer.events_dir.mkdir(exist_ok=True)
-        for record in read_records(writer.results_path, repair=True):
-            writer._index(record)
-        writer._open()
+        with _writing(run_dir):
+            writer.events_dir.mkdir(exist_ok=True)
+            for record in read_records(writer.results_path, repair=True):
+                writer._index(record)
+            writer._open()
         return writer
 
     def _open(self) -> None:
@@ -389,11 +437,17 @@ class ResultsWriter:
     # --------------------------------------------------------------------------------- manifest
 
     def read_manifest(self) -> dict[str, Any]:
-        manifest: dict[str, Any] = orjson.loads((self.run_dir / MANIFEST).read_bytes())
+        path = self.run_dir / MANIFEST
+        try:
+            manifest: dict[str, Any] = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ResultsError(f"{path}: unreadable manifest ({exc})") from None
         return manifest
 
     def write_manifest(self, manifest: Mapping[str, Any]) -> None:
-        atomic_write(self.run_dir / MANIFEST, _json(self._redact(dict(manifest))))
+        path = self.run_dir / MANIFEST
+        with _writing(path):
+            atomic_write(path, _json(self._redact(dict(manifest))))
 
     def update_manifest(self, **fields: Any) -> dict[str, Any]:
         """Set top-level fields of the manifest (``ended_at=...``, ``stopped_by="budget"``)."""
@@ -405,12 +459,14 @@ class ResultsWriter:
 
     @property
     def records(self) -> list[AttemptRecord]:
-        return list(self._records)
+        """Every record written so far, read back from results.jsonl."""
+        return read_records(self.results_path)
 
     @property
     def cost_usd(self) -> float:
-        """Money spent by every recorded attempt, retried ones included (for the budget)."""
-        return sum(r.metrics.cost_usd for r in self._records)
+        """Money spent by every recorded attempt, retried ones included (for the budget; a running total:
+        the scheduler asks before every start)."""
+        return self._cost_usd
 
     def finished_keys(self) -> set[AttemptKey]:
         """Keys that have a final record: what a resumed run skips."""
@@ -423,14 +479,15 @@ class ResultsWriter:
         return max(used, default=0) + 1
 
     def _index(self, record: AttemptRecord) -> None:
-        self._records.append(record)
+        self._cost_usd += record.metrics.cost_usd
         self._numbers.setdefault((record.case_id, record.model_id, record.repeat), set()).add(record.attempt)
         if record.final:
             self._final.add(record.key)
 
     def append(self, record: AttemptRecord) -> None:
         """Write one record durably (one write, then fsync). Refuses a second final record for a key and
-        a reused attempt number."""
+        a reused attempt number. When the write fails (disk full, ...), the file is cut back to its last
+        complete record and :class:`ResultsWriteError` is raised."""
         if self._fd is None:
             raise ResultsError("the writer is closed")
         key = record.key
@@ -439,11 +496,28 @@ class ResultsWriter:
         if record.attempt in self._numbers.get((key.case_id, key.model_id, key.repeat), set()):
             raise DuplicateRecordError(f"{key.slug}: attempt {record.attempt} is already recorded")
         line = orjson.dumps(self._redact(record.model_dump(mode="json"))) + b"\n"
-        view = memoryview(line)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        os.fsync(self._fd)
+        with _writing(self.results_path):
+            size = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._cut_back(size)
+            raise ResultsWriteError(self.results_path, exc) from exc
         self._index(record)
+
+    def _cut_back(self, size: int) -> None:
+        """Remove a partly written line, so that the file ends with a complete record."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        except OSError as exc:
+            # Resume cuts a torn last line too; but no later record may follow this one.
+            log.error("%s: cannot remove a partly written record: %s", self.results_path, exc)
+            self.close()
 
     def write_transcript(
         self, key: AttemptKey, attempt: int, rows: Iterable[Mapping[str, Any]], *, keep_partial: bool = False
@@ -458,18 +532,21 @@ class ResultsWriter:
             for row in rows
             if keep_partial or not is_partial_message(row)
         ]
-        atomic_write(self.events_dir / name, b"".join(chunks))
+        path = self.events_dir / name
+        with _writing(path):
+            atomic_write(path, b"".join(chunks))
         return f"{EVENTS}/{name}"
 
     # ---------------------------------------------------------------------------------- summary
 
     def summary(self, **extra: Any) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, **summarize(self._records), **extra}
+        return {"schema_version": SCHEMA_VERSION, **summarize(self.records), **extra}
 
     def write_summary(self, **extra: Any) -> Path:
         """Rebuild summary.json from the records (``extra`` adds top-level fields, e.g. the stop reason)."""
         path = self.run_dir / SUMMARY
-        atomic_write(path, _json(self._redact(self.summary(**extra))))
+        with _writing(path):
+            atomic_write(path, _json(self._redact(self.summary(**extra))))
         return path
 
 

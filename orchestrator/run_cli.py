@@ -10,12 +10,13 @@ from typing import Any
 
 import click
 
-from .config import SuiteError, apply_overrides, load_suite
+from .config import SocketTarget, Suite, SuiteError, apply_overrides, load_suite
 from .plan import build_plan, pending, suite_hash
-from .results import AttemptRecord, ResultsError, ResultsWriter, build_manifest
+from .results import AttemptRecord, ResultsError, ResultsWriteError, ResultsWriter, build_manifest
 from .scheduler import Interrupted, RunOptions, Scheduler
 
 EXIT_BAD_INPUT = 2
+EXIT_WRITE_ERROR = ResultsWriteError.exit_code
 EXIT_INTERRUPTED = 130
 
 
@@ -105,6 +106,20 @@ class _Progress:
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON line per finished attempt and a final summary line."
 )
+@click.option(
+    "--max-bridge-restarts",
+    type=click.IntRange(min=0),
+    default=10,
+    help="bridge deaths tolerated within a minute before the run stops [default 10]",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS",
+    help="Run on a Ray cluster (implies target.executor: ray): 'auto' joins the one started on this "
+    "machine with ray start, 'local' starts a private one, else the cluster's address. Needs "
+    "pip install '.[ray]'.",
+)
 def run(
     suite_file: Path,
     slots: int | None,
@@ -120,6 +135,8 @@ def run(
     keep_workspaces: bool,
     quiet: bool,
     as_json: bool,
+    max_bridge_restarts: int,
+    ray_address: str | None,
 ) -> None:
     """Run SUITE_FILE (cases x models x repeats) and write results/<run-id>/.
 
@@ -127,7 +144,9 @@ def run(
     Files written: manifest.json (resolved suite, secrets redacted), results.jsonl (one record per
     attempt, fsynced), events/ (per-attempt transcripts), summary.json. Load them in a notebook with
     orchestrator.results.load("results/<run-id>").
-    Exit codes: 0 done, 2 bad suite or options, 130 interrupted (resume with --resume RUN_ID).
+    Exit codes: 0 done, 2 bad suite or options, 3 results could not be written (disk full, unwritable
+    --results; every record written is complete: fix it, then --resume RUN_ID), 130 interrupted (resume
+    with --resume RUN_ID).
     """
     try:
         suite = load_suite(suite_file)
@@ -137,9 +156,17 @@ def run(
         suite = apply_overrides(
             suite, slots=slots, tags=tags, case_ids=case_ids, model_ids=model_ids, repeats=repeats
         )
+        if ray_address is not None:
+            suite = _on_ray(suite)
     except SuiteError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_BAD_INPUT)
+    for option, name in (("--run-id", run_id), ("--resume", resume_id)):
+        if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\0" in name):
+            click.echo(
+                f"error: {option} {name!r}: give a plain directory name (no '/', not '.' or '..')", err=True
+            )
+            sys.exit(EXIT_BAD_INPUT)
     plan = build_plan(suite)
     redactor = suite.redactor()
     try:
@@ -166,6 +193,9 @@ def run(
                 attempts_planned=len(plan),
             )
             writer = ResultsWriter.create(results_dir / run_id, manifest, redactor=redactor)
+    except ResultsWriteError as exc:
+        click.echo(f"error: {exc}; nothing was started: fix it or choose another --results", err=True)
+        sys.exit(EXIT_WRITE_ERROR)
     except ResultsError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -176,27 +206,58 @@ def run(
         todo,
         writer,
         run_id=run_id,
-        options=RunOptions(workers=workers, keep_workspaces=keep_workspaces),
+        options=RunOptions(
+            workers=workers,
+            keep_workspaces=keep_workspaces,
+            bridge_restarts=max_bridge_restarts,
+            ray_address=None if ray_address in (None, "local") else ray_address,
+        ),
         on_record=progress,
     )
     stop = "interrupted"
+    failed: ResultsError | None = None
     try:
         stop = scheduler.run()
     except Interrupted:
         stop = "killed"
+    except ResultsWriteError as exc:
+        stop, failed = "write_error", exc
     finally:
         progress.close()
         summary = writer.summary(
             stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget
         )
-        writer.write_summary(
-            stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget
-        )
-        writer.update_manifest(ended_at=datetime.now(timezone.utc).isoformat())
+        try:
+            writer.write_summary(
+                stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget
+            )
+            writer.update_manifest(ended_at=datetime.now(timezone.utc).isoformat())
+        except ResultsError as exc:  # the records are what counts; a resume rewrites both files
+            failed = failed or exc
         writer.close()
+    if failed is not None:
+        click.echo(
+            f"error: {failed}; every record written before is complete. Free space (or fix the "
+            f"directory), then continue with: orchestrate run {suite_file} --results {results_dir} "
+            f"--resume {run_id}",
+            err=True,
+        )
+        sys.exit(EXIT_WRITE_ERROR)
     _report(writer.run_dir, summary, as_json=as_json, quiet=quiet)
     if stop in ("interrupted", "killed"):
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _on_ray(suite: Suite) -> Suite:
+    """``--ray``: the suite with ``target.executor: ray`` (hosts launched on the nodes)."""
+    if isinstance(suite.target, SocketTarget):
+        raise SuiteError.single(
+            suite.source,
+            "--ray",
+            "a socket target attaches to hosts already running on this machine; use a simulator, "
+            "vscode or command target, whose hosts each node launches itself",
+        )
+    return suite.model_copy(update={"target": suite.target.model_copy(update={"executor": "ray"})})
 
 
 def _report(run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: bool) -> None:

@@ -84,7 +84,7 @@ class MarkedList(list[Any]):
 
 
 class _DuplicateKey(yaml.MarkedYAMLError):
-    pass
+    key = ""
 
 
 class _Loader(yaml.SafeLoader):
@@ -103,12 +103,14 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> Iterator[Mark
             continue
         if key_node.value in seen:
             first = seen[key_node.value].line + 1
-            raise _DuplicateKey(
+            error = _DuplicateKey(
                 None,
                 None,
-                f"duplicate key '{key_node.value}' (first on line {first}): keep only one",
+                f"duplicate key '{key_node.value}' (first on line {first}): keep only one of them",
                 key_node.start_mark,
             )
+            error.key = str(key_node.value)
+            raise error
         seen[key_node.value] = key_node.start_mark
     loader.flatten_mapping(node)
     for key_node, value_node in node.value:
@@ -138,26 +140,71 @@ _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 def load_marked_yaml(path: Path) -> MarkedDict:
     """Parse a YAML file whose top level must be a mapping; errors become a :class:`SuiteError`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise SuiteError.single(path, "", "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SuiteError.single(path, "", f"cannot read the file: {exc}") from None
+        raise SuiteError.single(path, "", "file not found: check the path") from None
+    except OSError as exc:
+        raise SuiteError.single(path, "", f"cannot read the file: {exc.strerror or exc}") from None
     try:
-        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader subclass
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, col = _line_col_at(data, exc.start)
+        message = f"the file is not UTF-8 text (byte {data[exc.start]:#04x} here): save it as UTF-8"
+        raise SuiteError(path, [Problem(line, col, "", message)]) from None
+    try:
+        loaded = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise SuiteError.single(path, exc.key, exc.problem or "duplicate key", exc.problem_mark) from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or "invalid YAML"
-        what = problem if isinstance(exc, _DuplicateKey) else f"YAML syntax error: {problem}"
-        if exc.context and not isinstance(exc, _DuplicateKey):
-            what += f" ({exc.context})"
-        raise SuiteError.single(path, "", f"{what}; fix the YAML at this position", mark) from None
+        raise SuiteError.single(path, "", *_syntax_error(exc)) from None
+    except yaml.reader.ReaderError as exc:
+        line, col = _line_col_at(data, len(text[: exc.position].encode("utf-8")))
+        char = chr(exc.character) if isinstance(exc.character, int) else str(exc.character)
+        message = (
+            f"the file contains the control character {char!r}, which YAML does not allow: remove it "
+            "(inside a double-quoted string, write it as an escape such as \\t or \\x07)"
+        )
+        raise SuiteError(path, [Problem(line, col, "", message)]) from None
     except yaml.YAMLError as exc:
-        raise SuiteError.single(path, "", f"YAML error: {exc}") from None
-    if not isinstance(data, MarkedDict):
-        kind = "empty" if data is None else "a list" if isinstance(data, list) else f"a {type(data).__name__}"
-        raise SuiteError.single(path, "", f"the file is {kind}; a suite is a mapping with name:, cases:, ...")
-    return data
+        raise SuiteError(path, [Problem(1, 1, "", f"invalid YAML: {exc}; fix the file")]) from None
+    if not isinstance(loaded, MarkedDict):
+        kind = (
+            "empty"
+            if loaded is None
+            else "a list"
+            if isinstance(loaded, list)
+            else f"a single {type(loaded).__name__} value"
+        )
+        message = f"the file is {kind}; a suite is a mapping of keys: start with 'name: ...' and 'cases:'"
+        raise SuiteError(path, [Problem(1, 1, "", message)])
+    return loaded
+
+
+def _syntax_error(exc: yaml.MarkedYAMLError) -> tuple[str, Any]:
+    """The message and position of a YAML syntax error, with advice for the common ones."""
+    problem, context, opened = exc.problem or "invalid YAML", exc.context, exc.context_mark
+    what = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+    if opened is not None and ("end of stream" in problem or "<stream end>" in problem):
+        # point at what was opened, not at the end of the file
+        return f"{what}: the bracket or quote that starts here is never closed; close it", opened
+    if "'\\t'" in problem:
+        return f"{what}: indent with spaces; YAML does not allow tabs for indentation", exc.problem_mark
+    if "another document" in problem:
+        return (
+            f"{what}: a suite is one YAML document; remove the '---' line and what follows",
+            exc.problem_mark,
+        )
+    if "mapping values are not allowed" in problem:
+        return f"{what}: a value that contains ': ' must be quoted", exc.problem_mark
+    mark = exc.problem_mark
+    if opened is not None and mark is not None and opened.line != mark.line:
+        what += f"; it started on line {opened.line + 1}"
+    return f"{what}; fix the YAML at this position", mark or opened
+
+
+def _line_col_at(data: bytes, offset: int) -> tuple[int, int]:
+    start = data.rfind(b"\n", 0, offset) + 1
+    return data.count(b"\n", 0, offset) + 1, len(data[start:offset].decode("utf-8", "replace")) + 1
 
 
 # ------------------------------------------------------------------------------ interpolation
@@ -295,7 +342,7 @@ def locate(raw: Any, loc: Sequence[Any]) -> tuple[Any, list[Any], bool]:
         if isinstance(node, dict) and part in node:
             mark = node.marks.get(part, mark) if isinstance(node, MarkedDict) else mark
             node = node[part]
-            found.append(part)
+            found.append(str(part))  # a mapping key, even a number, is no list index
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             mark = node.marks[part] if isinstance(node, MarkedList) else mark
             node = node[part]
@@ -321,6 +368,9 @@ def validation_problems(exc: ValidationError, raw: Any, root_model: type[BaseMod
             key_parts.append(last)
         key = dotted(key_parts)
         msg = _advice(err, loc, root_model)
+        # One mistake, one message: a union reports each member's complaint about the same value.
+        if key in {s[0] for s in seen} and kind in _UNION_ECHOES:
+            continue
         sig = (key, msg)
         if sig in seen:
             continue
@@ -330,27 +380,62 @@ def validation_problems(exc: ValidationError, raw: Any, root_model: type[BaseMod
     return problems
 
 
+_UNION_ECHOES = {"bool_parsing", "bool_type", "literal_error", "none_required", "string_type"}
+
+
+def _got(value: Any) -> str:
+    if value is None:
+        return " (got nothing)"
+    if isinstance(value, (str, int, float, bool)):
+        return f" (got {value!r})"
+    if isinstance(value, dict):
+        return " (got a mapping)"
+    if isinstance(value, list):
+        return " (got a list)"
+    return ""
+
+
 def _advice(err: Any, loc: tuple[Any, ...], root_model: type[BaseModel]) -> str:
     kind = err["type"]
     last = loc[-1] if loc else ""
     ctx = err.get("ctx") or {}
+    value = err.get("input")
+    if last == "[key]":
+        return f"keys here must be text{_got(value)}: quote the key"
     if kind == "extra_forbidden":
         allowed = _allowed_keys(root_model, loc[:-1])
         hint = f"; keys allowed here: {', '.join(allowed)}" if allowed else ""
         return f"unknown key '{last}': remove it or fix its spelling{hint}"
     if kind == "missing":
         return f"missing required key '{last}': add it"
+    discriminator = str(ctx.get("discriminator", "kind")).strip("'")
     if kind == "union_tag_invalid":
         tags = str(ctx.get("expected_tags", "")).replace("'", "")
-        return f"unknown {ctx.get('discriminator', 'kind')} {ctx.get('tag')!r}: use one of {tags}"
+        return f"unknown {discriminator} {ctx.get('tag')!r}: use one of {tags}"
     if kind == "union_tag_not_found":
-        return f"missing required key {ctx.get('discriminator', 'kind')}: add it"
+        if not isinstance(value, dict):
+            return f"should be a mapping of keys ({discriminator}: ..., and the others){_got(value)}"
+        return f"missing required key '{discriminator}': add it"
+    if kind == "too_short":
+        return f"the list is empty: give at least {ctx.get('min_length', 1)} item(s)"
+    if kind == "string_too_short":
+        return "the value is empty: give one, or remove the key to use the default"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"should be a mapping of keys (key: value lines, or {{key: value}}){_got(value)}"
+    if kind == "list_type":
+        return f"should be a list ('- item' lines, or [a, b]){_got(value)}"
+    if kind == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"should be text{_got(value)}: put it in quotes, e.g. '{value}'"
+    if kind == "string_type" and isinstance(value, bool):
+        return f"should be text{_got(value)}: YAML reads yes/no/on/off/true/false as booleans; quote it"
+    if kind == "invalid_key":
+        return f"keys here must be text{_got(value)}: quote the key"
+    if kind in ("path_type", "path_parsing"):
+        return f"should be a path (text){_got(value)}"
     msg = str(err["msg"])
     if kind == "value_error":
         return msg.removeprefix("Value error, ")
-    value = err.get("input")
-    got = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) or value is None else ""
-    return msg[0].lower() + msg[1:] + got if msg else kind
+    return msg[0].lower() + msg[1:] + _got(value) if msg else kind
 
 
 def _allowed_keys(model: Any, loc: Sequence[Any]) -> list[str]:

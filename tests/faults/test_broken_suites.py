@@ -1,0 +1,239 @@
+"""Broken suites through the real command line: one message naming file, line, key and what to do;
+exit code 2; nothing written. Each row is a whole suite file, the line the message must point at, the
+key it must name (None where a YAML syntax error has no key), what it must say and the advice it gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from orchestrator.cli import main
+
+pytestmark = pytest.mark.timeout(60)
+
+UNSET = "ORC_TEST_SURELY_UNSET_VAR"
+ONE_CASE = "cases: [{id: a, prompt: x}]\n"
+
+
+def row(name: str, text: str | bytes, line: int, key: str | None, what: str, hint: str) -> object:
+    return pytest.param(text, line, key, what, hint, id=name)
+
+
+ROWS = [
+    # ------------------------------------------------------------------------------- YAML itself
+    row("tab-indentation", "name: t\ncases:\n\t- {id: a, prompt: x}\n", 3, None, "'\\t'", "indent with spaces"),
+    row("unclosed-bracket", "name: t\ncases: [{id: a, prompt: x}\n", 2, None, "never closed", "close it"),
+    row("unclosed-quote", 'name: "t\ncases: []\n', 1, None, "end of stream", "close it"),
+    row("unclosed-brace-then-key", "name: t\ncases:\n  - {id: a, prompt: x\nrepeats: 1\n", 4, None,
+        "started on line 3", "fix the YAML"),
+    row("duplicate-yaml-key", "name: t\nrepeats: 1\nrepeats: 2\n" + ONE_CASE, 3, "repeats",
+        "duplicate key 'repeats' (first on line 2)", "keep only one"),
+    row("unquoted-colon-in-value", "name: t\ncases:\n  - id: a\n    prompt: fix it: now\n", 4, None,
+        "mapping values are not allowed", "must be quoted"),
+    row("undefined-alias", "name: t\ncases: [*nope]\n", 2, None, "undefined alias 'nope'", "fix the YAML"),
+    row("python-tag", "name: !!python/object:os.system x\n" + ONE_CASE, 1, None,
+        "could not determine a constructor", "fix the YAML"),
+    row("second-document", "name: t\n" + ONE_CASE + "---\nname: u\n", 3, None, "another document",
+        "remove the '---' line"),
+    row("empty-file", "", 1, None, "the file is empty", "start with 'name: ...'"),
+    row("only-comments", "# nothing here\n", 1, None, "the file is empty", "start with 'name: ...'"),
+    row("top-level-list", "- name: t\n- cases: []\n", 1, None, "the file is a list", "a mapping of keys"),
+    row("non-utf8-bytes", b'name: t\ncases: [{id: a, prompt: "caf\xe9"}]\n', 2, None,
+        "not UTF-8 text (byte 0xe9", "save it as UTF-8"),
+    row("control-character", 'name: t\ncases: [{id: a, prompt: "x\x07"}]\n', 2, None,
+        "control character '\\x07'", "remove it"),
+    # ------------------------------------------------------------------------------ unknown keys
+    row("unknown-top-level-key", "name: t\nrepeat: 2\n" + ONE_CASE, 2, "repeat", "unknown key 'repeat'",
+        "keys allowed here: name, description, target, defaults, models, repeats"),
+    row("unknown-target-key", "name: t\ntarget:\n  kind: simulator\n  sockts: 3\n" + ONE_CASE, 4,
+        "target.sockts", "unknown key 'sockts'", "launch_timeout"),
+    row("unknown-defaults-key", "name: t\ndefaults:\n  timout: 5m\n" + ONE_CASE, 3, "defaults.timout",
+        "unknown key 'timout'", "remove it or fix its spelling"),
+    row("unknown-case-key", "name: t\ncases:\n  - id: a\n    prompt: x\n    chek: 'true'\n", 5,
+        "cases[0].chek", "unknown key 'chek'", "check_timeout"),
+    row("unknown-model-key", "name: t\nmodels:\n  - id: m\n    config: {}\n" + ONE_CASE, 4,
+        "models[0].config", "unknown key 'config'", "configuration"),
+    # ------------------------------------------------------------------------------- wrong types
+    row("slots-zero", "name: t\ntarget:\n  kind: simulator\n  slots: 0\n" + ONE_CASE, 4, "target.slots",
+        "greater than or equal to 1", "(got 0)"),
+    row("slots-four-without-kind", "name: t\ntarget:\n  slots: four\n" + ONE_CASE, 3, "target.slots",
+        "valid integer", "(got 'four')"),
+    row("slots-yes", "name: t\ntarget: {kind: simulator, slots: yes}\n" + ONE_CASE, 2, "target.slots",
+        "expected a whole number", "write a number"),
+    row("retries-negative", "name: t\ndefaults:\n  retries: -1\n" + ONE_CASE, 3, "defaults.retries",
+        "greater than or equal to 0", "(got -1)"),
+    row("repeats-zero", "name: t\nrepeats: 0\n" + ONE_CASE, 2, "repeats", "greater than or equal to 1",
+        "(got 0)"),
+    row("budget-negative", "name: t\nbudget:\n  max_cost_usd: -5\n" + ONE_CASE, 3, "budget.max_cost_usd",
+        "greater than 0", "(got -5)"),
+    row("check-is-a-number", "name: t\ncases:\n  - id: a\n    prompt: x\n    check: 42\n", 5,
+        "cases[0].check", "got 42", "non-empty shell string"),
+    row("engine-unquoted-number", "name: t\ntarget: {kind: simulator, engine: 3.50}\n" + ONE_CASE, 2,
+        "target.engine", "should be text (got 3.5)", "put it in quotes"),
+    row("roo-setting-wrong-type", "name: t\ndefaults:\n  configuration:\n    mode: 3\n" + ONE_CASE, 4,
+        "defaults.configuration.mode", "should be text", "put it in quotes"),
+    row("target-is-a-list", "name: t\ntarget: [simulator]\n" + ONE_CASE, 2, "target", "should be a mapping",
+        "(got a list)"),
+    row("case-is-a-string", "name: t\ncases:\n  - just-a-string\n", 3, "cases[0]", "should be a mapping",
+        "(got 'just-a-string')"),
+    row("cases-is-a-mapping", "name: t\ncases:\n  a: {prompt: x}\n", 2, "cases", "should be a list",
+        "'- item' lines"),
+    row("tags-is-a-string", "name: t\ncases:\n  - id: a\n    prompt: x\n    tags: python\n", 5,
+        "cases[0].tags", "should be a list", "(got 'python')"),
+    row("env-key-is-a-number", "name: t\ndefaults:\n  env: {1: a}\n" + ONE_CASE, 3, "defaults.env.1",
+        "keys here must be text", "quote the key"),
+    row("xvfb-maybe", "name: t\ntarget: {kind: vscode, xvfb: maybe}\n" + ONE_CASE, 2, "target.xvfb",
+        "auto, true or false", "(got 'maybe')"),
+    # --------------------------------------------------------------------------------- durations
+    row("timeout-parsecs", "name: t\ndefaults:\n  timeout: 5 parsecs\n" + ONE_CASE, 3, "defaults.timeout",
+        "invalid duration '5 parsecs'", "500ms, 90s, 5m, 1h"),
+    row("timeout-negative", "name: t\ndefaults:\n  timeout: -1s\n" + ONE_CASE, 3, "defaults.timeout",
+        "more than zero", "500ms, 90s, 5m, 1h"),
+    row("timeout-infinite", "name: t\ndefaults:\n  timeout: .inf\n" + ONE_CASE, 3, "defaults.timeout",
+        "finite", "500ms, 90s, 5m, 1h"),
+    row("case-timeout-yes", "name: t\ncases:\n  - id: a\n    prompt: x\n    timeout: yes\n", 5,
+        "cases[0].timeout", "invalid duration True", "500ms, 90s, 5m, 1h"),
+    # ---------------------------------------------------------------------- matrix and identities
+    row("models-empty", "name: t\nmodels: []\n" + ONE_CASE, 2, "models", "the matrix is empty",
+        "list at least one model"),
+    row("cases-empty", "name: t\ncases: []\n", 2, "cases", "the matrix is empty", "add at least one case"),
+    row("cases-missing", "name: t\n", 1, "cases", "missing required key 'cases'", "add it"),
+    row("duplicate-case-ids", "name: t\ncases:\n  - {id: a, prompt: x}\n  - {id: a, prompt: y}\n", 4,
+        "cases[1].id", "duplicate case id 'a' (first on line 3)", "rename one"),
+    row("duplicate-model-ids", "name: t\nmodels:\n  - id: m\n  - id: m\n" + ONE_CASE, 4, "models[1].id",
+        "duplicate model id 'm'", "rename one"),
+    row("case-id-dotdot", "name: t\ncases:\n  - id: ../etc\n    prompt: x\n", 3, "cases[0].id",
+        "'../etc' cannot be used in a file name", "use letters, digits"),
+    row("case-id-slash", "name: t\ncases:\n  - id: a/b\n    prompt: x\n", 3, "cases[0].id",
+        "cannot be used in a file name", "use letters, digits"),
+    row("case-id-nul", 'name: t\ncases:\n  - id: "a\\0b"\n    prompt: x\n', 3, "cases[0].id",
+        "'a\\x00b' cannot be used in a file name", "use letters, digits"),
+    row("model-id-traversal", "name: t\nmodels:\n  - id: ../../m\n" + ONE_CASE, 3, "models[0].id",
+        "cannot be used in a file name", "use letters, digits"),
+    row("suite-name-traversal", "name: ../../x\n" + ONE_CASE, 1, "name", "cannot be used in a file name",
+        "use letters, digits"),
+    # ---------------------------------------------------------------------------- files and paths
+    row("workspace-missing", "name: t\ncases:\n  - id: a\n    prompt: x\n    workspace: nowhere\n", 5,
+        "cases[0].workspace", "does not exist", "create it or fix the path"),
+    row("workspace-is-a-file", "name: t\ncases:\n  - id: a\n    prompt: x\n    workspace: a-file.txt\n", 5,
+        "cases[0].workspace", "is a file", "give a directory"),
+    row("workspace-empty", "name: t\ncases:\n  - id: a\n    prompt: x\n    workspace: ''\n", 5,
+        "cases[0].workspace", "the path is empty", "give a path, or remove the key"),
+    row("prompt-file-missing", "name: t\ncases:\n  - id: a\n    prompt_file: gone.md\n", 4,
+        "cases[0].prompt_file", "does not exist", "create it or fix the path"),
+    row("prompt-file-is-a-directory", "name: t\ncases:\n  - id: a\n    prompt_file: a-dir\n", 4,
+        "cases[0].prompt_file", "is a directory", "give a file"),
+    row("prompt-file-not-utf8", "name: t\ncases:\n  - id: a\n    prompt_file: latin1.md\n", 4,
+        "cases[0].prompt_file", "is not UTF-8 text", "save it as UTF-8"),
+    row("prompt-and-prompt-file", "name: t\ncases:\n  - id: a\n    prompt: x\n    prompt_file: p.md\n", 3,
+        "cases[0]", "not both", "give prompt or prompt_file"),
+    row("neither-prompt-nor-file", "name: t\ncases:\n  - id: a\n    check: 'true'\n", 3, "cases[0]",
+        "the prompt is empty", "add prompt: or prompt_file:"),
+    # ------------------------------------------------------------------------ environment variables
+    row("unset-secret", f"name: t\ndefaults:\n  configuration:\n    openRouterApiKey: ${{{UNSET}}}\n"
+        + ONE_CASE, 4, "defaults.configuration.openRouterApiKey", f"{UNSET} is not set", "export it"),
+    row("unset-var-as-workspace", f"name: t\ncases:\n  - id: a\n    prompt: x\n    workspace: ${{{UNSET}}}\n",
+        5, "cases[0].workspace", f"{UNSET} is not set", "export it"),
+    row("malformed-reference", "name: t\ncases:\n  - id: a\n    prompt: 'x ${1BAD}'\n", 4, "cases[0].prompt",
+        "malformed '${1BAD}'", "write ${NAME}"),
+    # ------------------------------------------------------------------------------------ targets
+    row("unknown-target-kind", "name: t\ntarget:\n  kind: docker\n" + ONE_CASE, 3, "target.kind",
+        "unknown kind 'docker'", "use one of simulator, socket, vscode, command"),
+    row("socket-without-sockets", "name: t\ntarget:\n  kind: socket\n" + ONE_CASE, 2, "target.sockets",
+        "missing required key 'sockets'", "add it"),
+    row("socket-empty-sockets", "name: t\ntarget:\n  kind: socket\n  sockets: []\n" + ONE_CASE, 4,
+        "target.sockets", "the list is empty", "give at least 1"),
+    row("socket-slots-beyond-sockets", "name: t\ntarget:\n  kind: socket\n  sockets: [a.sock]\n  slots: 2\n"
+        + ONE_CASE, 2, "target", "more than the 1 sockets", "lower slots or list more sockets"),
+    row("command-unknown-placeholder", "name: t\ntarget:\n  kind: command\n  argv: [host, '{sock}']\n"
+        + ONE_CASE, 4, "target.argv", "unknown placeholder {sock}", "use {socket}, {workspace} or {slot}"),
+    row("command-empty-executable", "name: t\ntarget:\n  kind: command\n  argv: ['', x]\n" + ONE_CASE, 4,
+        "target.argv", "argv[0]) is empty", "give the host's executable"),
+    row("command-cwd-is-a-file", "name: t\ntarget:\n  kind: command\n  argv: [x]\n  cwd: a-file.txt\n"
+        + ONE_CASE, 5, "target.cwd", "is a file", "give a directory"),
+]  # fmt: skip
+
+
+@pytest.fixture
+def suite_dir(tmp_path: Path) -> Path:
+    """The files the rows refer to, next to the suite file."""
+    (tmp_path / "a-file.txt").write_text("not a directory\n")
+    (tmp_path / "a-dir").mkdir()
+    (tmp_path / "p.md").write_text("a prompt\n")
+    (tmp_path / "latin1.md").write_bytes("Caf\xe9 prompt\n".encode("latin-1"))
+    return tmp_path
+
+
+def invoke(suite: Path, results: Path, *args: str) -> Result:
+    return CliRunner(env={UNSET: None}).invoke(main, ["run", str(suite), "--results", str(results), *args])
+
+
+def assert_refused(res: Result, results: Path) -> str:
+    """Exit code 2, exactly one line on stderr and nothing else, no traceback, nothing written."""
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not results.exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize(("text", "line", "key", "what", "hint"), ROWS)
+def test_broken_suite_gives_one_located_error_and_writes_nothing(
+    suite_dir: Path, text: str | bytes, line: int, key: str | None, what: str, hint: str
+) -> None:
+    suite = suite_dir / "suite.yaml"
+    suite.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    results = suite_dir / "results"
+    message = assert_refused(invoke(suite, results), results)
+    location = f"{suite}:{line}:"
+    assert message.startswith(location), f"expected {location!r}: {message}"
+    column, _, rest = message[len(location) :].partition(": ")
+    assert column.isdigit(), message
+    if key is not None:
+        assert rest.startswith(f"{key}: "), f"expected key {key!r}: {message}"
+    assert what in rest, message
+    assert hint in rest, message
+
+
+def test_the_table_is_large() -> None:
+    assert len(ROWS) >= 30
+
+
+GOOD = "name: t\ncases:\n  - {id: a, prompt: x, tags: [easy]}\n  - {id: b, prompt: y}\nmodels: [{id: m}]\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--case", "NOPE"], "--case: no case matches 'NOPE'; cases: a, b"),
+        (["--model", "NOPE"], "--model: no model matches 'NOPE'; models: m"),
+        (["--filter", "NOPE"], "--filter: no case has tag NOPE; tags in the suite: ['easy']"),
+        (["--slots", "0"], "--slots: must be at least 1"),
+        (["--repeats", "0"], "--repeats: must be at least 1"),
+        (["--run-id", "../outside"], "--run-id '../outside': give a plain directory name"),
+        (["--run-id", "a/b"], "--run-id 'a/b': give a plain directory name"),
+        (["--run-id", ""], "--run-id '': give a plain directory name"),
+        (["--resume", ".."], "--resume '..': give a plain directory name"),
+        (["--resume", "never-ran"], "never-ran is not a run directory"),
+    ],
+)
+def test_bad_options_give_one_clear_error_and_write_nothing(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(GOOD)
+    results = tmp_path / "results"
+    message = assert_refused(invoke(suite, results, *args), results)
+    assert fragment in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["suite.yaml"]  # not even ../outside
+
+
+def test_missing_suite_file(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    message = assert_refused(invoke(tmp_path / "nope.yaml", results), results)
+    assert message.startswith(f"{tmp_path / 'nope.yaml'}:") and "file not found" in message
