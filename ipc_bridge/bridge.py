@@ -28,12 +28,12 @@ import zmq
 import zmq.asyncio
 from pydantic import ValidationError
 
+from .bad_input import RouterRejects
 from .connection_file import (
     COMMAND_SOCKET,
     EVENT_SOCKET,
     ConnectionInfo,
     InstanceLock,
-    endpoint_path,
     ensure_runtime_dir,
     ipc_endpoint,
     write_connection_file,
@@ -41,7 +41,9 @@ from .connection_file import (
 from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, PeerRegistry, Ticker
 from .protocol import QUERY_RESPONSES, StartNewTask, task_command_adapter
 from .publisher import Publisher
+from .reply_cache import ReplyCache
 from .slots import OWNER_EXPIRED, BufferedEvent, Slot, SlotConfig, SlotError
+from .tcp_listen import TcpConfig, TcpServer
 from .wire import (
     BRIDGE_TOPIC,
     REQUESTS,
@@ -108,6 +110,10 @@ class BridgeConfig:
     """At shutdown, how long the sockets stay open after the last reply (see :meth:`Bridge.shutdown`)."""
     attach: dict[str, str] = field(default_factory=dict)
     """Slots to attach at start-up; each connects whenever its host listens."""
+    detached_keep: int = 64
+    """Detached slots (and their replay buffers) kept for late subscribers; older ones are forgotten."""
+    tcp: TcpConfig | None = None
+    """Also serve on TCP (CURVE, or plain if insecure), with a connection file for remote clients."""
 
 
 class Bridge:
@@ -125,10 +131,12 @@ class Bridge:
         self.stopping = False
         self._stop = asyncio.Event()
         self._lock = InstanceLock(config.runtime_dir)
+        self.tcp = TcpServer(config.tcp) if config.tcp is not None else None
         self._loops: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
-        self._inflight: dict[tuple[str, str], asyncio.Future[ReplyParts]] = {}
-        self._replies: OrderedDict[tuple[str, str], ReplyParts] = OrderedDict()
+        self._replies: ReplyCache[ReplyParts] = ReplyCache(config.reply_cache_size)
+        self._detached: OrderedDict[str, None] = OrderedDict()
+        self.rejects = RouterRejects(log)
         self._commands: dict[str, Callable[[Message, Any], Awaitable[ReplyParts]]] = {
             "attach": self._cmd_attach,
             "detach": self._cmd_detach,
@@ -152,6 +160,8 @@ class Bridge:
             self.router, xpub = self._bind(cmd_ep, ev_ep)
             self._router_reader = Reader(self.router, self._on_command)
             self.publisher = Publisher(xpub, self.session, self._welcome)
+            if self.tcp is not None:  # after the ipc binds: CURVE options apply to later binds only
+                self.tcp.bind(self.ctx, self.router, xpub)
             self.info = ConnectionInfo(
                 command_endpoint=cmd_ep,
                 event_endpoint=ev_ep,
@@ -162,6 +172,8 @@ class Bridge:
                 hugz_interval=self.config.hugz_interval,  # clients size their liveness window on it
             )
             write_connection_file(self.config.connection_file, self.info)
+            if self.tcp is not None:
+                self.tcp.write(self.info)
         except BaseException:
             self._teardown(linger=0)
             raise
@@ -250,13 +262,16 @@ class Bridge:
         if self.publisher is not None:
             self.publisher.close(linger)
         self.router = self._router_reader = self.publisher = None
+        if self.tcp is not None:
+            self.tcp.close()  # its ZAP socket must close before the context terminates
         if self.ctx is not None:
             self.ctx.term()
             self.ctx = None
+        # Also after a failed start (no info yet): libzmq leaves ipc files behind, and the dir is ours.
+        for name in (COMMAND_SOCKET, EVENT_SOCKET) if self._lock.held else ():
+            with contextlib.suppress(OSError):
+                self._lock.path.with_name(name).unlink()
         if self.info is not None:
-            for ep in (self.info.command_endpoint, self.info.event_endpoint):
-                with contextlib.suppress(OSError):
-                    endpoint_path(ep).unlink()
             with contextlib.suppress(OSError):
                 self.config.connection_file.unlink()
         self._lock.release()
@@ -305,6 +320,7 @@ class Bridge:
                         await slot.detach(OWNER_EXPIRED)
                     except Exception:  # one bad slot must not stop expiry for good
                         log.exception("detaching slot %s failed", slot.name)
+                    self._retire(slot)
 
     # ----------------------------------------------------------------------------------- commands
 
@@ -312,7 +328,7 @@ class Bridge:
         try:
             msg = self.session.deserialize(frames)
         except WireError as exc:
-            log.warning("dropped command: %s", exc)
+            self.rejects.dropped(exc, frames)
             return
         # Any verified request counts as a sign of life, retries and unknown types included.
         self.peers.seen(msg.header.session, asyncio.get_running_loop().time())
@@ -322,26 +338,16 @@ class Bridge:
 
     async def _handle(self, msg: Message) -> None:
         key = (msg.header.session, msg.header.msg_id)
-        if key in self._replies:
-            await self._reply(msg, self._replies[key])
-            return
-        inflight = self._inflight.get(key)
-        if inflight is not None:
-            await self._reply(msg, await asyncio.shield(inflight))
-            return
-        fut: asyncio.Future[ReplyParts] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        parts = await self._replies.once(key, msg.msg_type in _CACHED_REPLIES, lambda: self._execute(msg))
+        await self._reply(msg, parts)
+
+    async def _execute(self, msg: Message) -> ReplyParts:
         try:
             parts = await self._dispatch(msg)
         except asyncio.CancelledError:
             parts = (_error(ErrorCode.SHUTTING_DOWN, "bridge shutting down"), [])
-        fut.set_result(parts)
-        del self._inflight[key]
-        if msg.msg_type in _CACHED_REPLIES:
-            self._replies[key] = parts
-            if len(self._replies) > self.config.reply_cache_size:
-                self._replies.popitem(last=False)
-        await self._reply(msg, parts)
+        self.rejects.answered(msg, parts[0])
+        return parts
 
     async def _dispatch(self, msg: Message) -> ReplyParts:
         if major(msg.header.version) != major(VERSION):
@@ -393,6 +399,7 @@ class Bridge:
         if slot is None:
             slot = Slot(req.slot, req.socket_path, self._publish, self.config.slot)
             self.slots[req.slot] = slot
+        self._detached.pop(req.slot, None)
         slot.socket_path = req.socket_path
         slot.state = "connecting"
         try:
@@ -405,6 +412,7 @@ class Bridge:
         owner = msg.header.session
         if owner not in self.peers:  # expired while the host was connecting: nobody holds it now
             await slot.detach(OWNER_EXPIRED)
+            self._retire(slot)
             raise SlotError(ErrorCode.SLOT_DOWN, f"slot {slot.name}: {OWNER_EXPIRED} during attach")
         slot.owner = owner
         return AttachReply(slot=slot.info()), []
@@ -412,7 +420,20 @@ class Bridge:
     async def _cmd_detach(self, msg: Message, req: DetachRequest) -> ReplyParts:
         slot = self._slot(req.slot)
         await slot.detach()
+        self._retire(slot)
         return DetachReply(slot=req.slot), []
+
+    def _retire(self, slot: Slot) -> None:
+        """Keep the last ``detached_keep`` detached slots (a late subscriber may still fill a gap from
+        their buffers; a re-attach continues their seq) and forget older ones. A run uses a fresh slot
+        per attempt: kept forever, they cost ~200 kB each."""
+        self._detached.pop(slot.name, None)
+        self._detached[slot.name] = None
+        while len(self._detached) > self.config.detached_keep:
+            name, _ = self._detached.popitem(last=False)
+            old = self.slots.get(name)
+            if old is not None and old.state == "detached":
+                del self.slots[name]
 
     async def _cmd_slots(self, msg: Message, req: Content) -> ReplyParts:
         return SlotsReply(slots=[s.info() for s in self.slots.values()]), []
@@ -461,6 +482,7 @@ class Bridge:
             slots=len(self.slots),
             hugz_interval=self.config.hugz_interval,
             liveness=self.peers.liveness,
+            rejected=self.rejects.snapshot(),
         )
         return reply, []
 

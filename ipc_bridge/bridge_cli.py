@@ -16,7 +16,9 @@ import click
 
 from .bridge import BridgeConfig, run_bridge
 from .connection_file import BridgeAlreadyRunning, ConnectionInfo
+from .curve import CurveError
 from .slots import SlotConfig
+from .tcp_listen import ListenError, TcpConfig, parse_listen
 
 KEY_ENV = "ORCHESTRATE_BRIDGE_KEY"
 """The HMAC key may come from the environment (never argv: other users can read argv with ps)."""
@@ -32,6 +34,37 @@ def _parse_attach(values: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{value!r} is not SLOT=PATH", param_hint="--attach")
         slots[name] = path
     return slots
+
+
+def _tcp_config(
+    listen: str | None,
+    curve_dir: Path | None,
+    insecure: bool,
+    tcp_connection_file: Path | None,
+    advertise: str | None,
+    connection_file: Path,
+) -> TcpConfig | None:
+    """Checked before anything is bound: plain TCP is refused unless asked for by name."""
+    if listen is None:
+        for flag, given in (("--curve-dir", curve_dir), ("--insecure", insecure), ("--advertise", advertise)):
+            if given:
+                raise click.UsageError(f"{flag} only applies with --listen")
+        return None
+    tcp_file = tcp_connection_file or connection_file.with_name(
+        f"{connection_file.stem}-tcp{connection_file.suffix or '.json'}"
+    )
+    if tcp_file.absolute() == connection_file.absolute():
+        raise click.UsageError("--tcp-connection-file must differ from --connection-file")
+    try:
+        return TcpConfig(
+            listen=parse_listen(listen),
+            connection_file=tcp_file,
+            keys_dir=curve_dir,
+            insecure=insecure,
+            advertise_host=advertise,
+        )
+    except ListenError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 @click.command()
@@ -54,7 +87,45 @@ def _parse_attach(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--buffer-mib", default=256, show_default=True, help="Replay buffer per slot (MiB).")
 @click.option("--xpub-hwm", default=100_000, show_default=True, help="XPUB send HWM per subscriber.")
 @click.option("--hugz-interval", default=1.0, show_default=True, help="Idle heartbeat period (s).")
+@click.option(
+    "--keep-detached",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Detached slots whose replay buffers are kept for late subscribers; older ones are forgotten.",
+)
 @click.option("--ready-fd", type=int, help="Write 'ready' to this fd once serving (for launchers).")
+@click.option(
+    "--listen",
+    metavar="tcp://HOST:PORT",
+    help="Also serve on TCP, for clients on other machines: commands on PORT, events on PORT+1 "
+    "(PORT * or 0: any free ports). Needs --curve-dir (CURVE) or --insecure.",
+)
+@click.option(
+    "--curve-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="CURVE keys for --listen (dirs 0700, secrets 0600): DIR/server.key_secret, the bridge's keypair; "
+    "DIR/authorized/*.key, the public keys of the clients admitted (read at start-up); "
+    "DIR/clients/watcher.key_secret, a client keypair handed out in the TCP connection file. "
+    "Missing keypairs are created.",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow --listen without CURVE: no encryption, no client authentication (HMAC signing stays on).",
+)
+@click.option(
+    "--tcp-connection-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the connection file for remote clients (0600, it holds the client keypair) "
+    "[default: NAME-tcp.json beside --connection-file].",
+)
+@click.option(
+    "--advertise",
+    metavar="HOST",
+    help="Host remote clients dial, in the TCP connection file [default: the listen address; this "
+    "machine's name when listening on * / 0.0.0.0].",
+)
 def bridge(
     connection_file: Path,
     runtime_dir: Path | None,
@@ -66,9 +137,30 @@ def bridge(
     buffer_mib: int,
     xpub_hwm: int,
     hugz_interval: float,
+    keep_detached: int,
     ready_fd: int | None,
+    listen: str | None,
+    curve_dir: Path | None,
+    insecure: bool,
+    tcp_connection_file: Path | None,
+    advertise: str | None,
 ) -> None:
-    """Run the node-ipc <-> ZeroMQ bridge: commands on a ROUTER, events on an XPUB."""
+    """Run the node-ipc <-> ZeroMQ bridge: commands on a ROUTER, events on an XPUB.
+
+    Both are bound on ipc endpoints in the private runtime directory, and with --listen also on TCP,
+    where the bridge is a CURVE server that admits only the client keys in --curve-dir/authorized.
+    The TCP connection file (--tcp-connection-file) is what `orchestrate watch` needs on the other
+    machine; copy it there over a secure channel, like an ssh key.
+    """
+    tcp = _tcp_config(listen, curve_dir, insecure, tcp_connection_file, advertise, connection_file)
+    if tcp is not None and tcp.insecure:
+        click.secho(
+            f"WARNING: --insecure: {listen} will serve plain TCP, unencrypted and without client "
+            "authentication. Anyone who can reach it can read every event.",
+            err=True,
+            fg="red",
+            bold=True,
+        )
     config = BridgeConfig(
         runtime_dir=runtime_dir or connection_file.parent,
         connection_file=connection_file,
@@ -82,7 +174,9 @@ def bridge(
         ),
         xpub_hwm=xpub_hwm,
         hugz_interval=hugz_interval,
+        detached_keep=keep_detached,
         attach=_parse_attach(attach),
+        tcp=tcp,
     )
 
     def ready(info: ConnectionInfo) -> None:
@@ -92,7 +186,7 @@ def bridge(
 
     try:
         asyncio.run(run_bridge(config, ready))
-    except BridgeAlreadyRunning as exc:
+    except (BridgeAlreadyRunning, ListenError, CurveError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -48,6 +48,7 @@ from .client_types import (
     UnknownSlot,
 )
 from .connection_file import ConnectionInfo, read_connection_file
+from .curve import client_options
 from .event_stream import EventStreams, snapshot_events
 from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, MIN_TICK, BridgeWatch, Ticker, positive_float
 from .protocol import (
@@ -125,10 +126,13 @@ class BridgeClient:
         self.watch = BridgeWatch(hugz, liveness)
         self._ctx = ctx or zmq.asyncio.Context.instance()
         self._linger = linger_ms
+        security = client_options(info)  # CURVE keys for a tcp bridge (checked before any socket exists)
         # Plain sockets of the one context, driven from the loop: see zmq_loop.py.
         self._dealer = plain_socket(self._ctx, zmq.DEALER)
         self._sub = plain_socket(self._ctx, zmq.SUB)
         for sock in (self._dealer, self._sub):
+            for option, value in security.items():
+                sock.setsockopt(option, value)
             sock.linger = linger_ms
             sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)

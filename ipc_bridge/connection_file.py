@@ -34,7 +34,7 @@ class BridgeAlreadyRunning(RuntimeError):
 class ConnectionInfo(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    transport: Literal["ipc"] = "ipc"
+    transport: Literal["ipc", "tcp"] = "ipc"
     command_endpoint: str
     """ROUTER: workers connect a DEALER here."""
     event_endpoint: str
@@ -49,6 +49,12 @@ class ConnectionInfo(BaseModel):
     hugz_interval: float | None = None
     """How often the bridge publishes hugz when idle (s); None from a 1.0 bridge."""
     version: str = VERSION
+    # TCP only (wire-format.md "TCP and CURVE"); absent from ipc files and from older bridges' files.
+    curve_serverkey: str | None = None
+    """The bridge's CURVE public key (Z85); None on a bridge serving plain TCP (``--insecure``)."""
+    curve_publickey: str | None = None
+    curve_secretkey: str | None = None
+    """This client's CURVE keypair (Z85), admitted by the bridge: as secret as ``key``."""
 
 
 def ensure_runtime_dir(path: str | os.PathLike[str]) -> Path:

@@ -3,7 +3,9 @@
 The extension only listens after it activates, seconds after its window opens, so :func:`connect`
 retries ENOENT/ECONNREFUSED every 500 ms (node-ipc's own retry) up to a deadline. The server speaks
 first with an Ack; its clientId goes into every command (without it the extension drops the command
-silently). Frames that are not valid IpcMessages are logged, counted and skipped, never fatal.
+silently). Frames that are not valid IpcMessages are logged, counted and skipped, never fatal; the log
+lines are rate-limited (a broken host can send nothing else), the counts in :class:`ConnectionStats` are
+exact.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from .bad_input import RateLimitedLog, sample
 from .framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, decode_frame, encode_frame
 from .protocol import (
     Ack,
@@ -45,15 +48,26 @@ class ConnectTimeout(ExtensionError):
     """No extension answered (socket + Ack) on the path before the deadline."""
 
 
+class AckTimeout(ConnectTimeout):
+    """Something accepted the connection but sent no Ack in time (not a Roo host, or a hung one)."""
+
+
 class Disconnected(ExtensionError):
     """The extension host closed the socket."""
 
 
 @dataclass
 class ConnectionStats:
+    """Counts of one connection, or of several when passed to each (a slot keeps one for its life)."""
+
     frames_in: int = 0
     frames_out: int = 0
     bad_frames: int = 0
+    """Frames skipped as not JSON / not a node-ipc message (kind ``frame``) or not an IpcMessage
+    (kind ``message``, :meth:`ExtensionConnection.recv` only): see ``errors_by_kind``."""
+    oversized_frames: int = 0
+    before_ack: int = 0
+    """Messages that came before the Ack, ignored."""
     last_error: str = ""
     errors_by_kind: dict[str, int] = field(default_factory=dict)
 
@@ -76,14 +90,25 @@ async def _open_with_retry(
 class ExtensionConnection:
     """One node-ipc client connection. Use :func:`connect` to make one."""
 
-    def __init__(self, path: str, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        stats: ConnectionStats | None = None,
+        log_limit: RateLimitedLog | None = None,
+        label: str | None = None,
+    ) -> None:
         self.path = path
         self.max_frame_size = max_frame_size
         self.ack: Ack | None = None
-        self.stats = ConnectionStats()
+        self.stats = stats or ConnectionStats()
+        self.label = label or path
+        """Names the connection in log lines."""
+        self._log = log_limit or RateLimitedLog(log)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._decoder = FrameDecoder(max_frame_size)
+        self._decoder = self._new_decoder()
         self._pending: deque[bytes] = deque()
         self._eof = False
 
@@ -94,7 +119,7 @@ class ExtensionConnection:
         deadline = time.monotonic() + timeout
         await self.close()
         self._reader, self._writer = await _open_with_retry(self.path, deadline, retry_interval)
-        self._decoder = FrameDecoder(self.max_frame_size)
+        self._decoder = self._new_decoder()
         self._pending.clear()
         self._eof = False
         try:
@@ -102,7 +127,7 @@ class ExtensionConnection:
             return self.ack
         except asyncio.TimeoutError as exc:
             await self.close()
-            raise ConnectTimeout(f"connected to {self.path} but no Ack arrived") from exc
+            raise AckTimeout(f"connected to {self.path} but no Ack arrived") from exc
         except Disconnected:
             await self.close()
             raise
@@ -112,7 +137,11 @@ class ExtensionConnection:
             msg = await self.recv()
             if isinstance(msg, AckMessage):
                 return msg.data
-            log.warning("message before Ack on %s ignored: %s", self.path, type(msg).__name__)
+            self.stats.before_ack += 1
+            self._log.warning("%s: %s before the Ack ignored", self.label, type(msg).__name__)
+
+    def _new_decoder(self) -> FrameDecoder:
+        return FrameDecoder(self.max_frame_size, log_limit=self._log, label=self.label)
 
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
@@ -120,6 +149,11 @@ class ExtensionConnection:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
+
+    @property
+    def decoder(self) -> FrameDecoder:
+        """The current connection's frame decoder (its ``stats`` show how much it ever buffered)."""
+        return self._decoder
 
     @property
     def connected(self) -> bool:
@@ -165,7 +199,7 @@ class ExtensionConnection:
             try:
                 data = decode_frame(frame)
             except ProtocolError as exc:
-                self._bad("frame", exc)
+                self._bad("frame", exc, frame)
                 continue
             self.stats.frames_in += 1
             return data
@@ -177,7 +211,7 @@ class ExtensionConnection:
             try:
                 return parse_ipc_message(data)
             except ProtocolError as exc:
-                self._bad("message", exc)
+                self._bad("message", exc, data)
 
     async def events(self) -> AsyncIterator[TaskEvent]:
         """Async iterator of TaskEvents until the host disconnects."""
@@ -202,14 +236,17 @@ class ExtensionConnection:
             if not chunk:
                 self._eof = True
                 raise Disconnected(f"{self.path}: connection closed by the extension host")
-            self._pending.extend(self._decoder.feed(chunk))
+            decoder = self._decoder
+            oversized = decoder.stats.oversized
+            self._pending.extend(decoder.feed(chunk))
+            self.stats.oversized_frames += decoder.stats.oversized - oversized
         return self._pending.popleft()
 
-    def _bad(self, kind: str, exc: Exception) -> None:
+    def _bad(self, kind: str, exc: Exception, frame: Any = None) -> None:
         self.stats.bad_frames += 1
         self.stats.errors_by_kind[kind] = self.stats.errors_by_kind.get(kind, 0) + 1
         self.stats.last_error = str(exc)
-        log.warning("%s: dropped bad %s: %s", self.path, kind, exc)
+        self._log.warning("%s: dropped bad %s: %s: %s", self.label, kind, exc, sample(frame))
 
 
 async def connect(

@@ -4,7 +4,8 @@ The encoder writes whole frames only (node-ipc parses nothing until its buffer e
 delimiter, so a trailing partial frame would hold back complete ones). The decoder splits on 0x0C
 *before* decoding: 0x0C never occurs inside a UTF-8 multibyte sequence and JSON escapes a literal form
 feed as ``\\f``, so a raw 0x0C is always a delimiter. Unlike node-ipc it bounds memory: a frame larger
-than ``max_frame_size`` is discarded up to its delimiter and reported, and the stream goes on.
+than ``max_frame_size`` is discarded up to its delimiter and reported, and the stream goes on: at no
+time does the decoder hold more than ``max_frame_size`` bytes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from .bad_input import RateLimitedLog
 from .protocol import ProtocolError, WireModel
 
 log = logging.getLogger(__name__)
@@ -52,16 +54,27 @@ class DecoderStats:
     frames: int = 0
     oversized: int = 0
     largest_dropped: int = 0
+    peak_pending: int = 0
+    """The most bytes ever held for an incomplete frame: never more than ``max_frame_size``."""
 
 
 class FrameDecoder:
     """Incremental splitter: feed it chunks of any size, get whole frames back in order."""
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        *,
+        log_limit: RateLimitedLog | None = None,
+        label: str = "node-ipc",
+    ) -> None:
         if max_frame_size <= 0:
             raise ValueError("max_frame_size must be positive")
         self.max_frame_size = max_frame_size
         self.stats = DecoderStats()
+        self.label = label
+        """Names the stream in log lines."""
+        self._log = log_limit or RateLimitedLog(log)
         self._buf = bytearray()
         self._discarding = 0  # >0: inside an oversized frame, counting its bytes until its delimiter
 
@@ -87,6 +100,7 @@ class FrameDecoder:
                 self._finish_discard(len(self._buf) + end - start)
             elif self._buf:
                 self._buf += chunk[start:end]
+                self.stats.peak_pending = max(self.stats.peak_pending, len(self._buf))
                 frames.append(bytes(self._buf))
                 self._buf.clear()
             elif end > start:
@@ -105,15 +119,18 @@ class FrameDecoder:
             self._buf.clear()
         else:
             self._buf += chunk[start:end]
+            self.stats.peak_pending = max(self.stats.peak_pending, len(self._buf))
 
     def _finish_discard(self, size: int) -> None:
         self._buf.clear()
         self._discarding = 0
         self.stats.oversized += 1
         self.stats.largest_dropped = max(self.stats.largest_dropped, size)
-        log.error(
-            "node-ipc frame of %d bytes exceeds max_frame_size %d: dropped (raise the limit if such "
-            "frames are expected)",
+        self._log.log(
+            logging.ERROR,
+            "%s: frame of %d bytes exceeds max_frame_size %d: dropped (raise the limit if such frames "
+            "are expected)",
+            self.label,
             size,
             self.max_frame_size,
         )

@@ -5,6 +5,11 @@ The extension never replies to a task command; its effects arrive as broadcast T
 serialises StartNewTask and takes as the new task the first ``taskCreated`` whose id it has not seen
 before (the replaced task's ``taskUnfocused``/``taskAborted`` come first and mark the old id as seen).
 Get* queries are answered to our clientId only, in order, so a FIFO per response name matches them.
+
+Bad input from a host never ends the connection: what cannot be routed is dropped, what is merely odd
+(an unknown event name, a payload that is no array) is forwarded, and both are counted in the slot's
+:class:`SlotInfo` and logged (rate-limited). Memory stays bounded whatever the host sends: frames by
+``max_frame_size``, events by the replay buffer, remembered task ids by ``max_tracked_tasks``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from .extension import ConnectTimeout, Disconnected, ExtensionConnection, ExtensionError
+from .events import KNOWN_EVENTS
+from .extension import AckTimeout, ConnectTimeout, Disconnected, ExtensionConnection, ExtensionError
+from .framing import DEFAULT_MAX_FRAME_SIZE
+from .host_input import NO_PAYLOAD, HostInput
 from .protocol import QUERY_RESPONSES, ProtocolError, StartNewTask, event_route
 from .wire import (
     BridgeStoppingContent,
@@ -66,6 +74,14 @@ class SlotConfig:
     reconnect_interval: float = 0.5
     buffer_events: int = 100_000
     buffer_bytes: int = 256 * 1024 * 1024
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    """A larger frame from the host is dropped (and counted); the connection stays."""
+    ack_timeout: float = 5.0
+    """Background reconnects: how long a host that accepted the connection may take to send its Ack
+    before the bridge hangs up and tries again."""
+    max_tracked_tasks: int = 10_000
+    """Task ids remembered per host connection (to recognise new tasks and their StartNewTask); the
+    oldest are forgotten first, so a host inventing ids cannot grow the bridge without bound."""
 
 
 @dataclass
@@ -138,8 +154,9 @@ class Slot:
         self._reconnector: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._start_lock = asyncio.Lock()
-        self._seen: set[str] = set()
+        self._seen: dict[str, None] = {}  # ordered: the oldest is forgotten first
         self._task_parent: dict[str, ParentDict] = {}
+        self.input = HostInput(name)
         self._current_parent: ParentDict | None = None
         self._pending_start: tuple[asyncio.Future[str], ParentDict] | None = None
         self._pending_queries: dict[str, deque[tuple[asyncio.Future[Any], ParentDict]]] = {
@@ -147,6 +164,11 @@ class Slot:
         }
 
     # ---------------------------------------------------------------------------------------- info
+
+    @property
+    def tracked_tasks(self) -> int:
+        """Task ids currently remembered (at most ``max_tracked_tasks``)."""
+        return max(len(self._seen), len(self._task_parent))
 
     def info(self) -> SlotInfo:
         ack = self.conn.ack if self.conn is not None and self.state == "up" else None
@@ -160,6 +182,7 @@ class Slot:
             first_seq=self.buffer.first_seq,
             last_error=self.last_error,
             owner=self.owner,
+            **self.input.counts(),
         )
 
     # ------------------------------------------------------------------------------------ publish
@@ -182,13 +205,24 @@ class Slot:
 
     # ---------------------------------------------------------------------------------- lifecycle
 
+    def _connection(self) -> ExtensionConnection:
+        return ExtensionConnection(
+            self.socket_path,
+            max_frame_size=self.config.max_frame_size,
+            stats=self.input.stats,
+            log_limit=self.input.log,
+            label=f"slot {self.name}",
+        )
+
     async def connect(self, timeout: float) -> None:
         """First connection (attach): raises :class:`SlotError` if no host answers in time."""
-        conn = ExtensionConnection(self.socket_path)
+        conn = self._connection()
         try:
             await conn.open(timeout=timeout, retry_interval=min(0.1, timeout))
-        except (ExtensionError, OSError) as exc:
+        except (ExtensionError, OSError, ValueError) as exc:  # ValueError: a path the OS refuses
             self.last_error = str(exc)
+            if isinstance(exc, AckTimeout):
+                self.input.ack_timeout(exc)
             raise SlotError(ErrorCode.CONNECT_FAILED, f"{self.socket_path}: {exc}") from exc
         self._up(conn)
 
@@ -301,15 +335,22 @@ class Slot:
     async def _reconnect_loop(self) -> None:
         """A host can come back on the same path (restarted simulator, reloaded window)."""
         while self.state == "down":
-            conn = ExtensionConnection(self.socket_path)
+            conn = self._connection()
             try:
-                await conn.open(timeout=5.0, retry_interval=self.config.reconnect_interval)
+                await conn.open(
+                    timeout=self.config.ack_timeout, retry_interval=self.config.reconnect_interval
+                )
             except asyncio.CancelledError:
                 await conn.close()
                 raise
+            except AckTimeout as exc:
+                self.last_error = str(exc)
+                self.input.ack_timeout(exc)
+                await asyncio.sleep(self.config.reconnect_interval)
+                continue
             except ConnectTimeout:
                 continue
-            except (ExtensionError, OSError) as exc:
+            except (ExtensionError, OSError, ValueError) as exc:
                 self.last_error = str(exc)
                 await asyncio.sleep(self.config.reconnect_interval)
                 continue
@@ -324,20 +365,26 @@ class Slot:
 
     def _on_data(self, data: Any) -> None:
         if not isinstance(data, dict) or data.get("type") != "TaskEvent":
-            log.info("slot %s: ignored non-event message %.200r", self.name, data)
+            self.input.not_an_event(data)
             return
         event = data.get("data")
         try:
             name, task_id = event_route(event)
         except ProtocolError as exc:
-            log.warning("slot %s: dropped event: %s", self.name, exc)
+            self.input.bad_event(exc, event)
             return
         assert isinstance(event, dict)
+        if name not in KNOWN_EVENTS or (type(event.get("payload")) is not list and name not in NO_PAYLOAD):
+            self.input.odd_event(name, event)  # forwarded all the same
         parent: ParentDict | None = None
         if task_id is not None:
-            if name == "taskCreated" and task_id not in self._seen:
-                self._on_new_task(task_id)
-            self._seen.add(task_id)
+            seen = self._seen
+            if task_id not in seen:
+                if name == "taskCreated":
+                    self._on_new_task(task_id)
+                seen[task_id] = None
+                if len(seen) > self.config.max_tracked_tasks:
+                    del seen[next(iter(seen))]
             parent = self._task_parent.get(task_id)
         elif name in _RESPONSE_NAMES:
             parent = self._on_query_response(name, event.get("payload"))
@@ -352,7 +399,10 @@ class Slot:
             pending[0].set_result(task_id)
         # Tasks first created after our StartNewTask (its subtasks included) belong to its attempt.
         if self._current_parent is not None:
-            self._task_parent[task_id] = self._current_parent
+            parents = self._task_parent
+            parents[task_id] = self._current_parent
+            if len(parents) > self.config.max_tracked_tasks:
+                del parents[next(iter(parents))]
 
     def _on_query_response(self, name: str, payload: Any) -> ParentDict | None:
         queue = self._pending_queries[name]

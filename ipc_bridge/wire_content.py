@@ -6,7 +6,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Content(BaseModel):
@@ -38,8 +38,16 @@ class ErrorCode(str, Enum):
 
 class AttachRequest(Content):
     slot: SlotName
-    socket_path: str
+    socket_path: str = Field(min_length=1)
     connect_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("socket_path")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        # The OS refuses such a path; refusing it here makes it an invalid request, not a failed connect.
+        if "\0" in value:
+            raise ValueError("socket_path contains a NUL byte")
+        return value
 
 
 class DetachRequest(Content):
@@ -99,6 +107,19 @@ class SlotInfo(Content):
     last_error: str | None = None
     owner: str | None = None
     """The session of the client that attached the slot (None: attached at bridge start, never expires)."""
+    # Bad input from the host since the slot was made (all connections), docs/wire-format.md section 3.
+    bad_frames: int = 0
+    """Frames dropped: not JSON (NaN and Infinity included), or not a node-ipc ``message``."""
+    oversized_frames: int = 0
+    """Frames over the bridge's max frame size, dropped."""
+    bad_messages: int = 0
+    """Messages dropped: no TaskEvent (or before the Ack), or a TaskEvent without a string eventName."""
+    unknown_events: int = 0
+    """TaskEvents with an eventName the bridge does not know: forwarded."""
+    malformed_events: int = 0
+    """TaskEvents of a known name whose payload is no array: forwarded."""
+    ack_timeouts: int = 0
+    """Connections on which the host sent no Ack in time."""
 
 
 class AttachReply(Reply):
@@ -143,6 +164,8 @@ class HeartbeatReply(Reply):
     hugz_interval: float | None = None
     """The bridge publishes hugz this often (s) when idle: the client's silence window is sized on it."""
     liveness: int | None = None
+    rejected: dict[str, int] = Field(default_factory=dict)
+    """Requests rejected since the bridge started, by reason (docs/wire-format.md section 2)."""
 
 
 class ShutdownReply(Reply):

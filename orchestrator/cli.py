@@ -17,6 +17,10 @@ SUBCOMMANDS = {
         "Serve a simulated Roo Code extension host on a socket.",
     ),
     "bridge": ("ipc_bridge.bridge_cli:bridge", "Run the node-ipc <-> ZeroMQ bridge process."),
+    "watch": (
+        "ipc_bridge.watch_cli:watch",
+        "Print a bridge's events as they come (locally, or over TCP + CURVE).",
+    ),
     "report": (
         "orchestrator.report_cli:report",
         "Pass rate, cost, tokens and durations of a run, by model and tag.",

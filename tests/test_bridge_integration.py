@@ -434,6 +434,29 @@ async def test_attach_detach_and_reattach(
         await stream.close()
 
 
+async def test_detached_slots_are_forgotten_beyond_the_keep_limit(
+    sockdir: Path, simulators: Callable[[str], Simulator]
+) -> None:
+    # A run attaches a fresh slot per attempt: a bridge that kept every detached one grew ~200 kB each.
+    bridge = _bridge(sockdir, "--keep-detached", "2")
+    c = await BridgeClient.connect(bridge.connection)
+    try:
+        sim = simulators("h1")
+        for n in range(5):
+            await c.attach(f"w{n}", str(sim.path), connect_timeout=10)
+            await c.detach(f"w{n}")
+        assert sorted(s.slot for s in await c.slots()) == ["w3", "w4"]
+        await c.attach("w3", str(sim.path), connect_timeout=10)  # a kept slot re-attaches, seq going on
+        (w3,) = [s for s in await c.slots() if s.slot == "w3"]
+        assert w3.state == "up" and w3.seq == 3
+        await c.attach("w0", str(sim.path), connect_timeout=10)  # a forgotten one starts afresh
+        (w0,) = [s for s in await c.slots() if s.slot == "w0"]
+        assert w0.seq == 1
+    finally:
+        await c.close(linger_ms=0)
+        bridge.kill()
+
+
 async def test_attach_at_startup_and_shutdown_notice(
     sockdir: Path, simulators: Callable[[str], Simulator]
 ) -> None:
