@@ -359,3 +359,60 @@ class LoopStall:
             before = time.perf_counter()
             await asyncio.sleep(self.TICK)
             self.max = max(self.max, time.perf_counter() - before - self.TICK)
+
+
+# ------------------------------------------------------------------------- process trees (Linux /proc)
+
+
+def proc_children(pid: int) -> list[int]:
+    """Direct children of a live process (every thread's ``children`` list); [] once it is gone."""
+    children: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                children += [int(c) for c in fh.read().split()]
+    except (OSError, ValueError):
+        return children
+    return children
+
+
+def proc_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def memory_kb(pid: int, *, pss: bool = True) -> dict[str, int] | None:
+    """``rss`` and ``hwm`` (peak RSS) from ``/proc/<pid>/status``, and ``pss`` (proportional set size:
+    pages shared with other processes counted in proportion, so that a sum over processes is not
+    inflated by the interpreter and libraries they share) from ``smaps_rollup``. None once the
+    process is gone. Kernel threads and zombies have no Vm lines: 0."""
+    out = {"rss": 0, "hwm": 0, "pss": 0}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    out["rss"] = int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    out["hwm"] = int(line.split()[1])
+        if pss:
+            with open(f"/proc/{pid}/smaps_rollup", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        out["pss"] = int(line.split()[1])
+                        break
+    except (OSError, ValueError, IndexError):
+        return None
+    return out
+
+
+def filesystem(path: Path) -> str:
+    """Type and device of the mount holding ``path``: fsync costs ~0 on tmpfs, milliseconds on a disk."""
+    best = ("", "?", "?")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            device, mount, fstype = line.split()[:3]
+            if str(path.resolve()).startswith(mount) and len(mount) > len(best[0]):
+                best = (mount, fstype, device)
+    return f"{best[1]} on {best[2]}"

@@ -2,12 +2,16 @@
 
 ::
 
-    .venv/bin/python benchmarks/report_speed.py [--attempts 100000] [--keep DIR]
+    .venv/bin/python benchmarks/report_speed.py [--attempts 100000] [--write-attempts 1000] [--keep DIR]
 
 Records are built through :class:`orchestrator.results.AttemptRecord` (so the lines cannot drift from the
 model) and written with orjson straight to results.jsonl, as :class:`ResultsWriter` would write them
 but without its per-line fsync, which would make the set-up take minutes. The targets are the
 issue's: load <= 2 s, report <= 2 s.
+
+Then the writer's own cost per attempt, with its fsyncs (``--write-attempts``, default 1,000): the record
+serialised alone (the anchor), ``ResultsWriter.append`` and ``write_transcript``, on the filesystem of
+the run directory (printed, since fsync costs differ by orders of magnitude between filesystems).
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import filesystem
 
 from orchestrator.grading import CheckResult
 from orchestrator.outcome import Metrics, Status, ToolCount, ToolFailure
@@ -149,6 +157,54 @@ def generate(run_dir: Path, attempts: int, seed: int = 1) -> int:
     return finals
 
 
+def write_cost(parent: Path, attempts: int) -> dict[str, float]:
+    """What the run's one writer spends per attempt (issue 5, item 6), in ms per attempt: the record
+    serialised alone (``model_dump`` + redaction + orjson, the anchor), ``ResultsWriter.append`` (that
+    plus one write and an fsync of results.jsonl), and ``write_transcript`` of a 60-row transcript
+    (temp file, fsync, rename, fsync of the directory), on the filesystem of ``parent``."""
+    run_dir = parent / "write-cost"
+    writer = ResultsWriter.create(
+        run_dir, {"run_id": run_dir.name, "suite_name": "bench", "config_hash": "0123456789abcdef"}
+    )
+    rng = random.Random(2)
+    records = [
+        make_record(run_dir.name, i, MODELS[i % len(MODELS)], 0, 1, False, rng) for i in range(attempts)
+    ]
+    rows = [
+        {
+            "t": k * 0.05,
+            "dir": "in",
+            "seq": k + 1,
+            "event": {"eventName": "taskStarted", "payload": [f"t{k}"]},
+        }
+        for k in range(60)
+    ]
+    redact = writer._redact  # the writer's own redactor: the anchor serialises exactly what append writes
+
+    def per_attempt(fn: Callable[[int], object]) -> dict[str, float]:
+        samples = []
+        for i in range(attempts):
+            start = time.perf_counter()
+            fn(i)
+            samples.append((time.perf_counter() - start) * 1000)
+        samples.sort()
+        return {
+            "mean_ms": sum(samples) / attempts,
+            "p50_ms": samples[attempts // 2],
+            "p99_ms": samples[min(attempts - 1, int(attempts * 0.99))],
+        }
+
+    try:
+        out = {
+            "serialise": per_attempt(lambda i: orjson.dumps(redact(records[i].model_dump(mode="json")))),
+            "append": per_attempt(lambda i: writer.append(records[i])),
+            "transcript": per_attempt(lambda i: writer.write_transcript(records[i].key, 1, rows)),
+        }
+    finally:
+        writer.close()
+    return {f"{k}_{stat}": round(v, 3) for k, figures in out.items() for stat, v in figures.items()}
+
+
 def _without_gc(fn: Callable[[Path], object], arg: Path) -> None:
     gc.disable()
     try:
@@ -171,6 +227,9 @@ def main() -> int:
     )
     parser.add_argument("--attempts", type=int, default=100_000)
     parser.add_argument("--keep", type=Path, help="Write the run here and keep it (default: a temp dir).")
+    parser.add_argument(
+        "--write-attempts", type=int, default=1000, help="records appended to time the writer (0: skip)"
+    )
     args = parser.parse_args()
 
     from orchestrator.report import read_rows, summarize_rows
@@ -224,6 +283,21 @@ def main() -> int:
             f"  orchestrate report  {t_cmd:6.2f} s  target <= {TARGET_S:.0f} s  {'ok' if t_cmd <= TARGET_S else 'MISSED'}"
         )
         print(f"  (report's read alone: {t_rows:.2f} s)")
+        if args.write_attempts > 0:
+            cost = write_cost(parent, args.write_attempts)
+            print(
+                f"results writer, ms per attempt over {args.write_attempts} records "
+                f"({filesystem(parent)}), mean / p50 / p99:"
+            )
+            for label, key in (
+                ("record serialised only (anchor: no I/O)", "serialise"),
+                ("ResultsWriter.append: + write + fsync", "append"),
+                ("write_transcript (60 rows): fsync, rename, dir fsync", "transcript"),
+            ):
+                print(
+                    f"  {label:<52} {cost[key + '_mean_ms']:6.2f} / {cost[key + '_p50_ms']:.2f} / "
+                    f"{cost[key + '_p99_ms']:.2f}"
+                )
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         print(output)
     finally:
