@@ -15,12 +15,13 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from ipc_bridge.client import BridgeClient, BridgeError, Event
+from ipc_bridge.client import BridgeClient, BridgeError, BridgeRestarted, Event
 
 from .config import CommandTarget, SimulatorTarget, SocketTarget, Target, VscodeTarget
 from .grading import CheckResult, run_command
@@ -36,13 +37,15 @@ from .hosts import (
     xvfb_wrap,
 )
 from .outcome import OutcomeTracker, Status
-from .plan import Attempt
+from .plan import Attempt, AttemptKey
 from .results import AttemptRecord, Timings, final_for
 
 log = logging.getLogger(__name__)
 
 SLOT_DOWN = "slot_down"
 TASK_EVENT = "task_event"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class WorkerConfig:
     work_dir: str
     target: Target
     keep_workspaces: bool = False
+    node: str | None = None
+    """Where the attempts run, for the records: the Ray node id (None for local workers)."""
 
 
 @dataclass(frozen=True)
@@ -72,11 +77,16 @@ class JobResult:
     transcript: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _host_seed(base: Any, job: Job) -> int:
-    """A simulated host's seed: a pure function of the suite's seed, the attempt key and the try, so an
-    attempt replays identically while task ids differ between attempts (as real UUIDv7s do)."""
-    text = f"{base or 0}/{job.attempt.key.slug}/{job.attempt.key.config_hash}/{job.number}"
+def host_seed(base: Any, key: AttemptKey, number: int) -> int:
+    """A simulated host's seed: a pure function of the suite's seed (``target.options.seed``), the attempt
+    key and the try number, so an attempt replays identically while task ids differ between attempts (as
+    real UUIDv7s do), and whoever reads the results can recompute it (the simulator's ``chaos`` draw)."""
+    text = f"{base or 0}/{key.slug}/{key.config_hash}/{number}"
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big")
+
+
+def _host_seed(base: Any, job: Job) -> int:
+    return host_seed(base, job.attempt.key, job.number)
 
 
 def new_record(
@@ -121,6 +131,35 @@ class AttemptRunner:
         self.wid = wid
         self._counter = itertools.count(1)
         self._farm: SimulatorFarm | None = None
+        self._restart = asyncio.Event()
+        self._restarted = "the bridge restarted"
+        client.on_restart.append(self._on_restart)
+
+    def _on_restart(self, restarted: BridgeRestarted) -> None:
+        self._restarted = str(restarted)
+        self._restart.set()
+        self._restart = asyncio.Event()
+
+    async def _unless_restart(self, request: Awaitable[T], restart: asyncio.Event) -> T:
+        """Await a bridge request or stream, ended by BridgeError as soon as ``restart`` is set.
+
+        The slot of an attempt lives on the bridge it was attached to; once that bridge is gone, what
+        was in flight may have gone with it: a request would only be resent to the successor after its
+        whole timeout (30-40 s for attach and StartNewTask), and a stream still subscribing or taking
+        its snapshot would wait as long, the attempt then timing out as if its host were silent."""
+        waiter = asyncio.ensure_future(restart.wait())
+        task = asyncio.ensure_future(request)
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if task.cancelled():
+            raise BridgeError(self._restarted)
+        return task.result()
 
     async def close(self) -> None:
         """Stop what the runner started for its attempts (the simulator farm). The worker calls it last."""
@@ -151,11 +190,14 @@ class AttemptRunner:
             try:
                 host, socket_path = await self._host(job, workspace, slot)
                 attached = True  # even a failed attach may leave a connecting slot behind
-                await self.client.attach(slot, socket_path, connect_timeout=self._launch_timeout())
+                restart = self._restart  # set by the next bridge restart: then the slot is gone
+                await self._unless_restart(
+                    self.client.attach(slot, socket_path, connect_timeout=self._launch_timeout()), restart
+                )
                 phase.lap("launch_s")
             except (HostError, BridgeError, OSError) as exc:
                 raise _Stop(Status.INFRA_ERROR, "extension host did not come up", "infra", str(exc)) from exc
-            tracker, responsive = await self._follow(attempt, slot, transcript)
+            tracker, responsive = await self._follow(attempt, slot, transcript, restart)
             outcome = tracker.result()
             status, reason = outcome.status, outcome.reason
             if not responsive:
@@ -205,6 +247,7 @@ class AttemptRunner:
             error=error,
             task_id=tracker.root if tracker else None,
             slot=slot,
+            node=self.config.node,
             timings=phase.timings,
             check=check,
         )
@@ -288,7 +331,7 @@ class AttemptRunner:
         return await self._farm.host(socket_path, workspace, timeout=float(target.launch_timeout), **params)
 
     async def _follow(
-        self, attempt: Attempt, slot: str, transcript: list[dict[str, Any]]
+        self, attempt: Attempt, slot: str, transcript: list[dict[str, Any]], restart: asyncio.Event
     ) -> tuple[OutcomeTracker, bool]:
         """Start the task and follow it to its outcome. Returns the tracker and whether the host
         reacted to the CancelTask that an outcome leaving the task running is followed by."""
@@ -296,7 +339,7 @@ class AttemptRunner:
         t0 = loop.time()
         tracker = OutcomeTracker(t0, attempt.limits)
         inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        pump = asyncio.ensure_future(self._pump(slot, inbox))
+        pump = asyncio.ensure_future(self._pump(slot, inbox, restart))
         try:
             configuration = dict(attempt.configuration)
             if attempt.case.simulate is not None:
@@ -304,8 +347,11 @@ class AttemptRunner:
                 # it; a simulator behind a command or vscode target needs it.
                 configuration["simulate"] = attempt.case.simulate
             try:
-                await self.client.start_task(
-                    slot, attempt.prompt, configuration, timeout=attempt.limits.start_timeout + 10
+                await self._unless_restart(
+                    self.client.start_task(
+                        slot, attempt.prompt, configuration, timeout=attempt.limits.start_timeout + 10
+                    ),
+                    restart,
                 )
             except BridgeError as exc:
                 tracker.force(Status.INFRA_ERROR, f"StartNewTask failed: {exc}", loop.time())
@@ -340,11 +386,16 @@ class AttemptRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
 
-    async def _pump(self, slot: str, inbox: asyncio.Queue[Event | BaseException]) -> None:
-        try:
+    async def _pump(
+        self, slot: str, inbox: asyncio.Queue[Event | BaseException], restart: asyncio.Event
+    ) -> None:
+        async def forward() -> None:
             async with contextlib.aclosing(self.client.events(slot, since_seq=0)) as stream:
                 async for event in stream:
                     inbox.put_nowait(event)
+
+        try:
+            await self._unless_restart(forward(), restart)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:

@@ -14,9 +14,11 @@ from .config import SocketTarget, Suite, SuiteError, apply_overrides, load_suite
 from .plan import build_plan, pending, suite_hash
 from .results import AttemptRecord, ResultsError, ResultsWriteError, ResultsWriter, build_manifest
 from .scheduler import Interrupted, RunOptions, Scheduler
+from .supervisor import BridgeFailed
 
 EXIT_BAD_INPUT = 2
 EXIT_WRITE_ERROR = ResultsWriteError.exit_code
+EXIT_BRIDGE_FAILED = 4
 EXIT_INTERRUPTED = 130
 
 
@@ -145,8 +147,8 @@ def run(
     attempt, fsynced), events/ (per-attempt transcripts), summary.json. Load them in a notebook with
     orchestrator.results.load("results/<run-id>").
     Exit codes: 0 done, 2 bad suite or options, 3 results could not be written (disk full, unwritable
-    --results; every record written is complete: fix it, then --resume RUN_ID), 130 interrupted (resume
-    with --resume RUN_ID).
+    --results; every record written is complete: fix it, then --resume RUN_ID), 4 the bridge kept dying
+    (more than --max-bridge-restarts a minute), 130 interrupted (resume with --resume RUN_ID).
     """
     try:
         suite = load_suite(suite_file)
@@ -216,12 +218,15 @@ def run(
     )
     stop = "interrupted"
     failed: ResultsError | None = None
+    broken: BridgeFailed | None = None
     try:
         stop = scheduler.run()
     except Interrupted:
         stop = "killed"
     except ResultsWriteError as exc:
         stop, failed = "write_error", exc
+    except BridgeFailed as exc:
+        stop, broken = "bridge_failed", exc
     finally:
         progress.close()
         summary = writer.summary(
@@ -244,6 +249,13 @@ def run(
         )
         sys.exit(EXIT_WRITE_ERROR)
     _report(writer.run_dir, summary, as_json=as_json, quiet=quiet)
+    if broken is not None:
+        click.echo(
+            f"error: {broken}. The run stopped; every record written is valid: continue with "
+            f"orchestrate run {suite_file} --results {results_dir} --resume {run_id}",
+            err=True,
+        )
+        sys.exit(EXIT_BRIDGE_FAILED)
     if stop in ("interrupted", "killed"):
         sys.exit(EXIT_INTERRUPTED)
 

@@ -66,26 +66,28 @@ class BridgeSupervisor:
         old = self._bridge
         if old is None or old.alive():
             return False
-        code = old.process.returncode
+        why = f"exit code {old.process.returncode}"
         old.kill()  # reap it and remove its socket and connection files before a successor binds
-        now = time.monotonic()
-        self._deaths.append(now)
-        while self._deaths and now - self._deaths[0] > self.window:
-            self._deaths.popleft()
-        if len(self._deaths) > self.max_restarts:
-            raise BridgeFailed(
-                f"the bridge died {len(self._deaths)} times within {self.window:.0f}s (last exit code "
-                f"{code}); see bridge.log in the run directory"
-            )
-        log.error("the bridge died (exit code %s); restarting it with the same key", code)
-        try:
-            self.start()
-        except (BridgeStartError, OSError) as exc:
-            raise BridgeFailed(
-                f"the bridge died (exit code {code}) and could not be restarted: {exc}"
-            ) from exc
-        self.restarts += 1
-        return True
+        while True:
+            now = time.monotonic()
+            self._deaths.append(now)
+            while self._deaths and now - self._deaths[0] > self.window:
+                self._deaths.popleft()
+            if len(self._deaths) > self.max_restarts:
+                raise BridgeFailed(
+                    f"the bridge died {len(self._deaths)} times within {self.window:.0f}s (last: {why}); "
+                    "see bridge.log in the run directory"
+                )
+            log.error("the bridge died (%s); restarting it with the same key", why)
+            try:
+                self.start()
+            except (BridgeStartError, OSError) as exc:
+                # A successor that dies while it starts (OOM killer, a signal) is one more death, not
+                # the end of the run: the limit above decides that.
+                why = f"its restart failed: {exc}"
+                continue
+            self.restarts += 1
+            return True
 
     def stop(self, *, kill: bool = False) -> None:
         if self._bridge is None:

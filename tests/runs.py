@@ -32,7 +32,13 @@ SIM = "{kind: simulator, slots: 2, options: {time_scale: 0.05, status_delay: 0.1
 
 @contextlib.contextmanager
 def running(
-    suite: Path, results: Path, env: dict[str, str] | None = None, *, first: bool = True, **popen: Any
+    suite: Path,
+    results: Path,
+    env: dict[str, str] | None = None,
+    *,
+    first: bool = True,
+    args: tuple[str, ...] = (),
+    **popen: Any,
 ) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
     """``orchestrate run SUITE --json`` in the background, run id ``r``: yields the process and its first
     attempt record (the event the tests act on; ``{}`` unless ``first``), and leaves no process or pipe
@@ -49,6 +55,7 @@ def running(
             "--run-id",
             "r",
             "--json",
+            *args,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

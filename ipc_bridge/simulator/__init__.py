@@ -10,8 +10,10 @@ from .cli import run_simulator, serve
 from .host import SimulatorHost
 from .script import (
     DEFAULT_SCRIPT,
+    Chaos,
     Script,
     ScriptError,
+    chaos_outcome,
     load_script,
     normalize_engine,
     parse_duration,
@@ -21,10 +23,12 @@ from .server import IpcServer
 
 __all__ = [
     "DEFAULT_SCRIPT",
+    "Chaos",
     "IpcServer",
     "Script",
     "ScriptError",
     "SimulatorHost",
+    "chaos_outcome",
     "load_script",
     "normalize_engine",
     "parse_duration",

@@ -30,7 +30,7 @@ MODE_NAMES = {
 DEFAULT_REQUEST = (1234, 56)
 """(tokens in, tokens out) per model request when the script gives no ``tokens`` (the recordings' stub)."""
 
-_NO_REQUEST_END = {"hang", "crash", "api_error", "api_error_noauto"}
+_NO_REQUEST_END = {"hang", "crash", "freeze", "api_error", "api_error_noauto"}
 
 
 class HostLink(Protocol):
@@ -49,6 +49,8 @@ class HostLink(Protocol):
     def set_current(self, instance: TaskInstance) -> None: ...
 
     def crash(self) -> None: ...
+
+    def freeze(self) -> None: ...
 
 
 class Agent:
@@ -285,6 +287,10 @@ class Agent:
         if outcome == "crash":
             await self._sleep(0.25)
             self.host.crash()
+            await self.clock.forever()
+        if outcome == "freeze":
+            await self._sleep(0.25)
+            self.host.freeze()
             await self.clock.forever()
         await self._sleep(0.25)
         if outcome == "hang":

@@ -32,7 +32,15 @@ from ..protocol import (
     make_event,
 )
 from .agent import MODE_NAMES, Agent
-from .script import DEFAULT_SCRIPT, Script, ScriptError, load_script, normalize_engine, parse_script
+from .script import (
+    DEFAULT_SCRIPT,
+    Script,
+    ScriptError,
+    chaos_outcome,
+    load_script,
+    normalize_engine,
+    parse_script,
+)
 from .server import IpcServer
 from .task import Clock, TaskInstance
 
@@ -83,7 +91,8 @@ class SimulatorHost:
     the usage throttle window; ``status_delay`` is the engine's 2 s lag of taskIdle/taskInteractive/
     taskResumable behind their ask. ``on_crash`` is what the ``crash`` outcome does: the CLI passes
     ``os._exit``; by default the host drops every connection and stops listening, leaving the socket
-    file behind like a dead process.
+    file behind like a dead process. A script's ``chaos`` turns a task's outcome into ``crash`` or
+    ``freeze`` by a draw that depends only on ``seed`` and how many tasks the host started before.
     """
 
     def __init__(
@@ -122,6 +131,8 @@ class SimulatorHost:
         self._history: dict[str, TaskInstance] = {}
         self._closed = asyncio.Event()
         self._stopping = False
+        self._frozen = asyncio.Event()
+        self._tasks_started = 0
         self._stop_task: asyncio.Future[None] | None = None
 
     # ---------------------------------------------------------------------------- lifecycle
@@ -166,6 +177,23 @@ class SimulatorHost:
         self._cancel_tasks()
         self._closed.set()
 
+    def freeze(self) -> None:
+        """The ``freeze`` outcome: silent for good, like a SIGSTOPped window. Nothing goes out, every
+        command is ignored, new clients get no Ack; :meth:`stop` still ends the host."""
+        log.warning("simulated freeze of the host on %s", self.socket_path)
+        self._frozen.set()
+        self.server.freeze()
+        if self._current is not None:
+            self._current.end()  # its timers could not send anything any more
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen.is_set()
+
+    async def wait_frozen(self) -> None:
+        """Until the ``freeze`` outcome silenced the host."""
+        await self._frozen.wait()
+
     async def __aenter__(self) -> SimulatorHost:
         await self.start()
         return self
@@ -194,7 +222,7 @@ class SimulatorHost:
 
     def emit(self, name: str, *payload: Any) -> None:
         """Broadcast one TaskEvent (validated against its payload tuple) to every client."""
-        if self._stopping:
+        if self._stopping or self._frozen.is_set():
             return
         self.server.broadcast(event_message(make_event(name, *payload)))
 
@@ -223,7 +251,7 @@ class SimulatorHost:
     def _on_command(self, client_id: str, message: TaskCommandMessage) -> None:
         cmd = message.data
         log.info("command %s from %s", cmd.commandName, client_id)
-        if self._stopping:
+        if self._stopping or self._frozen.is_set():
             return
         if isinstance(cmd, GetModes):
             modes = [{"slug": slug, "name": name} for slug, name in MODE_NAMES.items()]
@@ -277,6 +305,13 @@ class SimulatorHost:
         except ScriptError as exc:
             log.error("StartNewTask: %s", exc)
             error, script = str(exc), Script()
+        injected = chaos_outcome(self.seed, script.chaos, self._tasks_started)
+        self._tasks_started += 1
+        if injected is not None:
+            log.warning(
+                "chaos: task %d on %s gets outcome %s", self._tasks_started, self.socket_path, injected
+            )
+            script = script.model_copy(update={"outcome": injected})
         self._abort_current(unfocus=True)
         assert self.workspace is not None, "start() the host first"
         agent = Agent(

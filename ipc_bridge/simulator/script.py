@@ -9,6 +9,7 @@ keys are errors: a typo in a case must fail loudly, not run a different scenario
 from __future__ import annotations
 
 import math
+import random
 import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -25,7 +26,9 @@ from pydantic import (
     model_validator,
 )
 
-Outcome = Literal["completed", "aborted", "hang", "followup", "crash", "api_error", "api_error_noauto"]
+Outcome = Literal[
+    "completed", "aborted", "hang", "followup", "crash", "freeze", "api_error", "api_error_noauto"
+]
 Engine = Literal["3.52", "3.50"]
 ToolFailure = Literal["say_error", "tool_failed", "both"]
 
@@ -153,6 +156,37 @@ class ApiError(_Strict):
         return self.message or f"{self.status} simulated HTTP {self.status}"
 
 
+class Chaos(_Strict):
+    """Faults injected at random: the probability that a task's outcome becomes ``crash`` or ``freeze``
+    instead of the scripted one (see :func:`chaos_outcome`)."""
+
+    crash: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
+    freeze: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_draw(self) -> Chaos:
+        # One draw decides both: the bands lie side by side in [0, 1).
+        if self.crash + self.freeze > 1 + 1e-9:
+            raise ValueError(f"crash + freeze must be <= 1, got {self.crash} + {self.freeze}")
+        return self
+
+
+def chaos_outcome(seed: int | str, chaos: Chaos | Mapping[str, Any] | None, task: int = 0) -> str | None:
+    """The fault injected into the ``task``-th task (0 for the first) a host with seed ``seed`` starts:
+    ``"crash"``, ``"freeze"`` or None. A pure function, so whoever knows a host's seed can tell which
+    of its tasks were hit: one draw in [0, 1) below ``crash`` crashes, in the next ``freeze`` freezes."""
+    if chaos is None:
+        return None
+    if not isinstance(chaos, Chaos):
+        chaos = Chaos.model_validate(chaos)
+    draw = random.Random(f"chaos:{seed}:{task}").random()
+    if draw < chaos.crash:
+        return "crash"
+    if draw < chaos.crash + chaos.freeze:
+        return "freeze"
+    return None
+
+
 class Script(_Strict):
     """What one simulated task does. Every key is optional; see docs/simulator.md."""
 
@@ -173,6 +207,7 @@ class Script(_Strict):
     error: ApiError = Field(default_factory=ApiError)
     mode: str = "code"
     workspace: str | None = None
+    chaos: Chaos | None = None
 
     @field_validator("files")
     @classmethod

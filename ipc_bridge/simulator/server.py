@@ -64,6 +64,7 @@ class IpcServer:
         self._clients: dict[str, asyncio.StreamWriter] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._inode: int | None = None
+        self._frozen = False
 
     @property
     def client_ids(self) -> list[str]:
@@ -103,7 +104,14 @@ class IpcServer:
         self._write(client_id, writer, encode_frame(message))
         return True
 
+    def freeze(self) -> None:
+        """Go silent like a stopped process: from now on nothing is sent (not even an Ack) and whatever
+        clients send is read and dropped. Unlike a stopped process, :meth:`close` still works."""
+        self._frozen = True
+
     def _write(self, client_id: str, writer: asyncio.StreamWriter, frame: bytes) -> None:
+        if self._frozen:
+            return
         if writer.is_closing():
             self._clients.pop(client_id, None)
             return
@@ -141,6 +149,8 @@ class IpcServer:
             chunk = await reader.read(READ_CHUNK)
             if not chunk:
                 return
+            if self._frozen:
+                continue
             for frame in decoder.feed(chunk):
                 self._handle_frame(client_id, frame)
 

@@ -202,3 +202,23 @@ def test_sigint_or_sigterm_stops_cancels_and_resume_completes(tmp_path: Path, si
     records = read_records(tmp_path / "r" / "r" / "results.jsonl")
     final = sorted((r.case_id, r.status.value, r.attempt) for r in records if r.final)
     assert final == [("hang-0", "timeout", 2), ("hang-1", "timeout", 2), ("quick", "completed", 1)]
+
+
+def test_a_bridge_that_keeps_dying_stops_the_run_cleanly_and_resume_completes(
+    tmp_path: Path, sockdir: Path
+) -> None:
+    slow = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{duration: 40s}}\n"
+    quick = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{duration: 1s}}\n"
+    suite = write_suite(tmp_path, SIM, cases(1, quick, prefix="q") + cases(2, slow, prefix="s"))
+    env = {"TMPDIR": str(sockdir)}
+    with running(suite, tmp_path / "r", env=env, args=("--max-bridge-restarts", "0")) as (proc, first):
+        assert first["case_id"] == "q0"
+        (bridge,) = _bridges(proc.pid)
+        os.kill(bridge, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 4
+    assert json.loads(out.splitlines()[-1])["stop_reason"] == "bridge_failed"
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--quiet")
+    assert res.returncode == 0, res.stderr
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert sorted(r.case_id for r in records if r.final) == ["q0", "s0", "s1"]
