@@ -26,7 +26,10 @@ HASH_LENGTH = 16
 _SKIP_DIRS = frozenset({".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv"})
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 # target fields that say where hosts are or how fast they start, not how the agent behaves
-_TARGET_NOT_HASHED = frozenset({"slots", "launch_timeout", "close_grace", "connect_timeout", "sockets"})
+# where and how many hosts run does not change what an attempt is: a Ray run resumes a local one
+_TARGET_NOT_HASHED = frozenset(
+    {"slots", "launch_timeout", "close_grace", "connect_timeout", "sockets", "executor"}
+)
 # where the files are does not matter, what they hold does (the prompt text and the workspace digest)
 _CASE_NOT_HASHED = frozenset({"tags", "description", "workspace", "prompt_file"})
 

@@ -61,6 +61,11 @@ class Lost:
     jobs: dict[str, Any]
 
 
+class ExecutorStartError(RuntimeError):
+    """The pool could not start (Ray not installed, the cluster unreachable, no node offering slots):
+    the user's set-up, reported as one message before any attempt runs."""
+
+
 class Executor(Protocol):
     """What the scheduler needs of a pool: the local :class:`Pool` or ``RayPool`` (one per node)."""
 

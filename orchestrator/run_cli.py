@@ -12,6 +12,7 @@ import click
 
 from .config import SocketTarget, Suite, SuiteError, apply_overrides, load_suite
 from .plan import build_plan, pending, suite_hash
+from .pool import ExecutorStartError
 from .results import AttemptRecord, ResultsError, ResultsWriteError, ResultsWriter, build_manifest
 from .scheduler import Interrupted, RunOptions, Scheduler
 from .supervisor import BridgeFailed
@@ -146,7 +147,7 @@ def run(
     Files written: manifest.json (resolved suite, secrets redacted), results.jsonl (one record per
     attempt, fsynced), events/ (per-attempt transcripts), summary.json. Load them in a notebook with
     orchestrator.results.load("results/<run-id>").
-    Exit codes: 0 done, 2 bad suite or options, 3 results could not be written (disk full, unwritable
+    Exit codes: 0 done, 2 bad suite or options (or the Ray cluster cannot be used), 3 results could not be written (disk full, unwritable
     --results; every record written is complete: fix it, then --resume RUN_ID), 4 the bridge kept dying
     (more than --max-bridge-restarts a minute), 130 interrupted (resume with --resume RUN_ID).
     """
@@ -212,13 +213,14 @@ def run(
             workers=workers,
             keep_workspaces=keep_workspaces,
             bridge_restarts=max_bridge_restarts,
-            ray_address=None if ray_address in (None, "local") else ray_address,
+            ray_address=ray_address,
         ),
         on_record=progress,
     )
     stop = "interrupted"
     failed: ResultsError | None = None
     broken: BridgeFailed | None = None
+    unstarted: ExecutorStartError | None = None
     try:
         stop = scheduler.run()
     except Interrupted:
@@ -227,6 +229,8 @@ def run(
         stop, failed = "write_error", exc
     except BridgeFailed as exc:
         stop, broken = "bridge_failed", exc
+    except ExecutorStartError as exc:
+        stop, unstarted = "not_started", exc
     finally:
         progress.close()
         summary = writer.summary(
@@ -248,6 +252,9 @@ def run(
             err=True,
         )
         sys.exit(EXIT_WRITE_ERROR)
+    if unstarted is not None:
+        click.echo(f"error: {unstarted}; nothing ran (resume with --resume {run_id} once fixed)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     _report(writer.run_dir, summary, as_json=as_json, quiet=quiet)
     if broken is not None:
         click.echo(

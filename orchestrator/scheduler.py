@@ -26,7 +26,7 @@ from .attempt import Job, JobResult, WorkerConfig, new_record
 from .config import SocketTarget, Suite
 from .outcome import Status
 from .plan import Attempt
-from .pool import Executor, Finished, Lost, Pool
+from .pool import Executor, ExecutorStartError, Finished, Lost, Pool
 from .results import AttemptRecord, ResultsWriter
 from .supervisor import BridgeSupervisor
 from .worker import worker_main
@@ -129,8 +129,12 @@ class Scheduler:
             if getattr(self.suite.target, "executor", "local") == "ray":
                 # Ray is an optional extra: imported only when asked for. Every node runs its own
                 # bridge; nothing of the driver's runtime dir is used there.
-                from .ray_pool import RayPool
-
+                try:
+                    from .ray_pool import RayPool
+                except ImportError as exc:
+                    raise ExecutorStartError(
+                        f"target.executor: ray needs Ray ({exc}): pip install '.[ray]'"
+                    ) from None
                 pool = RayPool(config, slots=slots, address=self.options.ray_address)
             else:
                 self._supervisor = BridgeSupervisor(

@@ -21,6 +21,17 @@ from .pool import receive, send
 log = logging.getLogger(__name__)
 
 
+async def run_guarded(runner: AttemptRunner, job_id: str, job: Job) -> JobResult:
+    """One job's result, whatever happens: a bug in the runner becomes a ``crash`` result (the scheduler
+    records it as a harness error) instead of a job that never reports back. Shared with the Ray
+    executor's node actors."""
+    try:
+        return await runner.run(job)
+    except Exception as exc:
+        log.error("attempt %s crashed: %s", job_id, traceback.format_exc())
+        return JobResult(record={"crash": f"{type(exc).__name__}: {exc}"})
+
+
 def worker_main(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> None:
     """Entry point of a worker process (see :class:`orchestrator.pool.Pool`)."""
     logging.basicConfig(
@@ -48,10 +59,7 @@ async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> Non
 
     async def run_job(job_id: str, job: Job) -> None:
         try:
-            result = await runner.run(job)
-        except Exception as exc:
-            log.error("attempt %s crashed: %s", job_id, traceback.format_exc())
-            result = JobResult(record={"crash": f"{type(exc).__name__}: {exc}"})
+            result = await run_guarded(runner, job_id, job)
         finally:
             running.pop(job_id, None)
         send(outbox, ("done", wid, job_id, result))
