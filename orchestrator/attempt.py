@@ -38,7 +38,7 @@ from .hosts import (
 )
 from .outcome import OutcomeTracker, Status
 from .plan import Attempt, AttemptKey
-from .results import AttemptRecord, Timings, final_for
+from .records import AttemptRecord, Timings, final_for
 
 log = logging.getLogger(__name__)
 

@@ -17,19 +17,12 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
-import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     PrivateAttr,
     ValidationError,
     ValidationInfo,
@@ -39,6 +32,16 @@ from pydantic import (
 
 from ipc_bridge.protocol import RooCodeSettings
 
+from .config_types import (
+    Command,
+    Count,
+    PathText,
+    SafeId,
+    Settings,
+    Strict,
+    existing_path,
+    resolve_path,
+)
 from .durations import Duration
 from .outcome import OutcomeLimits
 from .suite_yaml import (
@@ -50,6 +53,7 @@ from .suite_yaml import (
     load_marked_yaml,
     validation_problems,
 )
+from .targets import CommandTarget, SimulatorTarget, SocketTarget, Target, VscodeTarget
 
 __all__ = [
     "Budget",
@@ -68,212 +72,10 @@ __all__ = [
     "load_suite",
 ]
 
-TARGET_PLACEHOLDERS = ("socket", "workspace", "slot")
-
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def _check_id(value: str) -> str:
-    # ids become file names: events/<case>__<model>__<repeat>__<attempt>.jsonl
-    if not _SAFE_ID.fullmatch(value) or ".." in value or "__" in value:
-        raise ValueError(
-            f"{value!r} cannot be used in a file name: use letters, digits, '.', '_' and '-', start with a "
-            "letter or digit, at most 64 characters, and no '..' or '__'"
-        )
-    return value
-
-
-def _check_command(value: Any) -> Any:
-    if isinstance(value, str) and value.strip():
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value) and value[0]:
-        return value
-    raise ValueError(
-        f"a command is a non-empty shell string (check: python -m pytest -q) or a list of arguments "
-        f"(check: [python, -m, pytest]); got {value!r}"
-    )
-
-
-def _not_bool(value: Any) -> Any:
-    # YAML reads yes/no/on/off as booleans, and pydantic would take True for 1
-    if isinstance(value, bool):
-        raise ValueError(f"expected a whole number, got {value!r}: write a number such as 1 or 4")
-    return value
-
-
-def _path_text(value: Any) -> Any:
-    # Path("") is ".": an empty value (often an empty ${VAR}) would silently mean the suite's directory
-    if isinstance(value, str) and not value.strip():
-        raise ValueError("the path is empty: give a path, or remove the key")
-    return value
-
-
-def _existing(path: Path, what: str, want_dir: bool) -> Path:
-    if path.is_dir() if want_dir else path.is_file():
-        return path
-    where = "(relative paths start at the suite file's directory)"
-    if path.exists():
-        is_kind = "a directory" if path.is_dir() else "a file" if path.is_file() else "no regular file"
-        want = "a directory" if want_dir else "a file"
-        raise ValueError(f"{what} {path} is {is_kind}: give {want} {where}")
-    raise ValueError(f"{what} {path} does not exist: create it or fix the path {where}")
-
-
-def _base_dir(info: ValidationInfo) -> Path:
-    ctx = info.context if isinstance(info.context, dict) else {}
-    return Path(ctx.get("base_dir") or Path.cwd())
-
-
-def _resolve(value: Path, info: ValidationInfo) -> Path:
-    path = value.expanduser()
-    return path if path.is_absolute() else Path(os.path.normpath(_base_dir(info) / path))
-
-
-SafeId = Annotated[str, AfterValidator(_check_id)]
-Count = Annotated[int, BeforeValidator(_not_bool)]
-PathText = Annotated[Path, BeforeValidator(_path_text)]
-Command = Annotated[str | list[str], BeforeValidator(_check_command)]
-"""A shell string (run with ``sh -c``) or an argv list."""
-Settings = Annotated[RooCodeSettings, PlainSerializer(lambda s: s.wire(), return_type=dict)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# ------------------------------------------------------------------------------------ targets
-
-
-class _Launched(_Strict):
-    slots: int = Field(default=4, ge=1, le=1024)
-    """Extension hosts used at once."""
-    executor: Literal["local", "ray"] = "local"
-    """Where attempts run: worker processes on this machine, or Ray actors on the cluster's nodes that
-    offer extension-host slots (``pip install '.[ray]'``)."""
-    launch_timeout: Duration = 60.0
-    """How long a launched host may take until its socket answers."""
-    close_grace: Duration = 10.0
-    """After CloseTask, how long a host may take to exit before it is terminated."""
-
-
-def _slots_not_bool(cls: Any, value: Any) -> Any:
-    return _not_bool(value)
-
-
-class SimulatorTarget(_Launched):
-    kind: Literal["simulator"] = "simulator"
-    engine: str | None = None
-    """Engine version the simulator imitates (e.g. 3.52.1, 3.50.4); the simulator's default if unset."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Passed through to the simulator."""
-
-    _slots = field_validator("slots", mode="before")(_slots_not_bool)
-
-
-class SocketTarget(_Strict):
-    kind: Literal["socket"] = "socket"
-    sockets: list[PathText] = Field(min_length=1)
-    """Sockets of hosts that already run; attached, never launched or closed."""
-    slots: Count = Field(ge=1)
-    """Defaults to the number of sockets."""
-    connect_timeout: Duration = 30.0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_slots(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "slots" not in data:
-            # without a usable sockets list, that is the one problem to report, not slots as well
-            sockets = data.get("sockets")
-            data = {**data, "slots": max(len(sockets), 1) if isinstance(sockets, list) else 1}
-        return data
-
-    @field_validator("sockets")
-    @classmethod
-    def _resolve_sockets(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
-        paths = [_resolve(p, info) for p in value]
-        if len(set(paths)) != len(paths):
-            raise ValueError("a socket is listed twice: list each host's socket once")
-        return paths
-
-    @model_validator(mode="after")
-    def _slots_fit(self) -> SocketTarget:
-        if self.slots > len(self.sockets):
-            raise ValueError(
-                f"slots: {self.slots} is more than the {len(self.sockets)} sockets listed: "
-                "lower slots or list more sockets"
-            )
-        return self
-
-
-def _xvfb(value: Any) -> Any:
-    if value == "auto" or isinstance(value, bool):
-        return value
-    raise ValueError(f"xvfb is auto, true or false (got {value!r})")
-
-
-class VscodeTarget(_Launched):
-    kind: Literal["vscode"] = "vscode"
-    code: str = Field(default="code", min_length=1)
-    """The VS Code executable (a name on PATH or a path)."""
-    args: list[str] = Field(default_factory=list)
-    xvfb: Annotated[Literal["auto"] | bool, BeforeValidator(_xvfb)] = "auto"
-    """Run under xvfb-run: always, never, or when there is no DISPLAY."""
-    user_data_dir: PathText | None = None
-    extensions_dir: PathText | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-
-    _slots = field_validator("slots", mode="before")(_slots_not_bool)
-
-    @field_validator("user_data_dir", "extensions_dir")
-    @classmethod
-    def _resolve_dirs(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        return None if value is None else _resolve(value, info)
-
-
-class CommandTarget(_Launched):
-    kind: Literal["command"] = "command"
-    argv: list[str] = Field(min_length=1)
-    """The host's command line; {socket}, {workspace} and {slot} are filled in ({{ }} for braces)."""
-    env: dict[str, str] = Field(default_factory=dict)
-    """Added to the host's environment (placeholders filled in too)."""
-    cwd: PathText | None = None
-
-    _slots = field_validator("slots", mode="before")(_slots_not_bool)
-
-    @field_validator("argv", "env")
-    @classmethod
-    def _placeholders(cls, value: Any) -> Any:
-        if isinstance(value, list) and value and not value[0].strip():
-            raise ValueError("the command (argv[0]) is empty: give the host's executable first")
-        items = value if isinstance(value, list) else list(value.values())
-        for item in items:
-            try:
-                fields = [f for _, f, _, _ in string.Formatter().parse(item) if f is not None]
-            except ValueError as exc:
-                raise ValueError(f"{item!r}: {exc}; write {{{{ and }}}} for literal braces") from None
-            for name in fields:
-                if name not in TARGET_PLACEHOLDERS:
-                    raise ValueError(
-                        f"unknown placeholder {{{name}}} in {item!r}: use {{socket}}, {{workspace}} or "
-                        "{slot}, and {{ }} for literal braces"
-                    )
-        return value
-
-    @field_validator("cwd")
-    @classmethod
-    def _cwd_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        return _existing(_resolve(value, info), "cwd", want_dir=True)
-
-
-Target = Annotated[SimulatorTarget | SocketTarget | VscodeTarget | CommandTarget, Field(discriminator="kind")]
-
-
 # ----------------------------------------------------------------------------- suite and cases
 
 
-class Defaults(_Strict):
+class Defaults(Strict):
     timeout: Duration = 300.0
     """Wall clock per attempt (Roo's own evals use 5 minutes)."""
     retries: Count = Field(default=2, ge=0, le=100)
@@ -301,18 +103,18 @@ class Defaults(_Strict):
     counts as unresponsive (an infra_error, retried on a fresh host)."""
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     id: SafeId
     description: str | None = None
     configuration: Settings = Field(default_factory=RooCodeSettings)
 
 
-class Budget(_Strict):
+class Budget(Strict):
     max_cost_usd: float | None = Field(default=None, gt=0)
     """Stop starting attempts once this much is spent."""
 
 
-class Case(_Strict):
+class Case(Strict):
     id: SafeId
     description: str | None = None
     prompt: str | None = None
@@ -335,14 +137,14 @@ class Case(_Strict):
     def _workspace_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        return _existing(_resolve(value, info), "workspace directory", want_dir=True)
+        return existing_path(resolve_path(value, info), "workspace directory", want_dir=True)
 
     @field_validator("prompt_file")
     @classmethod
     def _prompt_file_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        path = _existing(_resolve(value, info), "prompt_file", want_dir=False)
+        path = existing_path(resolve_path(value, info), "prompt_file", want_dir=False)
         try:
             path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -382,7 +184,7 @@ def _no_duplicate_ids(items: list[Any], what: str) -> None:
         seen.add(item.id)
 
 
-class Suite(_Strict):
+class Suite(Strict):
     name: SafeId
     description: str | None = None
     target: Target = Field(default_factory=SimulatorTarget)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .results import AttemptRecord
+    from .records import AttemptRecord
 
 
 def _percentile(sorted_values: list[float], q: float) -> float | None:

@@ -1,0 +1,95 @@
+"""The value types of the suite file that several of its models share: ids, commands, paths, counts.
+
+Each validator turns a mistake into a message that says what to write instead; pydantic adds the key,
+and :mod:`orchestrator.suite_yaml` the file and line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    ValidationInfo,
+)
+
+from ipc_bridge.protocol import RooCodeSettings
+
+TARGET_PLACEHOLDERS = ("socket", "workspace", "slot")
+
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _check_id(value: str) -> str:
+    # ids become file names: events/<case>__<model>__<repeat>__<attempt>.jsonl
+    if not SAFE_ID.fullmatch(value) or ".." in value or "__" in value:
+        raise ValueError(
+            f"{value!r} cannot be used in a file name: use letters, digits, '.', '_' and '-', start with a "
+            "letter or digit, at most 64 characters, and no '..' or '__'"
+        )
+    return value
+
+
+def _check_command(value: Any) -> Any:
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value) and value[0]:
+        return value
+    raise ValueError(
+        f"a command is a non-empty shell string (check: python -m pytest -q) or a list of arguments "
+        f"(check: [python, -m, pytest]); got {value!r}"
+    )
+
+
+def not_bool(value: Any) -> Any:
+    # YAML reads yes/no/on/off as booleans, and pydantic would take True for 1
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, got {value!r}: write a number such as 1 or 4")
+    return value
+
+
+def path_text(value: Any) -> Any:
+    # Path("") is ".": an empty value (often an empty ${VAR}) would silently mean the suite's directory
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("the path is empty: give a path, or remove the key")
+    return value
+
+
+def existing_path(path: Path, what: str, want_dir: bool) -> Path:
+    if path.is_dir() if want_dir else path.is_file():
+        return path
+    where = "(relative paths start at the suite file's directory)"
+    if path.exists():
+        is_kind = "a directory" if path.is_dir() else "a file" if path.is_file() else "no regular file"
+        want = "a directory" if want_dir else "a file"
+        raise ValueError(f"{what} {path} is {is_kind}: give {want} {where}")
+    raise ValueError(f"{what} {path} does not exist: create it or fix the path {where}")
+
+
+def base_dir(info: ValidationInfo) -> Path:
+    ctx = info.context if isinstance(info.context, dict) else {}
+    return Path(ctx.get("base_dir") or Path.cwd())
+
+
+def resolve_path(value: Path, info: ValidationInfo) -> Path:
+    path = value.expanduser()
+    return path if path.is_absolute() else Path(os.path.normpath(base_dir(info) / path))
+
+
+SafeId = Annotated[str, AfterValidator(_check_id)]
+Count = Annotated[int, BeforeValidator(not_bool)]
+PathText = Annotated[Path, BeforeValidator(path_text)]
+Command = Annotated[str | list[str], BeforeValidator(_check_command)]
+"""A shell string (run with ``sh -c``) or an argv list."""
+Settings = Annotated[RooCodeSettings, PlainSerializer(lambda s: s.wire(), return_type=dict)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")

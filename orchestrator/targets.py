@@ -1,0 +1,153 @@
+"""Where the extension hosts come from: the ``target`` block of a suite (simulator, socket, vscode,
+command)."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BeforeValidator,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .config_types import (
+    TARGET_PLACEHOLDERS,
+    Count,
+    PathText,
+    Strict,
+    existing_path,
+    not_bool,
+    resolve_path,
+)
+from .durations import Duration
+
+
+class _Launched(Strict):
+    slots: int = Field(default=4, ge=1, le=1024)
+    """Extension hosts used at once."""
+    executor: Literal["local", "ray"] = "local"
+    """Where attempts run: worker processes on this machine, or Ray actors on the cluster's nodes that
+    offer extension-host slots (``pip install '.[ray]'``)."""
+    launch_timeout: Duration = 60.0
+    """How long a launched host may take until its socket answers."""
+    close_grace: Duration = 10.0
+    """After CloseTask, how long a host may take to exit before it is terminated."""
+
+
+def _slots_not_bool(cls: Any, value: Any) -> Any:
+    return not_bool(value)
+
+
+class SimulatorTarget(_Launched):
+    kind: Literal["simulator"] = "simulator"
+    engine: str | None = None
+    """Engine version the simulator imitates (e.g. 3.52.1, 3.50.4); the simulator's default if unset."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Passed through to the simulator."""
+
+    _slots = field_validator("slots", mode="before")(_slots_not_bool)
+
+
+class SocketTarget(Strict):
+    kind: Literal["socket"] = "socket"
+    sockets: list[PathText] = Field(min_length=1)
+    """Sockets of hosts that already run; attached, never launched or closed."""
+    slots: Count = Field(ge=1)
+    """Defaults to the number of sockets."""
+    connect_timeout: Duration = 30.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_slots(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "slots" not in data:
+            # without a usable sockets list, that is the one problem to report, not slots as well
+            sockets = data.get("sockets")
+            data = {**data, "slots": max(len(sockets), 1) if isinstance(sockets, list) else 1}
+        return data
+
+    @field_validator("sockets")
+    @classmethod
+    def _resolve_sockets(cls, value: list[Path], info: ValidationInfo) -> list[Path]:
+        paths = [resolve_path(p, info) for p in value]
+        if len(set(paths)) != len(paths):
+            raise ValueError("a socket is listed twice: list each host's socket once")
+        return paths
+
+    @model_validator(mode="after")
+    def _slots_fit(self) -> SocketTarget:
+        if self.slots > len(self.sockets):
+            raise ValueError(
+                f"slots: {self.slots} is more than the {len(self.sockets)} sockets listed: "
+                "lower slots or list more sockets"
+            )
+        return self
+
+
+def _xvfb(value: Any) -> Any:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"xvfb is auto, true or false (got {value!r})")
+
+
+class VscodeTarget(_Launched):
+    kind: Literal["vscode"] = "vscode"
+    code: str = Field(default="code", min_length=1)
+    """The VS Code executable (a name on PATH or a path)."""
+    args: list[str] = Field(default_factory=list)
+    xvfb: Annotated[Literal["auto"] | bool, BeforeValidator(_xvfb)] = "auto"
+    """Run under xvfb-run: always, never, or when there is no DISPLAY."""
+    user_data_dir: PathText | None = None
+    extensions_dir: PathText | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+
+    _slots = field_validator("slots", mode="before")(_slots_not_bool)
+
+    @field_validator("user_data_dir", "extensions_dir")
+    @classmethod
+    def _resolve_dirs(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else resolve_path(value, info)
+
+
+class CommandTarget(_Launched):
+    kind: Literal["command"] = "command"
+    argv: list[str] = Field(min_length=1)
+    """The host's command line; {socket}, {workspace} and {slot} are filled in ({{ }} for braces)."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Added to the host's environment (placeholders filled in too)."""
+    cwd: PathText | None = None
+
+    _slots = field_validator("slots", mode="before")(_slots_not_bool)
+
+    @field_validator("argv", "env")
+    @classmethod
+    def _placeholders(cls, value: Any) -> Any:
+        if isinstance(value, list) and value and not value[0].strip():
+            raise ValueError("the command (argv[0]) is empty: give the host's executable first")
+        items = value if isinstance(value, list) else list(value.values())
+        for item in items:
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(item) if f is not None]
+            except ValueError as exc:
+                raise ValueError(f"{item!r}: {exc}; write {{{{ and }}}} for literal braces") from None
+            for name in fields:
+                if name not in TARGET_PLACEHOLDERS:
+                    raise ValueError(
+                        f"unknown placeholder {{{name}}} in {item!r}: use {{socket}}, {{workspace}} or "
+                        "{slot}, and {{ }} for literal braces"
+                    )
+        return value
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        return existing_path(resolve_path(value, info), "cwd", want_dir=True)
+
+
+Target = Annotated[SimulatorTarget | SocketTarget | VscodeTarget | CommandTarget, Field(discriminator="kind")]
