@@ -59,7 +59,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ipc_bridge.simulator import chaos_outcome, parse_duration  # noqa: E402
-from orchestrator.attempt import host_seed  # noqa: E402
+from orchestrator.jobs import host_seed  # noqa: E402
 from orchestrator.plan import AttemptKey  # noqa: E402
 from orchestrator.results import AttemptRecord, read_records  # noqa: E402
 

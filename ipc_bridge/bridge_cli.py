@@ -15,13 +15,10 @@ from pathlib import Path
 import click
 
 from .bridge import BridgeConfig, run_bridge
-from .connection_file import BridgeAlreadyRunning, ConnectionInfo
+from .connection_file import KEY_ENV, BridgeAlreadyRunning, ConnectionInfo
 from .curve import CurveError
 from .slots import SlotConfig
 from .tcp_listen import ListenError, TcpConfig, parse_listen
-
-KEY_ENV = "ORCHESTRATE_BRIDGE_KEY"
-"""The HMAC key may come from the environment (never argv: other users can read argv with ps)."""
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,9 @@ from pydantic import BaseModel, ConfigDict
 
 from .wire import PROTOCOL, SIGNATURE_SCHEME, VERSION
 
+KEY_ENV = "ORCHESTRATE_BRIDGE_KEY"
+"""The HMAC key may come from the environment (never argv: other users can read argv with ps)."""
+
 COMMAND_SOCKET = "bridge-cmd.ipc"
 EVENT_SOCKET = "bridge-ev.ipc"
 LOCK_FILE = "bridge.lock"

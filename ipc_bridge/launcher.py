@@ -24,8 +24,7 @@ import zmq
 import zmq.asyncio
 from pydantic import BaseModel
 
-from .bridge_cli import KEY_ENV
-from .connection_file import ConnectionInfo, endpoint_path, ensure_runtime_dir, read_connection_file
+from .connection_file import KEY_ENV, ConnectionInfo, endpoint_path, ensure_runtime_dir, read_connection_file
 from .lifeline import preexec_die_with_parent
 from .wire import (
     ErrorReply,

@@ -9,21 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import shutil
 import tempfile
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from ipc_bridge.client import BridgeClient, BridgeError, BridgeRestarted, Event
 
-from .config import CommandTarget, SimulatorTarget, SocketTarget, Target, VscodeTarget
+from .config import CommandTarget, SimulatorTarget, SocketTarget, VscodeTarget
 from .grading import CheckResult, run_command
 from .hosts import (
     Host,
@@ -36,9 +34,10 @@ from .hosts import (
     vscode_argv,
     xvfb_wrap,
 )
+from .jobs import Job, JobResult, WorkerConfig, host_seed, new_record
 from .outcome import OutcomeTracker, Status
-from .plan import Attempt, AttemptKey
-from .records import AttemptRecord, Timings, final_for
+from .plan import Attempt
+from .records import Timings
 
 log = logging.getLogger(__name__)
 
@@ -48,67 +47,20 @@ TASK_EVENT = "task_event"
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class WorkerConfig:
-    """What every worker needs (picklable; no sockets, no contexts)."""
-
-    run_id: str
-    connection_file: str
-    runtime_dir: str
-    work_dir: str
-    target: Target
-    keep_workspaces: bool = False
-    node: str | None = None
-    """Where the attempts run, for the records: the Ray node id (None for local workers)."""
-
-
-@dataclass(frozen=True)
-class Job:
-    attempt: Attempt
-    number: int
-    """1 for the first try, then counting retries."""
-    socket: str | None = None
-    """For ``socket`` targets: the leased host's socket path."""
-
-
-@dataclass
-class JobResult:
-    record: dict[str, Any]
-    transcript: list[dict[str, Any]] = field(default_factory=list)
-
-
-def host_seed(base: Any, key: AttemptKey, number: int) -> int:
-    """A simulated host's seed: a pure function of the suite's seed (``target.options.seed``), the attempt
-    key and the try number, so an attempt replays identically while task ids differ between attempts (as
-    real UUIDv7s do), and whoever reads the results can recompute it (the simulator's ``chaos`` draw)."""
-    text = f"{base or 0}/{key.slug}/{key.config_hash}/{number}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big")
+def simulator_farm(config: WorkerConfig, wid: int) -> SimulatorFarm | None:
+    """The simulator farm of worker ``wid``, not started yet; None when its target has no farm."""
+    target = config.target
+    if not isinstance(target, SimulatorTarget) or target.options.get("process_per_host"):
+        return None
+    return SimulatorFarm(
+        socket_path_for(Path(config.runtime_dir), f"farm-w{wid}"),
+        log_path=Path(config.work_dir) / f"farm-w{wid}.log",
+        ready_timeout=float(target.launch_timeout),
+    )
 
 
 def _host_seed(base: Any, job: Job) -> int:
     return host_seed(base, job.attempt.key, job.number)
-
-
-def new_record(
-    run_id: str, job: Job, status: Status, *, started: datetime, ended: datetime, **fields: Any
-) -> AttemptRecord:
-    """The record of one try of ``job``: its key, number, finality and timing; ``fields`` add the rest."""
-    a = job.attempt
-    return AttemptRecord(
-        run_id=run_id,
-        case_id=a.key.case_id,
-        model_id=a.key.model_id,
-        repeat=a.key.repeat,
-        config_hash=a.key.config_hash,
-        attempt=job.number,
-        final=final_for(status, job.number, a.retries),
-        status=status,
-        started_at=started,
-        ended_at=ended,
-        duration_s=round((ended - started).total_seconds(), 4),
-        tags=list(a.tags),
-        **fields,
-    )
 
 
 class _Phase:
@@ -125,12 +77,14 @@ class _Phase:
 class AttemptRunner:
     """Runs jobs for one worker process; several at once (one asyncio task each)."""
 
-    def __init__(self, client: BridgeClient, config: WorkerConfig, wid: int) -> None:
+    def __init__(
+        self, client: BridgeClient, config: WorkerConfig, wid: int, farm: SimulatorFarm | None = None
+    ) -> None:
         self.client = client
         self.config = config
         self.wid = wid
         self._counter = itertools.count(1)
-        self._farm: SimulatorFarm | None = None
+        self._farm = farm
         self._restart = asyncio.Event()
         self._restarted = "the bridge restarted"
         client.on_restart.append(self._on_restart)
@@ -318,11 +272,8 @@ class AttemptRunner:
 
     async def _farm_host(self, target: SimulatorTarget, job: Job, workspace: Path, socket_path: str) -> Host:
         if self._farm is None:
-            self._farm = SimulatorFarm(
-                socket_path_for(Path(self.config.runtime_dir), f"farm-w{self.wid}"),
-                log_path=Path(self.config.work_dir) / f"farm-w{self.wid}.log",
-                ready_timeout=float(target.launch_timeout),
-            )
+            self._farm = simulator_farm(self.config, self.wid)
+        assert self._farm is not None
         opts = target.options
         params = {k: opts[k] for k in ("time_scale", "status_delay") if opts.get(k) is not None}
         params["seed"] = _host_seed(opts.get("seed"), job)

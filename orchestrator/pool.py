@@ -9,6 +9,7 @@ Ctrl-C means and tells them.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
@@ -26,10 +27,12 @@ from ipc_bridge.lifeline import die_with_parent
 log = logging.getLogger(__name__)
 
 # Messages worker -> main: ("done", wid, job_id, result)
-# Messages main -> worker: ("job", job_id, payload) | ("cancel",) | ("stop",)
+# Messages main -> worker: ("connect", connection_file) | ("job", job_id, payload) | ("cancel",) | ("stop",)
 # They cross the queues as stdlib pickles (see send/receive): multiprocess would pickle them with dill's
 # pure-Python pickler, ~20x slower per Job, and that was most of the main process's CPU per attempt.
-WorkerMain = Callable[[int, Any, Any, Any], None]
+WorkerMain = Callable[[int, Any, Any, Any], None] | str
+"""The worker's entry point, or ``"module:function"`` naming it: then the main process need not import
+the worker's machinery at all (it is imported in the worker)."""
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Pool:
         self._workers: dict[int, WorkerHandle] = {}
         self._next_wid = 0
         self._closing = False
+        self._announcement: tuple[Any, ...] | None = None
         for _ in range(workers):
             self._start_worker()
 
@@ -114,6 +118,8 @@ class Pool:
             daemon=True,
         )
         proc.start()
+        if self._announcement is not None:
+            send(inbox, self._announcement)
         handle = WorkerHandle(wid, proc, inbox, self._slots)
         self._workers[wid] = handle
         return handle
@@ -125,6 +131,14 @@ class Pool:
     @property
     def in_flight(self) -> int:
         return sum(len(w.jobs) for w in self._workers.values())
+
+    def announce(self, msg: tuple[Any, ...]) -> None:
+        """Send ``msg`` to every worker before any job, and to every worker started later (a dead
+        worker's replacement) first thing."""
+        self._announcement = msg
+        for worker in self._workers.values():
+            if worker.process.is_alive():
+                send(worker.inbox, msg)
 
     def submit(self, job_id: str, payload: Any) -> int:
         """Give a job to the least loaded live worker. Returns its worker id."""
@@ -222,4 +236,8 @@ def receive(raw: bytes) -> tuple[Any, ...]:
 def _worker_entry(target: WorkerMain, wid: int, inbox: Any, outbox: Any, config: Any, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     die_with_parent(signal.SIGKILL, expected_parent=parent)
+    if isinstance(target, str):
+        module, _, name = target.partition(":")
+        target = getattr(importlib.import_module(module), name)
+        assert callable(target)
     target(wid, inbox, outbox, config)

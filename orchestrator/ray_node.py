@@ -33,7 +33,8 @@ from typing import Any
 from ipc_bridge.connection_file import read_connection_file
 from ipc_bridge.launcher import BridgeProcess, start_bridge_process
 
-from .attempt import AttemptRunner, Job, JobResult, WorkerConfig, new_record
+from .attempt import AttemptRunner
+from .jobs import Job, JobResult, WorkerConfig, new_record
 from .outcome import Status
 from .ray_events import Forwarder, ForwardingClient
 from .worker import run_guarded

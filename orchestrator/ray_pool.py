@@ -37,7 +37,7 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from .attempt import Job, JobResult, WorkerConfig, new_record
+from .jobs import Job, JobResult, WorkerConfig, new_record
 from .outcome import Status
 from .pool import ExecutorStartError, Finished, Lost
 from .ray_events import NAMESPACE, EventHub, hub_name

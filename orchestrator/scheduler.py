@@ -7,7 +7,6 @@ run what they are given and report back.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import logging
 import random
@@ -22,18 +21,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .attempt import Job, JobResult, WorkerConfig, new_record
 from .config import SocketTarget, Suite
+from .jobs import Job, JobResult, WorkerConfig, new_record
 from .outcome import Status
 from .plan import Attempt
 from .pool import Executor, ExecutorStartError, Finished, Lost, Pool
 from .results import AttemptRecord, ResultsWriter
 from .supervisor import BridgeSupervisor
-from .worker import worker_main
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
+WORKER_MAIN = "orchestrator.worker:worker_main"  # by name: the main process never imports the worker
 BRIDGE_LOG = "bridge.log"
 CANCEL_WAIT = 8.0
 
@@ -142,10 +141,10 @@ class Scheduler:
                     self.writer.run_dir / BRIDGE_LOG,
                     max_restarts=self.options.bridge_restarts,
                 )
-                bridge = self._supervisor.start()
-                config = dataclasses.replace(config, connection_file=str(bridge.connection_file))
                 workers = self.options.workers or max(1, min(slots, 2))
-                pool = Pool(worker_main, config, workers=workers, slots_per_worker=-(-slots // workers))
+                # The workers spawn and import while the bridge starts; then they are told where it is.
+                pool = Pool(WORKER_MAIN, config, workers=workers, slots_per_worker=-(-slots // workers))
+                pool.announce(("connect", str(self._supervisor.start().connection_file)))
             self._capacity = slots
             return self._loop(pool)
         finally:

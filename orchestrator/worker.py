@@ -15,7 +15,8 @@ from typing import Any
 
 from ipc_bridge.client import BridgeClient
 
-from .attempt import AttemptRunner, Job, JobResult, WorkerConfig
+from .attempt import AttemptRunner
+from .jobs import Job, JobResult, WorkerConfig
 from .pool import receive, send
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,15 @@ async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> Non
                 return
 
     threading.Thread(target=read_inbox, name="inbox", daemon=True).start()
-    client = await BridgeClient.connect(config.connection_file)
+    connection = config.connection_file
+    if not connection:
+        # The pool starts while the bridge does (their start-ups overlap): the scheduler then says where
+        # the bridge is, before any job.
+        msg = await messages.get()
+        if msg[0] != "connect":
+            return
+        connection = msg[1]
+    client = await BridgeClient.connect(connection)
     runner = AttemptRunner(client, config, wid)
     running: dict[str, asyncio.Task[None]] = {}
 

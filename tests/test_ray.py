@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.attempt import Job, WorkerConfig
 from orchestrator.config import load_suite
+from orchestrator.jobs import Job, WorkerConfig
 from orchestrator.plan import build_plan
 from orchestrator.pool import Finished, Lost
 from orchestrator.results import AttemptRecord, read_records
