@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from .outcome import Status
-from .results import MANIFEST, RESULTS, ResultsError
+from .records import MANIFEST, RESULTS, ResultsError
 from .summary import _percentile
 
 log = logging.getLogger(__name__)

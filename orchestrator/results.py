@@ -47,7 +47,7 @@ from .records import (
     is_partial_message,
     read_records,
 )
-from .summary import summarize
+from .report import read_rows, summarize_rows
 
 log = logging.getLogger(__name__)
 
@@ -364,13 +364,15 @@ class ResultsWriter:
     # ---------------------------------------------------------------------------------- summary
 
     def summary(self, **extra: Any) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, **summarize(self.records), **extra}
+        """Totals rebuilt from results.jsonl (``extra`` adds top-level fields, e.g. the stop reason). Read
+        as compact rows in one pass: a long run's records never all sit in memory as models."""
+        return {"schema_version": SCHEMA_VERSION, **summarize_rows(read_rows(self.run_dir)), **extra}
 
-    def write_summary(self, **extra: Any) -> Path:
-        """Rebuild summary.json from the records (``extra`` adds top-level fields, e.g. the stop reason)."""
+    def write_summary(self, summary: Mapping[str, Any] | None = None, **extra: Any) -> Path:
+        """Write summary.json: ``summary`` (from :meth:`summary`), or rebuilt here with ``extra``."""
         path = self.run_dir / SUMMARY
         with _writing(path):
-            atomic_write(path, _json(self._redact(self.summary(**extra))))
+            atomic_write(path, _json(self._redact(dict(summary or self.summary(**extra)))))
         return path
 
 

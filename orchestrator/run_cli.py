@@ -237,9 +237,7 @@ def run(
             stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget
         )
         try:
-            writer.write_summary(
-                stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget
-            )
+            writer.write_summary(summary)
             writer.update_manifest(ended_at=datetime.now(timezone.utc).isoformat())
         except ResultsError as exc:  # the records are what counts; a resume rewrites both files
             failed = failed or exc
