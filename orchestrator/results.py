@@ -44,6 +44,7 @@ from .records import (
     Timings,
     final_for,
     flat_row,
+    flat_values,
     is_partial_message,
     read_records,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "build_manifest",
     "final_for",
     "flat_row",
+    "flat_values",
     "is_partial_message",
     "load",
     "read_records",
@@ -413,21 +415,22 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """Flat rows of a results.jsonl, read-only, with the same torn-last-line rule as :func:`read_records`
+def _read_rows(path: Path) -> list[tuple[Any, ...]]:
+    """Flat rows (:func:`flat_values`) of a results.jsonl, read-only, with the same torn-last-line rule as :func:`read_records`
     (the writer validated every record; a line that is not one is an error unless it is the last)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return []
     lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
+    loads = orjson.loads
     with _gc_paused():
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(flat_row(orjson.loads(line)))
+                rows.append(flat_values(loads(line)))
             except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
                 if number == len(lines):
                     log.warning("%s: skipping a torn last line left by an interrupted run", path)
@@ -454,12 +457,16 @@ def load(source: str | Path | Iterable[str | Path], *, all_attempts: bool = Fals
         raise ImportError(
             "orchestrator.results.load needs pandas: pip install 'roo-eval-orchestrator[notebook]'"
         ) from None
+    final = COLUMNS.index("final")
     with _gc_paused():
         rows = [row for run_dir in _run_dirs(source) for row in _read_rows(run_dir / RESULTS)]
         if not all_attempts:
-            rows = [row for row in rows if row["final"]]
-        columns = {name: [row[name] for row in rows] for name in COLUMNS}
-        frame = pd.DataFrame(columns, columns=COLUMNS)
+            rows = [row for row in rows if row[final]]
+        # Transposed in C; the rows are dropped while the collector is off, so that it never walks them.
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in COLUMNS]
+        del rows
+        frame = pd.DataFrame(dict(zip(COLUMNS, columns, strict=True)), columns=COLUMNS)
+        del columns
     for column in ("started_at", "ended_at"):
         frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
     return frame
