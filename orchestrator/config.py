@@ -43,7 +43,7 @@ from .config_types import (
     resolve_path,
 )
 from .durations import Duration
-from .outcome import OutcomeLimits
+from .status import OutcomeLimits
 from .suite_yaml import (
     Problem,
     Redactor,

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .outcome import Status
 from .plan import Attempt, AttemptKey
 from .records import AttemptRecord, final_for
+from .status import Status
 from .targets import Target
 
 

@@ -23,10 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from ipc_bridge.protocol import (
     IDLE_ASKS,
@@ -42,114 +39,24 @@ from ipc_bridge.protocol import (
     parse_task_event,
 )
 
+from .status import AttemptOutcome, Metrics, OutcomeLimits, Status, ToolCount, ToolFailure
+
+__all__ = [
+    "AttemptOutcome",
+    "Metrics",
+    "OutcomeLimits",
+    "OutcomeTracker",
+    "Status",
+    "ToolCount",
+    "ToolFailure",
+]
+
 MAX_LISTED = 50
 """Bound on the error texts and tool failures kept per attempt (a looping agent must not grow a record)."""
 MAX_TEXT = 2000
 
 # Asks that wait for a person. Others (command_output while a command runs, ...) mean work goes on.
 _WAITING_ASKS = INTERACTIVE_ASKS | IDLE_ASKS | RESUMABLE_ASKS
-
-
-class Status(str, Enum):
-    COMPLETED = "completed"
-    ABORTED = "aborted"
-    TIMEOUT = "timeout"
-    STUCK = "stuck"
-    API_ERROR = "api_error"
-    INFRA_ERROR = "infra_error"
-    CANCELLED = "cancelled"
-    """Stopped by the orchestrator itself (Ctrl-C, budget): not a result; resume runs the attempt again."""
-
-    @property
-    def is_infra(self) -> bool:
-        """An infrastructure failure, retried; not the agent's fault."""
-        return self in (Status.API_ERROR, Status.INFRA_ERROR)
-
-    @property
-    def task_left_running(self) -> bool:
-        """The engine still works on the task when this outcome is decided: send CancelTask."""
-        return self in (Status.TIMEOUT, Status.STUCK, Status.API_ERROR, Status.CANCELLED)
-
-
-@dataclass(frozen=True)
-class OutcomeLimits:
-    """Timers of the outcome rules, in seconds. ``None`` disables a timer."""
-
-    timeout: float | None = 300.0
-    """Wall clock for the whole attempt, from StartNewTask."""
-    start_timeout: float = 30.0
-    """No task created this long after StartNewTask: the host dropped the command (infra_error)."""
-    ask_timeout: float = 60.0
-    """An ask (followup, command, tool, mistake_limit_reached, ...) unanswered this long: stuck."""
-    idle_timeout: float | None = None
-    """No event at all from the task tree this long: stuck. Off by default: an agent running a quiet
-    command (a long test suite) sends nothing for minutes; the wall clock still applies."""
-    api_retry_limit: int = 3
-    """Consecutive api_req_retry_delayed waits tolerated in one task; one more is api_error."""
-    abort_settle: float = 5.0
-    """How long a root taskAborted waits for a child task or the root's re-activation."""
-    completion_grace: float = 3.0
-    """After completion, how long to wait for taskIdle(root) and the final token usage."""
-    cancel_timeout: float = 10.0
-    """After CancelTask (timeout, stuck), how long until a host that sent nothing counts as unresponsive."""
-
-
-class ToolCount(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    attempts: int = 0
-    failures: int = 0
-
-
-class ToolFailure(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    task_id: str
-    tool: str
-    error: str
-
-
-class Metrics(BaseModel):
-    """What an attempt cost and did, summed over its task tree."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cache_reads: int = 0
-    cache_writes: int = 0
-    context_tokens: int = 0
-    """The root's last context size (not summed: it is a level, not a total)."""
-    cost_usd: float = 0.0
-    tool_usage: dict[str, ToolCount] = Field(default_factory=dict)
-    tool_failures: list[ToolFailure] = Field(default_factory=list)
-    """taskToolFailed events; some failures show only in ``tool_usage[...].failures`` and ``errors``."""
-    errors: list[str] = Field(default_factory=list)
-    """Texts of ``say: error`` messages."""
-    subtasks: int = 0
-    task_ids: list[str] = Field(default_factory=list)
-    """The task tree, root first."""
-    messages: int = 0
-    """Distinct ClineMessages (by task and ts), partial or not."""
-    partial_updates: int = 0
-    events: int = 0
-    """Events attributed to the attempt."""
-    api_requests: int = 0
-    api_retries: int = 0
-    time_to_first_event_s: float | None = None
-    """From StartNewTask to the root's taskCreated."""
-    completion: str | None = None
-    """The root's final ``say: completion_result`` text."""
-
-
-class AttemptOutcome(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    status: Status
-    reason: str
-    task_id: str | None
-    """The root task's id (None when no task started)."""
-    decided_at: float
-    ended_at: float
-    metrics: Metrics
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Case, ModelSpec, Suite
-from .outcome import OutcomeLimits
+from .status import OutcomeLimits
 
 HASH_LENGTH = 16
 """Hex digits kept of the sha256 (64 bits: no collision in any realistic number of configurations)."""

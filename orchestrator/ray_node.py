@@ -35,8 +35,8 @@ from ipc_bridge.launcher import BridgeProcess, start_bridge_process
 
 from .attempt import AttemptRunner
 from .jobs import Job, JobResult, WorkerConfig, new_record
-from .outcome import Status
 from .ray_events import Forwarder, ForwardingClient
+from .status import Status
 from .worker import run_guarded
 
 log = logging.getLogger(__name__)

@@ -38,10 +38,10 @@ from ray.exceptions import RayError, RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from .jobs import Job, JobResult, WorkerConfig, new_record
-from .outcome import Status
 from .pool import ExecutorStartError, Finished, Lost
 from .ray_events import NAMESPACE, EventHub, hub_name
 from .ray_node import NodeRunner, Shipped, pack_template
+from .status import Status
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from .grading import CheckResult
-from .outcome import Metrics, Status
 from .plan import AttemptKey
+from .status import Metrics, Status
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from .outcome import Status
 from .records import MANIFEST, RESULTS, ResultsError
+from .status import Status
 from .summary import _percentile
 
 log = logging.getLogger(__name__)

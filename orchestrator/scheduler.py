@@ -23,10 +23,10 @@ from typing import Any
 
 from .config import SocketTarget, Suite
 from .jobs import Job, JobResult, WorkerConfig, new_record
-from .outcome import Status
 from .plan import Attempt
 from .pool import Executor, ExecutorStartError, Finished, Lost, Pool
 from .results import AttemptRecord, ResultsWriter
+from .status import Status
 from .supervisor import BridgeSupervisor
 
 log = logging.getLogger(__name__)
