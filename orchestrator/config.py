@@ -130,7 +130,21 @@ class Case(Strict):
     env: dict[str, str] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
     simulate: dict[str, Any] | None = None
-    """The simulated agent's script; ignored by real hosts."""
+    """The simulated agent's script; ignored by real hosts. Checked at load time when the target is the
+    built-in simulator (a typo there would otherwise run a different scenario, or none)."""
+
+    @field_validator("simulate")
+    @classmethod
+    def _simulate_parses(cls, value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+        context = info.context if isinstance(info.context, dict) else {}
+        if value is not None and context.get("simulator"):
+            from ipc_bridge.simulator.script import ScriptError, parse_script
+
+            try:
+                parse_script(value)
+            except ScriptError as exc:
+                raise ValueError(f"{exc} (the simulator's script: see docs/simulator.md)") from None
+        return value
 
     @field_validator("workspace")
     @classmethod
@@ -305,7 +319,9 @@ def load_suite(path: str | Path, *, env: Mapping[str, str] | None = None) -> Sui
     problems += duplicates
     base = path.resolve().parent
     try:
-        suite = Suite.model_validate(raw, context={"base_dir": base})
+        target = raw.get("target")
+        kind = target.get("kind", "simulator") if isinstance(target, dict) else "simulator"
+        suite = Suite.model_validate(raw, context={"base_dir": base, "simulator": kind == "simulator"})
     except ValidationError as exc:
         found = validation_problems(exc, raw, Suite)
         if duplicates:  # already reported with the duplicate's own line

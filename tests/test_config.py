@@ -95,7 +95,7 @@ cases:
     timeout: 90s
     tags: [python, easy]
     configuration: {mode: debug}
-    simulate: {steps: [{write: two_fer.py}], anything: [1, 2]}
+    simulate: {files: {two_fer.py: "x = 1"}, duration: 1s}
   - id: hello
     prompt_file: prompts/hello.md
     check: [python, -c, "import sys; sys.exit(0)"]
@@ -143,7 +143,7 @@ def test_good_suite_resolves_paths_relative_to_the_file(
     assert hello.workspace is None
     assert two_fer.check == "python -m pytest -q"
     assert hello.check == ["python", "-c", "import sys; sys.exit(0)"]
-    assert two_fer.simulate == {"steps": [{"write": "two_fer.py"}], "anything": [1, 2]}
+    assert two_fer.simulate == {"files": {"two_fer.py": "x = 1"}, "duration": "1s"}
     assert suite.repeats == 2 and suite.budget.max_cost_usd == 20
     assert suite.target.slots == 4
 

@@ -53,6 +53,10 @@ ROWS = [
         "unknown key 'timout'", "remove it or fix its spelling"),
     row("unknown-case-key", "name: t\ncases:\n  - id: a\n    prompt: x\n    chek: 'true'\n", 5,
         "cases[0].chek", "unknown key 'chek'", "check_timeout"),
+    row("simulate-unknown-outcome", "name: t\ncases:\n  - id: a\n    prompt: x\n    simulate: {outcome: exploded}\n",
+        5, "cases[0].simulate", "outcome: Input should be 'completed'", "docs/simulator.md"),
+    row("simulate-misspelt-key", "name: t\ncases:\n  - id: a\n    prompt: x\n    simulate:\n      durationn: 1s\n",
+        5, "cases[0].simulate", "unknown key 'durationn'", "allowed here: chaos"),
     row("unknown-model-key", "name: t\nmodels:\n  - id: m\n    config: {}\n" + ONE_CASE, 4,
         "models[0].config", "unknown key 'config'", "configuration"),
     # ------------------------------------------------------------------------------- wrong types
