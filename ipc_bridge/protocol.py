@@ -71,6 +71,7 @@ from .shapes import (
     Number,
     ProtocolError,
     QueuedMessage,
+    RooCodeSettings,
     SubtaskFlag,
     TokenUsage,
     ToolStats,
@@ -79,45 +80,6 @@ from .shapes import (
 )
 
 # ------------------------------------------------------------------------------------ TaskCommand
-
-
-class RooCodeSettings(WireModel):
-    """The ``configuration`` of StartNewTask: an open mapping, with the keys we rely on typed.
-
-    One wrong-typed key makes the engine drop the whole command silently, so the keys we know are
-    validated here, before anything is sent.
-    """
-
-    apiProvider: str | None = None
-    mode: str | None = None
-    apiModelId: str | None = None
-    openRouterModelId: str | None = None
-    openAiModelId: str | None = None
-    openAiBaseUrl: str | None = None
-    autoApprovalEnabled: bool | None = None
-    alwaysAllowReadOnly: bool | None = None
-    alwaysAllowWrite: bool | None = None
-    alwaysAllowExecute: bool | None = None
-    alwaysAllowSubtasks: bool | None = None
-    alwaysAllowFollowupQuestions: bool | None = None
-    followupAutoApproveTimeoutMs: int | None = None
-    allowedCommands: list[str] | None = None
-    deniedCommands: list[str] | None = None
-    commandExecutionTimeout: Number | None = None
-    requestDelaySeconds: Number | None = None
-    writeDelayMs: Number | None = None
-    rateLimitSeconds: Number | None = None
-    consecutiveMistakeLimit: int | None = None
-    allowedMaxRequests: int | None = None
-    allowedMaxCost: Number | None = None
-    enableCheckpoints: bool | None = None
-    checkpointTimeout: int | None = Field(default=None, ge=10, le=60)
-    mcpEnabled: bool | None = None
-    modelTemperature: Number | None = None
-    modelMaxTokens: int | None = None
-    language: str | None = None
-    experiments: dict[str, bool] | None = None
-    customModes: list[dict[str, Any]] | None = None
 
 
 class StartNewTaskData(WireModel):

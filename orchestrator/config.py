@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from ipc_bridge.protocol import RooCodeSettings
+from ipc_bridge.shapes import RooCodeSettings
 
 from .config_types import (
     Command,

@@ -20,7 +20,7 @@ from pydantic import (
     ValidationInfo,
 )
 
-from ipc_bridge.protocol import RooCodeSettings
+from ipc_bridge.shapes import RooCodeSettings
 
 TARGET_PLACEHOLDERS = ("socket", "workspace", "slot")
 
