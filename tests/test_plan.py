@@ -108,7 +108,7 @@ def test_hash_differs_per_case_and_model(suite_dir: Path) -> None:
         ("apiProvider: openrouter", "apiProvider: openai"),
         ("target: {kind: simulator, slots: 2}", "target: {kind: simulator, slots: 2, engine: 3.50.4}"),
         ("defaults:\n", "defaults:\n  timeout: 1m\n"),
-        ("    prompt: do a\n", "    prompt: do a\n    simulate: {steps: [x]}\n"),
+        ("    prompt: do a\n", "    prompt: do a\n    simulate: {duration: 1s}\n"),
     ],
 )
 def test_result_relevant_changes_change_the_hash(suite_dir: Path, old: str, new: str) -> None:
