@@ -7,7 +7,6 @@ Every host is ``orchestrate simulate`` in its own process (so it can be SIGKILLe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -40,6 +39,7 @@ from ipc_bridge.wire import (
     TaskEventContent,
     slot_topic,
 )
+from tests.streams import Collector
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -117,47 +117,6 @@ async def client(bridge: BridgeProcess) -> AsyncIterator[BridgeClient]:
         yield c
     finally:
         await c.close(linger_ms=0)
-
-
-class Collector:
-    """Runs ``client.events(slot, since_seq)`` in the background; tests await conditions on it."""
-
-    def __init__(self, client: BridgeClient, slot: str, since_seq: int | None = 0) -> None:
-        self.events: list[Event] = []
-        self.error: BaseException | None = None
-        self._changed = asyncio.Condition()
-        self._task = asyncio.ensure_future(self._run(client, slot, since_seq))
-
-    async def _run(self, client: BridgeClient, slot: str, since_seq: int | None) -> None:
-        try:
-            async for event in client.events(slot, since_seq):
-                async with self._changed:
-                    self.events.append(event)
-                    self._changed.notify_all()
-        except Exception as exc:
-            async with self._changed:
-                self.error = exc
-                self._changed.notify_all()
-
-    async def wait(self, predicate: Callable[[Event], bool], timeout: float = 10) -> Event:
-        def found() -> Event | None:
-            # Events that came before the error still count: a stream ends with BridgeLost once the
-            # bridge it followed has stopped.
-            event = next((e for e in self.events if predicate(e)), None)
-            if event is None and self.error is not None:
-                raise self.error
-            return event
-
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
-        event = found()
-        assert event is not None
-        return event
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 def named(name: str, task_id: str | None = None) -> Callable[[Event], bool]:

@@ -155,45 +155,6 @@ async def inproc_bridge(
         await bridge.shutdown()
 
 
-class Collector:
-    """``client.events(slot, since_seq)`` in the background; tests await conditions on what came."""
-
-    def __init__(self, client: BridgeClient, slot: str, since_seq: int | None = 0) -> None:
-        self.events: list[Event] = []
-        self.error: BaseException | None = None
-        self._changed = asyncio.Condition()
-        self._task = asyncio.ensure_future(self._run(client, slot, since_seq))
-
-    async def _run(self, client: BridgeClient, slot: str, since_seq: int | None) -> None:
-        try:
-            async for ev in client.events(slot, since_seq):
-                async with self._changed:
-                    self.events.append(ev)
-                    self._changed.notify_all()
-        except Exception as exc:
-            async with self._changed:
-                self.error = exc
-                self._changed.notify_all()
-
-    async def wait(self, predicate: Callable[[Event], bool], timeout: float = 10) -> Event:
-        def found() -> Event | None:
-            hit = next((e for e in self.events if predicate(e)), None)
-            if hit is None and self.error is not None:
-                raise self.error
-            return hit
-
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: found() is not None), timeout)
-        hit = found()
-        assert hit is not None
-        return hit
-
-    async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-
 def named(name: str, task_id: str | None = None) -> Callable[[Event], bool]:
     return lambda e: e.event_name == name and (task_id is None or e.task_id == task_id)
 

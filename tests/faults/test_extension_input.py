@@ -17,11 +17,11 @@ from ipc_bridge.client import ConnectFailed
 from ipc_bridge.framing import FrameDecoder, encode_frame
 from ipc_bridge.slots import SlotConfig
 from ipc_bridge.wire import SlotInfo, TaskEventContent
+from tests.streams import Collector
 
 from .bad_input_harness import (
     ACK,
     CLIENT_ID,
-    Collector,
     FakeHost,
     HostConn,
     assert_contiguous,
