@@ -21,12 +21,13 @@ from typing import Any
 import orjson
 import pytest
 
-from ipc_bridge.extension import ConnectTimeout, Disconnected, ExtensionConnection, connect
+from ipc_bridge.extension import ConnectTimeout, ExtensionConnection, connect
 from ipc_bridge.protocol import CloseTask, GetModes, StartNewTask, StartNewTaskData
 from ipc_bridge.simulator.farm import FarmClient, FarmError
 from ipc_bridge.simulator.farm import SimulatorFarm as Farm
 from orchestrator.hosts import HostError, SimulatorFarm
 from orchestrator.results import read_records
+from tests.ipc_waits import until_disconnected, until_event
 from tests.test_run import EXERCISES, orchestrate
 
 pytestmark = pytest.mark.timeout(30)
@@ -44,25 +45,6 @@ def gone(path: str) -> bool:
 
 def sockets_in(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.is_socket())
-
-
-async def until_event(conn: ExtensionConnection, name: str, timeout: float = 5.0) -> dict[str, Any]:
-    async def loop() -> dict[str, Any]:
-        while True:
-            data = await conn.recv_data()
-            if data.get("type") == "TaskEvent" and data["data"]["eventName"] == name:
-                return dict(data["data"])
-
-    return await asyncio.wait_for(loop(), timeout)
-
-
-async def until_disconnected(conn: ExtensionConnection, timeout: float = 5.0) -> None:
-    async def loop() -> None:
-        while True:
-            await conn.recv_data()
-
-    with pytest.raises(Disconnected):
-        await asyncio.wait_for(loop(), timeout)
 
 
 async def modes(conn: ExtensionConnection) -> list[Any]:

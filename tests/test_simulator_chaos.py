@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 
-from ipc_bridge.extension import ConnectTimeout, Disconnected, ExtensionConnection, connect
+from ipc_bridge.extension import ConnectTimeout, ExtensionConnection, connect
 from ipc_bridge.protocol import CancelTask, CloseTask, GetModes, StartNewTask, StartNewTaskData
 from ipc_bridge.simulator import Chaos, ScriptError, SimulatorHost, chaos_outcome, parse_script
 from ipc_bridge.simulator.farm import FarmClient
 from ipc_bridge.simulator.farm import SimulatorFarm as Farm
+from tests.ipc_waits import until_disconnected, until_event
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -53,23 +54,8 @@ async def recv(conn: ExtensionConnection) -> dict[str, Any]:
     return data
 
 
-async def until_event(conn: ExtensionConnection, name: str, timeout: float = 5.0) -> dict[str, Any]:
-    async def loop() -> dict[str, Any]:
-        while True:
-            data = await recv(conn)
-            if data.get("type") == "TaskEvent" and data["data"]["eventName"] == name:
-                return dict(data["data"])
-
-    return await asyncio.wait_for(loop(), timeout)
-
-
-async def until_disconnected(conn: ExtensionConnection, timeout: float = 5.0) -> None:
-    async def loop() -> None:
-        while True:
-            await conn.recv_data()
-
-    with pytest.raises(Disconnected):
-        await asyncio.wait_for(loop(), timeout)
+async def _until_event(conn: ExtensionConnection, name: str, timeout: float = 5.0) -> dict[str, Any]:
+    return await until_event(conn, name, timeout, recv=recv)
 
 
 def gone(path: str) -> bool:
@@ -156,7 +142,7 @@ async def test_freeze_ignores_every_command_but_stop_still_ends_the_host(sockdir
         conn = await connect(host.socket_path, timeout=5)
         try:
             await conn.send_command(start({"outcome": "freeze", "duration": "1s"}))
-            await until_event(conn, "taskStarted")
+            await _until_event(conn, "taskStarted")
             await asyncio.wait_for(host.wait_frozen(), 5)
             for command in (CancelTask(), GetModes(), CloseTask()):
                 await conn.send_command(command)
@@ -191,7 +177,7 @@ async def test_a_frozen_host_in_a_farm_blocks_no_other_and_closes_on_request(
         await conn_a.send_command(CloseTask())
 
         await conn_b.send_command(start({"duration": "1s", "files": {"x.txt": "x"}}))
-        await until_event(conn_b, "taskIdle")  # the farm's other host runs on meanwhile
+        await _until_event(conn_b, "taskIdle")  # the farm's other host runs on meanwhile
         assert not ended_a.done() and sorted(server.hosts) == [a, b]
 
         await client.request("close", timeout=5, socket=a)
@@ -223,7 +209,7 @@ async def test_chaos_crash_behaves_like_the_crash_outcome(
         assert await asyncio.wait_for(ended_c, 5) is True  # announced as a crash, like outcome: crash
         assert gone(crashed)
         assert (sockdir / "c.txt").read_text() == "c"  # the work before the crash was done
-        await until_event(conn_s, "taskIdle")  # the scripted outcome where the draw spared the task
+        await _until_event(conn_s, "taskIdle")  # the scripted outcome where the draw spared the task
         assert not ended_s.done()
     finally:
         await conn_c.close()
@@ -238,10 +224,10 @@ async def test_chaos_freeze_and_the_draw_of_a_hosts_later_task(sockdir: Path) ->
         await connect(host.socket_path, timeout=5) as conn,
     ):
         await conn.send_command(start(script))
-        await until_event(conn, "taskIdle")  # the first task was spared: it completed
+        await _until_event(conn, "taskIdle")  # the first task was spared: it completed
         assert not host.frozen
         await conn.send_command(start(script))
-        await until_event(conn, "taskStarted")
+        await _until_event(conn, "taskStarted")
         await asyncio.wait_for(host.wait_frozen(), 5)
         await conn.send_command(CancelTask())
         await assert_silent(conn, host)
