@@ -72,14 +72,26 @@ ORCHESTRATION = ("orchestrator", "bridge", "workers")
 
 
 def make_suite(
-    path: Path, *, attempts: int, duration_ms: float, status_delay_ms: float, process: bool
+    path: Path,
+    *,
+    attempts: int,
+    duration_ms: float,
+    status_delay_ms: float,
+    process: bool,
+    prelaunch: int | None = None,
 ) -> None:
     options: dict[str, Any] = {"time_scale": 1.0, "status_delay": status_delay_ms / 1000, "seed": SIM_SEED}
     if process:
         options["process_per_host"] = True
     suite = {
         "name": "sched-bench",
-        "target": {"kind": "simulator", "slots": 1, "launch_timeout": "60s", "options": options},
+        "target": {
+            "kind": "simulator",
+            "slots": 1,
+            "launch_timeout": "60s",
+            "options": options,
+            **({} if prelaunch is None else {"prelaunch": prelaunch}),
+        },
         "defaults": {"timeout": "60s", "retries": 0, "completion_grace": "5s"},
         "repeats": attempts,
         "cases": [
@@ -227,6 +239,14 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+PHASES = ("setup_s", "launch_s", "wait_s", "agent_s", "teardown_s")
+
+
+def _task_start(r: AttemptRecord) -> float:
+    t = r.timings
+    return r.started_at.timestamp() + (t.setup_s or 0.0) + (t.launch_s or 0.0) + (t.wait_s or 0.0)
+
+
 def run_once(args: argparse.Namespace, slots: int, tmp: Path) -> dict[str, Any]:
     work = tmp / f"s{slots}"
     work.mkdir()
@@ -237,6 +257,7 @@ def run_once(args: argparse.Namespace, slots: int, tmp: Path) -> dict[str, Any]:
         duration_ms=args.duration_ms,
         status_delay_ms=args.status_delay_ms,
         process=args.process_per_host,
+        prelaunch=args.prelaunch,
     )
     argv = [sys.executable, "-m", "orchestrator", "run", str(suite), "--slots", str(slots)]
     argv += ["--results", str(work / "results"), "--run-id", "r", "--quiet"]
@@ -286,7 +307,11 @@ def analyse(
     ends = sorted(r.ended_at.timestamp() for r in records)
     makespan = ends[-1] - starts[0]
     ideal = n * args.duration_ms / 1000 / slots
-    idle = sorted(max(0.0, starts[slots + k] - ends[k]) for k in range(max(0, n - slots)))
+    # A slot is busy while a task runs (StartNewTask to its outcome): readied attempts (prelaunch) are
+    # set up and attached before their slot frees, and tear down after it is given back.
+    task_starts = sorted(_task_start(r) for r in records)
+    task_ends = sorted(_task_start(r) + (r.timings.agent_s or 0.0) for r in records)
+    idle = sorted(max(0.0, task_starts[slots + k] - task_ends[k]) for k in range(max(0, n - slots)))
     lo, hi = sampler.at(starts[0]), sampler.at(ends[-1])
     steady = {role: (hi[role] - lo[role]) / n * 1000 for role in ROLES}
     statuses: dict[str, int] = {}
@@ -304,6 +329,7 @@ def analyse(
         "attempts": n,
         "duration_ms": args.duration_ms,
         "hosts": "process per host" if args.process_per_host else "farm",
+        "prelaunch": "slots (default)" if args.prelaunch is None else args.prelaunch,
         "statuses": statuses,
         "makespan_s": round(makespan, 3),
         "ideal_s": round(ideal, 3),
@@ -319,7 +345,7 @@ def analyse(
         "cpu_ms_per_attempt_steady_by_role": {k: round(v, 3) for k, v in steady.items()},
         "slot_idle_ms_p50": round(_percentile(idle, 0.5) * 1000, 2),
         "slot_idle_ms_p99": round(_percentile(idle, 0.99) * 1000, 2),
-        "phases_ms_mean": {p: round(phase(p), 2) for p in ("setup_s", "launch_s", "agent_s", "teardown_s")},
+        "phases_ms_mean": {p: round(phase(p), 2) for p in PHASES},
         "start_rate_per_s": round(n / makespan, 1),
         "anchor_start_rate_per_s": ROO_START_RATE,
     }
@@ -331,7 +357,7 @@ def analyse(
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         f"scheduling: {rows[0]['attempts']} attempts x {rows[0]['duration_ms']:g} ms, {rows[0]['hosts']}, "
-        f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}"
+        f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}, prelaunch {rows[0]['prelaunch']}"
     ]
 
     def add(label: str, cells: list[str]) -> None:
@@ -358,7 +384,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "slot idle p50 / p99 (ms)",
         [f"{r['slot_idle_ms_p50']:.1f} / {r['slot_idle_ms_p99']:.1f}" for r in rows],
     )
-    for p in ("setup_s", "launch_s", "agent_s", "teardown_s"):
+    for p in PHASES:
         suffix = f" [D = {rows[0]['duration_ms']:g}]" if p == "agent_s" else ""
         add(f"  mean {p[:-2]} (ms){suffix}", [f"{r['phases_ms_mean'][p]:.1f}" for r in rows])
     add(
@@ -398,6 +424,12 @@ def main() -> int:
         help="taskIdle lag behind the completion ask (part of D)",
     )
     parser.add_argument("--process-per-host", action="store_true", help="one simulator process per attempt")
+    parser.add_argument(
+        "--prelaunch",
+        type=int,
+        default=None,
+        help="target.prelaunch: attempts readied ahead (default: the simulator's, = slots)",
+    )
     parser.add_argument(
         "--keep", type=Path, default=None, help="keep suites, logs and results in this directory"
     )

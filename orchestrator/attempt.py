@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from ipc_bridge.client import BridgeClient, BridgeError, BridgeRestarted, Event
 
@@ -74,15 +74,34 @@ class _Phase:
         self._t = now
 
 
+class SlotGate(Protocol):
+    """The run's slots, for attempts readied ahead (``prelaunch``)."""
+
+    async def acquire(self, ticket: str) -> bool:
+        """A slot for ``ticket``'s task; False if held back (a spent budget, a stop)."""
+
+    def release(self, ticket: str) -> None:
+        """``ticket``'s task is over: its slot may go to the next readied attempt."""
+
+
 class AttemptRunner:
     """Runs jobs for one worker process; several at once (one asyncio task each)."""
 
     def __init__(
-        self, client: BridgeClient, config: WorkerConfig, wid: int, farm: SimulatorFarm | None = None
+        self,
+        client: BridgeClient,
+        config: WorkerConfig,
+        wid: int,
+        farm: SimulatorFarm | None = None,
+        *,
+        gate: SlotGate | None = None,
     ) -> None:
+        """``gate``: where a readied attempt (workspace, host, attach) gets its slot before its task
+        starts; None: every job given runs at once."""
         self.client = client
         self.config = config
         self.wid = wid
+        self._gate = gate
         self._counter = itertools.count(1)
         self._farm = farm
         self._restart = asyncio.Event()
@@ -120,7 +139,9 @@ class AttemptRunner:
         if self._farm is not None:
             await self._farm.close()
 
-    async def run(self, job: Job) -> JobResult:
+    async def run(self, job: Job, ticket: str = "") -> JobResult:
+        """Run ``job`` (``ticket`` names it to the gate) to its record, or to an unstarted result when
+        the gate held it back or it was cancelled before its task started."""
         started = datetime.now(timezone.utc)
         phase = _Phase()
         attempt = job.attempt
@@ -134,6 +155,9 @@ class AttemptRunner:
         error_class: Literal["infra", "harness"] | None = "infra"
         error: str | None = None
         attached = False  # the slot exists in the bridge: it must be detached, its task cancelled if stopped
+        holding = False  # one of this worker's slots: given back as soon as the agent is done
+        task_started = False  # StartNewTask may have gone out: the attempt gets a record, whatever happens
+        unstarted = False
         workspace = Path(tempfile.mkdtemp(prefix=f"{attempt.key.slug[:40]}-", dir=self.config.work_dir))
         try:
             try:
@@ -151,7 +175,22 @@ class AttemptRunner:
                 phase.lap("launch_s")
             except (HostError, BridgeError, OSError) as exc:
                 raise _Stop(Status.INFRA_ERROR, "extension host did not come up", "infra", str(exc)) from exc
-            tracker, responsive = await self._follow(attempt, slot, transcript, restart)
+            inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+            # Subscribed while the attempt waits for a slot: the welcome and the snapshot of its stream
+            # are then not on the task's clock.
+            pump = asyncio.ensure_future(self._pump(slot, inbox, restart))
+            try:
+                if self._gate is not None:
+                    if not await self._gate.acquire(ticket):
+                        raise _Unstarted
+                    holding = True
+                    phase.lap("wait_s")
+                task_started = True
+                tracker, responsive = await self._follow(attempt, slot, transcript, restart, inbox)
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
             outcome = tracker.result()
             status, reason = outcome.status, outcome.reason
             if not responsive:
@@ -162,6 +201,8 @@ class AttemptRunner:
                 status, reason = Status.INFRA_ERROR, "extension host unresponsive"
             error_class = "infra" if status.is_infra else None
             phase.lap("agent_s")
+            # The task is over: a readied attempt may start now, while this one tears down and is checked.
+            holding = self._release(holding, ticket)
             await self._cleanup_host(slot, host)
             host, attached = None, False
             phase.lap("teardown_s")
@@ -172,18 +213,25 @@ class AttemptRunner:
                 phase.lap("check_s")
         except _Stop as stop:
             status, reason, error_class, error = stop.status, stop.reason, stop.error_class, stop.detail
+        except _Unstarted:
+            unstarted = True
         except asyncio.CancelledError:
             status, reason, error_class = Status.CANCELLED, "cancelled by the orchestrator", None
-            if attached:
+            unstarted = not task_started
+            if attached and task_started:
                 # A leased host (socket target) is not closed afterwards: its task must be stopped here.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.client.cancel(slot), 2)
         finally:
+            self._release(holding, ticket)
             if host is not None or attached:
                 await asyncio.shield(self._cleanup_host(slot, host))
             if not self.config.keep_workspaces:
                 # rmdir blocks for milliseconds per directory on some disks: not on the event loop
                 await asyncio.shield(asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True))
+        if unstarted:
+            # Never run (a stop or a spent budget held it back): nothing to record.
+            return JobResult({}, unstarted=True)
         if check is not None:
             passed: bool | None = check.passed
         else:
@@ -208,6 +256,11 @@ class AttemptRunner:
         if tracker is not None:
             record.metrics = tracker.metrics()
         return JobResult(record.model_dump(mode="json"), transcript)
+
+    def _release(self, holding: bool, ticket: str) -> bool:
+        if holding and self._gate is not None:
+            self._gate.release(ticket)
+        return False
 
     # ---------------------------------------------------------------------------------- phases
 
@@ -282,60 +335,59 @@ class AttemptRunner:
         return await self._farm.host(socket_path, workspace, timeout=float(target.launch_timeout), **params)
 
     async def _follow(
-        self, attempt: Attempt, slot: str, transcript: list[dict[str, Any]], restart: asyncio.Event
+        self,
+        attempt: Attempt,
+        slot: str,
+        transcript: list[dict[str, Any]],
+        restart: asyncio.Event,
+        inbox: asyncio.Queue[Event | BaseException],
     ) -> tuple[OutcomeTracker, bool]:
-        """Start the task and follow it to its outcome. Returns the tracker and whether the host
-        reacted to the CancelTask that an outcome leaving the task running is followed by."""
+        """Start the task and follow its events (``inbox``, filled by :meth:`_pump`) to its outcome.
+        Returns the tracker and whether the host reacted to the CancelTask that an outcome leaving the
+        task running is followed by."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         tracker = OutcomeTracker(t0, attempt.limits)
-        inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
-        pump = asyncio.ensure_future(self._pump(slot, inbox, restart))
+        configuration = dict(attempt.configuration)
+        if attempt.case.simulate is not None:
+            # Real hosts strip unknown configuration keys (zod strip mode), so any target may get
+            # it; a simulator behind a command or vscode target needs it.
+            configuration["simulate"] = attempt.case.simulate
         try:
-            configuration = dict(attempt.configuration)
-            if attempt.case.simulate is not None:
-                # Real hosts strip unknown configuration keys (zod strip mode), so any target may get
-                # it; a simulator behind a command or vscode target needs it.
-                configuration["simulate"] = attempt.case.simulate
-            try:
-                await self._unless_restart(
-                    self.client.start_task(
-                        slot, attempt.prompt, configuration, timeout=attempt.limits.start_timeout + 10
-                    ),
-                    restart,
-                )
-            except BridgeError as exc:
-                tracker.force(Status.INFRA_ERROR, f"StartNewTask failed: {exc}", loop.time())
-                return tracker, True
-            while not tracker.done:
-                now = loop.time()
-                deadline = tracker.next_deadline()
-                wait = 1.0 if deadline is None else max(0.0, deadline - now)
-                try:
-                    item = await asyncio.wait_for(inbox.get(), wait)
-                except asyncio.TimeoutError:
-                    tracker.tick(loop.time())
-                    continue
-                now = loop.time()
-                if isinstance(item, BaseException):
-                    tracker.force(Status.INFRA_ERROR, f"lost the event stream: {item}", now)
-                elif item.msg_type == TASK_EVENT:
-                    event = item.task_event()
-                    transcript.append(
-                        {"t": round(now - t0, 4), "dir": "in", "seq": item.seq, "event": event.wire()}
-                    )
-                    tracker.feed(event, now)
-                elif item.msg_type == SLOT_DOWN:
-                    tracker.force(Status.INFRA_ERROR, "extension host disconnected", now)
-                tracker.tick(now)
-            status = tracker.status
-            if status is not None and status.task_left_running:
-                return tracker, await self._cancel(slot, inbox, transcript, t0, attempt.limits.cancel_timeout)
+            await self._unless_restart(
+                self.client.start_task(
+                    slot, attempt.prompt, configuration, timeout=attempt.limits.start_timeout + 10
+                ),
+                restart,
+            )
+        except BridgeError as exc:
+            tracker.force(Status.INFRA_ERROR, f"StartNewTask failed: {exc}", loop.time())
             return tracker, True
-        finally:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump
+        while not tracker.done:
+            now = loop.time()
+            deadline = tracker.next_deadline()
+            wait = 1.0 if deadline is None else max(0.0, deadline - now)
+            try:
+                item = await asyncio.wait_for(inbox.get(), wait)
+            except asyncio.TimeoutError:
+                tracker.tick(loop.time())
+                continue
+            now = loop.time()
+            if isinstance(item, BaseException):
+                tracker.force(Status.INFRA_ERROR, f"lost the event stream: {item}", now)
+            elif item.msg_type == TASK_EVENT:
+                event = item.task_event()
+                transcript.append(
+                    {"t": round(now - t0, 4), "dir": "in", "seq": item.seq, "event": event.wire()}
+                )
+                tracker.feed(event, now)
+            elif item.msg_type == SLOT_DOWN:
+                tracker.force(Status.INFRA_ERROR, "extension host disconnected", now)
+            tracker.tick(now)
+        status = tracker.status
+        if status is not None and status.task_left_running:
+            return tracker, await self._cancel(slot, inbox, transcript, t0, attempt.limits.cancel_timeout)
+        return tracker, True
 
     async def _pump(
         self, slot: str, inbox: asyncio.Queue[Event | BaseException], restart: asyncio.Event
@@ -403,6 +455,10 @@ class AttemptRunner:
 
 class _HarnessError(Exception):
     pass
+
+
+class _Unstarted(Exception):
+    """Held back before StartNewTask."""
 
 
 class _Stop(Exception):

@@ -271,6 +271,16 @@ class SimulatorFarm:
     def running(self) -> bool:
         return self._client is not None and self._client.connected
 
+    async def start(self) -> bool:
+        """Start the farm ahead of its first host; False (logged) if it did not come up, which the
+        first :meth:`host` then reports."""
+        try:
+            await self._ensure()
+        except HostError as exc:
+            log.warning("%s", exc)
+            return False
+        return True
+
     async def host(
         self, socket_path: str, workspace: Path, *, timeout: float = 30.0, **params: Any
     ) -> FarmHost:

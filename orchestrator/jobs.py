@@ -42,6 +42,9 @@ class Job:
 class JobResult:
     record: dict[str, Any]
     transcript: list[dict[str, Any]] = field(default_factory=list)
+    unstarted: bool = False
+    """The job was readied (``prelaunch``) but its task never started: held back by a budget or a stop.
+    It has no record; the scheduler queues it again."""
 
 
 def host_seed(base: Any, key: AttemptKey, number: int) -> int:

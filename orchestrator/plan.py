@@ -28,7 +28,7 @@ _SKIP_SUFFIXES = (".pyc", ".pyo")
 # target fields that say where hosts are or how fast they start, not how the agent behaves
 # where and how many hosts run does not change what an attempt is: a Ray run resumes a local one
 _TARGET_NOT_HASHED = frozenset(
-    {"slots", "launch_timeout", "close_grace", "connect_timeout", "sockets", "executor"}
+    {"slots", "launch_timeout", "close_grace", "connect_timeout", "sockets", "executor", "prelaunch"}
 )
 # where the files are does not matter, what they hold does (the prompt text and the workspace digest)
 _CASE_NOT_HASHED = frozenset({"tags", "description", "workspace", "prompt_file"})

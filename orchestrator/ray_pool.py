@@ -274,6 +274,9 @@ class RayPool:
         out.extend(self._starved())
         return out
 
+    def hold_all(self) -> None:
+        """Nothing to hold: Ray nodes ready no attempt ahead of a free slot (``prelaunch`` is 0)."""
+
     def cancel_all(self) -> None:
         """Cancel every job: running ones through their node (CancelTask, then a ``cancelled`` record),
         waiting ones here (a ``cancelled`` record without a start)."""

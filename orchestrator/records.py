@@ -55,6 +55,8 @@ class Timings(BaseModel):
     model_config = ConfigDict(extra="ignore")
     setup_s: float | None = None
     launch_s: float | None = None
+    wait_s: float | None = None
+    """Ready (workspace set up, host attached), waiting for a slot to free: only with ``prelaunch``."""
     agent_s: float | None = None
     check_s: float | None = None
     teardown_s: float | None = None

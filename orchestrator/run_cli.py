@@ -100,7 +100,9 @@ class _Progress:
     "--force", is_flag=True, help="With --resume: accept a suite that changed since the run started."
 )
 @click.option(
-    "--workers", type=int, help="Worker processes (default: min(slots, 2)); each drives several slots."
+    "--workers",
+    type=int,
+    help="Worker processes (default: min(slots, 2); never more than slots); each drives several slots.",
 )
 @click.option(
     "--keep-workspaces", is_flag=True, help="Keep each attempt's workspace copy (printed at the end)."
@@ -163,6 +165,9 @@ def run(
             suite = _on_ray(suite)
     except SuiteError as exc:
         click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if workers is not None and workers < 1:
+        click.echo(f"error: --workers: must be at least 1, got {workers}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     for option, name in (("--run-id", run_id), ("--resume", resume_id)):
         if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\0" in name):

@@ -141,10 +141,13 @@ class Scheduler:
                     self.writer.run_dir / BRIDGE_LOG,
                     max_restarts=self.options.bridge_restarts,
                 )
-                workers = self.options.workers or max(1, min(slots, 2))
+                # A worker with no slot of its own would hold readied jobs it can never start.
+                workers = min(self.options.workers or 2, slots)
+                spare = self._spare()
                 # The workers spawn and import while the bridge starts; then they are told where it is.
-                pool = Pool(WORKER_MAIN, config, workers=workers, slots_per_worker=-(-slots // workers))
+                pool = Pool(WORKER_MAIN, config, workers=workers, slots=slots, spare=spare)
                 pool.announce(("connect", str(self._supervisor.start().connection_file)))
+                slots += spare
             self._capacity = slots
             return self._loop(pool)
         finally:
@@ -160,7 +163,8 @@ class Scheduler:
     def _loop(self, pool: Executor) -> str:
         cancel_deadline: float | None = None
         while True:
-            if self._stopping and cancel_deadline is None:
+            # A spent budget only stops new starts: what runs has been paid for, and ends by itself.
+            if self._stopping == "interrupted" and cancel_deadline is None:
                 pool.cancel_all()
                 cancel_deadline = time.monotonic() + CANCEL_WAIT
             if not self._stopping:
@@ -195,6 +199,7 @@ class Scheduler:
         while self._queue and self._queue[0].not_before <= now and pool.in_flight < self._capacity:
             if self._over_budget():
                 self._stopping = "budget"
+                pool.hold_all()  # readied attempts are not started either
                 return
             if isinstance(self.suite.target, SocketTarget) and not self._free_sockets:
                 return
@@ -204,6 +209,16 @@ class Scheduler:
             if socket is not None:
                 self._leased[job_id] = socket
             pool.submit(job_id, Job(item.attempt, item.number, socket))
+
+    def _spare(self) -> int:
+        """Attempts readied ahead. None by default under a budget: a readied attempt starts as soon as
+        a slot frees, before the cost of the attempt that freed it is known."""
+        target = self.suite.target
+        if isinstance(target, SocketTarget):
+            return 0
+        if self.suite.budget.max_cost_usd is not None and target.prelaunch is None:
+            return 0
+        return target.spare
 
     def _over_budget(self) -> bool:
         limit = self.suite.budget.max_cost_usd
@@ -215,6 +230,10 @@ class Scheduler:
         job: Job = item.payload
         result: JobResult = item.result
         self._release(item.job_id)
+        if result.unstarted:
+            # Held back before its task started: it is still to run (skipped now, or on resume).
+            heapq.heappush(self._queue, _Queued(0.0, job.attempt.index, job.number, job.attempt))
+            return
         if "crash" in result.record:
             record = self._error_record(
                 job, Status.INFRA_ERROR, "harness", "worker error", result.record["crash"]

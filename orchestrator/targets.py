@@ -27,6 +27,10 @@ from .config_types import (
 from .durations import Duration
 
 
+def _slots_not_bool(cls: Any, value: Any) -> Any:
+    return not_bool(value)
+
+
 class _Launched(Strict):
     slots: int = Field(default=4, ge=1, le=1024)
     """Extension hosts used at once."""
@@ -37,10 +41,26 @@ class _Launched(Strict):
     """How long a launched host may take until its socket answers."""
     close_grace: Duration = 10.0
     """After CloseTask, how long a host may take to exit before it is terminated."""
+    prelaunch: int | None = Field(default=None, ge=0, le=1024)
+    """Attempts readied ahead while every slot is busy: workspace copied, set-up commands run, host
+    launched and attached, so that a freed slot starts its next task at once, and a finished attempt's
+    teardown and check overlap the next task. At most ``slots`` tasks still run at once; up to
+    ``slots + prelaunch`` hosts are alive. Default: ``slots`` for the simulator (its hosts are cheap), 0
+    for vscode and command (each readied host is a whole window), and 0 under a ``budget`` (a readied
+    attempt starts as soon as a slot frees, before the cost of the one that freed it is known: set
+    ``prelaunch`` with a budget and the run may overshoot the budget by that many attempts more). With
+    ``executor: ray`` it is 0."""
 
+    @property
+    def spare(self) -> int:
+        """How many attempts may be readied ahead (``prelaunch`` with its default filled in)."""
+        if self.executor == "ray":
+            return 0
+        if self.prelaunch is not None:
+            return self.prelaunch
+        return self.slots if isinstance(self, SimulatorTarget) else 0
 
-def _slots_not_bool(cls: Any, value: Any) -> Any:
-    return not_bool(value)
+    _prelaunch = field_validator("prelaunch", mode="before")(_slots_not_bool)
 
 
 class SimulatorTarget(_Launched):

@@ -15,11 +15,54 @@ from typing import Any
 
 from ipc_bridge.client import BridgeClient
 
-from .attempt import AttemptRunner
+from .attempt import AttemptRunner, simulator_farm
 from .jobs import Job, JobResult, WorkerConfig
 from .pool import receive, send
 
 log = logging.getLogger(__name__)
+
+
+class Gate:
+    """A worker's side of the run's slots (see :mod:`orchestrator.pool`): a readied attempt says it is
+    ready and waits for its go; a task that is over gives its slot back at once."""
+
+    def __init__(self, wid: int, outbox: Any) -> None:
+        self._wid = wid
+        self._outbox = outbox
+        self._waiting: dict[str, asyncio.Future[bool]] = {}
+        self._held = False
+
+    async def acquire(self, ticket: str) -> bool:
+        if self._held:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting[ticket] = future
+        send(self._outbox, ("ready", self._wid, ticket))
+        try:
+            return await future
+        finally:
+            del self._waiting[ticket]
+
+    def release(self, ticket: str) -> None:
+        # To a job readied here if there is one (no round trip through the main process), else back.
+        for waiting, future in self._waiting.items():
+            if not future.done():
+                future.set_result(True)
+                send(self._outbox, ("handoff", self._wid, ticket, waiting))
+                return
+        send(self._outbox, ("released", self._wid, ticket))
+
+    def go(self, ticket: str) -> None:
+        future = self._waiting.get(ticket)
+        if future is not None and not future.done():
+            future.set_result(True)
+
+    def hold(self) -> None:
+        """No more gos: every readied attempt still waiting ends unstarted, and so will later ones."""
+        self._held = True
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(False)
 
 
 async def run_guarded(runner: AttemptRunner, job_id: str, job: Job) -> JobResult:
@@ -27,22 +70,23 @@ async def run_guarded(runner: AttemptRunner, job_id: str, job: Job) -> JobResult
     records it as a harness error) instead of a job that never reports back. Shared with the Ray
     executor's node actors."""
     try:
-        return await runner.run(job)
+        return await runner.run(job, job_id)
     except Exception as exc:
         log.error("attempt %s crashed: %s", job_id, traceback.format_exc())
         return JobResult(record={"crash": f"{type(exc).__name__}: {exc}"})
 
 
-def worker_main(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> None:
-    """Entry point of a worker process (see :class:`orchestrator.pool.Pool`)."""
+def worker_main(wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: bool = False) -> None:
+    """Entry point of a worker process (see :class:`orchestrator.pool.Pool`). ``gated``: its jobs are
+    readied, then wait for a slot granted by the main process; otherwise each one starts at once."""
     logging.basicConfig(
         level=os.environ.get("ORCHESTRATE_LOG_LEVEL", "WARNING").upper(),
         format=f"%(asctime)s %(levelname)s worker-{wid} %(name)s: %(message)s",
     )
-    asyncio.run(_serve(wid, inbox, outbox, config))
+    asyncio.run(_serve(wid, inbox, outbox, config, gated))
 
 
-async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> None:
+async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: bool) -> None:
     loop = asyncio.get_running_loop()
     messages: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
@@ -54,23 +98,38 @@ async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> Non
                 return
 
     threading.Thread(target=read_inbox, name="inbox", daemon=True).start()
-    connection = config.connection_file
-    if not connection:
-        # The pool starts while the bridge does (their start-ups overlap): the scheduler then says where
-        # the bridge is, before any job.
-        msg = await messages.get()
-        if msg[0] != "connect":
-            return
-        connection = msg[1]
-    client = await BridgeClient.connect(connection)
-    runner = AttemptRunner(client, config, wid)
-    running: dict[str, asyncio.Task[None]] = {}
+    farm = simulator_farm(config, wid)
+    # The farm starts while the bridge does: the first attempt need not wait for it (a failed start
+    # is retried by the first attempt that needs a host).
+    warming = asyncio.ensure_future(farm.start()) if farm is not None else None
+    client: BridgeClient | None = None
+    try:
+        connection = config.connection_file
+        if not connection:
+            # The pool starts while the bridge does (their start-ups overlap): the scheduler then says
+            # where the bridge is, before any job.
+            msg = await messages.get()
+            if msg[0] == "connect":
+                connection = msg[1]
+        if connection:
+            client = await BridgeClient.connect(connection)
+    finally:
+        if client is None:
+            if warming is not None:
+                warming.cancel()
+            if farm is not None:
+                await farm.close()
+    if client is None:
+        return
+    gate = Gate(wid, outbox) if gated else None
+    runner = AttemptRunner(client, config, wid, farm, gate=gate)
+    tasks: dict[str, asyncio.Task[None]] = {}
 
     async def run_job(job_id: str, job: Job) -> None:
         try:
             result = await run_guarded(runner, job_id, job)
         finally:
-            running.pop(job_id, None)
+            tasks.pop(job_id, None)
         send(outbox, ("done", wid, job_id, result))
 
     try:
@@ -78,14 +137,20 @@ async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig) -> Non
             msg = await messages.get()
             if msg[0] == "job":
                 _, job_id, job = msg
-                running[job_id] = asyncio.ensure_future(run_job(job_id, job))
+                tasks[job_id] = asyncio.ensure_future(run_job(job_id, job))
+            elif msg[0] == "go" and gate is not None:
+                gate.go(msg[1])
+            elif msg[0] == "hold" and gate is not None:
+                gate.hold()
             elif msg[0] == "cancel":
-                for task in list(running.values()):
+                if gate is not None:
+                    gate.hold()  # what has not started yet ends without a record
+                for task in list(tasks.values()):
                     task.cancel()
             elif msg[0] == "stop":
                 break
-        if running:
-            await asyncio.gather(*running.values(), return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
     finally:
         await runner.close()
         await client.close()

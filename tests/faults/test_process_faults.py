@@ -176,11 +176,13 @@ def test_sigint_or_sigterm_stops_cancels_and_resume_completes(tmp_path: Path, si
 """
         for i in range(2)
     )
+    # quick lasts 1 s (time_scale 0.05): by its end both hang tasks have started (an attempt whose task
+    # had not would end without a record).
     quick = f"""
 - id: quick
   prompt: quick
   workspace: {EXERCISES}/python/two-fer
-  simulate: {{duration: 100ms}}
+  simulate: {{duration: 20s}}
 """
     suite = simulator_suite(tmp_path, hang + quick, slots=3)
     with running(suite, tmp_path / "r") as (proc, first):
