@@ -6,6 +6,7 @@
     results.jsonl      one AttemptRecord a line, appended, flushed and fsynced as each attempt ends
     events/<case>__<model>__<repeat>__<attempt>.jsonl   each attempt's transcript (non-partial events)
     summary.json       pass rate and totals by model and tag, rebuilt from results.jsonl
+    results.parquet    a columnar cache of results.jsonl for load(), written when the run ends (optional)
 
 One process (the main one) owns a :class:`ResultsWriter`; it never writes a second final record for a
 key, and on resume it cuts away a torn last line left by a hard kill. Every JSON file is written whole
@@ -15,7 +16,6 @@ key, and on resume it cuts away a torn last line left by a hard kill. Every JSON
 from __future__ import annotations
 
 import contextlib
-import gc
 import glob
 import importlib
 import logging
@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from . import columnar
 from .config import Redactor, Suite
 from .plan import AttemptKey
 from .records import (
@@ -370,6 +371,11 @@ class ResultsWriter:
         as compact rows in one pass: a long run's records never all sit in memory as models."""
         return {"schema_version": SCHEMA_VERSION, **summarize_rows(read_rows(self.run_dir)), **extra}
 
+    def write_columnar(self) -> Path | None:
+        """At the end of a run: results.parquet, the columnar cache that :func:`load` reads instead of
+        results.jsonl while it matches it. Never raises: without it, load() parses results.jsonl."""
+        return columnar.write_cache(self.run_dir)
+
     def write_summary(self, summary: Mapping[str, Any] | None = None, **extra: Any) -> Path:
         """Write summary.json: ``summary`` (from :meth:`summary`), or rebuilt here with ``extra``."""
         path = self.run_dir / SUMMARY
@@ -403,70 +409,20 @@ def _run_dirs(source: str | Path | Iterable[str | Path]) -> list[Path]:
     return out
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Millions of small containers, none of them cyclic: the collector's passes only cost time (~3x)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _read_rows(path: Path) -> list[tuple[Any, ...]]:
-    """Flat rows (:func:`flat_values`) of a results.jsonl, read-only, with the same torn-last-line rule as :func:`read_records`
-    (the writer validated every record; a line that is not one is an error unless it is the last)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
-    rows: list[tuple[Any, ...]] = []
-    loads = orjson.loads
-    with _gc_paused():
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(flat_values(loads(line)))
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                if number == len(lines):
-                    log.warning("%s: skipping a torn last line left by an interrupted run", path)
-                    break
-                raise ResultsError(
-                    f"{path}:{number}: unreadable record ({exc!r}); fix or remove the line"
-                ) from None
-    if len(data) and not data.endswith(b"\n"):
-        log.warning("%s: skipping a torn last line left by an interrupted run", path)
-    return rows
-
-
 def load(source: str | Path | Iterable[str | Path], *, all_attempts: bool = False) -> Any:
     """Load one run, several runs or a glob of runs as a ``pandas.DataFrame``, one row per attempt.
 
     ``source``: a run directory, its results.jsonl, a glob (``"results/*"``), or a list of those.
     By default only final records (one per case, model, repeat and config hash); ``all_attempts=True``
     adds the retried ones. Columns: :data:`COLUMNS` (``started_at``/``ended_at`` as UTC datetimes;
-    ``tool_usage``, ``tool_errors``, ``errors`` and ``tags`` hold Python objects). The files are only
-    read, never repaired. Needs pandas (``pip install 'roo-eval-orchestrator[notebook]'``)."""
+    ``tool_usage``, ``tool_errors``, ``errors`` and ``tags`` hold Python objects). A run's
+    results.parquet (:mod:`orchestrator.columnar`) is read instead of its results.jsonl when it was built
+    from results.jsonl as it is now; the frame is the same. The files are only read, never repaired.
+    Needs pandas (``pip install 'roo-eval-orchestrator[notebook]'``)."""
     try:
-        pd = importlib.import_module("pandas")
+        importlib.import_module("pandas")
     except ImportError:
         raise ImportError(
             "orchestrator.results.load needs pandas: pip install 'roo-eval-orchestrator[notebook]'"
         ) from None
-    final = COLUMNS.index("final")
-    with _gc_paused():
-        rows = [row for run_dir in _run_dirs(source) for row in _read_rows(run_dir / RESULTS)]
-        if not all_attempts:
-            rows = [row for row in rows if row[final]]
-        # Transposed in C; the rows are dropped while the collector is off, so that it never walks them.
-        columns = list(zip(*rows, strict=True)) if rows else [() for _ in COLUMNS]
-        del rows
-        frame = pd.DataFrame(dict(zip(COLUMNS, columns, strict=True)), columns=COLUMNS)
-        del columns
-    for column in ("started_at", "ended_at"):
-        frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
-    return frame
+    return columnar.frame(_run_dirs(source), all_attempts=all_attempts)

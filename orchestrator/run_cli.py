@@ -247,6 +247,8 @@ def run(
         except ResultsError as exc:  # the records are what counts; a resume rewrites both files
             failed = failed or exc
         writer.close()
+        if failed is None:  # load()'s cache; never raises. After a write error, the resume writes it
+            writer.write_columnar()
     if failed is not None:
         click.echo(
             f"error: {failed}; every record written before is complete. Free space (or fix the "
