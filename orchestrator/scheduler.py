@@ -12,6 +12,7 @@ import logging
 import random
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from .config import SocketTarget, Suite
 from .jobs import Job, JobResult, WorkerConfig, new_record
 from .plan import Attempt
 from .pool import Executor, ExecutorStartError, Finished, Lost, Pool
+from .record_queue import RecordQueue
 from .results import AttemptRecord, ResultsWriter
 from .status import Status
 from .supervisor import BridgeSupervisor
@@ -62,11 +64,6 @@ def _runtime_parent() -> str:
     return tmp if len(tmp) <= 40 else "/tmp"
 
 
-def _cost(record: dict[str, Any]) -> float:
-    metrics = record.get("metrics") or {}
-    return float(metrics.get("cost_usd") or 0.0)
-
-
 class Interrupted(Exception):
     """Ctrl-C twice: stop now."""
 
@@ -100,7 +97,9 @@ class Scheduler:
             self._free_sockets = [str(p) for p in suite.target.sockets]
         self._leased: dict[str, str] = {}
         self.skipped_budget = 0
-        self._unrecorded_cost = 0.0
+        self._spent = writer.cost_usd
+        """Cost of every record so far, those still being written included (the budget's measure)."""
+        self._records: RecordQueue | None = None
         self._supervisor: BridgeSupervisor | None = None
 
     # ------------------------------------------------------------------------------------- run
@@ -115,6 +114,7 @@ class Scheduler:
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         pool: Executor | None = None
+        records = self._records = RecordQueue(self.writer)
         try:
             slots = self.suite.target.slots
             config = WorkerConfig(
@@ -159,6 +159,9 @@ class Scheduler:
                 self._supervisor.stop(kill=self._interrupts > 1)
             if not self.options.keep_workspaces:
                 shutil.rmtree(runtime, ignore_errors=True)
+            self._report(records.close())  # after the pool: no record can come after this
+            if records.error is not None and sys.exc_info()[0] is None:
+                raise records.error
 
     def _loop(self, pool: Executor) -> str:
         cancel_deadline: float | None = None
@@ -179,17 +182,15 @@ class Scheduler:
             items = pool.poll(POLL_INTERVAL)
             if self._supervisor is not None:
                 self._supervisor.check()
-            # Refill the freed slots before writing the records (fsync): a slot waits for nothing of ours.
-            # Their cost counts against the budget already.
-            self._unrecorded_cost = sum(_cost(i.result.record) for i in items if isinstance(i, Finished))
-            if not self._stopping:
-                self._start_ready(pool)
-            for item in items:
+            for item in items:  # records go to the writing thread: nothing here waits for a disk
                 if isinstance(item, Finished):
                     self._finished(item)
                 else:
                     self._lost(item)
-            self._unrecorded_cost = 0.0
+            assert self._records is not None
+            self._report(self._records.written())
+            if self._records.error is not None:
+                raise self._records.error
         if self._stopping == "budget":
             self.skipped_budget = len(self._queue)
         return self._stopping or "finished"
@@ -222,7 +223,7 @@ class Scheduler:
 
     def _over_budget(self) -> bool:
         limit = self.suite.budget.max_cost_usd
-        return limit is not None and self.writer.cost_usd + self._unrecorded_cost >= limit
+        return limit is not None and self._spent >= limit
 
     # --------------------------------------------------------------------------------- results
 
@@ -240,9 +241,7 @@ class Scheduler:
             )
         else:
             record = AttemptRecord.model_validate(result.record)
-        if result.transcript:
-            record.events_file = self.writer.write_transcript(job.attempt.key, job.number, result.transcript)
-        self._record(job, record)
+        self._record(job, record, result.transcript)
 
     def _lost(self, lost: Lost) -> None:
         for job_id, job in lost.jobs.items():
@@ -250,14 +249,21 @@ class Scheduler:
             detail = f"worker process {lost.wid} died (exit code {lost.exitcode})"
             self._record(job, self._error_record(job, Status.INFRA_ERROR, "infra", "worker died", detail))
 
-    def _record(self, job: Job, record: AttemptRecord) -> None:
-        self.writer.append(record)
-        self.on_record(record)
+    def _record(
+        self, job: Job, record: AttemptRecord, transcript: list[dict[str, Any]] | None = None
+    ) -> None:
+        assert self._records is not None
+        self._records.put(record, job.attempt.key, job.number, transcript or ())
+        self._spent += record.metrics.cost_usd
         if not record.final and record.status is not Status.CANCELLED and not self._stopping:
             delay = self._backoff(job.number)
             heapq.heappush(
                 self._queue, _Queued(time.monotonic() + delay, job.attempt.index, job.number + 1, job.attempt)
             )
+
+    def _report(self, written: list[AttemptRecord]) -> None:
+        for record in written:
+            self.on_record(record)
 
     def _backoff(self, number: int) -> float:
         d = self.suite.defaults
