@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from .report import build_comparison, build_report, format_comparison, format_report, resolve_run
+from .compare import build_comparison, format_comparison
+from .report import build_report, format_report, resolve_run
 from .results import ResultsError
 
 EXIT_BAD_INPUT = 2

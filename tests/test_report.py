@@ -14,13 +14,11 @@ import pytest
 from click.testing import CliRunner, Result
 
 from orchestrator.cli import main
+from orchestrator.compare import build_comparison, compare_rows, format_comparison
 from orchestrator.grading import CheckResult
 from orchestrator.outcome import Metrics, Status
 from orchestrator.report import (
-    build_comparison,
     build_report,
-    compare_rows,
-    format_comparison,
     format_report,
     read_rows,
     resolve_run,
