@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -53,7 +54,7 @@ def simulator_farm(config: WorkerConfig, wid: int) -> SimulatorFarm | None:
     if not isinstance(target, SimulatorTarget) or target.options.get("process_per_host"):
         return None
     return SimulatorFarm(
-        socket_path_for(Path(config.runtime_dir), f"farm-w{wid}"),
+        socket_path_for(config.runtime_dir, f"farm-w{wid}"),
         log_path=Path(config.work_dir) / f"farm-w{wid}.log",
         ready_timeout=float(target.launch_timeout),
     )
@@ -227,8 +228,7 @@ class AttemptRunner:
             if host is not None or attached:
                 await asyncio.shield(self._cleanup_host(slot, host))
             if not self.config.keep_workspaces:
-                # rmdir blocks for milliseconds per directory on some disks: not on the event loop
-                await asyncio.shield(asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True))
+                await asyncio.shield(_remove(workspace))
         if unstarted:
             # Never run (a stop or a spent budget held it back): nothing to record.
             return JobResult({}, unstarted=True)
@@ -289,10 +289,10 @@ class AttemptRunner:
             if job.socket is None:
                 raise HostError("socket target without a leased socket")
             return None, job.socket
-        socket_path = socket_path_for(Path(self.config.runtime_dir), slot)
-        log_path = Path(self.config.work_dir) / f"{slot}.host.log"
+        socket_path = socket_path_for(self.config.runtime_dir, slot)
         if isinstance(target, SimulatorTarget) and not target.options.get("process_per_host"):
             return await self._farm_host(target, job, workspace, socket_path), socket_path
+        log_path = Path(self.config.work_dir) / f"{slot}.host.log"
         if isinstance(target, SimulatorTarget):
             opts = target.options
             argv = [
@@ -451,6 +451,14 @@ class AttemptRunner:
             await host.stop(grace=2.0)
         with contextlib.suppress(BridgeError, asyncio.TimeoutError):
             await asyncio.wait_for(self.client.detach(slot), 5)
+
+
+async def _remove(workspace: Path) -> None:
+    try:
+        os.rmdir(workspace)  # nothing was put in it: one syscall, not worth a thread
+    except OSError:
+        # rmdir blocks for milliseconds per directory on some disks: not on the event loop
+        await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
 
 
 class _HarnessError(Exception):

@@ -119,9 +119,9 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-def socket_path_for(runtime_dir: Path, name: str) -> str:
+def socket_path_for(runtime_dir: str | Path, name: str) -> str:
     """A socket path in the private runtime dir, short enough for every platform's sun_path."""
-    path = str(runtime_dir / f"{name}.sock")
+    path = os.path.join(runtime_dir, f"{name}.sock")
     if len(path.encode()) >= SUN_PATH_MAX:
         raise HostError(
             f"socket path {path!r} is longer than {SUN_PATH_MAX - 1} bytes; use a shorter runtime dir"
