@@ -46,6 +46,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from orchestrator.hosts import FORKED_FARM_NAME  # noqa: E402
 from orchestrator.results import AttemptRecord, read_records  # noqa: E402
 
 TARGET_RATIO = {32: 1.25, 8: 1.1}
@@ -140,9 +141,10 @@ def _role(pid: int, root: int) -> str:
         return "orchestrator"
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return "other"
-    if "--farm" in cmd:
+    if "--farm" in cmd or name == FORKED_FARM_NAME:  # a forked farm has its worker's command line
         return "farm"
     if " simulate" in cmd:
         return "hosts"

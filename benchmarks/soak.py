@@ -60,6 +60,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ipc_bridge.simulator import chaos_outcome, parse_duration  # noqa: E402
+from orchestrator.hosts import FORKED_FARM_NAME  # noqa: E402
 from orchestrator.jobs import host_seed  # noqa: E402
 from orchestrator.plan import AttemptKey  # noqa: E402
 from orchestrator.results import AttemptRecord, read_records  # noqa: E402
@@ -247,10 +248,13 @@ def descendants(pid: int) -> list[int]:
 
 
 def cmdline(pid: int) -> bytes:
+    """The command line, and the name when it is not the command's (a farm forked by its worker)."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        name = Path(f"/proc/{pid}/comm").read_bytes().strip()
     except OSError:
         return b""
+    return cmd + (b" comm=" + name if name == FORKED_FARM_NAME.encode() else b"")
 
 
 def alive(pid: int) -> bool:
@@ -284,7 +288,7 @@ def cpu_seconds(pid: int) -> float:
 def role(cmd: bytes) -> str:
     if b"ipc_bridge.bridge_cli" in cmd:
         return "bridge"
-    if b"--farm" in cmd or b"simulate" in cmd:
+    if b"--farm" in cmd or b"simulate" in cmd or FORKED_FARM_NAME.encode() in cmd:
         return "farm"
     if b"spawn_main" in cmd or b"multiprocess" in cmd:
         return "worker"

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 
 @functools.cache
@@ -57,3 +58,12 @@ def preexec_die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | N
             os._exit(1)
 
     return _set
+
+
+def set_process_name(name: str) -> bool:
+    """Name this process as ``ps`` and ``top`` show it (``/proc/PID/comm``, at most 15 bytes): for a child
+    forked without exec, whose command line is still its parent's."""
+    prctl = _prctl()
+    if prctl is None:
+        return False
+    return bool(prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0) == 0)

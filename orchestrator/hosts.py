@@ -17,6 +17,8 @@ import os
 import shutil
 import signal
 import sys
+import threading
+import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,12 +27,15 @@ from typing import Any
 
 import orjson
 
-from ipc_bridge.lifeline import preexec_die_with_parent
+from ipc_bridge.lifeline import preexec_die_with_parent, set_process_name
 from ipc_bridge.simulator.farm import FarmClient, FarmError
 
 log = logging.getLogger(__name__)
 
 SOCKET_ENV = "ROO_CODE_IPC_SOCKET_PATH"
+FORKED_FARM_NAME = "orc-sim-farm"
+"""The process name (``/proc/PID/comm``, what ``ps`` and ``top`` show) of a farm :meth:`SimulatorFarm.prefork`
+started: its command line is its worker's."""
 SUN_PATH_MAX = 104  # macOS limit; Linux allows 107
 STOP_GRACE = 5.0
 
@@ -259,7 +264,10 @@ class SimulatorFarm:
         self.log_path = log_path
         self.ready_timeout = ready_timeout
         self.starts = 0
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: asyncio.subprocess.Process | _ForkedProcess | None = None
+        self._forked: tuple[int, int] | None = None
+        """(pid, read end of its ready pipe) of a farm :meth:`prefork` started, not yet adopted."""
+        self._ready_pipe: asyncio.BaseTransport | None = None
         self._client: FarmClient | None = None
         self._lock = asyncio.Lock()
 
@@ -308,7 +316,68 @@ class SimulatorFarm:
             self._client = await self._start()
             return self._client
 
+    def prefork(self) -> bool:
+        """Start the farm now by forking this process, to be adopted by the first :meth:`host` or
+        :meth:`start`: the child has the simulator imported already, and serves without an interpreter
+        start-up and ~250 ms of imports, which a run's start-up would otherwise wait for.
+
+        Only from a process with no other thread, no event loop and no ZMQ context yet (a worker before
+        its loop starts), and only on Linux (the child is watched through a pidfd). Returns whether it
+        forked; if not, the farm starts as usual when first needed."""
+        if self._forked is not None or self._process is not None or not hasattr(os, "pidfd_open"):
+            return False
+        if threading.active_count() > 1:
+            return False  # a lock held by another thread would stay held in the child
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            return False  # the child could not start a loop of its own
+        from ipc_bridge.simulator.cli import run_farm  # imported before the fork: the child needs it
+
+        lifeline = preexec_die_with_parent(signal.SIGKILL)  # resolved here, not in the child
+        err = os.open(self.log_path or os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child; its behaviour is what the tests check
+            code = 1
+            try:
+                os.setsid()  # a terminal's Ctrl-C is for the orchestrator, as with start_new_session
+                if lifeline is not None:
+                    lifeline()
+                set_process_name(FORKED_FARM_NAME)
+                os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+                os.dup2(ready_w, 1)
+                os.dup2(err, 2)
+                code = run_farm(self.control_path)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(ready_w)
+        os.close(err)
+        self._forked = (pid, ready_r)
+        log.debug("simulator farm forked: pid %d on %s", pid, self.control_path)
+        return True
+
+    async def _adopt(self) -> tuple[_ForkedProcess, asyncio.StreamReader]:
+        assert self._forked is not None
+        (pid, ready_r), self._forked = self._forked, None
+        proc = _ForkedProcess(pid)
+        reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        self._ready_pipe, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(ready_r, "rb", buffering=0)
+        )
+        return proc, reader
+
     async def _start(self) -> FarmClient:
+        if self._forked is not None:
+            forked, ready = await self._adopt()
+            self._process = forked
+            self.starts += 1
+            return await self._connect(ready)
         argv = [sys.executable, "-m", "orchestrator", "simulate", "--farm", self.control_path]
         err = open(self.log_path, "ab") if self.log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230
         try:
@@ -328,8 +397,12 @@ class SimulatorFarm:
         self._process = proc
         self.starts += 1
         assert proc.stdout is not None
+        return await self._connect(proc.stdout)
+
+    async def _connect(self, stdout: asyncio.StreamReader) -> FarmClient:
+        """Wait for the farm's ready line, then connect to its control socket."""
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), self.ready_timeout)
+            line = await asyncio.wait_for(stdout.readline(), self.ready_timeout)
             if not line or not orjson.loads(line).get("ready"):
                 raise HostError(f"the simulator farm exited before it was ready (see {self.log_path})")
             return await FarmClient.connect(self.control_path)
@@ -342,6 +415,9 @@ class SimulatorFarm:
 
     async def _reap(self, grace: float = 0.0) -> None:
         proc, self._process = self._process, None
+        if self._ready_pipe is not None:
+            self._ready_pipe.close()
+            self._ready_pipe = None
         if proc is None:
             return
         if proc.returncode is None and grace > 0:
@@ -357,9 +433,37 @@ class SimulatorFarm:
             client, self._client = self._client, None
             if client is not None:
                 await client.close()  # the farm stops once its last control connection is gone
+            if self._forked is not None:  # forked, never used: it goes too
+                (pid, ready_r), self._forked = self._forked, None
+                os.close(ready_r)
+                self._process = _ForkedProcess(pid)
             await self._reap(grace)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.control_path)
+
+
+class _ForkedProcess:
+    """What :class:`SimulatorFarm` uses of an ``asyncio.subprocess.Process``, for a child it forked
+    itself: its exit is seen through a pidfd, and it is reaped here (asyncio's child watcher only
+    waits for the processes asyncio started)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._fd = os.pidfd_open(pid)
+        self._loop.add_reader(self._fd, self._reap)
+
+    def _reap(self) -> None:
+        self._loop.remove_reader(self._fd)
+        os.close(self._fd)
+        _, status = os.waitpid(self.pid, 0)
+        self.returncode = os.waitstatus_to_exitcode(status)
+        self._exited.set_result(self.returncode)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
 
 
 def vscode_argv(code: str, workspace: Path, user_data_dir: Path, extra: Sequence[str] = ()) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 from ipc_bridge.client import BridgeClient
 
 from .attempt import AttemptRunner, simulator_farm
+from .hosts import SimulatorFarm
 from .jobs import Job, JobResult, WorkerConfig
 from .pool import receive, send
 
@@ -83,10 +84,17 @@ def worker_main(wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: 
         level=os.environ.get("ORCHESTRATE_LOG_LEVEL", "WARNING").upper(),
         format=f"%(asctime)s %(levelname)s worker-{wid} %(name)s: %(message)s",
     )
-    asyncio.run(_serve(wid, inbox, outbox, config, gated))
+    farm = simulator_farm(config, wid)
+    if farm is not None:
+        # Now, while this process has no thread, event loop or ZMQ context: the farm is then serving
+        # by the time the first attempt needs a host.
+        farm.prefork()
+    asyncio.run(_serve(wid, inbox, outbox, config, gated, farm))
 
 
-async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: bool) -> None:
+async def _serve(
+    wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: bool, farm: SimulatorFarm | None
+) -> None:
     loop = asyncio.get_running_loop()
     messages: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
@@ -98,7 +106,6 @@ async def _serve(wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated:
                 return
 
     threading.Thread(target=read_inbox, name="inbox", daemon=True).start()
-    farm = simulator_farm(config, wid)
     # The farm starts while the bridge does: the first attempt need not wait for it (a failed start
     # is retried by the first attempt that needs a host).
     warming = asyncio.ensure_future(farm.start()) if farm is not None else None

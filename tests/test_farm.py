@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -25,7 +26,7 @@ from ipc_bridge.extension import ConnectTimeout, ExtensionConnection, connect
 from ipc_bridge.protocol import CloseTask, GetModes, StartNewTask, StartNewTaskData
 from ipc_bridge.simulator.farm import FarmClient, FarmError
 from ipc_bridge.simulator.farm import SimulatorFarm as Farm
-from orchestrator.hosts import HostError, SimulatorFarm
+from orchestrator.hosts import FORKED_FARM_NAME, HostError, SimulatorFarm
 from orchestrator.results import read_records
 from tests.ipc_waits import until_disconnected, until_event
 from tests.test_run import EXERCISES, orchestrate
@@ -343,3 +344,63 @@ def test_farm_and_process_per_host_give_the_same_outcomes(tmp_path: Path) -> Non
     # The crash resets the bridge's connection: the slot goes down, an infra error, retried.
     assert by_case[("crash", 1)] == ("infra_error", None, "extension host disconnected")
     assert by_case[("crash", 2)][0] == "infra_error"
+
+
+PREFORK = """
+import asyncio, json, os, signal, sys
+from pathlib import Path
+from orchestrator.hosts import SimulatorFarm
+from ipc_bridge.extension import connect
+from ipc_bridge.protocol import GetModes
+
+d = Path(sys.argv[1])
+farm = SimulatorFarm(str(d / "ctl"), log_path=d / "farm.log")
+adopt = sys.argv[2] == "adopt"
+assert farm.prefork()
+forked = farm._forked[0]
+out = {"forked": forked}
+
+async def main():
+    if adopt:
+        host = await farm.host(str(d / "h1.sock"), d, time_scale=0.05, status_delay=0.05)
+        out["pid"], out["starts"] = farm.pid, farm.starts
+        out["name"] = Path(f"/proc/{forked}/comm").read_text().strip()
+        conn = await connect(host.socket_path, timeout=5)
+        await conn.send_command(GetModes())
+        out["modes"] = len((await conn.recv()).data.payload[0])
+        await conn.close()
+        os.kill(forked, signal.SIGKILL)  # the forked farm dies: the next host gets a fresh one
+        await host.wait(5)
+        await host.stop()  # its socket file stays behind a killed farm: the worker removes it
+        await farm.host(str(d / "h2.sock"), d)
+        out["restarted"], out["starts_after"] = farm.pid, farm.starts
+    await farm.close()
+
+asyncio.run(main())
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("adopt", ["adopt", "never-used"])
+def test_a_preforked_farm_serves_restarts_and_is_reaped(sockdir: Path, adopt: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PREFORK, str(sockdir), adopt], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    out = orjson.loads(done.stdout.splitlines()[-1])
+    forked = out["forked"]
+    if adopt == "adopt":
+        assert out["pid"] == forked and out["starts"] == 1  # the forked process was the farm
+        assert out["name"] == FORKED_FARM_NAME  # told apart from its worker in ps, top, the benchmarks
+        assert out["modes"] > 0
+        assert out["starts_after"] == 2 and out["restarted"] not in (None, forked)
+    # Reaped, not a zombie: no such process any more.
+    assert not Path(f"/proc/{forked}").exists()
+    assert sockets_in(sockdir) == []
+
+
+def test_no_prefork_inside_an_event_loop(sockdir: Path) -> None:
+    async def inside() -> bool:
+        return SimulatorFarm(str(sockdir / "ctl")).prefork()
+
+    assert asyncio.run(inside()) is False
