@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import ctypes
 import os
-import random
 import resource
 import shutil
 import signal
@@ -56,16 +55,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SIM_SEED = 0
 
 
-def script_duration_ms(d_ms: float, status_delay_ms: float, seed: int = SIM_SEED) -> float:
+def script_duration_ms(d_ms: float, status_delay_ms: float) -> float:
     """The script ``duration`` whose simulated attempt lasts ``d_ms`` from StartNewTask to taskIdle.
 
-    Mirrors ipc_bridge/simulator/agent.py for a one-turn script: before its completion ask the agent
-    sleeps 0.25 (request), 0.25 (text, one chunk) and 0.1 (completion) of the duration, each scaled by
-    ``uniform(0.8, 1.2)`` from ``Random(f"agent:{seed}")``; taskIdle follows after the status delay. The
-    table shows the measured agent phase beside D, so a drift from this formula is visible."""
-    rng = random.Random(f"agent:{seed}")
-    share = sum(f * rng.uniform(0.8, 1.2) for f in (0.25, 0.25, 0.1))
-    return (d_ms - status_delay_ms) / share
+    Mirrors ipc_bridge/simulator/agent.py for a one-turn script with ``jitter: 0`` (every attempt has a
+    host seed of its own: with jitter, durations would scatter around the nominal one): before its
+    completion ask the agent sleeps 0.25 (request), 0.25 (text, one chunk) and 0.1 (completion) of the
+    duration; taskIdle follows after the status delay. The table shows the measured agent phase beside
+    D, so a drift from this formula is visible."""
+    return (d_ms - status_delay_ms) / (0.25 + 0.25 + 0.1)
 
 
 ROLES = ("orchestrator", "bridge", "workers", "farm", "hosts", "other")
@@ -103,6 +101,7 @@ def make_suite(
                     "duration": f"{script_duration_ms(duration_ms, status_delay_ms):.3f}ms",
                     "text": "Done.",
                     "files": {},
+                    "jitter": 0,
                 },
             }
         ],

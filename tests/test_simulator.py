@@ -34,6 +34,7 @@ from ipc_bridge.protocol import (
     command_message,
 )
 from ipc_bridge.simulator import ScriptError, SimulatorHost, normalize_engine, parse_duration, parse_script
+from ipc_bridge.simulator.task import Clock
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(20)
@@ -532,3 +533,40 @@ def test_cli_rejects_a_bad_script(sockdir: Path) -> None:
     proc = orchestrate("simulate", "--socket", str(sockdir / "x.sock"), "--script", str(script))
     code, err = finish(proc)
     assert code == 2 and "outcome" in err and not (sockdir / "x.sock").exists()
+
+
+async def _work_steps(sockdir: Path, name: str, seed: int, jitter: float) -> list[float]:
+    """The agent's planned work steps (seconds) for one task of a one-turn script."""
+    steps: list[float] = []
+    ws = sockdir / name
+    ws.mkdir()
+    script = {"duration": "1s", "jitter": jitter, "files": {}}
+    async with (
+        SimulatorHost(sockdir / f"{name}.sock", ws, seed=seed, script=script, **FAST) as h,
+        await connect(h.socket_path, timeout=5) as conn,
+    ):
+        clock_sleep = Clock.sleep
+
+        async def recorded(clock: Clock, seconds: float) -> None:
+            steps.append(round(seconds, 9))
+            await clock_sleep(clock, seconds)
+
+        Clock.sleep = recorded  # type: ignore[method-assign]
+        try:
+            await conn.send_command(start_cmd())
+            await collect(conn, named("taskIdle"))
+        finally:
+            Clock.sleep = clock_sleep  # type: ignore[method-assign]
+    return steps
+
+
+async def test_jitter_zero_gives_every_seed_the_same_timeline(sockdir: Path) -> None:
+    exact = [await _work_steps(sockdir, f"e{seed}", seed, 0.0) for seed in (1, 2)]
+    assert exact[0] == exact[1]
+    scale = FAST["time_scale"]
+    assert sum(exact[0]) == pytest.approx(0.6 * scale)  # request, text, completion: 0.25 + 0.25 + 0.1
+    jittered = [await _work_steps(sockdir, f"j{seed}", seed, 0.2) for seed in (1, 2)]
+    assert jittered[0] != jittered[1]
+    assert all(0.8 * e <= j <= 1.2 * e for j, e in zip(jittered[0], exact[0], strict=True))
+    with pytest.raises(ScriptError, match="jitter"):
+        parse_script({"jitter": 1})

@@ -3,7 +3,7 @@
 A script becomes a list of *turns*, one model request each: an optional followup question, one turn per
 tool call (``files`` first, then ``tools``), one per subtask delegation, then the final turn, which
 carries the outcome. The first turn streams the script's ``text``. ``duration`` is spread evenly over the
-turns; the seed jitters each step by +-20 %, so timings vary between seeds and never within one.
+turns; the seed jitters each step by +-20 % (``jitter``), so timings vary between seeds and never within one.
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ class Agent:
         )
 
     async def _sleep(self, fraction: float) -> None:
-        await self.clock.sleep(self.budget * fraction * self.rng.uniform(0.8, 1.2))
+        jitter = self.script.jitter
+        # drawn even without jitter: every other seeded choice stays the same
+        await self.clock.sleep(self.budget * fraction * self.rng.uniform(1 - jitter, 1 + jitter))
 
     def _finish_request(self, inst: TaskInstance, req: int) -> None:
         """The model request ``req`` ends: its api_req_started text gets the token counts."""

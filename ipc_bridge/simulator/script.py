@@ -194,6 +194,9 @@ class Script(_Strict):
     engine: EngineName | None = None
     seed: int | None = None
     duration: Duration = 2.0
+    jitter: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
+    """Each step of the agent's work takes its share of ``duration`` times a seeded factor in
+    [1 - jitter, 1 + jitter]; 0 gives exact timings (benchmarks)."""
     prompt: str | None = None
     text: str = "I will work on the task."
     chunks: int = Field(1, ge=1, le=100_000)
