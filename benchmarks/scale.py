@@ -170,6 +170,7 @@ def run_row(opts: argparse.Namespace, sweep: str, slots: int, attempts: int, tmp
         status_delay_ms=opts.status_delay_ms,
         process_per_host=False,
         workers=opts.workers,
+        prelaunch=None,  # the simulator's default: one readied attempt per slot
     )
     memory = TreeMemory()
     memory.start()

@@ -61,7 +61,8 @@ def test_a_sigkilled_worker_loses_its_attempt_which_is_retried_and_recorded_once
     tmp_path: Path, sockdir: Path
 ) -> None:
     hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
-    one_slot = "{kind: simulator, slots: 1, options: {time_scale: 0.05, status_delay: 0.1}}"
+    # One attempt at a time, in plan order (none readied ahead: h0's socket then means it runs).
+    one_slot = "{kind: simulator, slots: 1, prelaunch: 0, options: {time_scale: 0.05, status_delay: 0.1}}"
     suite = write_suite(tmp_path, one_slot, cases(1) + cases(1, hang, prefix="h"))
     with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}) as (proc, first):
         assert first["case_id"] == "c0"
