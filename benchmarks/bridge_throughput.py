@@ -19,9 +19,11 @@
    Targets: (b) >= 3 x (a); (b) >= 80 % of (c).
 2. Round trip GetModes -> modesResponse against a plain ``roo_server.js``: the node-ipc anchor
    (``interop/bench_rtt.js``, Roo-shaped, alternating with and without zod validation), our direct
-   ``ExtensionConnection``, an asyncio ZeroMQ DEALER -> ROUTER echo between two Python processes (the
-   transport alone, no bridge logic), and worker -> bridge -> extension -> event -> worker
-   (``BridgeClient.query``). Target: bridge p50 - node-ipc p50 <= 150 us (against the faster node figure).
+   ``ExtensionConnection``, a ZeroMQ DEALER -> ROUTER echo between two Python processes (the transport
+   alone, no bridge logic) with ``zmq.asyncio`` and again with the plain sockets on the loop that the
+   bridge and its client use (``ipc_bridge.zmq_loop``), and worker -> bridge -> extension -> event ->
+   worker (``BridgeClient.query``). Target: bridge p50 - node-ipc p50 <= 150 us (against the faster
+   node figure).
 
 CPU time per event / per round trip of each process is reported too (Linux), to show where time goes.
 It prints a table and PASS/MISS per target and exits 0 either way (a measurement, not a test); exit 1
@@ -70,7 +72,8 @@ from ipc_bridge.extension import connect as connect_extension
 from ipc_bridge.framing import encode_frame
 from ipc_bridge.launcher import BridgeProcess, start_bridge_process
 from ipc_bridge.protocol import GetModes, StartNewTask, StartNewTaskData, command_message
-from ipc_bridge.wire import Session, TaskCommandRequest, TaskEventContent
+from ipc_bridge.wire import Session, TaskCommandRequest
+from ipc_bridge.zmq_loop import Reader, Sender, plain_socket, send_frames
 
 SLOT = "bench"
 STREAM_TARGET_X = 3.0
@@ -192,9 +195,9 @@ async def consume(client: BridgeClient, since_seq: int, check: StreamCheck) -> N
             check.received += 1
             if name == "message":
                 # roo_server.js starts every message's text with its stream index, padded with "x".
-                # Raw dict access: parsing each event is the worker's choice, not the bridge's cost.
-                assert isinstance(event.content, TaskEventContent)
-                text = event.content.event["payload"][0]["message"]["text"]
+                # Raw dict access: parsing each event (``event.content``, ``event.task_event()``) is the
+                # worker's choice, not the bridge's cost.
+                text = event.raw["event"]["payload"][0]["message"]["text"]
                 index = str(check.messages)
                 if not text.startswith(index) or text[len(index) : len(index) + 1] not in ("x", ""):
                     check.out_of_order += 1
@@ -311,6 +314,64 @@ async def rtt_zmq_echo(children: Children, tmp: Path, opts: Options) -> dict[str
     return {**percentiles(samples), "cpu_us": cpu_us}
 
 
+async def zmq_plain_echo_server(endpoint: str) -> None:
+    """``--zmq-echo-plain``: the echo on the bridge's own transport (``ipc_bridge.zmq_loop``: a plain
+    ROUTER read from the loop, replies sent at once)."""
+    router = plain_socket(zmq.asyncio.Context.instance(), zmq.ROUTER)
+    router.linger = 0
+    router.bind(endpoint)
+
+    def echo(frames: list[bytes]) -> None:
+        send_frames(router, frames)
+        reader.poke()
+
+    reader = Reader(router, echo)
+    reader.start(asyncio.get_running_loop())
+    print(orjson.dumps({"listening": endpoint}).decode(), flush=True)
+    await asyncio.Event().wait()
+
+
+async def rtt_zmq_plain_echo(children: Children, tmp: Path, opts: Options) -> dict[str, Any]:
+    """The transport floor of the bridge path: worker and bridge both use these plain sockets."""
+    endpoint = f"ipc://{tmp}/plain-echo.ipc"
+    argv = [sys.executable, __file__, "--zmq-echo-plain", endpoint]
+    server = await children.start("zmq-echo-plain", argv)
+    await server.wait_for(lambda line: "listening" in line, NODE_WAIT)
+    loop = asyncio.get_running_loop()
+    dealer = plain_socket(zmq.asyncio.Context.instance(), zmq.DEALER)
+    dealer.linger = 0
+    dealer.connect(endpoint)
+    replies: list[asyncio.Future[list[bytes]]] = []
+
+    def on_reply(frames: list[bytes]) -> None:
+        if replies and not replies[-1].done():
+            replies[-1].set_result(frames)
+
+    reader = Reader(dealer, on_reply)
+    sender = Sender(reader)
+    reader.start(loop)
+    request = TaskCommandRequest(slot=SLOT, command={"commandName": "GetModes"})
+    frames = Session("00" * 32).serialize("task_command", request)
+    samples: list[float] = []
+    try:
+        for i in range(opts.warmup + opts.round_trips):
+            if i == opts.warmup:
+                cpu = CpuMeter({"worker": None, "echo": server.pid})
+            t0 = time.perf_counter_ns()
+            replies.append(loop.create_future())
+            await sender.send(frames)
+            await replies[-1]
+            replies.clear()
+            if i >= opts.warmup:
+                samples.append((time.perf_counter_ns() - t0) / 1000)
+        cpu_us = cpu.per_unit_us(opts.round_trips)
+    finally:
+        reader.stop()
+        dealer.close(linger=0)
+    await server.stop()
+    return {**percentiles(samples), "cpu_us": cpu_us}
+
+
 async def rtt_bridge(children: Children, tmp: Path, sock: Path, opts: Options) -> dict[str, Any]:
     bridge, client, _ = await bridge_with_slot(children, tmp / "bridge2", sock)
     samples: list[float] = []
@@ -337,6 +398,7 @@ async def round_trips(children: Children, tmp: Path, opts: Options) -> dict[str,
     node = await rtt_node(children, sock, opts)
     direct = await rtt_direct(sock, opts)
     echo = await rtt_zmq_echo(children, tmp, opts)
+    plain_echo = await rtt_zmq_plain_echo(children, tmp, opts)
     bridged = await rtt_bridge(children, tmp, sock, opts)
     server_invalid = await stop_roo_server(server)
     return {
@@ -344,6 +406,7 @@ async def round_trips(children: Children, tmp: Path, opts: Options) -> dict[str,
         "node_validated": node["validated"],
         "python_direct": direct,
         "zmq_echo": echo,
+        "zmq_plain_echo": plain_echo,
         "bridge": bridged,
         "invalid": node["invalid"] + server_invalid,
     }
@@ -430,6 +493,7 @@ def print_report(opts: Options, results: dict[str, Any]) -> None:
         ("node-ipc client -> roo_server.js (+ zod)", rtt["node_validated"]),
         ("Python ExtensionConnection, direct", rtt["python_direct"]),
         ("asyncio ZeroMQ DEALER -> ROUTER echo (transport)", rtt["zmq_echo"]),
+        ("ZeroMQ echo, plain sockets (bridge's transport)", rtt["zmq_plain_echo"]),
         ("worker -> bridge -> extension -> worker", rtt["bridge"]),
     ]
     for label, s in rows:
@@ -484,6 +548,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds any one phase may take")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--zmq-echo", metavar="ENDPOINT", help=argparse.SUPPRESS)  # internal: echo server
+    parser.add_argument("--zmq-echo-plain", metavar="ENDPOINT", help=argparse.SUPPRESS)  # internal too
     ns = parser.parse_args(argv)
     if ns.events <= 0 or ns.size <= 0 or ns.round_trips <= 0 or ns.warmup < 0:
         parser.error("--events, --size and --round-trips must be positive, --warmup >= 0")
@@ -492,6 +557,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
+    if ns.zmq_echo_plain:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(zmq_plain_echo_server(ns.zmq_echo_plain))
+        return 0
     if ns.zmq_echo:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(zmq_echo_server(ns.zmq_echo))

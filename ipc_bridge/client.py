@@ -51,19 +51,12 @@ from .connection_file import ConnectionInfo, read_connection_file
 from .curve import client_options
 from .event_stream import EventStreams, snapshot_events
 from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS, MIN_TICK, BridgeWatch, Ticker, positive_float
-from .protocol import (
-    QUERY_RESPONSES,
-    RooCodeSettings,
-    StartNewTask,
-    StartNewTaskData,
-    WireModel,
-)
+from .task_commands import TaskCommands
 from .wire import (
     BRIDGE_TOPIC,
     AttachReply,
     AttachRequest,
     DetachRequest,
-    ErrorCode,
     ErrorReply,
     Header,
     HeartbeatReply,
@@ -78,8 +71,6 @@ from .wire import (
     SlotsRequest,
     SnapshotReply,
     SnapshotRequest,
-    TaskCommandReply,
-    TaskCommandRequest,
     WireError,
     parse_reply,
     slot_topic,
@@ -94,7 +85,7 @@ R = TypeVar("R", bound=Reply)
 # ------------------------------------------------------------------------------------------ client
 
 
-class BridgeClient:
+class BridgeClient(TaskCommands):
     """Use :meth:`connect`. One client per process is plenty; it is not shared across processes.
 
     ``heartbeat_interval`` (None: no heartbeats) must stay well below the bridge's patience: the bridge
@@ -216,14 +207,12 @@ class BridgeClient:
         if lost is not None:
             raise lost
         msg_id = self.session.new_msg_id()
-        fut: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[msg_id] = fut
         try:
             for attempt in range(retries + 1):
                 # Same msg_id, fresh date: the bridge dedups by msg_id, replay checks see a new signature.
                 frames = self.session.serialize(msg_type, content, msg_id=msg_id)
                 try:
-                    reply = await self.watch.guard(self._send_and_wait(frames, fut), timeout)
+                    reply = await self._attempt(msg_id, frames, timeout)
                     break
                 except asyncio.TimeoutError:
                     log.info("%s %s: no reply in %g s (attempt %d)", msg_type, msg_id, timeout, attempt + 1)
@@ -254,11 +243,28 @@ class BridgeClient:
         reply = await self.request_message(msg_type, content, **kwargs)
         return cls.model_validate(reply.content)
 
+    async def _attempt(self, msg_id: str, frames: list[bytes], timeout: float) -> Message:
+        """One try: the reply to ``msg_id`` (any try's), TimeoutError, or BridgeLost (from ``_on_lost``).
+
+        Awaits the reply's future itself, with a timer: one loop turn from reply to caller, where a
+        task and ``asyncio.wait`` around it took three."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Message] = loop.create_future()
+        self._pending[msg_id] = fut  # a late reply to an earlier try settles this one: same request
+        if not self._sender.try_send(frames):
+            # No connection yet (IMMEDIATE) or a full queue: wait for the socket, within the timeout.
+            return await self.watch.guard(self._send_and_wait(frames, fut), timeout)
+        self._last_sent = loop.time()
+        timer = loop.call_later(timeout, _expire, fut)
+        try:
+            return await fut
+        finally:
+            timer.cancel()
+
     async def _send_and_wait(self, frames: list[bytes], fut: asyncio.Future[Message]) -> Message:
         await self._sender.send(frames)
         self._last_sent = asyncio.get_running_loop().time()
-        # Shielded: a timed-out attempt must not cancel the future the next attempt waits on.
-        return await asyncio.shield(fut)
+        return await fut
 
     def _on_reply(self, frames: list[bytes]) -> None:
         try:
@@ -323,6 +329,9 @@ class BridgeClient:
 
     def _on_lost(self, lost: BridgeLost) -> None:
         log.warning("%s", lost)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(lost)
         self._streams.fail(lost)
         for callback in self.on_lost:
             try:
@@ -356,72 +365,6 @@ class BridgeClient:
 
     async def shutdown(self) -> ShutdownReply:
         return await self._typed(ShutdownReply, "shutdown", ShutdownRequest())
-
-    async def task_command(
-        self, slot: str, command: BaseModel | dict[str, Any], *, timeout: float | None = None
-    ) -> TaskCommandReply:
-        """Any of the nine TaskCommands, as a ``protocol`` model or its wire dict."""
-        if isinstance(command, WireModel):
-            wire = command.wire()
-        elif isinstance(command, BaseModel):
-            wire = command.model_dump()
-        else:
-            wire = command
-        req = TaskCommandRequest(slot=slot, command=wire)
-        return await self._typed(TaskCommandReply, "task_command", req, timeout=timeout)
-
-    async def start_task(
-        self,
-        slot: str,
-        text: str,
-        configuration: RooCodeSettings | dict[str, Any] | None = None,
-        *,
-        images: list[str] | None = None,
-        new_tab: bool | None = None,
-        timeout: float = 40.0,
-    ) -> str:
-        """StartNewTask; returns the Roo task id (``timeout`` must exceed the bridge's start timeout)."""
-        data: dict[str, Any] = {"text": text, "configuration": configuration or {}}
-        if images is not None:
-            data["images"] = images
-        if new_tab is not None:
-            data["newTab"] = new_tab
-        command = StartNewTask(data=StartNewTaskData.model_validate(data))
-        reply = await self.task_command(slot, command, timeout=timeout)
-        if reply.task_id is None:
-            raise CommandError(
-                ErrorCode.INTERNAL.value, "StartNewTask reply without a task id", "task_command"
-            )
-        return reply.task_id
-
-    async def cancel(self, slot: str) -> None:
-        await self.task_command(slot, {"commandName": "CancelTask"})
-
-    async def close_task(self, slot: str) -> None:
-        """CloseTask: in VS Code this closes the whole window (the slot goes down)."""
-        await self.task_command(slot, {"commandName": "CloseTask"})
-
-    async def resume(self, slot: str, task_id: str) -> None:
-        await self.task_command(slot, {"commandName": "ResumeTask", "data": task_id})
-
-    async def send_message(self, slot: str, text: str | None = None, images: list[str] | None = None) -> None:
-        data: dict[str, Any] = {}
-        if text is not None:
-            data["text"] = text
-        if images is not None:
-            data["images"] = images
-        await self.task_command(slot, {"commandName": "SendMessage", "data": data})
-
-    async def delete_queued_message(self, slot: str, message_id: str) -> None:
-        await self.task_command(slot, {"commandName": "DeleteQueuedMessage", "data": message_id})
-
-    async def query(self, slot: str, command_name: str, *, timeout: float = 15.0) -> Any:
-        """GetCommands / GetModes / GetModels: the first element of the response event's payload."""
-        if command_name not in QUERY_RESPONSES:
-            raise ValueError(f"{command_name} is not one of {sorted(QUERY_RESPONSES)}")
-        reply = await self.task_command(slot, {"commandName": command_name}, timeout=timeout)
-        payload = reply.response
-        return payload[0] if isinstance(payload, list) and payload else payload
 
     # -------------------------------------------------------------------------------------- events
 
@@ -470,6 +413,11 @@ class BridgeClient:
                 callback(restarted)
             except Exception:
                 log.exception("on_restart callback failed")
+
+
+def _expire(fut: asyncio.Future[Message]) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
 
 
 __all__ = [

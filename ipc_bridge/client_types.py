@@ -4,11 +4,10 @@ propagate."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from .protocol import TaskEvent, parse_task_event
-from .wire import Content, ErrorCode, Header, TaskEventContent
+from .wire import EVENTS, Content, ErrorCode, Header
 
 
 class BridgeError(Exception):
@@ -106,29 +105,62 @@ class BridgeLost(BridgeError):
 # ------------------------------------------------------------------------------------------ events
 
 
-@dataclass
 class Event:
-    """One event from the bridge. ``content`` is the typed model for ``msg_type``."""
+    """One event from the bridge. ``content`` is the typed model for ``msg_type``.
 
-    msg_type: str
-    header: Header
-    parent: dict[str, Any]
-    content: Content
-    topic: bytes
+    For ``task_event`` (nearly all the traffic) the model is built on first access only: the client
+    checks the raw content's shape when the event arrives, and :attr:`slot`, :attr:`seq`,
+    :attr:`task_id`, :attr:`event_name` and :meth:`task_event` read the raw content, so a consumer that
+    never touches ``content`` pays for no pydantic model per event. ``raw`` is the content as received
+    (the model's ``model_dump()`` when built from a model)."""
+
+    __slots__ = ("_content", "header", "msg_type", "parent", "raw", "topic")
+
+    def __init__(
+        self,
+        msg_type: str,
+        header: Header,
+        parent: dict[str, Any],
+        content: Content | dict[str, Any],
+        topic: bytes,
+    ) -> None:
+        self.msg_type = msg_type
+        self.header = header
+        self.parent = parent
+        self.topic = topic
+        if type(content) is dict:  # not isinstance(..., Content): a model's isinstance is an ABC check
+            self._content: Content | None = None
+            self.raw: dict[str, Any] = content
+        else:
+            assert isinstance(content, Content)
+            self._content = content
+            self.raw = content.model_dump()
+
+    @property
+    def content(self) -> Content:
+        if self._content is None:
+            self._content = EVENTS.get(self.msg_type, Content).model_validate(self.raw)
+        return self._content
+
+    def __repr__(self) -> str:
+        return f"Event({self.msg_type!r}, topic={self.topic!r}, content={self.raw!r})"
 
     @property
     def slot(self) -> str | None:
-        value = getattr(self.content, "slot", None)
+        value = self.raw.get("slot")
         return value if isinstance(value, str) else None
 
     @property
     def seq(self) -> int | None:
-        value = getattr(self.content, "seq", None)
-        return value if isinstance(value, int) and self.msg_type != "hugz" else None
+        value = self.raw.get("seq")
+        return value if type(value) is int and self.msg_type != "hugz" else None
 
     @property
     def task_id(self) -> str | None:
-        return self.content.task_id if isinstance(self.content, TaskEventContent) else None
+        if self.msg_type != "task_event":
+            return None
+        value = self.raw.get("task_id")
+        return value if isinstance(value, str) else None
 
     @property
     def parent_msg_id(self) -> str | None:
@@ -138,13 +170,27 @@ class Event:
     @property
     def event_name(self) -> str | None:
         """The Roo eventName of a ``task_event`` (``taskCreated``, ``message``, ...)."""
-        if isinstance(self.content, TaskEventContent):
-            name = self.content.event.get("eventName")
-            return name if isinstance(name, str) else None
-        return None
+        if self.msg_type != "task_event":
+            return None
+        event = self.raw.get("event")
+        name = event.get("eventName") if isinstance(event, dict) else None
+        return name if isinstance(name, str) else None
 
     def task_event(self) -> TaskEvent:
         """The Roo TaskEvent, parsed leniently (``task_event`` messages only)."""
-        if not isinstance(self.content, TaskEventContent):
+        event = self.raw.get("event") if self.msg_type == "task_event" else None
+        if not isinstance(event, dict):
             raise TypeError(f"{self.msg_type} is not a task_event")
-        return parse_task_event(self.content.event)
+        return parse_task_event(event)
+
+
+def task_event_shape_ok(content: dict[str, Any]) -> bool:
+    """True when ``content`` certainly validates as :class:`TaskEventContent` (the bridge's own output):
+    then the model can wait until someone asks for it. Anything else goes through the model at once."""
+    task_id = content.get("task_id")
+    return (
+        type(content.get("slot")) is str
+        and type(content.get("seq")) is int
+        and (task_id is None or type(task_id) is str)
+        and type(content.get("event")) is dict
+    )

@@ -2,21 +2,28 @@
 
 Publishing is the bridge's hot path (one message per extension event). An XPUB never blocks (it drops
 at its HWM), so a plain ``DONTWAIT`` send loses nothing. The subscription frames that come back are read
-by a :class:`~.zmq_loop.Reader`, which every publish kicks (a send can consume the FD's edge).
+by a :class:`~.zmq_loop.Reader`, which every publish pokes (a send can consume the FD's edge).
+
+:meth:`Publisher.publish_many` signs every message of a batch first and then sends them back to back:
+libzmq's I/O thread, woken by the first, then finds the others queued and writes them together, where
+messages sent one by one between slower work wake it (and cost a ``sendmsg``) each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
 from pydantic import BaseModel
 
 from .wire import DELIM, Session
-from .zmq_loop import Reader, send_frames
+from .zmq_loop import LAST, MORE, Reader, raw_send, send_frames
+
+OutEvent = tuple[bytes, str, "BaseModel | dict[str, Any]", "dict[str, Any] | None"]
+"""``(topic, msg_type, content, parent)``"""
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +59,27 @@ class Publisher:
             send_frames(self.sock, [topic, DELIM, *parts])
         except zmq.ZMQError as exc:  # EAGAIN cannot happen on an XPUB without NODROP; anything else: log
             log.warning("event not published: %s", exc)
-        self._reader.kick()
+        self._reader.poke()
         return [topic, *parts]
+
+    def publish_many(self, events: Sequence[OutEvent]) -> list[tuple[bytes, ...]]:
+        """:meth:`publish` for each of ``events``, in order; returns their frames (without DELIM)."""
+        serialize = self.session.serialize_event
+        out = [(topic, *serialize(msg_type, parent, content)) for topic, msg_type, content, parent in events]
+        sock = self.sock
+        try:
+            for frames in out:
+                topic, signature, header, parent_frame, content_frame = frames
+                raw_send(sock, topic, MORE)
+                raw_send(sock, DELIM, MORE)
+                raw_send(sock, signature, MORE)
+                raw_send(sock, header, MORE)
+                raw_send(sock, parent_frame, MORE)
+                raw_send(sock, content_frame, LAST)
+        except zmq.ZMQError as exc:
+            log.warning("events not published: %s", exc)
+        self._reader.poke()
+        return out
 
     def _on_frames(self, frames: list[bytes]) -> None:
         """JEP 65: subscribe frames start with 0x01 (unsubscribes with 0x00)."""

@@ -1,0 +1,42 @@
+"""The bridge process's settings (:class:`BridgeConfig`); :mod:`ipc_bridge.bridge` re-exports it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .liveness import DEFAULT_INTERVAL, DEFAULT_LIVENESS
+from .slots import SlotConfig
+from .tcp_listen import TcpConfig
+
+
+@dataclass
+class BridgeConfig:
+    runtime_dir: Path
+    connection_file: Path
+    key: str | None = None
+    """HMAC key; a fresh one when None. Reusing the key across a restart lets workers notice the
+    restart (new session) instead of seeing only bad signatures."""
+    slot: SlotConfig = field(default_factory=SlotConfig)
+    hugz_interval: float = DEFAULT_INTERVAL
+    client_interval: float = DEFAULT_INTERVAL
+    """Heartbeat interval assumed for a client until its ``heartbeat`` announces its own."""
+    client_liveness: int = DEFAULT_LIVENESS
+    """A client silent for this many of its intervals is expired and its slots detached."""
+    xpub_hwm: int = 100_000
+    """Per-subscriber queue on the XPUB. Beyond it the XPUB drops (it must never block the bridge):
+    subscribers notice the seq gap and fill it from the replay buffer with ``snapshot``."""
+    router_hwm: int = 10_000
+    max_msg_size: int = 64 * 1024 * 1024
+    linger_ms: int = 1000
+    heartbeat_ivl_ms: int = 1000
+    heartbeat_timeout_ms: int = 3000
+    reply_cache_size: int = 10_000
+    drain_ms: int = 250
+    """At shutdown, how long the sockets stay open after the last reply (see :meth:`Bridge.shutdown`)."""
+    attach: dict[str, str] = field(default_factory=dict)
+    """Slots to attach at start-up; each connects whenever its host listens."""
+    detached_keep: int = 64
+    """Detached slots (and their replay buffers) kept for late subscribers; older ones are forgotten."""
+    tcp: TcpConfig | None = None
+    """Also serve on TCP (CURVE, or plain if insecure), with a connection file for remote clients."""
