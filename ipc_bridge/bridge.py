@@ -259,7 +259,11 @@ class Bridge:
     def _welcome(self, topic: bytes) -> None:
         """JEP 65: answer every subscription with a welcome on its topic, so subscribers know they
         are connected without sleeping. XPUB_VERBOSE passes repeated subscriptions too."""
-        content = WelcomeContent(subscription=topic.decode(errors="replace"))
+        subscription = topic.decode(errors="replace")
+        slot = None
+        if subscription.startswith("slot.") and subscription.endswith("."):
+            slot = self.slots.get(subscription[5:-1])
+        content = WelcomeContent(subscription=subscription, seq=slot.seq if slot is not None else None)
         self._publish(topic, "welcome", content, None)
 
     async def _hugz_loop(self) -> None:

@@ -379,7 +379,7 @@ class BridgeClient(TaskCommands):
 
     async def subscribe(self, slot: str, timeout: float | None = None) -> None:
         """Subscribe to every event of ``slot`` and return once the bridge has welcomed us."""
-        await self._streams.subscribe(slot_topic(slot), timeout)
+        await self._streams.subscribe(slot_topic(slot), timeout)  # the welcome matters to streams only
 
     async def unsubscribe(self, slot: str) -> None:
         self._streams.unsubscribe(slot_topic(slot))

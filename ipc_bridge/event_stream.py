@@ -1,7 +1,8 @@
 """The client's subscriptions and ordered per-slot event streams (the Clone pattern, wire-format §6).
 
 :meth:`EventStreams.events` subscribes, waits for the bridge's welcome on that topic (no sleeps), takes a
-snapshot, drops live events it already covered, then yields events in seq order. A seq gap (or a
+snapshot (unless its own welcome says the slot has published nothing it has not seen: every later event
+follows the welcome), drops live events it already covered, then yields events in seq order. A seq gap (or a
 ``hugz`` showing a newer seq) is filled from the bridge's replay buffer; when the buffer no longer
 reaches back, :class:`EventGap` is raised: never a silent skip. Errors that end every stream (restart,
 bridge lost, client closed) are pushed into each stream's queue by the client.
@@ -115,7 +116,7 @@ class EventStreams:
         self.reader = Reader(sub, self._on_frames)
         self.reader.on_drained = self._after_drain
         self._last_header: Header | None = None
-        self._welcomes: dict[bytes, asyncio.Future[None]] = {}
+        self._welcomes: dict[bytes, asyncio.Future[WelcomeContent]] = {}
         self._sub_counts: dict[bytes, int] = {}  # setsockopt(SUBSCRIBE) calls per topic
         self._users: dict[bytes, int] = {}  # streams (or subscribe() calls) using each topic
         self._listeners: dict[str, list[_Inbox]] = {}
@@ -145,18 +146,21 @@ class EventStreams:
 
     # ------------------------------------------------------------------------------- subscriptions
 
-    async def subscribe(self, topic: bytes, timeout: float | None) -> None:
-        """Subscribe to ``topic`` and return once the bridge has welcomed us (BridgeLost if it is lost)."""
+    async def subscribe(self, topic: bytes, timeout: float | None) -> WelcomeContent | None:
+        """Subscribe to ``topic`` and return once the bridge has welcomed us (BridgeLost if it is lost).
+        Returns the welcome when it answered this call's own subscription (the topic had no other
+        user): only then does everything published after it reach the caller."""
         client = self._client
         timeout = client.timeout if timeout is None else timeout
         self._users[topic] = self._users.get(topic, 0) + 1
         welcome = self._welcomes.get(topic)
+        fresh = welcome is None
         if welcome is None:
             welcome = self._welcomes[topic] = asyncio.get_running_loop().create_future()
         try:
             for _ in range(client.retries + 1):
                 if welcome.done():
-                    return
+                    return welcome.result() if fresh else None
                 # XPUB_VERBOSE makes the bridge see (and welcome) every repeat of a subscription.
                 self._sub.subscribe(topic)
                 self.reader.kick()
@@ -165,6 +169,7 @@ class EventStreams:
                     await client.watch.guard(asyncio.shield(welcome), timeout)
             if not welcome.done():
                 raise BridgeTimeout(f"no welcome for {topic.decode()} after {client.retries + 1} tries")
+            return welcome.result() if fresh else None
         except BaseException:
             self.unsubscribe(topic)
             raise
@@ -187,7 +192,7 @@ class EventStreams:
         if event.msg_type == "welcome" and isinstance(event.content, WelcomeContent):
             welcome = self._welcomes.get(event.content.subscription.encode())
             if welcome is not None and not welcome.done():
-                welcome.set_result(None)
+                welcome.set_result(event.content)
             return
         for inbox in self._listeners.get(event.slot or "", ()):
             inbox.put(event)
@@ -209,13 +214,19 @@ class EventStreams:
         topic = slot_topic(slot)
         subscribed = False
         try:
-            await self.subscribe(topic, None)
+            welcome = await self.subscribe(topic, None)
             subscribed = True
+            welcomed = welcome.seq if welcome is not None else None  # every later event follows it
             if since_seq is None:
-                try:
-                    last = (await client.snapshot(slot, None))[0].last_seq
-                except UnknownSlot:
-                    last = 0  # not attached yet: its first event will be seq 1
+                if welcomed is not None:
+                    last = welcomed
+                else:
+                    try:
+                        last = (await client.snapshot(slot, None))[0].last_seq
+                    except UnknownSlot:
+                        last = 0  # not attached yet: its first event will be seq 1
+            elif welcomed is not None and welcomed <= since_seq:
+                last = since_seq  # nothing published that this stream has not seen or will not get
             else:
                 last = since_seq
                 with contextlib.suppress(UnknownSlot):  # not attached yet: nothing to replay

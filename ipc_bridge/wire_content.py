@@ -210,6 +210,10 @@ class BridgeStoppingContent(Content):
 
 class WelcomeContent(Content):
     subscription: str
+    seq: int | None = None
+    """For a slot's topic (``slot.NAME.``): that slot's last seq as the welcome was sent. Every later
+    event of the slot follows the welcome on the subscriber's socket, so a subscriber that has seen up
+    to this seq needs no snapshot."""
 
 
 class HugzContent(Content):

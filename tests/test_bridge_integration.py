@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import typing
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -279,6 +280,47 @@ async def test_late_subscriber_recovers_every_event(
         if late is not None:
             await late.close()
         await late_client.close(linger_ms=0)
+
+
+async def test_a_stream_welcomed_at_its_own_seq_needs_no_snapshot(
+    simulators: Callable[[str], Simulator], bridge: BridgeProcess, client: BridgeClient
+) -> None:
+    sim = simulators("h1")
+    await client.attach("w1", str(sim.path), connect_timeout=10)
+    first = await client.start_task("w1", "write hello")
+    idle = await client.wait_for("w1", named("taskIdle", first), 10, since_seq=0)
+    last = seq_of(idle)
+    fresh = await BridgeClient.connect(bridge.connection)
+    snapshots: list[int | None] = []
+    snapshot = fresh.snapshot
+
+    async def counted(slot: str, since_seq: int | None, limit: int | None = None) -> typing.Any:
+        snapshots.append(since_seq)
+        return await snapshot(slot, since_seq) if limit is None else await snapshot(slot, since_seq, limit)
+
+    fresh.snapshot = counted  # type: ignore[method-assign]
+    caught_up = Collector(fresh, "w1", since_seq=last)  # its welcome says the slot is at `last`
+    behind: Collector | None = None
+    try:
+        # Start the next task once the stream is welcomed (its welcome then names `last`).
+        welcomes = fresh._streams._welcomes
+        while slot_topic("w1") not in welcomes:  # noqa: ASYNC110 - lets the collector's task start
+            await asyncio.sleep(0)
+        assert (await asyncio.wait_for(asyncio.shield(welcomes[slot_topic("w1")]), 10)).seq == last
+        second = await client.start_task("w1", "write again")
+        await caught_up.wait(named("taskIdle", second))
+        assert_contiguous(caught_up.events, first=last + 1)
+        assert snapshots == []
+        # Another stream of the same client shares the topic: it cannot trust the earlier welcome.
+        behind = Collector(fresh, "w1", since_seq=last - 3)
+        await behind.wait(at_seq(last - 2))
+        assert snapshots and snapshots[0] == last - 3
+        assert behind.events[0].seq == last - 2
+    finally:
+        await caught_up.close()
+        if behind is not None:
+            await behind.close()
+        await fresh.close(linger_ms=0)
 
 
 async def test_a_dropped_event_is_detected_and_filled(
