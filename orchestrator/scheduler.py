@@ -18,10 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from . import runtime_dir
 from .config import SocketTarget, Suite
 from .jobs import Job, JobResult, WorkerConfig, new_record
 from .plan import Attempt
@@ -107,8 +107,9 @@ class Scheduler:
     def run(self) -> str:
         """Run to the end (or until stopped); returns why it stopped: ``finished``, ``interrupted``,
         ``budget``."""
-        runtime = Path(tempfile.mkdtemp(prefix="orc-", dir=_runtime_parent()))
-        runtime.chmod(0o700)
+        parent = _runtime_parent()
+        runtime_dir.sweep(parent)
+        runtime = runtime_dir.create(parent)
         work = runtime / "work"
         work.mkdir()
         old_int = signal.signal(signal.SIGINT, self._on_signal)

@@ -50,11 +50,23 @@ def test_sigkill_of_the_orchestrator_leaves_nothing_and_resume_completes(
         time.sleep(0.05)
     assert not [p for p in tree if alive(p)]
 
-    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--quiet")
+    (stale,) = sockdir.glob("orc-*")  # its sockets and workspaces: only the next run can remove them
+    assert list(stale.glob("work/*"))
+    res = orchestrate(
+        "run",
+        str(suite),
+        "--results",
+        str(tmp_path / "r"),
+        "--resume",
+        "r",
+        "--quiet",
+        env_extra={"TMPDIR": str(sockdir)},
+    )
     assert res.returncode == 0, res.stderr
     records = read_records(tmp_path / "r" / "r" / "results.jsonl")
     finals = sorted(r.case_id for r in records if r.final)
     assert finals == ["c0", "h0", "h1"]  # exactly one final record per key
+    assert not list(sockdir.glob("orc-*"))  # the killed run's directory went with the resume's own
 
 
 def test_a_sigkilled_worker_loses_its_attempt_which_is_retried_and_recorded_once(
