@@ -28,6 +28,8 @@ TWO_FER = f"""
     cost: 0.5
 """
 SIM = "{kind: simulator, slots: 2, options: {time_scale: 0.05, status_delay: 0.1}}"
+SIM_IN_ORDER = "{kind: simulator, slots: 2, prelaunch: 0, options: {time_scale: 0.05, status_delay: 0.1}}"
+"""Attempts start in plan order: none is readied ahead, where whichever is ready first takes a slot."""
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from orchestrator.hosts import FORKED_FARM_NAME
 from orchestrator.results import read_records
 from tests.runs import (
     EXERCISES,
-    SIM,
+    SIM_IN_ORDER,
     alive,
     cases,
     cmdline,
@@ -35,7 +35,7 @@ def test_sigkill_of_the_orchestrator_leaves_nothing_and_resume_completes(
     tmp_path: Path, sockdir: Path
 ) -> None:
     hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
-    suite = write_suite(tmp_path, SIM, cases(1) + cases(2, hang, prefix="h"))
+    suite = write_suite(tmp_path, SIM_IN_ORDER, cases(1) + cases(2, hang, prefix="h"))
     # The killed run cannot remove its runtime directory: put it where the fixture cleans up.
     with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}) as (proc, first):
         assert first["case_id"] == "c0"
@@ -119,7 +119,7 @@ def test_a_sigkilled_bridge_is_restarted_and_its_lost_attempts_retried(tmp_path:
             return f"One for {{name}}, one for me."
 """
     quick = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{duration: 1s}}\n"
-    suite = write_suite(tmp_path, SIM, cases(1, quick, prefix="q") + cases(2, slow, prefix="s"))
+    suite = write_suite(tmp_path, SIM_IN_ORDER, cases(1, quick, prefix="q") + cases(2, slow, prefix="s"))
     with running(suite, tmp_path / "r", env={"TMPDIR": str(sockdir)}) as (proc, first):
         assert first["case_id"] == "q0"
         # s0 and s1 (2 s each at this time scale) are both following their tasks now.
@@ -233,7 +233,7 @@ def test_a_bridge_that_keeps_dying_stops_the_run_cleanly_and_resume_completes(
 ) -> None:
     slow = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{duration: 40s}}\n"
     quick = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{duration: 1s}}\n"
-    suite = write_suite(tmp_path, SIM, cases(1, quick, prefix="q") + cases(2, slow, prefix="s"))
+    suite = write_suite(tmp_path, SIM_IN_ORDER, cases(1, quick, prefix="q") + cases(2, slow, prefix="s"))
     env = {"TMPDIR": str(sockdir)}
     with running(suite, tmp_path / "r", env=env, args=("--max-bridge-restarts", "0")) as (proc, first):
         assert first["case_id"] == "q0"
