@@ -40,6 +40,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,25 +267,37 @@ async def rtt_node(children: Children, sock: Path, opts: Options) -> dict[str, A
     return summary
 
 
+async def timed(
+    opts: Options, pids: dict[str, int | None], round_trip: Callable[[], Awaitable[object]]
+) -> dict[str, Any]:
+    """``opts.round_trips`` round trips one at a time after ``opts.warmup``: percentiles (us) and the CPU
+    per round trip of ``pids`` (``None``: this process)."""
+    for _ in range(opts.warmup):
+        await round_trip()
+    cpu = CpuMeter(pids)
+    samples: list[float] = []
+    for _ in range(opts.round_trips):
+        t0 = time.perf_counter_ns()
+        await round_trip()
+        samples.append((time.perf_counter_ns() - t0) / 1000)
+    return {**percentiles(samples), "cpu_us": cpu.per_unit_us(opts.round_trips)}
+
+
 async def rtt_direct(sock: Path, opts: Options) -> dict[str, Any]:
     conn = await connect_extension(str(sock), timeout=NODE_WAIT)
     command = GetModes()
-    samples: list[float] = []
+
+    async def get_modes() -> None:
+        await conn.send_command(command)
+        while True:
+            data = await conn.recv_data()
+            if data.get("type") == "TaskEvent" and data["data"].get("eventName") == "modesResponse":
+                return
+
     try:
-        for i in range(opts.warmup + opts.round_trips):
-            if i == opts.warmup:
-                cpu = CpuMeter({"worker": None})
-            t0 = time.perf_counter_ns()
-            await conn.send_command(command)
-            while True:
-                data = await conn.recv_data()
-                if data.get("type") == "TaskEvent" and data["data"].get("eventName") == "modesResponse":
-                    break
-            if i >= opts.warmup:
-                samples.append((time.perf_counter_ns() - t0) / 1000)
+        return await timed(opts, {"worker": None}, get_modes)
     finally:
         await conn.close()
-    return {**percentiles(samples), "cpu_us": cpu.per_unit_us(opts.round_trips)}
 
 
 async def rtt_zmq_echo(children: Children, tmp: Path, opts: Options) -> dict[str, Any]:
@@ -297,21 +310,17 @@ async def rtt_zmq_echo(children: Children, tmp: Path, opts: Options) -> dict[str
     # A request of the same shape and size as BridgeClient.query's, built once: transport cost only.
     request = TaskCommandRequest(slot=SLOT, command={"commandName": "GetModes"})
     frames = Session("00" * 32).serialize("task_command", request)
-    samples: list[float] = []
+
+    async def echo() -> None:
+        await dealer.send_multipart(frames)
+        await dealer.recv_multipart()
+
     try:
-        for i in range(opts.warmup + opts.round_trips):
-            if i == opts.warmup:
-                cpu = CpuMeter({"worker": None, "echo": server.pid})
-            t0 = time.perf_counter_ns()
-            await dealer.send_multipart(frames)
-            await dealer.recv_multipart()
-            if i >= opts.warmup:
-                samples.append((time.perf_counter_ns() - t0) / 1000)
-        cpu_us = cpu.per_unit_us(opts.round_trips)
+        result = await timed(opts, {"worker": None, "echo": server.pid}, echo)
     finally:
         dealer.close(linger=0)
     await server.stop()
-    return {**percentiles(samples), "cpu_us": cpu_us}
+    return result
 
 
 async def zmq_plain_echo_server(endpoint: str) -> None:
@@ -352,44 +361,37 @@ async def rtt_zmq_plain_echo(children: Children, tmp: Path, opts: Options) -> di
     reader.start(loop)
     request = TaskCommandRequest(slot=SLOT, command={"commandName": "GetModes"})
     frames = Session("00" * 32).serialize("task_command", request)
-    samples: list[float] = []
+
+    async def echo() -> None:
+        replies.append(loop.create_future())
+        await sender.send(frames)
+        await replies[-1]
+        replies.clear()
+
     try:
-        for i in range(opts.warmup + opts.round_trips):
-            if i == opts.warmup:
-                cpu = CpuMeter({"worker": None, "echo": server.pid})
-            t0 = time.perf_counter_ns()
-            replies.append(loop.create_future())
-            await sender.send(frames)
-            await replies[-1]
-            replies.clear()
-            if i >= opts.warmup:
-                samples.append((time.perf_counter_ns() - t0) / 1000)
-        cpu_us = cpu.per_unit_us(opts.round_trips)
+        result = await timed(opts, {"worker": None, "echo": server.pid}, echo)
     finally:
         reader.stop()
         dealer.close(linger=0)
     await server.stop()
-    return {**percentiles(samples), "cpu_us": cpu_us}
+    return result
 
 
 async def rtt_bridge(children: Children, tmp: Path, sock: Path, opts: Options) -> dict[str, Any]:
     bridge, client, _ = await bridge_with_slot(children, tmp / "bridge2", sock)
-    samples: list[float] = []
+
+    async def query() -> None:
+        await client.query(SLOT, "GetModes")
+
     try:
-        for i in range(opts.warmup + opts.round_trips):
-            if i == opts.warmup:
-                cpu = CpuMeter({"worker": None, "bridge": bridge.pid})
-            t0 = time.perf_counter_ns()
-            modes = await client.query(SLOT, "GetModes")
-            if i >= opts.warmup:
-                samples.append((time.perf_counter_ns() - t0) / 1000)
-            if i == 0 and not (isinstance(modes, list) and modes and "slug" in modes[0]):
-                raise RuntimeError(f"GetModes through the bridge returned {modes!r}")
-        cpu_us = cpu.per_unit_us(opts.round_trips)
+        modes = await client.query(SLOT, "GetModes")
+        if not (isinstance(modes, list) and modes and "slug" in modes[0]):
+            raise RuntimeError(f"GetModes through the bridge returned {modes!r}")
+        result = await timed(opts, {"worker": None, "bridge": bridge.pid}, query)
     finally:
         await client.close(linger_ms=0)
     await asyncio.get_running_loop().run_in_executor(None, bridge.stop)
-    return {**percentiles(samples), "cpu_us": cpu_us}
+    return result
 
 
 async def round_trips(children: Children, tmp: Path, opts: Options) -> dict[str, Any]:

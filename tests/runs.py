@@ -46,19 +46,7 @@ def running(
     attempt record (the event the tests act on; ``{}`` unless ``first``), and leaves no process or pipe
     behind."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator",
-            "run",
-            str(suite),
-            "--results",
-            str(results),
-            "--run-id",
-            "r",
-            "--json",
-            *args,
-        ],
+        run_argv(suite, results, "r", *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -74,6 +62,23 @@ def running(
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def run_argv(suite: Path, results: Path, run_id: str, *extra: str) -> list[str]:
+    """``orchestrate run SUITE --results RESULTS --run-id RUN_ID --json EXTRA...`` in this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "run",
+        str(suite),
+        "--results",
+        str(results),
+        "--run-id",
+        run_id,
+        "--json",
+        *extra,
+    ]
 
 
 def orchestrate(

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import textwrap
 import threading
@@ -29,6 +28,7 @@ from orchestrator.jobs import Job, WorkerConfig
 from orchestrator.plan import build_plan
 from orchestrator.pool import Finished, Lost
 from orchestrator.results import AttemptRecord, read_records
+from tests.runs import run_argv
 
 # Loopback addresses for every Ray process (Ray otherwise picks the machine's outward address), and no
 # usage statistics sent anywhere. Read by Ray when it is imported, and by every driver we start.
@@ -163,22 +163,6 @@ def _suite(tmp: Path, *, duration: str, repeats: int, slots: int = 2 * SLOTS_PER
     return path
 
 
-def _run_args(suite: Path, results: Path, run_id: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "run",
-        str(suite),
-        "--results",
-        str(results),
-        "--run-id",
-        run_id,
-        "--json",
-        *extra,
-    ]
-
-
 def _outcomes(records: list[AttemptRecord]) -> dict[tuple[str, str, int], tuple[str, bool | None]]:
     finals = [r for r in records if r.final]
     keys = [(r.case_id, r.model_id, r.repeat) for r in finals]
@@ -245,7 +229,7 @@ def test_a_suite_runs_across_both_nodes_like_a_local_run(tmp_path: Path, cluster
     subscriber = Subscriber("onray")
     subscriber.start()
     ray_run = subprocess.run(
-        _run_args(suite, results, "onray", "--ray", cluster.cluster.address),
+        run_argv(suite, results, "onray", "--ray", cluster.cluster.address),
         capture_output=True,
         text=True,
         env={**os.environ, **cluster.env},
@@ -254,9 +238,7 @@ def test_a_suite_runs_across_both_nodes_like_a_local_run(tmp_path: Path, cluster
     assert ray_run.returncode == 0, ray_run.stderr
     subscriber.join(60)
     assert not subscriber.is_alive() and subscriber.error is None, subscriber.error
-    local_run = subprocess.run(
-        _run_args(suite, results, "local"), capture_output=True, text=True, timeout=150
-    )
+    local_run = subprocess.run(run_argv(suite, results, "local"), capture_output=True, text=True, timeout=150)
     assert local_run.returncode == 0, local_run.stderr
 
     records = read_records(results / "onray" / "results.jsonl")
@@ -362,7 +344,7 @@ def test_a_lost_node_s_attempts_are_retried_on_the_other(tmp_path: Path, cluster
     out_path, err_path = tmp_path / "out.txt", tmp_path / "err.txt"
     with open(out_path, "w") as out_file, open(err_path, "w") as err_file:
         proc = subprocess.Popen(
-            _run_args(suite, results, "lose", "--ray", cluster.cluster.address),
+            run_argv(suite, results, "lose", "--ray", cluster.cluster.address),
             stdout=out_file,
             stderr=err_file,
             env={**os.environ, **cluster.env},
@@ -412,7 +394,7 @@ def test_an_unreachable_cluster_is_one_clear_error_at_once(tmp_path: Path) -> No
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install '.[ray]'")
     suite = _suite(tmp_path, duration="100ms", repeats=1)
     res = subprocess.run(
-        _run_args(suite, tmp_path / "r", "r", "--ray", "127.0.0.1:1"),
+        run_argv(suite, tmp_path / "r", "r", "--ray", "127.0.0.1:1"),
         capture_output=True,
         text=True,
         timeout=60,  # ray.init alone would retry such an address for minutes
