@@ -187,7 +187,9 @@ class AttemptRunner:
                     holding = True
                     phase.lap("wait_s")
                 task_started = True
-                tracker, responsive = await self._follow(attempt, slot, transcript, restart, inbox)
+                # Made here, not in _follow: a Ctrl-C in the middle still finds what it knew.
+                tracker = OutcomeTracker(asyncio.get_running_loop().time(), attempt.limits)
+                responsive = await self._follow(attempt, slot, transcript, restart, inbox, tracker)
             finally:
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -219,6 +221,8 @@ class AttemptRunner:
         except asyncio.CancelledError:
             status, reason, error_class = Status.CANCELLED, "cancelled by the orchestrator", None
             unstarted = not task_started
+            if task_started and phase.timings.agent_s is None:
+                phase.lap("agent_s")  # how long the task ran before the stop
             if attached and task_started:
                 # A leased host (socket target) is not closed afterwards: its task must be stopped here.
                 with contextlib.suppress(Exception):
@@ -341,13 +345,13 @@ class AttemptRunner:
         transcript: list[dict[str, Any]],
         restart: asyncio.Event,
         inbox: asyncio.Queue[Event | BaseException],
-    ) -> tuple[OutcomeTracker, bool]:
-        """Start the task and follow its events (``inbox``, filled by :meth:`_pump`) to its outcome.
-        Returns the tracker and whether the host reacted to the CancelTask that an outcome leaving the
-        task running is followed by."""
+        tracker: OutcomeTracker,
+    ) -> bool:
+        """Start the task and follow its events (``inbox``, filled by :meth:`_pump`) into ``tracker``
+        (made at the loop's time of the StartNewTask) to its outcome. Returns whether the host reacted
+        to the CancelTask that an outcome leaving the task running is followed by."""
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        tracker = OutcomeTracker(t0, attempt.limits)
+        t0 = tracker.started_at
         configuration = dict(attempt.configuration)
         if attempt.case.simulate is not None:
             # Real hosts strip unknown configuration keys (zod strip mode), so any target may get
@@ -362,7 +366,7 @@ class AttemptRunner:
             )
         except BridgeError as exc:
             tracker.force(Status.INFRA_ERROR, f"StartNewTask failed: {exc}", loop.time())
-            return tracker, True
+            return True
         while not tracker.done:
             now = loop.time()
             deadline = tracker.next_deadline()
@@ -386,8 +390,8 @@ class AttemptRunner:
             tracker.tick(now)
         status = tracker.status
         if status is not None and status.task_left_running:
-            return tracker, await self._cancel(slot, inbox, transcript, t0, attempt.limits.cancel_timeout)
-        return tracker, True
+            return await self._cancel(slot, inbox, transcript, t0, attempt.limits.cancel_timeout)
+        return True
 
     async def _pump(
         self, slot: str, inbox: asyncio.Queue[Event | BaseException], restart: asyncio.Event

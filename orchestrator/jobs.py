@@ -36,6 +36,9 @@ class Job:
     """1 for the first try, then counting retries."""
     socket: str | None = None
     """For ``socket`` targets: the leased host's socket path."""
+    tries: int = 0
+    """Real tries of the key recorded before this one (cancelled ones are not tries): its retries are
+    counted against ``retries``, whatever the attempt number."""
 
 
 @dataclass
@@ -67,7 +70,7 @@ def new_record(
         repeat=a.key.repeat,
         config_hash=a.key.config_hash,
         attempt=job.number,
-        final=final_for(status, job.number, a.retries),
+        final=final_for(status, job.tries + 1, a.retries),
         status=status,
         started_at=started,
         ended_at=ended,

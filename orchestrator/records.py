@@ -77,7 +77,8 @@ class AttemptRecord(BaseModel):
     """1 for the first try; retries after infrastructure failures count up."""
     final: bool
     """The last record of its key: a result, or an infrastructure error with no retries left.
-    Non-final records are retried attempts; a key without a final record is run again on resume."""
+    Non-final records are retried attempts, or cancelled ones (``status: cancelled``: stopped by the
+    orchestrator, not a try); a key without a final record is run again on resume."""
     status: Status
     passed: bool | None
     """The check's verdict (None when no check ran)."""
@@ -187,13 +188,14 @@ COLUMNS = [
 """The columns of :func:`~orchestrator.results.load`, in order: the names of :func:`flat_values`."""
 
 
-def final_for(status: Status, attempt: int, retries: int) -> bool:
-    """Whether a record with this outcome is its key's last: infrastructure failures are retried while
-    ``attempt <= retries``; an attempt stopped by the orchestrator itself (cancelled) never is final,
-    so resume runs it again."""
+def final_for(status: Status, tries: int, retries: int) -> bool:
+    """Whether a record with this outcome is its key's last. ``tries`` counts the key's real tries, this
+    one included; cancelled ones are not tries (the attempt number, which counts every record, is not
+    it). Infrastructure failures are retried while ``tries <= retries``; an attempt stopped by the
+    orchestrator itself (cancelled) never is final, so resume runs it again."""
     if status is Status.CANCELLED:
         return False
-    return not status.is_infra or attempt > retries
+    return not status.is_infra or tries > retries
 
 
 def read_records(path: Path, *, repair: bool = False) -> list[AttemptRecord]:

@@ -15,6 +15,7 @@ from .plan import build_plan, pending, suite_hash
 from .pool import ExecutorStartError
 from .results import AttemptRecord, ResultsError, ResultsWriteError, ResultsWriter, build_manifest
 from .scheduler import Interrupted, RunOptions, Scheduler
+from .status import Status
 from .supervisor import BridgeFailed
 
 EXIT_BAD_INPUT = 2
@@ -34,7 +35,7 @@ class _Progress:
 
     def __init__(self, total: int, *, quiet: bool, as_json: bool) -> None:
         self.as_json = as_json
-        self.counts = {"passed": 0, "failed": 0, "errors": 0, "retried": 0}
+        self.counts = {"passed": 0, "failed": 0, "errors": 0, "retried": 0, "cancelled": 0}
         self.cost = 0.0
         self._bar: Any = None
         if not quiet and not as_json:
@@ -44,7 +45,9 @@ class _Progress:
 
     def __call__(self, record: AttemptRecord) -> None:
         self.cost += record.metrics.cost_usd
-        if not record.final:
+        if record.status is Status.CANCELLED:
+            self.counts["cancelled"] += 1  # stopped by us: run again on resume, not a retry
+        elif not record.final:
             self.counts["retried"] += 1
         elif record.error_class is not None or record.status.is_infra:
             self.counts["errors"] += 1
@@ -246,9 +249,9 @@ def run(
             writer.update_manifest(ended_at=datetime.now(timezone.utc).isoformat())
         except ResultsError as exc:  # the records are what counts; a resume rewrites both files
             failed = failed or exc
-        writer.close()
         if failed is None:  # load()'s cache; never raises. After a write error, the resume writes it
             writer.write_columnar()
+        writer.close()  # last: until here, the run directory is this process's alone
     if failed is not None:
         click.echo(
             f"error: {failed}; every record written before is complete. Free space (or fix the "

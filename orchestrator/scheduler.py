@@ -45,6 +45,8 @@ class _Queued:
     index: int
     number: int = field(compare=False)
     attempt: Attempt = field(compare=False)
+    tries: int = field(default=0, compare=False)
+    """Real tries recorded before this one (see :attr:`Job.tries`)."""
 
 
 @dataclass
@@ -89,7 +91,9 @@ class Scheduler:
         self._rng = random.Random(options.seed)
         self._queue: list[_Queued] = []
         for a in attempts:
-            heapq.heappush(self._queue, _Queued(0.0, a.index, writer.next_attempt(a.key), a))
+            heapq.heappush(
+                self._queue, _Queued(0.0, a.index, writer.next_attempt(a.key), a, writer.tries(a.key))
+            )
         self._stopping = ""
         self._interrupts = 0
         self._free_sockets: list[str] = []
@@ -210,7 +214,7 @@ class Scheduler:
             job_id = f"{item.attempt.key.slug}#{item.number}"
             if socket is not None:
                 self._leased[job_id] = socket
-            pool.submit(job_id, Job(item.attempt, item.number, socket))
+            pool.submit(job_id, Job(item.attempt, item.number, socket, tries=item.tries))
 
     def _spare(self) -> int:
         """Attempts readied ahead. None by default under a budget: a readied attempt starts as soon as
@@ -234,7 +238,7 @@ class Scheduler:
         self._release(item.job_id)
         if result.unstarted:
             # Held back before its task started: it is still to run (skipped now, or on resume).
-            heapq.heappush(self._queue, _Queued(0.0, job.attempt.index, job.number, job.attempt))
+            heapq.heappush(self._queue, _Queued(0.0, job.attempt.index, job.number, job.attempt, job.tries))
             return
         if "crash" in result.record:
             record = self._error_record(
@@ -257,10 +261,11 @@ class Scheduler:
         self._records.put(record, job.attempt.key, job.number, transcript or ())
         self._spent += record.metrics.cost_usd
         if not record.final and record.status is not Status.CANCELLED and not self._stopping:
-            delay = self._backoff(job.number)
-            heapq.heappush(
-                self._queue, _Queued(time.monotonic() + delay, job.attempt.index, job.number + 1, job.attempt)
+            delay = self._backoff(job.tries + 1)
+            retry = _Queued(
+                time.monotonic() + delay, job.attempt.index, job.number + 1, job.attempt, job.tries + 1
             )
+            heapq.heappush(self._queue, retry)
 
     def _report(self, written: list[AttemptRecord]) -> None:
         for record in written:
