@@ -21,6 +21,7 @@ from .supervisor import BridgeFailed
 EXIT_BAD_INPUT = 2
 EXIT_WRITE_ERROR = ResultsWriteError.exit_code
 EXIT_BRIDGE_FAILED = 4
+EXIT_CIRCUIT_BREAKER = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -154,7 +155,10 @@ def run(
     orchestrator.results.load("results/<run-id>").
     Exit codes: 0 done, 2 bad suite or options (or the Ray cluster cannot be used), 3 results could not be written (disk full, unwritable
     --results; every record written is complete: fix it, then --resume RUN_ID), 4 the bridge kept dying
-    (more than --max-bridge-restarts a minute), 130 interrupted (resume with --resume RUN_ID).
+    (more than --max-bridge-restarts a minute), 5 circuit breaker: the first 2 x slots tries all ended
+    infra_error for the same reason (a host that cannot start, ...; the reason is printed), 130
+    interrupted. After 3, 4, 5 and 130, --resume RUN_ID continues the run. 2 also when another process
+    owns the run (a --resume or --run-id of a run in progress).
     """
     try:
         suite = load_suite(suite_file)
@@ -241,8 +245,9 @@ def run(
         stop, unstarted = "not_started", exc
     finally:
         progress.close()
+        tripped = {"stop_detail": scheduler.tripped} if scheduler.tripped else {}
         summary = writer.summary(
-            stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget
+            stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget, **tripped
         )
         try:
             writer.write_summary(summary)
@@ -271,6 +276,13 @@ def run(
             err=True,
         )
         sys.exit(EXIT_BRIDGE_FAILED)
+    if scheduler.tripped is not None:
+        click.echo(
+            f"error: {redactor.text(scheduler.tripped)}: the rest would too, so the run stopped. Fix the "
+            f"cause, then continue with: orchestrate run {suite_file} --results {results_dir} --resume {run_id}",
+            err=True,
+        )
+        sys.exit(EXIT_CIRCUIT_BREAKER)
     if stop in ("interrupted", "killed"):
         sys.exit(EXIT_INTERRUPTED)
 

@@ -37,6 +37,8 @@ POLL_INTERVAL = 0.2
 WORKER_MAIN = "orchestrator.worker:worker_main"  # by name: the main process never imports the worker
 BRIDGE_LOG = "bridge.log"
 CANCEL_WAIT = 8.0
+BREAKER_FACTOR = 2
+"""The circuit breaker trips when the first ``BREAKER_FACTOR x slots`` tries all fail alike."""
 
 
 @dataclass(order=True)
@@ -68,6 +70,40 @@ def _runtime_parent() -> str:
 
 class Interrupted(Exception):
     """Ctrl-C twice: stop now."""
+
+
+class _Breaker:
+    """Watches a run's first tries: when the first ``window`` of them all end ``infra_error`` for the same
+    reason (a host that cannot start, a setup command that cannot run), the rest would too: the run
+    stops rather than grind through the suite. Any other outcome first disarms it for good."""
+
+    def __init__(self, window: int) -> None:
+        self.window = max(window, 1)
+        self._armed = True
+        self._seen = 0
+        self._first: AttemptRecord | None = None
+        self.tripped: str | None = None
+        """Why it tripped, in words (None while it has not)."""
+
+    def see(self, record: AttemptRecord) -> bool:
+        """Count one try's record; True when this one trips the breaker."""
+        if not self._armed or record.status is Status.CANCELLED:
+            return False  # a stop of ours says nothing about the infrastructure
+        if record.status is not Status.INFRA_ERROR or (
+            self._first is not None and record.reason != self._first.reason
+        ):
+            self._armed = False
+            return False
+        self._first = self._first or record
+        self._seen += 1
+        if self._seen < self.window:
+            return False
+        self._armed = False
+        detail = (self._first.error or "").strip().splitlines()
+        self.tripped = f'the first {self._seen} tries all ended infra_error "{self._first.reason}"' + (
+            f" ({detail[-1][:300]})" if detail else ""
+        )
+        return True
 
 
 class Scheduler:
@@ -105,12 +141,13 @@ class Scheduler:
         """Cost of every record so far, those still being written included (the budget's measure)."""
         self._records: RecordQueue | None = None
         self._supervisor: BridgeSupervisor | None = None
+        self._breaker = _Breaker(BREAKER_FACTOR * suite.target.slots)
 
     # ------------------------------------------------------------------------------------- run
 
     def run(self) -> str:
         """Run to the end (or until stopped); returns why it stopped: ``finished``, ``interrupted``,
-        ``budget``."""
+        ``budget``, ``circuit_breaker`` (see :attr:`tripped`)."""
         parent = _runtime_parent()
         runtime_dir.sweep(parent)
         runtime = runtime_dir.create(parent)
@@ -172,7 +209,7 @@ class Scheduler:
         cancel_deadline: float | None = None
         while True:
             # A spent budget only stops new starts: what runs has been paid for, and ends by itself.
-            if self._stopping == "interrupted" and cancel_deadline is None:
+            if self._stopping in ("interrupted", "circuit_breaker") and cancel_deadline is None:
                 pool.cancel_all()
                 cancel_deadline = time.monotonic() + CANCEL_WAIT
             if not self._stopping:
@@ -260,6 +297,9 @@ class Scheduler:
         assert self._records is not None
         self._records.put(record, job.attempt.key, job.number, transcript or ())
         self._spent += record.metrics.cost_usd
+        if not self._stopping and self._breaker.see(record):
+            log.error("stopping: %s", self._breaker.tripped)
+            self._stopping = "circuit_breaker"
         if not record.final and record.status is not Status.CANCELLED and not self._stopping:
             delay = self._backoff(job.tries + 1)
             retry = _Queued(
@@ -309,3 +349,8 @@ class Scheduler:
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    @property
+    def tripped(self) -> str | None:
+        """Why the circuit breaker stopped the run (``stop_reason`` ``circuit_breaker``), else None."""
+        return self._breaker.tripped
