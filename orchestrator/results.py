@@ -251,6 +251,9 @@ class ResultsWriter:
         while another process owns it."""
         run_dir = Path(run_dir)
         if not (run_dir / MANIFEST).is_file():
+            owner = RunLock.held(run_dir)  # a run that is starting: locked, its manifest not yet written
+            if owner is not None:
+                raise RunInProgressError(run_dir, owner)
             raise ResultsError(f"{run_dir} is not a run directory (no {MANIFEST})")
         writer = cls(run_dir, redactor)
         with _writing(run_dir):

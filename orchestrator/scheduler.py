@@ -38,7 +38,8 @@ WORKER_MAIN = "orchestrator.worker:worker_main"  # by name: the main process nev
 BRIDGE_LOG = "bridge.log"
 CANCEL_WAIT = 8.0
 BREAKER_FACTOR = 2
-"""The circuit breaker trips when the first ``BREAKER_FACTOR x slots`` tries all fail alike."""
+"""The circuit breaker trips when the first tries of the first ``BREAKER_FACTOR x slots`` keys all fail
+alike."""
 
 
 @dataclass(order=True)
@@ -73,9 +74,11 @@ class Interrupted(Exception):
 
 
 class _Breaker:
-    """Watches a run's first tries: when the first ``window`` of them all end ``infra_error`` for the same
-    reason (a host that cannot start, a setup command that cannot run), the rest would too: the run
-    stops rather than grind through the suite. Any other outcome first disarms it for good."""
+    """Watches a run's first tries: when the first ``window`` keys' first tries all end ``infra_error``
+    for the same reason (a host that cannot start, a setup command that cannot run), the rest would
+    too: the run stops rather than grind through the suite. Any other outcome first, a retry's
+    included, disarms it for good. Retries failing alike do not count: a run of fewer keys than
+    ``window``, where the breaker would save little, is left to its retries."""
 
     def __init__(self, window: int) -> None:
         self.window = max(window, 1)
@@ -85,8 +88,9 @@ class _Breaker:
         self.tripped: str | None = None
         """Why it tripped, in words (None while it has not)."""
 
-    def see(self, record: AttemptRecord) -> bool:
-        """Count one try's record; True when this one trips the breaker."""
+    def see(self, record: AttemptRecord, *, first_try: bool) -> bool:
+        """Count one try's record (``first_try``: its key's first real try); True when this one trips
+        the breaker."""
         if not self._armed or record.status is Status.CANCELLED:
             return False  # a stop of ours says nothing about the infrastructure
         if record.status is not Status.INFRA_ERROR or (
@@ -95,13 +99,16 @@ class _Breaker:
             self._armed = False
             return False
         self._first = self._first or record
+        if not first_try:
+            return False
         self._seen += 1
         if self._seen < self.window:
             return False
         self._armed = False
         detail = (self._first.error or "").strip().splitlines()
-        self.tripped = f'the first {self._seen} tries all ended infra_error "{self._first.reason}"' + (
-            f" ({detail[-1][:300]})" if detail else ""
+        self.tripped = (
+            f"the first tries of the first {self._seen} attempts all ended infra_error "
+            f'"{self._first.reason}"' + (f" ({detail[-1][:300]})" if detail else "")
         )
         return True
 
@@ -297,7 +304,7 @@ class Scheduler:
         assert self._records is not None
         self._records.put(record, job.attempt.key, job.number, transcript or ())
         self._spent += record.metrics.cost_usd
-        if not self._stopping and self._breaker.see(record):
+        if not self._stopping and self._breaker.see(record, first_try=job.tries == 0):
             log.error("stopping: %s", self._breaker.tripped)
             self._stopping = "circuit_breaker"
         if not record.final and record.status is not Status.CANCELLED and not self._stopping:

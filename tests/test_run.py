@@ -167,8 +167,8 @@ def test_the_default_suite_shows_every_outcome(tmp_path: Path, engine: str) -> N
 
 
 def test_a_host_that_cannot_start_trips_the_circuit_breaker(tmp_path: Path) -> None:
-    """The first 2 x slots tries all infra_error alike: the run stops with exit 5 and the reason instead
-    of grinding through every case's retries, and stays resumable."""
+    """The first tries of the first 2 x slots attempts all infra_error alike: the run stops with exit 5
+    and the reason instead of grinding through every case's retries, and stays resumable."""
     argv = '[sh, -c, "echo no display >&2; exit 3", "{socket}"]'
     suite = tmp_path / "suite.yaml"
     suite.write_text(
@@ -179,7 +179,7 @@ def test_a_host_that_cannot_start_trips_the_circuit_breaker(tmp_path: Path) -> N
     args = ["run", str(suite), "--results", str(tmp_path / "r"), "--json"]
     res = orchestrate(*args, "--run-id", "r")
     assert res.returncode == 5, res.stderr
-    assert 'the first 4 tries all ended infra_error "extension host did not come up"' in res.stderr
+    assert 'first 4 attempts all ended infra_error "extension host did not come up"' in res.stderr
     assert "--resume r" in res.stderr
     summary = json.loads(res.stdout.splitlines()[-1])
     assert summary["stop_reason"] == "circuit_breaker"
@@ -190,3 +190,39 @@ def test_a_host_that_cannot_start_trips_the_circuit_breaker(tmp_path: Path) -> N
     assert all(r.status.value in ("infra_error", "cancelled") for r in records)
     again = orchestrate(*args, "--resume", "r")
     assert again.returncode == 5, again.stderr  # resumable: it runs, and trips again on the same cause
+
+
+def test_the_circuit_breaker_counts_first_tries_alike_and_anything_else_disarms_it() -> None:
+    from datetime import datetime, timezone
+
+    from orchestrator.records import AttemptRecord
+    from orchestrator.scheduler import _Breaker
+    from orchestrator.status import Status
+
+    now = datetime.now(timezone.utc)
+
+    def rec(status: Status, reason: str = "extension host did not come up") -> AttemptRecord:
+        return AttemptRecord(
+            run_id="r", case_id="c", model_id="m", repeat=0, config_hash="h", attempt=1, final=False,
+            status=status, passed=None, reason=reason, error="exit code 3\nno display",
+            started_at=now, ended_at=now, duration_s=0,
+        )  # fmt: skip
+
+    breaker = _Breaker(3)
+    infra = rec(Status.INFRA_ERROR)
+    assert not breaker.see(infra, first_try=True)
+    assert not breaker.see(infra, first_try=False)  # a retry failing alike: not a new attempt's evidence
+    assert not breaker.see(rec(Status.CANCELLED), first_try=True)  # our own stop says nothing
+    assert not breaker.see(infra, first_try=True)
+    assert breaker.tripped is None
+    assert breaker.see(infra, first_try=True)
+    assert breaker.tripped == (
+        'the first tries of the first 3 attempts all ended infra_error "extension host did not come up" '
+        "(no display)"
+    )
+    for other in (rec(Status.COMPLETED, ""), rec(Status.INFRA_ERROR, "worker died"), rec(Status.TIMEOUT)):
+        breaker = _Breaker(2)
+        assert not breaker.see(infra, first_try=True)
+        assert not breaker.see(other, first_try=False)  # disarmed for good, a retry's outcome included
+        assert not breaker.see(infra, first_try=True) and not breaker.see(infra, first_try=True)
+        assert breaker.tripped is None
