@@ -226,3 +226,36 @@ def test_the_circuit_breaker_counts_first_tries_alike_and_anything_else_disarms_
         assert not breaker.see(other, first_try=False)  # disarmed for good, a retry's outcome included
         assert not breaker.see(infra, first_try=True) and not breaker.see(infra, first_try=True)
         assert breaker.tripped is None
+
+
+def test_the_progress_counts_cancelled_attempts_apart_from_retried_ones() -> None:
+    from datetime import datetime, timezone
+
+    from orchestrator.records import AttemptRecord
+    from orchestrator.run_cli import _Progress
+    from orchestrator.status import Status
+
+    now = datetime.now(timezone.utc)
+    progress = _Progress(3, quiet=True, as_json=False)
+    for status, final, passed in [
+        (Status.CANCELLED, False, None),
+        (Status.INFRA_ERROR, False, None),
+        (Status.COMPLETED, True, True),
+    ]:
+        progress(
+            AttemptRecord(
+                run_id="r",
+                case_id="c",
+                model_id="m",
+                repeat=0,
+                config_hash="h",
+                attempt=1,
+                final=final,
+                status=status,
+                passed=passed,
+                started_at=now,
+                ended_at=now,
+                duration_s=0,
+            )
+        )
+    assert progress.counts == {"passed": 1, "failed": 0, "errors": 0, "retried": 1, "cancelled": 1}

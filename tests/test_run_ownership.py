@@ -80,7 +80,10 @@ def test_a_run_in_progress_refuses_a_resume_and_its_run_id_and_completes_alone(
     tmp_path: Path, sockdir: Path
 ) -> None:
     target = "{kind: simulator, slots: 2, options: {time_scale: 0.05, status_delay: 0.1}}"
-    suite = write_suite(tmp_path, target, cases(12, QUICK))
+    # The gated case's setup waits for a file this test makes: the run is in progress until then.
+    gate = tmp_path / "open"
+    gated = f"{QUICK}  setup: [\"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done'\"]\n"
+    suite = write_suite(tmp_path, target, cases(1, gated, prefix="gated") + cases(11, QUICK))
     results = tmp_path / "r"
     with running(suite, results, env={"TMPDIR": str(sockdir)}) as (proc, first):
         assert first["case_id"].startswith("c")
@@ -88,25 +91,25 @@ def test_a_run_in_progress_refuses_a_resume_and_its_run_id_and_completes_alone(
             res = orchestrate("run", str(suite), "--results", str(results), "--quiet", *args)
             assert res.returncode == 2, (args, res.stderr)
             assert f"run r is in progress (pid {proc.pid} on host {HOST})" in res.stderr, res.stderr
-            assert proc.poll() is None, "the owner finished before the second process was refused"
+        gate.touch()
         out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0
     assert json.loads(out.splitlines()[-1])["stop_reason"] == "finished"
     records = read_records(results / "r" / "results.jsonl")
     finals = sorted(r.case_id for r in records if r.final)
-    assert finals == sorted(f"c{i}" for i in range(12))  # exactly one final record per key
+    assert finals == sorted(["gated0", *(f"c{i}" for i in range(11))]), records  # one final per key
     numbers = [(r.case_id, r.attempt) for r in records]
     assert len(numbers) == len(set(numbers))
 
 
 def test_a_try_cancelled_by_ctrl_c_is_recorded_with_what_was_known_and_is_not_a_try(tmp_path: Path) -> None:
-    # Each try of `api` waits on the model API until its second retry wait (6 s at this time scale) is
+    # Each try of `api` waits on the model API until its second retry wait (8 s at this time scale) is
     # one more than api_retry_limit; retries: 2 gives it 3 real tries, however often it is interrupted.
     api = f"""
     - id: api
       prompt: the API is down
       workspace: {EXERCISES}/python/leap
-      simulate: {{outcome: api_error, error: {{status: 500, first_wait: 120}}}}
+      simulate: {{outcome: api_error, error: {{status: 500, first_wait: 160}}}}
     - id: quick
       prompt: quick
       workspace: {EXERCISES}/python/two-fer
