@@ -223,6 +223,9 @@ class AttemptRunner:
             unstarted = not task_started
             if task_started and phase.timings.agent_s is None:
                 phase.lap("agent_s")  # how long the task ran before the stop
+            if tracker is not None and tracker.status is not None:
+                # Stopped in its cancel, teardown or check: what the agent did is known, its grade is not.
+                reason += f" after the task ended {tracker.status.value}"
             if attached and task_started:
                 # A leased host (socket target) is not closed afterwards: its task must be stopped here.
                 with contextlib.suppress(Exception):
