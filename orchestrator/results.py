@@ -7,10 +7,13 @@
     events/<case>__<model>__<repeat>__<attempt>.jsonl   each attempt's transcript (non-partial events)
     summary.json       pass rate and totals by model and tag, rebuilt from results.jsonl
     results.parquet    a columnar cache of results.jsonl for load(), written when the run ends (optional)
+    .lock              flock'd by the run's owner while it lives; names its pid and host
 
-One process (the main one) owns a :class:`ResultsWriter`; it never writes a second final record for a
-key, and on resume it cuts away a torn last line left by a hard kill. Every JSON file is written whole
-(temp file, fsync, rename), and everything written passes through the suite's redactor.
+One process (the main one) owns a :class:`ResultsWriter`, and one writer owns a run directory at a time
+(:mod:`orchestrator.run_lock`: a second one is refused while the first lives); it never writes a second
+final record for a key, and on resume it cuts away a torn last line left by a hard kill. Every JSON
+file is written whole (temp file, fsync, rename), and everything written passes through the suite's
+redactor.
 """
 
 from __future__ import annotations
