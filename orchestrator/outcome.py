@@ -278,9 +278,10 @@ class OutcomeTracker:
         assert self._waiting_on_api is not None
         tid, failure = self._waiting_on_api
         waits = self._tasks[tid].retry_waits
+        times = "time" if waits == 1 else "times"
         return (
-            f"the model API failed {waits} times in a row and the task was waiting to retry it when the "
-            f"timer ran out ({timer}): {failure}"
+            f"the model API failed {waits} {times} in a row and the task was waiting to retry it when "
+            f"the timer ran out ({timer}): {failure}"
         )
 
     def _add_child(self, tid: str) -> None:

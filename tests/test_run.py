@@ -259,3 +259,26 @@ def test_the_progress_counts_cancelled_attempts_apart_from_retried_ones() -> Non
             )
         )
     assert progress.counts == {"passed": 1, "failed": 0, "errors": 0, "retried": 1, "cancelled": 1}
+
+
+def test_a_timeout_during_an_api_outage_is_a_retried_api_error(tmp_path: Path) -> None:
+    """The engine waits 5, 10, 20 s between API retries: a timeout shorter than that ends the try
+    before api_retry_limit can call the outage, and it is still the API's failure, not the agent's."""
+    outage = f"""
+    - id: outage
+      prompt: the API is down
+      workspace: {EXERCISES}/python/leap
+      timeout: 3s
+      simulate: {{outcome: api_error, error: {{status: 503, first_wait: 200}}}}
+    """
+    suite = _suite(tmp_path, outage)
+    res = orchestrate("run", str(suite), "--results", str(tmp_path), "--run-id", "o", "--quiet")
+    assert res.returncode == 0, res.stderr
+    records = read_records(tmp_path / "o" / "results.jsonl")
+    assert [(r.attempt, r.status.value, r.final) for r in records] == [
+        (1, "api_error", False),
+        (2, "api_error", True),
+    ], records
+    for r in records:
+        assert "failed 1 time in a row" in r.reason and "no outcome within 3 s" in r.reason, r.reason
+        assert "503" in r.reason, r.reason
