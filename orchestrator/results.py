@@ -235,7 +235,7 @@ class ResultsWriter:
         writer = cls(run_dir, redactor)
         try:
             with _writing(run_dir):
-                # Locked before anything else is in it: a resume racing the start waits for nothing.
+                # Locked before the manifest exists: a resume racing the start is refused as in progress.
                 writer._lock = RunLock(run_dir)
                 writer.events_dir.mkdir()
                 writer.write_manifest(manifest)

@@ -155,10 +155,10 @@ def run(
     orchestrator.results.load("results/<run-id>").
     Exit codes: 0 done, 2 bad suite or options (or the Ray cluster cannot be used), 3 results could not be written (disk full, unwritable
     --results; every record written is complete: fix it, then --resume RUN_ID), 4 the bridge kept dying
-    (more than --max-bridge-restarts a minute), 5 circuit breaker: the first tries of the first 2 x slots
-    attempts all ended infra_error for the same reason (a host that cannot start, ...; the reason is printed), 130
-    interrupted. After 3, 4, 5 and 130, --resume RUN_ID continues the run. 2 also when another process
-    owns the run (a --resume or --run-id of a run in progress).
+    (more than --max-bridge-restarts a minute), 5 circuit breaker: the first tries of the first
+    2 x slots attempts all ended infra_error for the same reason (a host that cannot start, ...; the
+    reason is printed), 130 interrupted. After 3, 4, 5 and 130, --resume RUN_ID continues the run.
+    2 also when another process owns the run (a --resume or --run-id of a run in progress).
     """
     try:
         suite = load_suite(suite_file)
