@@ -1,5 +1,6 @@
-"""Processes killed or frozen mid-run: every attempt still ends with exactly one final record, the run
-finishes or resumes to completion, and nothing is left running."""
+"""Processes killed or frozen mid-run, a second process on a running run, hosts that can never start:
+every attempt still ends with exactly one final record, the run finishes or resumes to completion, and
+nothing is left running."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from tests.runs import (
 )
 
 pytestmark = pytest.mark.timeout(180)
+
+HOST = os.uname()[1]
 
 
 def test_sigkill_of_the_orchestrator_leaves_nothing_and_resume_completes(
@@ -258,3 +261,108 @@ def test_a_bridge_that_keeps_dying_stops_the_run_cleanly_and_resume_completes(
     assert res.returncode == 0, res.stderr
     records = read_records(tmp_path / "r" / "r" / "results.jsonl")
     assert sorted(r.case_id for r in records if r.final) == ["q0", "s0", "s1"], records
+
+
+QUICK = f"""
+  workspace: {EXERCISES}/python/leap
+  simulate: {{duration: 10s}}
+"""
+
+
+def test_a_run_in_progress_refuses_a_resume_and_its_run_id_and_completes_alone(
+    tmp_path: Path, sockdir: Path
+) -> None:
+    target = "{kind: simulator, slots: 2, options: {time_scale: 0.05, status_delay: 0.1}}"
+    # The gated case's setup waits for a file this test makes: the run is in progress until then.
+    gate = tmp_path / "open"
+    gated = f"{QUICK}  setup: [\"sh -c 'while [ ! -e {gate} ]; do sleep 0.05; done'\"]\n"
+    suite = write_suite(tmp_path, target, cases(1, gated, prefix="gated") + cases(11, QUICK))
+    results = tmp_path / "r"
+    with running(suite, results, env={"TMPDIR": str(sockdir)}) as (proc, first):
+        assert first["case_id"].startswith("c")
+        for args in (("--resume", "r"), ("--run-id", "r")):
+            res = orchestrate("run", str(suite), "--results", str(results), "--quiet", *args)
+            assert res.returncode == 2, (args, res.stderr)
+            assert f"run r is in progress (pid {proc.pid} on host {HOST})" in res.stderr, res.stderr
+        gate.touch()
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    assert json.loads(out.splitlines()[-1])["stop_reason"] == "finished"
+    records = read_records(results / "r" / "results.jsonl")
+    finals = sorted(r.case_id for r in records if r.final)
+    assert finals == sorted(["gated0", *(f"c{i}" for i in range(11))]), records  # one final per key
+    numbers = [(r.case_id, r.attempt) for r in records]
+    assert len(numbers) == len(set(numbers))
+
+
+def test_a_try_cancelled_by_ctrl_c_is_recorded_with_what_was_known_and_is_not_a_try(tmp_path: Path) -> None:
+    # Each try of `api` waits on the model API until its second retry wait (8 s at this time scale) is
+    # one more than api_retry_limit; retries: 2 gives it 3 real tries, however often it is interrupted.
+    api = f"""
+    - id: api
+      prompt: the API is down
+      workspace: {EXERCISES}/python/leap
+      simulate: {{outcome: api_error, error: {{status: 500, first_wait: 160}}}}
+    - id: quick
+      prompt: quick
+      workspace: {EXERCISES}/python/two-fer
+      simulate: {{duration: 20s}}
+    """
+    suite = simulator_suite(tmp_path, api, slots=2)
+    text = suite.read_text().replace("retries: 1", "retries: 2\n  api_retry_limit: 1")
+    suite.write_text(text)
+    with running(suite, tmp_path / "r") as (proc, first):
+        assert first["case_id"] == "quick"  # api's first try started with it and waits on the API
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    run_dir = tmp_path / "r" / "r"
+    (cancelled,) = [r for r in read_records(run_dir / "results.jsonl") if r.case_id == "api"]
+    assert (cancelled.attempt, cancelled.status.value, cancelled.final) == (1, "cancelled", False)
+    # What was known when it stopped is in the record, as it is in its transcript.
+    assert cancelled.task_id is not None and cancelled.metrics.task_ids == [cancelled.task_id]
+    assert cancelled.timings.agent_s is not None and cancelled.timings.agent_s > 0
+    assert cancelled.metrics.api_requests >= 1 and cancelled.metrics.api_retries >= 1
+    assert cancelled.metrics.events > 0 and cancelled.events_file is not None
+    assert cancelled.task_id in (run_dir / cancelled.events_file).read_text()
+    summary = json.loads(out.splitlines()[-1])
+    assert (summary["totals"]["cancelled"], summary["totals"]["retried"]) == (1, 0)
+
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--resume", "r", "--quiet")
+    assert res.returncode == 0, res.stderr
+    api_records = [r for r in read_records(run_dir / "results.jsonl") if r.case_id == "api"]
+    assert [(r.attempt, r.status.value, r.final) for r in api_records] == [
+        (1, "cancelled", False),
+        (2, "api_error", False),
+        (3, "api_error", False),
+        (4, "api_error", True),  # three real tries: the cancelled one was not one
+    ]
+    report = orchestrate("report", str(run_dir))
+    assert report.returncode == 0, report.stderr
+    assert "2 retried attempts, 1 cancelled" in report.stdout
+
+
+def test_a_host_that_cannot_start_trips_the_circuit_breaker(tmp_path: Path) -> None:
+    """The first tries of the first 2 x slots attempts all infra_error alike: the run stops with exit 5
+    and the reason instead of grinding through every case's retries, and stays resumable."""
+    argv = '[sh, -c, "echo no display >&2; exit 3", "{socket}"]'
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        f"name: t\ntarget: {{kind: command, slots: 2, launch_timeout: 3s, argv: {argv}}}\n"
+        "defaults: {retries: 2, retry_backoff: 100ms}\ncases:\n"
+        + "".join(f"  - {{id: c{i}, prompt: x}}\n" for i in range(8))
+    )
+    args = ["run", str(suite), "--results", str(tmp_path / "r"), "--json"]
+    res = orchestrate(*args, "--run-id", "r")
+    assert res.returncode == 5, res.stderr
+    assert 'first 4 attempts all ended infra_error "extension host did not come up"' in res.stderr
+    assert "--resume r" in res.stderr
+    summary = json.loads(res.stdout.splitlines()[-1])
+    assert summary["stop_reason"] == "circuit_breaker"
+    assert "extension host did not come up" in summary["stop_detail"]
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    # 8 cases x 3 tries would be 24 records; none is a result, and every key is still to run.
+    assert 4 <= len(records) <= 6 and not [r for r in records if r.final]
+    assert all(r.status.value in ("infra_error", "cancelled") for r in records)
+    again = orchestrate(*args, "--resume", "r")
+    assert again.returncode == 5, again.stderr  # resumable: it runs, and trips again on the same cause
