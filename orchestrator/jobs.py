@@ -27,6 +27,10 @@ class WorkerConfig:
     keep_workspaces: bool = False
     node: str | None = None
     """Where the attempts run, for the records: the Ray node id (None for local workers)."""
+    secrets: frozenset[str] = frozenset()
+    """The suite's secret values: redacted from everything the worker writes (its log, its children's)."""
+    referenced_env: frozenset[str] = frozenset()
+    """The variables the suite's ``${...}`` refer to: withheld from the worker's children."""
 
 
 @dataclass(frozen=True)
