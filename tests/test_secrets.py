@@ -16,6 +16,10 @@ from typing import Any
 import pyarrow.parquet
 import pytest
 
+from ipc_bridge.launcher import start_bridge_process, sync_request
+from ipc_bridge.wire import HeartbeatRequest
+from orchestrator.child_env import withheld
+from orchestrator.config import SuiteError, load_suite
 from tests.runs import EXERCISES, SECRET, cmdline, descendants, orchestrate, running
 from tests.runs import simulator_suite as _suite
 
@@ -159,3 +163,48 @@ def test_no_child_process_inherits_a_secret(tmp_path: Path) -> None:
             assert SECRET not in env.values() and OTHER not in env.values(), child["cmd"]
         assert all(host["env"].get("HOST_VAR") == "from-target" for host in hosts)
         assert all("ROO_CODE_IPC_SOCKET_PATH" in host["env"] for host in hosts)
+
+
+def test_the_bridge_redacts_the_secrets_it_is_given_from_its_log(sockdir: Path) -> None:
+    """Told through a pipe (never its environment or command line), the bridge shows a secret that a
+    client's bad request quotes as *** in its log."""
+    log_path = sockdir / "bridge.log"
+    with open(log_path, "ab") as log_file:
+        bridge = start_bridge_process(sockdir / "b", stderr=log_file, secrets=[SECRET])
+    try:
+        assert SECRET.encode() not in Path(f"/proc/{bridge.pid}/cmdline").read_bytes()
+        assert SECRET not in _environ(bridge.pid).values()
+        reply = sync_request(bridge.connection, f"no-such-{SECRET}", HeartbeatRequest(), timeout=30)
+        assert reply is not None
+    finally:
+        bridge.stop()
+    text = log_path.read_text()
+    assert "no-such-***" in text
+    assert SECRET not in text
+
+
+def test_a_suite_error_that_quotes_a_value_shows_a_secret_redacted(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: t\ndefaults: {timeout: '${TEST_KEY}'}\ncases: [{id: a, prompt: p}]\n")
+    with pytest.raises(SuiteError) as caught:
+        load_suite(suite, env={"TEST_KEY": SECRET})
+    assert "timeout" in str(caught.value) and "***" in str(caught.value)
+    assert SECRET not in str(caught.value)
+
+
+def test_which_variables_children_do_not_inherit(tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "name: t\ndefaults: {configuration: {openRouterBaseUrl: '${MY_ENDPOINT}'}}\n"
+        "cases: [{id: a, prompt: p, workspace: '${HOME_DIR}/x'}]\n"
+    )
+    (tmp_path / "home" / "x").mkdir(parents=True)
+    env = {"MY_ENDPOINT": "https://example.invalid/v1", "HOME_DIR": str(tmp_path / "home")}
+    referenced = load_suite(suite, env=env).referenced_env
+    assert referenced == {"MY_ENDPOINT", "HOME_DIR"}
+    # what the suite refers to, and whatever looks secret, referred to or not
+    for name in ("MY_ENDPOINT", "HOME_DIR", "OPENAI_API_KEY", "GITHUB_TOKEN", "PGPASSWORD", "aws_secret"):
+        assert withheld(name, referenced), name
+    # a ${HOME} or ${PATH} in a path makes neither a secret for anyone
+    for name in ("PATH", "HOME", "LC_ALL", "DISPLAY", "XAUTHORITY", "SSH_AUTH_SOCK"):
+        assert not withheld(name, referenced | {"PATH", "HOME", "LC_ALL"}), name
