@@ -17,9 +17,14 @@ they are given. So:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Collection, Mapping
+from typing import Any
 
 from ipc_bridge.redaction import SECRET_KEY
+
+_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)")
+"""``${NAME`` (``${NAME}``, ``${NAME:-default}``); ``$${`` is a literal, skipped."""
 
 COMMAND_BASE = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR"}
@@ -58,3 +63,18 @@ def withhold(referenced: Collection[str] = ()) -> None:
     worker or a Ray node actor first thing)."""
     for name in [k for k in os.environ if withheld(k, referenced)]:
         del os.environ[name]
+
+
+def referenced_variables(data: Any) -> set[str]:
+    """The names of the variables a suite's ``${...}`` refer to, in its data before interpolation."""
+    names: set[str] = set()
+    seen: set[int] = set()  # a YAML alias shares one object between places: walk it once
+    todo = [data]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, str):
+            names.update(m.group(1) for m in _REFERENCE.finditer(node) if m.group(1))
+        elif isinstance(node, (dict, list)) and id(node) not in seen:
+            seen.add(id(node))
+            todo.extend(node.values() if isinstance(node, dict) else node)
+    return names

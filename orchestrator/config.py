@@ -34,6 +34,7 @@ from pydantic import (
 from ipc_bridge.redaction import Redactor
 from ipc_bridge.shapes import RooCodeSettings
 
+from .child_env import referenced_variables
 from .config_types import (
     Command,
     Count,
@@ -321,8 +322,8 @@ def load_suite(path: str | Path, *, env: Mapping[str, str] | None = None) -> Sui
     raw = load_marked_yaml(path)
     for extension in [k for k in raw if isinstance(k, str) and k.startswith("x-")]:
         del raw[extension]  # a place for YAML anchors, as in docker-compose files
-    referenced: set[str] = set()
-    raw, secrets, problems = interpolate(raw, os.environ if env is None else env, path, referenced)
+    referenced = referenced_variables(raw)
+    raw, secrets, problems = interpolate(raw, os.environ if env is None else env, path)
     duplicates = duplicate_ids(raw)
     problems += duplicates
     base = path.resolve().parent

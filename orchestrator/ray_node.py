@@ -135,7 +135,7 @@ class NodeRunner:
         (runtime / "templates").mkdir()
         with open(runtime / BRIDGE_LOG, "ab") as bridge_log:
             self._bridge = start_bridge_process(
-                runtime / "bridge", stderr=bridge_log, env=service_env(), secrets=self._base.secrets
+                runtime / "bridge", stderr=bridge_log, env=service_env(), secrets=self._base.redactor.values
             )
         return dataclasses.replace(
             self._base,

@@ -125,7 +125,7 @@ class Scheduler:
                 work_dir=str(work),
                 target=self.suite.target,
                 keep_workspaces=self.options.keep_workspaces,
-                secrets=self.suite.secret_values,
+                redactor=self.suite.redactor(),
                 referenced_env=self.suite.referenced_env,
             )
             if getattr(self.suite.target, "executor", "local") == "ray":

@@ -209,13 +209,10 @@ def _line_col_at(data: bytes, offset: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------------ interpolation
 
 
-def interpolate(
-    data: Any, env: Mapping[str, str], path: Path | None, names: set[str] | None = None
-) -> tuple[Any, set[str], list[Problem]]:
+def interpolate(data: Any, env: Mapping[str, str], path: Path | None) -> tuple[Any, set[str], list[Problem]]:
     """Replace ``${VAR}`` (``${VAR:-default}``; ``$${`` for a literal ``${``) in every string value, in
     place. Returns the data, the secret values (every substituted variable's value, and every string
-    under a secret-looking key) and the problems (unset variables, malformed references). ``names``, if
-    given, gets the name of every variable referred to."""
+    under a secret-looking key) and the problems (unset variables, malformed references)."""
     secrets: set[str] = set()
     problems: list[Problem] = []
 
@@ -236,8 +233,6 @@ def interpolate(
                 )
                 return m.group(0)
             name, default = body.group(1), body.group(2)
-            if names is not None:
-                names.add(name)
             if name in env:
                 secrets.add(env[name])
                 return env[name]

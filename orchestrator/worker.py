@@ -14,7 +14,7 @@ import traceback
 from typing import Any
 
 from ipc_bridge.client import BridgeClient
-from ipc_bridge.redaction import Redactor, redact_process_output
+from ipc_bridge.redaction import redact_process_output
 
 from .attempt import AttemptRunner, simulator_farm
 from .child_env import withhold
@@ -84,7 +84,7 @@ def hide_secrets(config: WorkerConfig) -> None:
     children that share its stderr (a forked simulator farm) print is redacted, and its own environment
     loses what its children must not inherit (see :mod:`orchestrator.child_env`)."""
     withhold(config.referenced_env)
-    redact_process_output(Redactor(config.secrets))
+    redact_process_output(config.redactor)
 
 
 def worker_main(wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: bool = False) -> None:
