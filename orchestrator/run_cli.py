@@ -269,7 +269,7 @@ def run(
     if unstarted is not None:
         click.echo(f"error: {unstarted}; nothing ran (resume with --resume {run_id} once fixed)", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    _report(writer.run_dir, redactor(summary), as_json=as_json, quiet=quiet)
+    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet, redactor=redactor)
     if broken is not None:
         click.echo(
             f"error: {broken}. The run stopped; every record written is valid: continue with "
@@ -293,9 +293,11 @@ def _on_ray(suite: Suite) -> Suite:
     return suite.model_copy(update={"target": suite.target.model_copy(update={"executor": "ray"})})
 
 
-def _report(run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: bool) -> None:
+def _report(
+    run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: bool, redactor: Redactor
+) -> None:
     if as_json:
-        click.echo(json.dumps({"type": "summary", "run_dir": str(run_dir), **summary}))
+        click.echo(json.dumps(redactor({"type": "summary", "run_dir": str(run_dir), **summary})))
         return
     totals = summary.get("totals", {})
     click.echo(

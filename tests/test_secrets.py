@@ -86,9 +86,8 @@ def _files_of(run_dir: Path) -> dict[Path, str]:
 
 def test_no_output_of_a_run_shows_a_secret_the_agent_echoes(tmp_path: Path) -> None:
     suite = _with_defaults_env(_suite(tmp_path, _echoing_cases(tmp_path)))
-    res = orchestrate(
-        "run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r1", "--json", env_extra=ENV
-    )
+    results = tmp_path / f"results-of-{SECRET}"  # a secret in a path is shown redacted too
+    res = orchestrate("run", str(suite), "--results", str(results), "--run-id", "r1", "--json", env_extra=ENV)
     assert res.returncode == 0, res.stderr
     # Every process logged at DEBUG (workers on this stderr, the bridge into bridge.log).
     assert "DEBUG worker-" in res.stderr
@@ -100,9 +99,10 @@ def test_no_output_of_a_run_shows_a_secret_the_agent_echoes(tmp_path: Path) -> N
     assert final["echo"]["passed"] is True
     assert "401 bad key ***" in final["api-down"]["reason"]
     assert "token ***" in final["setup-fails"]["error"]
+    assert lines[-1]["run_dir"] == str(tmp_path / "results-of-***" / "r1")
     assert SECRET not in res.stdout
     assert SECRET not in res.stderr
-    files = _files_of(tmp_path / "r" / "r1")
+    files = _files_of(results / "r1")
     assert any("the key is ***" in text for text in files.values())  # the transcript
     for path, text in files.items():
         assert SECRET not in text, path
