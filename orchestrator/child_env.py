@@ -5,13 +5,14 @@ they are given. So:
 
 * setup and check commands (and the agent's tests they run) get :func:`command_env`: a minimal base of
   this process's environment (:data:`COMMAND_BASE`) plus the suite's ``env:`` entries, nothing else;
-* the bridge, the workers and the hosts get :func:`service_env`: this process's environment without the
-  variables the suite's ``${...}`` refer to and without any variable whose name looks secret
-  (``*KEY*``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``, the rule that marks a suite value secret),
-  plus what their spawn site adds on purpose (a target's ``env:``, the bridge's own HMAC key);
-* children whose spawn takes no environment (multiprocess's spawned workers and its resource tracker,
-  a local Ray cluster) inherit it: :func:`withhold` takes those variables out of this process's own
-  environment before any of them starts.
+* every other child (the bridge, the workers, the hosts, a simulator farm) gets :func:`service_env`:
+  this process's environment without the variables :func:`withheld` names, plus what its spawn site
+  adds on purpose (a target's ``env:``, the bridge's own HMAC key).
+
+What is withheld depends on the suite, so a process that starts children takes it out of its own
+environment first (:func:`withhold`: the main process once the suite is loaded, a worker or a Ray node
+actor first thing). That also covers the children whose spawn takes no environment: multiprocess's
+spawned workers and its resource tracker, a local Ray cluster.
 """
 
 from __future__ import annotations
@@ -21,30 +22,40 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from ipc_bridge.redaction import SECRET_KEY
-
-_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)")
-"""``${NAME`` (``${NAME}``, ``${NAME:-default}``); ``$${`` is a literal, skipped."""
+from ipc_bridge.redaction import MIN_SECRET_LEN, SECRET_KEY
 
 COMMAND_BASE = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TERM", "TZ", "TMPDIR"}
 )
 """What a setup or check command gets of the orchestrator's environment (and every ``LC_*``)."""
 
+_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)")
+"""``${NAME`` (``${NAME}``, ``${NAME:-default}``); ``$${`` is a literal, skipped."""
 
-def withheld(name: str, referenced: Collection[str] = ()) -> bool:
-    """Whether variable ``name`` stays out of a child's environment unless its spawn site adds it: a
-    secret-looking name, or one the suite's ``${...}`` refers to (outside :data:`COMMAND_BASE`: a
-    ``${HOME}`` in a path does not make HOME a secret for anyone)."""
+
+def withheld(name: str, value: str, referenced: Collection[str] = (), secrets: Collection[str] = ()) -> bool:
+    """Whether variable ``name`` (holding ``value``) stays out of every child's environment unless its
+    spawn site adds it: a secret-looking name (the rule that marks a suite value secret), a variable the
+    suite's ``${...}`` refer to, or one holding a secret value of the suite under another name. Never
+    one of :data:`COMMAND_BASE` or ``LC_*``: a ``${HOME}`` in a path makes HOME a secret for nobody."""
     if SECRET_KEY.search(name):
         return True
-    return name in referenced and name not in COMMAND_BASE and not name.startswith("LC_")
+    if name in COMMAND_BASE or name.startswith("LC_"):
+        return False
+    return name in referenced or (len(value) >= MIN_SECRET_LEN and value in secrets)
 
 
-def service_env(referenced: Collection[str] = (), extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of the bridge, a worker or a host: this process's without what is withheld,
-    then ``extra`` (given on purpose: kept even when its names look secret)."""
-    env = {k: v for k, v in os.environ.items() if not withheld(k, referenced)}
+def withhold(referenced: Collection[str] = (), secrets: Collection[str] = ()) -> None:
+    """Take every variable :func:`withheld` names out of this process's own environment, before any
+    child starts (``referenced``: the suite's ``${...}`` names; ``secrets``: its secret values)."""
+    for name in [k for k, v in os.environ.items() if withheld(k, v, referenced, secrets)]:
+        del os.environ[name]
+
+
+def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of the bridge, a worker, a host: this process's (after :func:`withhold`) without
+    secret-looking names, then ``extra`` (given on purpose: kept even when its names look secret)."""
+    env = {k: v for k, v in os.environ.items() if not withheld(k, v)}
     env.update(extra or {})
     return env
 
@@ -55,14 +66,6 @@ def command_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in COMMAND_BASE or k.startswith("LC_")}
     env.update(extra or {})
     return env
-
-
-def withhold(referenced: Collection[str] = ()) -> None:
-    """Take what :func:`service_env` leaves out out of this process's own environment, for the children
-    that inherit it. Call it before any child starts (the main process, once the suite is loaded; a
-    worker or a Ray node actor first thing)."""
-    for name in [k for k in os.environ if withheld(k, referenced)]:
-        del os.environ[name]
 
 
 def referenced_variables(data: Any) -> set[str]:

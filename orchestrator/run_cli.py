@@ -175,7 +175,7 @@ def run(
     redactor = suite.redactor()
     # From here on, whatever this process or a child prints is redacted, and no child inherits a secret.
     redact_process_output(redactor)
-    withhold(suite.referenced_env)
+    withhold(suite.referenced_env, suite.secret_values)
     if workers is not None and workers < 1:
         click.echo(f"error: --workers: must be at least 1, got {workers}", err=True)
         sys.exit(EXIT_BAD_INPUT)

@@ -83,7 +83,7 @@ def hide_secrets(config: WorkerConfig) -> None:
     """First thing in a process that runs attempts (a worker, a Ray node actor): whatever it and the
     children that share its stderr (a forked simulator farm) print is redacted, and its own environment
     loses what its children must not inherit (see :mod:`orchestrator.child_env`)."""
-    withhold(config.referenced_env)
+    withhold(config.referenced_env, config.redactor.values)
     redact_process_output(config.redactor)
 
 

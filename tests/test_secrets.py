@@ -27,7 +27,8 @@ pytestmark = pytest.mark.timeout(180)
 
 OTHER = "sk-other-7e5d3c91"
 """A well-known secret variable's value, in the orchestrator's environment only."""
-ENV = {"ORCHESTRATE_LOG_LEVEL": "DEBUG", "OPENAI_API_KEY": OTHER}
+ENV = {"ORCHESTRATE_LOG_LEVEL": "DEBUG", "OPENAI_API_KEY": OTHER, "SAME_AGAIN": SECRET}
+"""Also the suite's key under a name that neither looks secret nor is referred to."""
 
 
 def _dump_env(path: Path) -> str:
@@ -202,9 +203,13 @@ def test_which_variables_children_do_not_inherit(tmp_path: Path) -> None:
     env = {"MY_ENDPOINT": "https://example.invalid/v1", "HOME_DIR": str(tmp_path / "home")}
     referenced = load_suite(suite, env=env).referenced_env
     assert referenced == {"MY_ENDPOINT", "HOME_DIR"}
-    # what the suite refers to, and whatever looks secret, referred to or not
+    # what the suite refers to, whatever looks secret (referred to or not), a secret under another name
     for name in ("MY_ENDPOINT", "HOME_DIR", "OPENAI_API_KEY", "GITHUB_TOKEN", "PGPASSWORD", "aws_secret"):
-        assert withheld(name, referenced), name
-    # a ${HOME} or ${PATH} in a path makes neither a secret for anyone
-    for name in ("PATH", "HOME", "LC_ALL", "DISPLAY", "XAUTHORITY", "SSH_AUTH_SOCK"):
-        assert not withheld(name, referenced | {"PATH", "HOME", "LC_ALL"}), name
+        assert withheld(name, "some value", referenced), name
+    assert withheld("ALIAS", SECRET, secrets={SECRET})
+    # a ${HOME} or ${PATH} in a path makes neither a secret for anyone; short values are not searched
+    for name in ("PATH", "HOME", "LC_ALL"):
+        assert not withheld(name, SECRET, referenced | {"PATH", "HOME", "LC_ALL"}, {SECRET}), name
+    for name in ("DISPLAY", "XAUTHORITY", "SSH_AUTH_SOCK"):
+        assert not withheld(name, ":0", referenced, {SECRET}), name
+    assert not withheld("DEBUG", "1", secrets={"1"})
