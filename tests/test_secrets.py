@@ -9,6 +9,7 @@ prints, its completion, an API error), and a setup command quotes it in its fail
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -213,3 +214,67 @@ def test_which_variables_children_do_not_inherit(tmp_path: Path) -> None:
     for name in ("DISPLAY", "XAUTHORITY", "SSH_AUTH_SOCK"):
         assert not withheld(name, ":0", referenced, {SECRET}), name
     assert not withheld("DEBUG", "1", secrets={"1"})
+
+
+def test_a_secret_in_a_hosts_argv_is_redacted_from_the_workers_log(tmp_path: Path) -> None:
+    """A command target's argv with the key in a path: the worker logs it at DEBUG as it launches the
+    host; the line is there, redacted."""
+    script_dir = tmp_path / f"scripts-{SECRET}"
+    script_dir.mkdir()
+    (script_dir / "script.yaml").write_text("completion: Done.\n")
+    target = (
+        f"{{kind: command, slots: 1, argv: [{sys.executable}, -m, orchestrator, simulate, --time-scale, "
+        f"'0.05', --status-delay, '0.1', --script, '{script_dir / 'script.yaml'}']}}"
+    )
+    suite = _suite(tmp_path, "- {id: a, prompt: p}\n")
+    text = suite.read_text()
+    start = text.index("target: ")
+    suite.write_text(text[:start] + f"target: {target}\n" + text[text.index("\n", start) + 1 :])
+    res = orchestrate(
+        "run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--json", env_extra=ENV
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.splitlines()[0])["status"] == "completed"
+    launched = [line for line in res.stderr.splitlines() if "host pid" in line]
+    assert launched and all("scripts-***" in line for line in launched), res.stderr
+    assert SECRET not in res.stderr + res.stdout
+    for path, content in _files_of(tmp_path / "r" / "r").items():
+        assert SECRET not in content, path
+
+
+REDACTED_PROCESS = """
+import logging, sys, warnings
+import click
+from tqdm import tqdm
+from ipc_bridge.redaction import Redactor, RedactingStream, redact_process_output
+logging.basicConfig(level="DEBUG")  # before: its handler holds the stderr of the time
+redact_process_output(Redactor(["SECRET"]))
+redact_process_output(Redactor(["SECRET"]))
+assert not isinstance(sys.stdout.stream, RedactingStream)  # twice: still one layer
+logging.getLogger("x").debug("log %s", "SECRET")
+click.echo("echo SECRET")
+click.echo("echo-err SECRET", err=True)
+print("print SECRET", flush=True)
+sys.stderr.write("write SECRET\\n")
+bar = tqdm(total=1, file=sys.stderr)
+bar.set_postfix(k="SECRET", refresh=True)
+bar.close()
+warnings.warn("warn SECRET")
+raise RuntimeError("boom SECRET")
+"""
+
+
+def test_every_writer_of_a_process_goes_through_its_redaction() -> None:
+    """logging (configured before), click, print, tqdm, warnings and an uncaught exception's traceback."""
+    res = subprocess.run(
+        [sys.executable, "-c", REDACTED_PROCESS.replace("SECRET", SECRET)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1
+    out, err = res.stdout, res.stderr
+    assert "echo ***" in out and "print ***" in out
+    for shown in ("log ***", "echo-err ***", "write ***", "k=***", "warn ***", "RuntimeError: boom ***"):
+        assert shown in err, (shown, err)
+    assert SECRET not in out + err
