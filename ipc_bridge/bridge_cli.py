@@ -17,6 +17,7 @@ import click
 from .bridge import BridgeConfig, run_bridge
 from .connection_file import KEY_ENV, BridgeAlreadyRunning, ConnectionInfo
 from .curve import CurveError
+from .redaction import receive_secrets, redact_process_output
 from .slots import SlotConfig
 from .tcp_listen import ListenError, TcpConfig, parse_listen
 
@@ -93,6 +94,11 @@ def _tcp_config(
 )
 @click.option("--ready-fd", type=int, help="Write 'ready' to this fd once serving (for launchers).")
 @click.option(
+    "--secrets-fd",
+    type=int,
+    help="Read a JSON list of secrets from this fd at start-up; they never appear in the log (for launchers).",
+)
+@click.option(
     "--listen",
     metavar="tcp://HOST:PORT",
     help="Also serve on TCP, for clients on other machines: commands on PORT, events on PORT+1 "
@@ -136,6 +142,7 @@ def bridge(
     hugz_interval: float,
     keep_detached: int,
     ready_fd: int | None,
+    secrets_fd: int | None,
     listen: str | None,
     curve_dir: Path | None,
     insecure: bool,
@@ -149,6 +156,8 @@ def bridge(
     The TCP connection file (--tcp-connection-file) is what `orchestrate watch` needs on the other
     machine; copy it there over a secure channel, like an ssh key.
     """
+    if secrets_fd is not None:
+        redact_process_output(receive_secrets(secrets_fd))
     tcp = _tcp_config(listen, curve_dir, insecure, tcp_connection_file, advertise, connection_file)
     if tcp is not None and tcp.insecure:
         click.secho(

@@ -15,6 +15,7 @@ the simulator). Top-level keys starting with ``x-`` are ignored: a place for YAM
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from collections.abc import Mapping, Sequence
@@ -30,8 +31,10 @@ from pydantic import (
     model_validator,
 )
 
+from ipc_bridge.redaction import Redactor
 from ipc_bridge.shapes import RooCodeSettings
 
+from .child_env import referenced_variables
 from .config_types import (
     Command,
     Count,
@@ -46,7 +49,6 @@ from .durations import Duration
 from .status import OutcomeLimits
 from .suite_yaml import (
     Problem,
-    Redactor,
     SuiteError,
     duplicate_ids,
     interpolate,
@@ -212,6 +214,7 @@ class Suite(Strict):
 
     _source: Path | None = PrivateAttr(default=None)
     _secrets: frozenset[str] = PrivateAttr(default=frozenset())
+    _referenced_env: frozenset[str] = PrivateAttr(default=frozenset())
 
     @model_validator(mode="before")
     @classmethod
@@ -253,6 +256,11 @@ class Suite(Strict):
     @property
     def secret_values(self) -> frozenset[str]:
         return self._secrets
+
+    @property
+    def referenced_env(self) -> frozenset[str]:
+        """The environment variables the suite's ``${...}`` refer to (see :mod:`orchestrator.child_env`)."""
+        return self._referenced_env
 
     def case(self, case_id: str) -> Case:
         for case in self.cases:
@@ -314,6 +322,7 @@ def load_suite(path: str | Path, *, env: Mapping[str, str] | None = None) -> Sui
     raw = load_marked_yaml(path)
     for extension in [k for k in raw if isinstance(k, str) and k.startswith("x-")]:
         del raw[extension]  # a place for YAML anchors, as in docker-compose files
+    referenced = referenced_variables(raw)
     raw, secrets, problems = interpolate(raw, os.environ if env is None else env, path)
     duplicates = duplicate_ids(raw)
     problems += duplicates
@@ -331,9 +340,12 @@ def load_suite(path: str | Path, *, env: Mapping[str, str] | None = None) -> Sui
         problems += [p for p in found if p.key not in reported]
     if problems:
         problems.sort(key=lambda p: (p.line is None, p.line or 0))
-        raise SuiteError(path, problems)
+        # A message may quote a value (a key's value of the wrong type), which may hold a secret.
+        redact = Redactor(secrets)
+        raise SuiteError(path, [dataclasses.replace(p, message=redact.text(p.message)) for p in problems])
     suite._source = path.resolve()
     suite._secrets = frozenset(secrets)
+    suite._referenced_env = frozenset(referenced)
     return suite
 
 

@@ -30,6 +30,8 @@ import orjson
 from ipc_bridge.lifeline import preexec_die_with_parent, set_process_name
 from ipc_bridge.simulator.farm import FarmClient, FarmError
 
+from .child_env import service_env
+
 log = logging.getLogger(__name__)
 
 SOCKET_ENV = "ROO_CODE_IPC_SOCKET_PATH"
@@ -152,10 +154,11 @@ async def launch(
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
 ) -> ProcessHost:
-    """Start one host process in its own session with the socket path in its environment."""
+    """Start one host process in its own session with the socket path in its environment. The rest of
+    it: :func:`~orchestrator.child_env.service_env`, then ``env`` (a target's ``env:``)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path)  # a stale socket would make us attach to nothing
-    full_env = {**os.environ, **(env or {}), SOCKET_ENV: socket_path}
+    full_env = {**service_env(), **(env or {}), SOCKET_ENV: socket_path}
     out = open(log_path, "ab") if log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -386,6 +389,7 @@ class SimulatorFarm:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
+                env=service_env(),
                 start_new_session=True,  # a terminal's Ctrl-C is for the orchestrator to handle, not the hosts
                 preexec_fn=preexec_die_with_parent(signal.SIGKILL),
             )

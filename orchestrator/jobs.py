@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ipc_bridge.redaction import Redactor
+
 from .plan import Attempt, AttemptKey
 from .records import AttemptRecord, final_for
 from .status import Status
@@ -25,8 +27,12 @@ class WorkerConfig:
     work_dir: str
     target: Target
     keep_workspaces: bool = False
+    redactor: Redactor = field(default_factory=Redactor)
+    """The suite's secrets: redacted from everything the worker writes (its log, its children's)."""
     node: str | None = None
     """Where the attempts run, for the records: the Ray node id (None for local workers)."""
+    referenced_env: frozenset[str] = frozenset()
+    """The variables the suite's ``${...}`` refer to: withheld from the worker's children."""
 
 
 @dataclass(frozen=True)

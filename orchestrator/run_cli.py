@@ -10,6 +10,9 @@ from typing import Any
 
 import click
 
+from ipc_bridge.redaction import Redactor, redact_process_output
+
+from .child_env import withhold
 from .config import SocketTarget, Suite, SuiteError, apply_overrides, load_suite
 from .plan import build_plan, pending, suite_hash
 from .pool import ExecutorStartError
@@ -34,8 +37,9 @@ def _default_run_id(suite_name: str) -> str:
 class _Progress:
     """The tqdm bar (or JSON lines, or nothing) fed by each record as it is written."""
 
-    def __init__(self, total: int, *, quiet: bool, as_json: bool) -> None:
+    def __init__(self, total: int, *, quiet: bool, as_json: bool, redactor: Redactor) -> None:
         self.as_json = as_json
+        self.redact = redactor
         self.counts = {"passed": 0, "failed": 0, "errors": 0, "retried": 0, "cancelled": 0}
         self.cost = 0.0
         self._bar: Any = None
@@ -57,7 +61,9 @@ class _Progress:
         else:
             self.counts["failed"] += 1
         if self.as_json:
-            click.echo(json.dumps({"type": "attempt", **record.model_dump(mode="json")}))
+            # Redacted before it is JSON: stdout's own redaction sees the text, where escaping may hide
+            # a secret.
+            click.echo(json.dumps(self.redact({"type": "attempt", **record.model_dump(mode="json")})))
         if self._bar is not None:
             if record.final:
                 self._bar.update(1)
@@ -173,6 +179,10 @@ def run(
     except SuiteError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_BAD_INPUT)
+    redactor = suite.redactor()
+    # From here on, whatever this process or a child prints is redacted, and no child inherits a secret.
+    redact_process_output(redactor)
+    withhold(suite.referenced_env, suite.secret_values)
     if workers is not None and workers < 1:
         click.echo(f"error: --workers: must be at least 1, got {workers}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -183,7 +193,6 @@ def run(
             )
             sys.exit(EXIT_BAD_INPUT)
     plan = build_plan(suite)
-    redactor = suite.redactor()
     try:
         if resume_id:
             writer = ResultsWriter.resume(results_dir / resume_id, redactor=redactor)
@@ -215,7 +224,7 @@ def run(
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     todo = pending(plan, writer.finished_keys())
-    progress = _Progress(len(todo), quiet=quiet, as_json=as_json)
+    progress = _Progress(len(todo), quiet=quiet, as_json=as_json, redactor=redactor)
     scheduler = Scheduler(
         suite,
         todo,
@@ -268,7 +277,7 @@ def run(
     if unstarted is not None:
         click.echo(f"error: {unstarted}; nothing ran (resume with --resume {run_id} once fixed)", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet)
+    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet, redactor=redactor)
     if broken is not None:
         click.echo(
             f"error: {broken}. The run stopped; every record written is valid: continue with "
@@ -299,9 +308,11 @@ def _on_ray(suite: Suite) -> Suite:
     return suite.model_copy(update={"target": suite.target.model_copy(update={"executor": "ray"})})
 
 
-def _report(run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: bool) -> None:
+def _report(
+    run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: bool, redactor: Redactor
+) -> None:
     if as_json:
-        click.echo(json.dumps({"type": "summary", "run_dir": str(run_dir), **summary}))
+        click.echo(json.dumps(redactor({"type": "summary", "run_dir": str(run_dir), **summary})))
         return
     totals = summary.get("totals", {})
     click.echo(

@@ -173,6 +173,8 @@ class Scheduler:
                 work_dir=str(work),
                 target=self.suite.target,
                 keep_workspaces=self.options.keep_workspaces,
+                redactor=self.suite.redactor(),
+                referenced_env=self.suite.referenced_env,
             )
             if getattr(self.suite.target, "executor", "local") == "ray":
                 # Ray is an optional extra: imported only when asked for. Every node runs its own
@@ -189,6 +191,7 @@ class Scheduler:
                     runtime / "bridge",
                     self.writer.run_dir / BRIDGE_LOG,
                     max_restarts=self.options.bridge_restarts,
+                    secrets=self.suite.secret_values,
                 )
                 # A worker with no slot of its own would hold readied jobs it can never start.
                 workers = min(self.options.workers or 2, slots)

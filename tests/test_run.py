@@ -26,6 +26,7 @@ GOOD = f"""
   tags: [easy]
   simulate:
     text: "using key {SECRET} is forbidden to show"
+    completion: "done; the key was {SECRET}"
     files:
       two_fer.py: |
         def two_fer(name="you"):
@@ -89,7 +90,8 @@ def test_run_grades_retries_and_writes_loadable_results(tmp_path: Path) -> None:
             assert SECRET not in path.read_text(), path
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["suite"]["defaults"]["configuration"]["openRouterApiKey"] == "***"
-    assert SECRET not in res.stdout + res.stderr
+    assert SECRET not in res.stdout + res.stderr  # --json lines included (tests/test_secrets.py has more)
+    assert final["two-fer"].metrics.completion == "done; the key was ***"
 
 
 def test_resume_of_a_finished_run_runs_nothing_more(tmp_path: Path) -> None:
