@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 import zmq.auth
 
+from .bad_input import RateLimitedLog
 from .connection_file import ConnectionInfo, ensure_runtime_dir
 
 if TYPE_CHECKING:
@@ -152,11 +153,12 @@ def configure_server(sock: zmq.Socket[Any], keys: ServerKeys) -> None:
 
 class _ZapLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """pyzmq logs ZAP decisions at debug level; a refused key deserves a warning (once per key: a
-    refused client reconnects every 100 ms)."""
+    refused client reconnects every 100 ms; and rate-limited: made-up keys cost an attacker nothing)."""
 
     def __init__(self, logger: logging.Logger) -> None:
         super().__init__(logger, {})
         self._warned: set[str] = set()
+        self._limit = RateLimitedLog(logger)
 
     def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
         text = str(msg) % args if args else str(msg)
@@ -166,7 +168,7 @@ class _ZapLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             if len(self._warned) >= 1024:  # made-up keys cost an attacker nothing: bound the memory
                 self._warned.clear()
             self._warned.add(text)
-            self.logger.warning("TCP client refused by ZAP: %s", text)
+            self._limit.warning("TCP client refused by ZAP: %s", text)
 
 
 def start_authenticator(ctx: zmq.Context[Any], keys: ServerKeys) -> AsyncioAuthenticator:
