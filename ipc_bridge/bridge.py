@@ -436,7 +436,7 @@ class Bridge:
         if slot.state == "detached":
             raise SlotError(ErrorCode.SLOT_DOWN, f"slot {slot.name} is detached")
         if isinstance(command, StartNewTask):
-            reply.task_id = await slot.start_task(command, msg.header)
+            reply.task_id = await slot.start_task(command, msg.header, req.start_timeout)
         elif name in QUERY_RESPONSES:
             reply.response = await slot.query(command, QUERY_RESPONSES[name], msg.header)
         else:

@@ -91,7 +91,7 @@ while it is decoded, re-encoded, buffered and queued, and the whole bridge stays
 @dataclass
 class SlotConfig:
     start_timeout: float = 30.0
-    """How long StartNewTask waits for the new task's ``taskCreated``."""
+    """How long StartNewTask waits for the new task's ``taskCreated`` when the request does not say."""
     query_timeout: float = 10.0
     reconnect_interval: float = 0.5
     buffer_events: int = 100_000
@@ -419,15 +419,17 @@ class Slot:
             except (Disconnected, ExtensionError) as exc:
                 raise SlotError(ErrorCode.SLOT_DOWN, f"slot {self.name} down: {exc}") from exc
 
-    async def start_task(self, command: StartNewTask, parent: Header) -> str:
-        """Send StartNewTask and return the id of the task it created."""
+    async def start_task(self, command: StartNewTask, parent: Header, timeout: float | None = None) -> str:
+        """Send StartNewTask and return the id of the task it created, waiting for it ``timeout`` s
+        (the request's own deadline) or, when None, the slot's ``start_timeout``."""
         async with self._start_lock:
             self._require_up()
             fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             self._pending_start = (fut, parent.to_dict())
             try:
                 await self._send(command)
-                timeout = self.config.start_timeout
+                if timeout is None:
+                    timeout = self.config.start_timeout
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), timeout)
                 except asyncio.TimeoutError:

@@ -74,7 +74,7 @@ from .wire_content import (
 )
 
 PROTOCOL = "roo-bridge"
-VERSION = "1.1"  # 1.1: heartbeat interval / hugz_interval / liveness, SlotInfo.owner
+VERSION = "1.2"  # 1.1: heartbeat interval / hugz_interval / liveness, SlotInfo.owner; 1.2: start_timeout
 DELIM = b"<IDS|MSG>"
 SIGNATURE_SCHEME = "hmac-sha256"
 DIGEST_HISTORY_SIZE = 2**16

@@ -62,6 +62,9 @@ class TaskCommandRequest(Content):
     slot: SlotName
     command: dict[str, Any]
     """A Roo TaskCommand (``{"commandName": ..., "data": ...}``), validated by the bridge."""
+    start_timeout: float | None = Field(default=None, gt=0, le=86_400)
+    """StartNewTask: how long the bridge waits for the new task's ``taskCreated`` (s). The requester
+    knows its own limit (a suite's ``start_timeout``); None: the bridge's ``--start-timeout``."""
 
 
 class SnapshotRequest(Content):
