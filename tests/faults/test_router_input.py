@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from ipc_bridge.bad_input import REJECT_REASONS
+from ipc_bridge.bad_input import LOG_BURST, REJECT_REASONS
 from ipc_bridge.bridge import Bridge
 from ipc_bridge.client import InvalidCommand
 from ipc_bridge.wire import (
@@ -118,6 +118,12 @@ def _swapped(s: Session) -> Frames:
 
 
 DROPPED: dict[str, tuple[Callable[[Session], Frames], str]] = {
+    # Whole messages are bounded, not only frames (64 KiB here): each frame is under the bound.
+    "frames under the size bound, over it in all": (
+        lambda s: [*valid(s), *[b"x" * 40_000] * 3],
+        "oversized",
+    ),
+    "more frames than a request has": (lambda s: [*valid(s), *[b""] * 100], "oversized"),
     "garbage": (lambda s: [b"garbage"], "malformed"),
     "one empty frame": (lambda s: [b""], "malformed"),
     "the delimiter alone": (lambda s: [DELIM], "malformed"),
@@ -421,3 +427,26 @@ async def fuzz_bridge(
         assert (await heartbeat(sock, Session(b.key))).status == "ok"
     errors = [r for r in caplog.records if r.name.startswith("ipc_bridge") and r.levelno >= logging.ERROR]
     assert errors == []
+
+
+async def test_replies_a_client_does_not_read_are_logged_in_sample(
+    sockdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that sends requests and never reads the replies fills its queue on the ROUTER; every
+    reply after that is dropped. 20,000 of them wrote 20,010 log lines: now a sample, like bad input."""
+    caplog.set_level(logging.INFO, logger="ipc_bridge")
+    async with inproc_bridge(sockdir, router_hwm=20) as (bridge, _), dealer_for(bridge) as deaf:
+        deaf.rcvhwm = 20
+        session = Session(bridge.key)
+        for _ in range(3000):
+            await deaf.send_multipart(session.serialize("heartbeat", {}))
+        deadline = asyncio.get_running_loop().time() + 30
+        while bridge._log.suppressed < 1000:  # the bridge's own count of lines it held back
+            assert asyncio.get_running_loop().time() < deadline, bridge._log.suppressed
+            await asyncio.sleep(0.05)
+        lines = [
+            r for r in caplog.records if r.name.startswith("ipc_bridge") and "reply to" in r.getMessage()
+        ]
+        assert 1 <= len(lines) <= LOG_BURST
+        async with dealer_for(bridge) as other:  # and the bridge still answers
+            assert (await heartbeat(other, Session(bridge.key))).status == "ok"
