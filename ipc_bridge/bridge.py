@@ -323,7 +323,7 @@ class Bridge:
     async def _handle(self, msg: Message) -> None:
         try:
             key = (msg.header.session, msg.header.msg_id)
-            parts = await self._replies.once(key, msg.msg_type in _CACHED_REPLIES, lambda: self._execute(msg))
+            parts = await self._replies.once(key, _keep_reply(msg), lambda: self._execute(msg))
             await self._reply(msg, parts)
         finally:
             # Here rather than in a done callback, which would cost a loop turn per command.
@@ -477,6 +477,15 @@ class Bridge:
         self.stopping = True
         self._stop.set()
         return ShutdownReply(), []
+
+
+def _keep_reply(msg: Message) -> bool:
+    """Whether a retry must get this reply again. Not for Get* queries: they are reads, and their
+    replies carry whatever the host answered (megabytes, if it likes), ten thousand of them kept."""
+    if msg.msg_type not in _CACHED_REPLIES:
+        return False
+    command = msg.content.get("command") if msg.msg_type == "task_command" else None
+    return not (isinstance(command, dict) and command.get("commandName") in QUERY_RESPONSES)
 
 
 def _error(code: ErrorCode, reason: str) -> ErrorReply:

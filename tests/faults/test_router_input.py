@@ -33,7 +33,7 @@ from ipc_bridge.wire import (
     new_key,
 )
 
-from .bad_input_harness import FakeHost, inproc_bridge
+from .bad_input_harness import FakeHost, HostConn, frame, inproc_bridge
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -450,3 +450,24 @@ async def test_replies_a_client_does_not_read_are_logged_in_sample(
         assert 1 <= len(lines) <= LOG_BURST
         async with dealer_for(bridge) as other:  # and the bridge still answers
             assert (await heartbeat(other, Session(bridge.key))).status == "ok"
+
+
+async def test_query_replies_are_not_kept_for_retries(sockdir: Path) -> None:
+    """Get* queries are reads: a retry is answered afresh. Kept like StartNewTask's, their replies (what
+    the host answered, as large as it likes) would pile up, 10,000 of them."""
+    big = ["m" * 100_000]
+
+    async def answer(conn: HostConn, command: dict[str, Any]) -> None:
+        data = command.get("data")
+        if isinstance(data, dict) and data.get("commandName") == "GetModels":
+            await conn.send(frame("modelsResponse", big))
+
+    async with (
+        FakeHost(sockdir / "h.sock", on_command=answer) as host,
+        inproc_bridge(sockdir) as (bridge, client),
+    ):
+        await client.attach("w1", str(host.path), connect_timeout=5)
+        for _ in range(20):
+            assert await client.query("w1", "GetModels") == big
+        kept = list(bridge._replies._done.values())
+        assert len(kept) == 1  # the attach, not one of the queries
