@@ -12,7 +12,8 @@ An XPUB's queue per subscriber is bounded in messages (``SNDHWM``), not bytes: a
 reading holds the next HWM messages, whatever their size. So the publisher keeps the bytes of the last
 HWM messages it sent within ``max_window_bytes``: an event that would go over is not sent live (it is in
 the replay buffer all the same). Subscribers see the gap at the next event or ``hugz`` and fetch it with
-``snapshot``. That only happens in a flood of large events; control messages are always sent.
+``snapshot`` right away: a ``hugz`` with the slot's seq follows every batch that held events back.
+That only happens in a flood of large events; control messages are always sent.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import zmq
 from pydantic import BaseModel
 
 from .bad_input import RateLimitedLog
-from .wire import DELIM, Session
+from .wire import DELIM, HugzContent, Session, slot_topic
 from .zmq_loop import LAST, MORE, Reader, raw_send, send_frames
 
 OutEvent = tuple[bytes, str, "BaseModel | dict[str, Any]", "dict[str, Any] | None"]
@@ -110,13 +111,12 @@ class Publisher:
         out = [(topic, *serialize(msg_type, parent, content)) for topic, msg_type, content, parent in events]
         sock = self.sock
         admit = self.window.admit
+        withheld: dict[str, int] = {}  # slot -> the last seq not sent live
         try:
-            for frames in out:
+            for i, frames in enumerate(out):
                 topic, signature, header, parent_frame, content_frame = frames
                 if not admit(_cost(topic, frames[1:])):
-                    self._log.info(
-                        "event of %d bytes not sent live: the XPUB queues' bound", _cost(topic, frames[1:])
-                    )
+                    self._withhold(events[i][2], withheld, _cost(topic, frames[1:]))
                     continue
                 raw_send(sock, topic, MORE)
                 raw_send(sock, DELIM, MORE)
@@ -126,8 +126,20 @@ class Publisher:
                 raw_send(sock, content_frame, LAST)
         except zmq.ZMQError as exc:
             self._log.warning("events not published: %s", exc)
+        for slot, seq in withheld.items():
+            # Subscribers learn at once that they are behind, and fetch what they missed by snapshot.
+            self.publish(slot_topic(slot), "hugz", HugzContent(slot=slot, seq=seq, state="up"), None)
         self._reader.poke()
         return out
+
+    def _withhold(self, content: Any, withheld: dict[str, int], size: int) -> None:
+        self._log.info("event of %d bytes not sent live: the XPUB queues' bound", size)
+        if (
+            isinstance(content, dict)
+            and isinstance(content.get("slot"), str)
+            and isinstance(content.get("seq"), int)
+        ):
+            withheld[content["slot"]] = content["seq"]
 
     def _on_frames(self, frames: list[bytes]) -> None:
         """JEP 65: subscribe frames start with 0x01 (unsubscribes with 0x00)."""
