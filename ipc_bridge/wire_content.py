@@ -62,7 +62,7 @@ class TaskCommandRequest(Content):
     slot: SlotName
     command: dict[str, Any]
     """A Roo TaskCommand (``{"commandName": ..., "data": ...}``), validated by the bridge."""
-    start_timeout: float | None = Field(default=None, gt=0, le=86_400)
+    start_timeout: float | None = Field(default=None, gt=0)
     """StartNewTask: how long the bridge waits for the new task's ``taskCreated`` (s). The requester
     knows its own limit (a suite's ``start_timeout``); None: the bridge's ``--start-timeout``."""
 
