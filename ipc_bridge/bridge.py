@@ -27,7 +27,7 @@ import zmq
 import zmq.asyncio
 from pydantic import ValidationError
 
-from .bad_input import RateLimitedLog, RouterRejects
+from .bad_input import RateLimitedLog, RouterRejects, sample
 from .bridge_config import BridgeConfig as BridgeConfig  # re-exported: its home for users
 from .connection_file import (
     COMMAND_SOCKET,
@@ -81,6 +81,8 @@ log = logging.getLogger(__name__)
 
 # Commands whose effect must not be repeated for a retried request; reads are answered afresh.
 _CACHED_REPLIES = frozenset({"attach", "detach", "task_command", "shutdown"})
+# Commands that wait on a host (seconds, at worst their timeouts): bounded in number (max_inflight).
+_WAITING = frozenset({"attach", "detach", "task_command"})
 
 ReplyParts = tuple[Content, list[bytes]]
 
@@ -314,6 +316,17 @@ class Bridge:
             return
         # Any verified request counts as a sign of life, retries and unknown types included.
         self.peers.seen(msg.header.session, asyncio.get_running_loop().time())
+        if msg.msg_type in _WAITING and len(self._handlers) >= self.config.max_inflight:
+            # Each waits on a host; a worker sending them faster than hosts answer must not grow the
+            # bridge's tasks without bound. Answered at once: nothing was done, a retry may succeed.
+            self._log.warning(
+                "%s %s answered busy: %d commands in progress",
+                sample(msg.msg_type),
+                msg.header.msg_id[:100],
+                len(self._handlers),
+            )
+            self._reply(msg, (_error(ErrorCode.BUSY, f"{len(self._handlers)} commands in progress"), []))
+            return
         self._handlers.add(asyncio.ensure_future(self._handle(msg)))
 
     def _on_oversized(self, frames: int, size: int) -> None:
@@ -324,7 +337,7 @@ class Bridge:
         try:
             key = (msg.header.session, msg.header.msg_id)
             parts = await self._replies.once(key, _keep_reply(msg), lambda: self._execute(msg))
-            await self._reply(msg, parts)
+            self._reply(msg, parts)
         finally:
             # Here rather than in a done callback, which would cost a loop turn per command.
             self._handlers.discard(asyncio.current_task())
@@ -358,7 +371,7 @@ class Bridge:
             self._log.exception("command %s failed", msg.msg_type)
             return _error(ErrorCode.INTERNAL, repr(exc)), []
 
-    async def _reply(self, msg: Message, parts: ReplyParts) -> None:
+    def _reply(self, msg: Message, parts: ReplyParts) -> None:
         if self.router is None:
             return
         content, buffers = parts

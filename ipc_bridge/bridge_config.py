@@ -35,6 +35,9 @@ class BridgeConfig:
     """A request larger than this in all (every frame counted) is dropped unread."""
     max_msg_frames: int = 64
     """A request of more frames than this is dropped unread (a request has 6)."""
+    max_inflight: int = 10_000
+    """Commands that wait on a host (attach, detach, task_command) in progress at once; more are
+    answered ``busy`` at once, so that requests sent faster than hosts answer cannot pile up."""
     snapshot_max_bytes: int = 8 * 1024 * 1024
     """A snapshot reply carries at most this much of the replay buffer (``more`` says ask again)."""
     linger_ms: int = 1000

@@ -30,6 +30,8 @@ class ErrorCode(str, Enum):
     UNSUPPORTED_VERSION = "unsupported_version"
     TIMEOUT = "timeout"
     SHUTTING_DOWN = "shutting_down"
+    BUSY = "busy"
+    """Too many commands waiting on hosts already (``max_inflight``): nothing was done; retry later."""
     INTERNAL = "internal"
 
 

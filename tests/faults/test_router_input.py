@@ -23,6 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 from ipc_bridge.bad_input import LOG_BURST, REJECT_REASONS
 from ipc_bridge.bridge import Bridge
 from ipc_bridge.client import InvalidCommand
+from ipc_bridge.slots import SlotConfig
 from ipc_bridge.wire import (
     DELIM,
     REQUESTS,
@@ -471,3 +472,27 @@ async def test_query_replies_are_not_kept_for_retries(sockdir: Path) -> None:
             assert await client.query("w1", "GetModels") == big
         kept = list(bridge._replies._done.values())
         assert len(kept) == 1  # the attach, not one of the queries
+
+
+async def test_commands_beyond_the_inflight_bound_are_answered_busy(sockdir: Path) -> None:
+    """Each task_command waits on its host (up to its timeout): a worker sending them faster than the
+    host answers would grow the bridge's tasks without bound. Beyond ``max_inflight`` they are answered
+    ``busy`` at once, and everything else is still answered."""
+    silent = FakeHost(sockdir / "h.sock")  # Acks, then never answers a command
+    async with (
+        silent as host,
+        inproc_bridge(sockdir, SlotConfig(query_timeout=30), max_inflight=50) as (bridge, client),
+    ):
+        await client.attach("w1", str(host.path), connect_timeout=5)
+        async with dealer_for(bridge) as dealer:
+            session = Session(bridge.key)
+            query = {"slot": "w1", "command": {"commandName": "GetModes"}}
+            for _ in range(300):
+                await dealer.send_multipart(session.serialize("task_command", query))
+            busy = 0
+            for _ in range(250):
+                reply = await next_reply(dealer, session)
+                assert reply.content["error"] == "busy", reply.content
+                busy += 1
+            assert busy == 250 and len(bridge._handlers) <= 50
+            assert (await heartbeat(dealer, session)).status == "ok"
