@@ -426,13 +426,18 @@ class Bridge:
     def _retire(self, slot: Slot) -> None:
         """Keep the last ``detached_keep`` detached slots (a late subscriber may still fill a gap from
         their buffers; a re-attach continues their seq) and forget older ones. A run uses a fresh slot
-        per attempt: kept forever, they cost ~200 kB each."""
+        per attempt: kept forever, they cost ~200 kB each; and their buffers together stay within
+        ``detached_bytes`` (one flood each, 64 slots would otherwise keep 4 GiB)."""
         self._detached.pop(slot.name, None)
         self._detached[slot.name] = None
-        while len(self._detached) > self.config.detached_keep:
+        held = sum(s.buffer.bytes for name in self._detached if (s := self.slots.get(name)) is not None)
+        while len(self._detached) > self.config.detached_keep or (
+            len(self._detached) > 1 and held > self.config.detached_bytes
+        ):
             name, _ = self._detached.popitem(last=False)
             old = self.slots.get(name)
             if old is not None and old.state == "detached":
+                held -= old.buffer.bytes
                 del self.slots[name]
 
     async def _cmd_slots(self, msg: Message, req: Content) -> ReplyParts:

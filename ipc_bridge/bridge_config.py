@@ -50,5 +50,7 @@ class BridgeConfig:
     """Slots to attach at start-up; each connects whenever its host listens."""
     detached_keep: int = 64
     """Detached slots (and their replay buffers) kept for late subscribers; older ones are forgotten."""
+    detached_bytes: int = 64 * 1024 * 1024
+    """...and older ones also while the kept ones' replay buffers take more memory than this."""
     tcp: TcpConfig | None = None
     """Also serve on TCP (CURVE, or plain if insecure), with a connection file for remote clients."""

@@ -1,4 +1,4 @@
-"""The XPUB's queue per subscriber is bounded in messages, not bytes: a subscriber that stops reading
+"""What the bridge keeps for subscribers is bounded in bytes. The XPUB's queue per subscriber is bounded in messages, not bytes: a subscriber that stops reading
 would hold the next ``xpub_hwm`` events whatever their size (1,000 events of 1 MiB, a GiB). The bridge
 keeps what it publishes live within ``xpub_window_bytes`` per ``xpub_hwm`` messages; what goes over is
 fetched by snapshot, announced at once by a hugz, so live subscribers still get every event in order."""
@@ -81,3 +81,33 @@ def test_the_window_counts_the_last_messages_sent() -> None:
     assert window.admit(5, force=True)  # control messages always go
     assert window.admit(1) and window.admit(1)  # the 60 and the 30 slide out
     assert window.admit(90) and window.withheld == 1
+
+
+async def test_detached_slots_keep_their_buffers_within_a_budget(sockdir: Path) -> None:
+    """A run detaches a slot per attempt and keeps the last 64 for late subscribers: after a flood on
+    each, their buffers would add up (64 x 64 MiB). Older ones are forgotten beyond ``detached_bytes``."""
+
+    async def chatty(conn: HostConn, index: int) -> None:
+        await conn.send(encode_frame(ACK))
+        for i in range(40):
+            await conn.send(frame("message", {"taskId": "t", "n": i, "text": "x" * 5_000}))
+        await conn.send(frame("taskIdle", f"done-{index}"))
+
+    async with (
+        FakeHost(sockdir / "h.sock", chatty) as fake,
+        inproc_bridge(sockdir, detached_bytes=300_000) as (
+            bridge,
+            client,
+        ),
+    ):
+        for index, name in enumerate(("w1", "w2", "w3")):
+            stream = Collector(client, name)
+            await client.attach(name, str(fake.path), connect_timeout=5)
+            try:
+                await stream.wait(named("taskIdle", f"done-{index}"))
+            finally:
+                await stream.close()
+            assert bridge.slots[name].buffer.bytes > 200_000
+            await client.detach(name)
+        # w3 and w2 would take > 400 kB: only the newest detached slot is kept (and one at the least).
+        assert [name for name in ("w1", "w2", "w3") if name in bridge.slots] == ["w3"]
