@@ -1,7 +1,10 @@
-"""What the bridge keeps for subscribers is bounded in bytes. The XPUB's queue per subscriber is bounded in messages, not bytes: a subscriber that stops reading
+"""What the bridge keeps for subscribers is bounded in bytes.
+
+The XPUB's queue per subscriber is bounded in messages, not bytes: a subscriber that stops reading
 would hold the next ``xpub_hwm`` events whatever their size (1,000 events of 1 MiB, a GiB). The bridge
 keeps what it publishes live within ``xpub_window_bytes`` per ``xpub_hwm`` messages; what goes over is
-fetched by snapshot, announced at once by a hugz, so live subscribers still get every event in order."""
+fetched by snapshot, announced at once by a hugz, so live subscribers still get every event in order.
+Detached slots' replay buffers, kept for late subscribers, share one budget."""
 
 from __future__ import annotations
 
