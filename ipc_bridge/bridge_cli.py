@@ -82,8 +82,13 @@ def _tcp_config(
 @click.option("--query-timeout", default=10.0, show_default=True, help="Seconds a Get* command waits.")
 @click.option("--reconnect-interval", default=0.5, show_default=True, help="Retry interval for lost hosts.")
 @click.option("--buffer-events", default=100_000, show_default=True, help="Replay buffer per slot (events).")
-@click.option("--buffer-mib", default=256, show_default=True, help="Replay buffer per slot (MiB).")
-@click.option("--xpub-hwm", default=100_000, show_default=True, help="XPUB send HWM per subscriber.")
+@click.option(
+    "--buffer-mib",
+    default=64,
+    show_default=True,
+    help="Replay buffer per slot (MiB of memory its events take, not their length on the wire).",
+)
+@click.option("--xpub-hwm", default=1_000, show_default=True, help="XPUB send HWM per subscriber.")
 @click.option("--hugz-interval", default=1.0, show_default=True, help="Idle heartbeat period (s).")
 @click.option(
     "--keep-detached",

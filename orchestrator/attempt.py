@@ -363,7 +363,7 @@ class AttemptRunner:
         try:
             await self._unless_restart(
                 self.client.start_task(
-                    slot, attempt.prompt, configuration, timeout=attempt.limits.start_timeout + 10
+                    slot, attempt.prompt, configuration, start_timeout=attempt.limits.start_timeout
                 ),
                 restart,
             )
