@@ -12,6 +12,7 @@ from typing import Any
 from .plan import Attempt, AttemptKey
 from .records import AttemptRecord, final_for
 from .status import Status
+from .suite_yaml import Redactor
 from .targets import Target
 
 
@@ -25,6 +26,11 @@ class WorkerConfig:
     work_dir: str
     target: Target
     keep_workspaces: bool = False
+    results_dir: str = ""
+    """The run's results directory: host logs and kept workspaces go there (see
+    :mod:`orchestrator.attempt_host`); empty on a Ray node, which keeps them in its work directory."""
+    redactor: Redactor = field(default_factory=Redactor)
+    """The suite's secrets, kept out of what the records carry from a host's output."""
     node: str | None = None
     """Where the attempts run, for the records: the Ray node id (None for local workers)."""
 

@@ -125,6 +125,8 @@ class Scheduler:
                 work_dir=str(work),
                 target=self.suite.target,
                 keep_workspaces=self.options.keep_workspaces,
+                results_dir=str(self.writer.run_dir.resolve()),
+                redactor=self.suite.redactor(),
             )
             if getattr(self.suite.target, "executor", "local") == "ray":
                 # Ray is an optional extra: imported only when asked for. Every node runs its own
@@ -158,8 +160,8 @@ class Scheduler:
                 pool.close(timeout=2.0 if self._interrupts > 1 else 10.0)
             if self._supervisor is not None:
                 self._supervisor.stop(kill=self._interrupts > 1)
-            if not self.options.keep_workspaces:
-                shutil.rmtree(runtime, ignore_errors=True)
+            # Kept workspaces and host logs are in the results directory, not here.
+            shutil.rmtree(runtime, ignore_errors=True)
             self._report(records.close())  # after the pool: no record can come after this
             if records.error is not None and sys.exc_info()[0] is None:
                 raise records.error

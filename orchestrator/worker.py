@@ -15,7 +15,8 @@ from typing import Any
 
 from ipc_bridge.client import BridgeClient
 
-from .attempt import AttemptRunner, simulator_farm
+from .attempt import AttemptRunner
+from .attempt_host import simulator_farm
 from .hosts import SimulatorFarm
 from .jobs import Job, JobResult, WorkerConfig
 from .pool import receive, send
