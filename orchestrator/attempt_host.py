@@ -25,12 +25,7 @@ from .hosts import (
     vscode_argv,
     xvfb_wrap,
 )
-from .jobs import Job, WorkerConfig, host_seed
-
-HOST_LOGS = "hosts"
-"""Where each launched host's output is kept (``<case>__<model>__<repeat>__<attempt>.log``)."""
-KEPT_WORKSPACES = "workspaces"
-"""Where ``--keep-workspaces`` keeps each attempt's workspace."""
+from .jobs import HOST_LOGS, KEPT_WORKSPACES, Job, WorkerConfig, host_seed
 
 
 def simulator_farm(config: WorkerConfig, wid: int) -> SimulatorFarm | None:

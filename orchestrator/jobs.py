@@ -15,6 +15,11 @@ from .status import Status
 from .suite_yaml import Redactor
 from .targets import Target
 
+HOST_LOGS = "hosts"
+"""Where each launched host's output is kept (``<case>__<model>__<repeat>__<attempt>.log``)."""
+KEPT_WORKSPACES = "workspaces"
+"""Where ``--keep-workspaces`` keeps each attempt's workspace."""
+
 
 @dataclass(frozen=True)
 class WorkerConfig:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .config import SocketTarget, Suite, SuiteError, apply_overrides, load_suite
+from .jobs import KEPT_WORKSPACES
 from .plan import build_plan, pending, suite_hash
 from .pool import ExecutorStartError
 from .results import AttemptRecord, ResultsError, ResultsWriteError, ResultsWriter, build_manifest
@@ -105,7 +106,10 @@ class _Progress:
     help="Worker processes (default: min(slots, 2); never more than slots); each drives several slots.",
 )
 @click.option(
-    "--keep-workspaces", is_flag=True, help="Keep each attempt's workspace copy (printed at the end)."
+    "--keep-workspaces",
+    is_flag=True,
+    help="Keep each attempt's workspace in RESULTS/RUN_ID/workspaces/ (each record names its own; the "
+    "directory is printed at the end).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option(
@@ -260,7 +264,8 @@ def run(
     if unstarted is not None:
         click.echo(f"error: {unstarted}; nothing ran (resume with --resume {run_id} once fixed)", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet)
+    kept = writer.run_dir / KEPT_WORKSPACES if keep_workspaces else None
+    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet, kept=kept)
     if broken is not None:
         click.echo(
             f"error: {broken}. The run stopped; every record written is valid: continue with "
@@ -284,9 +289,10 @@ def _on_ray(suite: Suite) -> Suite:
     return suite.model_copy(update={"target": suite.target.model_copy(update={"executor": "ray"})})
 
 
-def _report(run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: bool) -> None:
+def _report(run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: bool, kept: Path | None) -> None:
     if as_json:
-        click.echo(json.dumps({"type": "summary", "run_dir": str(run_dir), **summary}))
+        where = {"workspaces_dir": str(kept)} if kept is not None else {}
+        click.echo(json.dumps({"type": "summary", "run_dir": str(run_dir), **where, **summary}))
         return
     totals = summary.get("totals", {})
     click.echo(
@@ -295,3 +301,5 @@ def _report(run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: boo
         f"cost ${totals.get('cost_usd', 0.0):.4f}; stop: {summary.get('stop_reason')}",
         err=quiet,
     )
+    if kept is not None:
+        click.echo(f"workspaces kept in {kept}", err=quiet)
