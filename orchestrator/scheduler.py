@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from types import FrameType
 from typing import Any
 
-from . import runtime_dir
+from . import children, runtime_dir
 from .config import SocketTarget, Suite
 from .jobs import Job, JobResult, WorkerConfig, new_record
 from .plan import Attempt
@@ -37,6 +37,8 @@ POLL_INTERVAL = 0.2
 WORKER_MAIN = "orchestrator.worker:worker_main"  # by name: the main process never imports the worker
 BRIDGE_LOG = "bridge.log"
 CANCEL_WAIT = 8.0
+REAP_INTERVAL = 10.0
+"""How often orphans of the run's processes, adopted by this one, are reaped while it runs."""
 
 
 @dataclass(order=True)
@@ -101,6 +103,8 @@ class Scheduler:
         """Cost of every record so far, those still being written included (the budget's measure)."""
         self._records: RecordQueue | None = None
         self._supervisor: BridgeSupervisor | None = None
+        self._adoptions: children.Adoptions | None = None
+        self._next_reap = 0.0
 
     # ------------------------------------------------------------------------------------- run
 
@@ -139,6 +143,8 @@ class Scheduler:
                     ) from None
                 pool = RayPool(config, slots=slots, address=self.options.ray_address)
             else:
+                # Before the first child: what the run starts never outlives it (orchestrator.children).
+                self._adoptions = children.Adoptions()
                 self._supervisor = BridgeSupervisor(
                     runtime / "bridge",
                     self.writer.run_dir / BRIDGE_LOG,
@@ -160,6 +166,10 @@ class Scheduler:
                 pool.close(timeout=2.0 if self._interrupts > 1 else 10.0)
             if self._supervisor is not None:
                 self._supervisor.stop(kill=self._interrupts > 1)
+            if self._adoptions is not None:
+                self._adoptions.close()
+                pool = None  # its queues go, and the resource tracker with them
+                children.stop_resource_tracker()
             # Kept workspaces and host logs are in the results directory, not here.
             shutil.rmtree(runtime, ignore_errors=True)
             self._report(records.close())  # after the pool: no record can come after this
@@ -185,6 +195,7 @@ class Scheduler:
             items = pool.poll(POLL_INTERVAL)
             if self._supervisor is not None:
                 self._supervisor.check()
+            self._reap()
             for item in items:  # records go to the writing thread: nothing here waits for a disk
                 if isinstance(item, Finished):
                     self._finished(item)
@@ -197,6 +208,14 @@ class Scheduler:
         if self._stopping == "budget":
             self.skipped_budget = len(self._queue)
         return self._stopping or "finished"
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        if self._adoptions is None or now < self._next_reap:
+            return
+        self._next_reap = now + REAP_INTERVAL
+        bridge = self._supervisor.bridge.pid if self._supervisor is not None else None
+        self._adoptions.reap(keep=() if bridge is None else (bridge,))
 
     def _start_ready(self, pool: Executor) -> None:
         now = time.monotonic()

@@ -3,17 +3,21 @@ open, both socket variables, a private TMPDIR, and a host that dies says why, at
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
 
 from orchestrator.host_process import SOCKET_ENVS, launch
 from orchestrator.results import load, read_records
-from tests.runs import SECRET, cases, orchestrate, write_suite
+from tests.runs import EXERCISES, SECRET, cases, orchestrate, poll_until, run_argv, write_suite
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,6 +39,11 @@ if mode == "cli":  # like the Roo CLI in --stdin-prompt-stream mode: ends when s
     child.terminate()
     child.wait()
     sys.exit(1)
+if mode == "daemon":  # starts a helper of its own that leaves its session (as some helpers do)
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    with open(report, "a") as fh:
+        fh.write("helper started\\n")
+    os.execv(sys.executable, simulator)
 if mode == "env":  # says what it was given, leaves a file in its TMPDIR (the CLI's --ephemeral dir)
     tmp = tempfile.mkdtemp(prefix="roo-cli-")
     with open(report, "a") as fh:
@@ -164,3 +173,73 @@ async def test_launch_gives_a_stdin_open_until_stop_and_a_private_tmpdir(tmp_pat
     assert host.stdin is None
     assert SOCKET_ENVS == ("ROO_CODE_IPC_SOCKET_PATH", "KILO_IPC_SOCKET_PATH")
     assert os.environ.get("TMP") != str(tmpdir)
+
+
+def _marked(marker: str) -> list[int]:
+    """Live processes whose environment holds ``marker`` (a zombie's environment reads empty)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_no_process_the_run_started_outlives_it(tmp_path: Path) -> None:
+    """Not even a host's helper that left the host's session and process group."""
+    marker = f"ORC_TEST_MARK={uuid.uuid4().hex}"
+    name, _, value = marker.partition("=")
+    suite = _command_suite(tmp_path, "daemon", n=2)
+    res = orchestrate(
+        "run",
+        str(suite),
+        "--results",
+        str(tmp_path / "r"),
+        "--run-id",
+        "r",
+        "--quiet",
+        env_extra={name: value},
+    )
+    left = _marked(marker)
+    _kill_all(left)
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "report.jsonl").read_text().count("helper started") == 2
+    assert left == []
+    assert "leaked" not in res.stderr and "resource_tracker" not in res.stderr
+
+
+def test_no_process_outlives_a_run_stopped_by_a_second_ctrl_c(tmp_path: Path) -> None:
+    marker = f"ORC_TEST_MARK={uuid.uuid4().hex}"
+    name, _, value = marker.partition("=")
+    report = tmp_path / "report.jsonl"
+    hang = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{outcome: hang}}\n"
+    suite = _command_suite(tmp_path, "daemon")
+    suite.write_text(suite.read_text().split("cases:\n")[0] + "cases:\n" + cases(1, hang))
+    proc = subprocess.Popen(
+        run_argv(suite, tmp_path / "r", "r", "--quiet"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TEST_KEY": SECRET, name: value},
+    )
+    try:
+        poll_until(lambda: report.exists() and "helper started" in report.read_text(), 60, "the host")
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    left = _marked(marker)
+    _kill_all(left)
+    assert proc.returncode == 130, stderr
+    assert left == []
