@@ -32,6 +32,9 @@ from .records import Timings
 log = logging.getLogger(__name__)
 
 SLOT_DOWN = "slot_down"
+DISCONNECTED = "extension host disconnected"
+EXIT_WAIT = 2.0
+"""How long a host whose connection went down is given to exit, so that its record says how it did."""
 TASK_EVENT = "task_event"
 
 T = TypeVar("T")
@@ -179,6 +182,8 @@ class AttemptRunner:
             phase.lap("agent_s")
             # The task is over: a readied attempt may start now, while this one tears down and is checked.
             holding = self._release(holding, ticket)
+            if reason == DISCONNECTED and host is not None:
+                await host.wait(EXIT_WAIT)  # most likely exiting (a crash): its exit status says how
             host_end = await self._cleanup_host(slot, host, responsive)
             host, attached = None, False
             if status.is_infra and host_end and error is None:
@@ -331,7 +336,7 @@ class AttemptRunner:
                 )
                 tracker.feed(event, now)
             elif item.msg_type == SLOT_DOWN:
-                tracker.force(Status.INFRA_ERROR, "extension host disconnected", now)
+                tracker.force(Status.INFRA_ERROR, DISCONNECTED, now)
             tracker.tick(now)
         status = tracker.status
         if status is not None and status.task_left_running:

@@ -39,6 +39,9 @@ if mode == "cli":  # like the Roo CLI in --stdin-prompt-stream mode: ends when s
     child.terminate()
     child.wait()
     sys.exit(1)
+if mode == "loud":  # says something, then serves (the case's simulate: outcome decides how it ends)
+    print("serving; the model API is unreachable", file=sys.stderr, flush=True)
+    os.execv(sys.executable, simulator)
 if mode == "daemon":  # starts a helper of its own that leaves its session (as some helpers do)
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     with open(report, "a") as fh:
@@ -105,6 +108,20 @@ def test_a_host_that_dies_while_starting_says_why_at_once(tmp_path: Path) -> Non
     frame = load(run_dir, all_attempts=True)
     assert list(frame["host_log"]) == [r.host_log for r in records]
     assert all("fatal" in t for t in frame["host_output_tail"])
+
+
+def test_a_host_that_dies_mid_task_says_how_and_what_it_printed(tmp_path: Path) -> None:
+    crash = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{outcome: crash}}\n"
+    suite = _command_suite(tmp_path, "loud")
+    suite.write_text(suite.read_text().split("cases:\n")[0] + "cases:\n" + cases(1, crash))
+    run_dir = _run(tmp_path, suite)
+    records = read_records(run_dir / "results.jsonl")
+    assert len(records) == 2
+    for record in records:
+        assert (record.status.value, record.reason) == ("infra_error", "extension host disconnected")
+        assert record.error == "the extension host exited with code 1"
+        assert record.host_output_tail is not None
+        assert record.host_output_tail.startswith("serving; the model API is unreachable\n")
 
 
 def test_a_completed_attempt_keeps_its_host_log_without_a_tail(tmp_path: Path) -> None:
