@@ -289,3 +289,36 @@ async def test_an_unresponsive_host_is_killed_at_once_not_after_close_grace(
     assert (record.status.value, record.reason) == ("infra_error", "extension host unresponsive")
     assert record.timings.teardown_s is not None and record.timings.teardown_s < 150
     assert not alive(frozen)
+
+
+def test_kept_workspaces_survive_the_sweep_after_a_sigkill(tmp_path: Path, sockdir: Path) -> None:
+    """The next run removes a killed run's runtime directory: nothing kept may be in it."""
+    hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
+    suite = write_suite(tmp_path, SIM_IN_ORDER, cases(1) + cases(1, hang, prefix="h"))
+    run_dir = tmp_path / "r" / "r"
+    env = {"TMPDIR": str(sockdir)}
+    with running(suite, tmp_path / "r", env=env, args=("--keep-workspaces",)) as (proc, first):
+        assert first["case_id"] == "c0" and first["kept_workspace"]
+        proc.kill()
+        proc.wait()
+    kept = run_dir / first["kept_workspace"]
+    assert (kept / "two_fer.py").is_file()
+    assert list(sockdir.glob("orc-*"))  # the killed run's runtime dir, for the next run to sweep
+    res = orchestrate(
+        "run",
+        str(suite),
+        "--results",
+        str(tmp_path / "r"),
+        "--resume",
+        "r",
+        "--keep-workspaces",
+        "--quiet",
+        env_extra=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert not list(sockdir.glob("orc-*"))
+    assert (kept / "two_fer.py").is_file()
+    records = read_records(run_dir / "results.jsonl")
+    h0 = [r for r in records if r.case_id == "h0" and r.final]
+    assert len(h0) == 1 and h0[0].kept_workspace is not None
+    assert (run_dir / h0[0].kept_workspace).is_dir()
