@@ -184,7 +184,9 @@ class AttemptRunner:
             holding = self._release(holding, ticket)
             if reason == DISCONNECTED and host is not None:
                 await host.wait(EXIT_WAIT)  # most likely exiting (a crash): its exit status says how
-            host_end = await self._cleanup_host(slot, host, responsive)
+            # CloseTask is for a task a responsive host has: a host that never reported one (it never
+            # answered StartNewTask) would only sit out the grace.
+            host_end = await self._cleanup_host(slot, host, responsive, close=tracker.root is not None)
             host, attached = None, False
             if status.is_infra and host_end and error is None:
                 error = f"the extension host {host_end}"
@@ -393,15 +395,19 @@ class AttemptRunner:
         transcript.append({"t": round(t, 4), "dir": "in", "seq": item.seq, "event": item.task_event().wire()})
         return True
 
-    async def _cleanup_host(self, slot: str, host: Host | None, responsive: bool = True) -> str | None:
-        """CloseTask, give the host its grace to exit, then make sure it is gone; detach the slot. A host
-        known to be unresponsive is killed at once: it would sit out the grace and a SIGTERM too.
-        Returns how the host had ended by itself before, if it had."""
+    async def _cleanup_host(
+        self, slot: str, host: Host | None, responsive: bool = True, *, close: bool = True
+    ) -> str | None:
+        """CloseTask (if ``close``), give the host its grace to exit, then make sure it is gone; detach
+        the slot. A host known to be unresponsive is killed at once: it would sit out the grace and a
+        SIGTERM too. Returns how the host had ended by itself before, if it had."""
         ended = None
         if host is not None:
             ended = host.ended_by_itself
             if not responsive:
                 await host.kill()
+            elif not close:
+                await host.stop(grace=2.0)
             else:
                 try:
                     await asyncio.wait_for(self.client.close_task(slot), 5)

@@ -42,6 +42,20 @@ if mode == "cli":  # like the Roo CLI in --stdin-prompt-stream mode: ends when s
 if mode == "loud":  # says something, then serves (the case's simulate: outcome decides how it ends)
     print("serving; the model API is unreachable", file=sys.stderr, flush=True)
     os.execv(sys.executable, simulator)
+if mode == "mute":  # listens, takes every command, never answers one (wedged before its first task)
+    import socket, threading
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(os.environ["ROO_CODE_IPC_SOCKET_PATH"])
+    server.listen()
+    def drain(conn):
+        from ipc_bridge.framing import encode_frame
+        from ipc_bridge.protocol import Ack, AckMessage
+        ack = AckMessage(data=Ack(clientId="0123456789ab", pid=os.getpid(), ppid=os.getppid()))
+        conn.sendall(encode_frame(ack))
+        while conn.recv(65536):
+            pass
+    while True:
+        threading.Thread(target=drain, args=(server.accept()[0],), daemon=True).start()
 if mode == "daemon":  # starts a helper of its own that leaves its session (as some helpers do)
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     with open(report, "a") as fh:
@@ -122,6 +136,22 @@ def test_a_host_that_dies_mid_task_says_how_and_what_it_printed(tmp_path: Path) 
         assert record.error == "the extension host exited with code 1"
         assert record.host_output_tail is not None
         assert record.host_output_tail.startswith("serving; the model API is unreachable\n")
+
+
+def test_a_host_that_never_starts_its_task_is_not_given_the_close_grace(tmp_path: Path) -> None:
+    """CloseTask is for a task; a host that never reported one is stopped at once (close_grace 200 s
+    here: waiting for it would outlast the 150 s this test waits)."""
+    suite = _command_suite(tmp_path, "mute")
+    suite.write_text(
+        suite.read_text()
+        .replace("close_grace: 1s", "close_grace: 200s")
+        .replace("retries: 1", "retries: 0, start_timeout: 2s")
+    )
+    run_dir = _run(tmp_path, suite)
+    (record,) = read_records(run_dir / "results.jsonl")
+    assert record.status.value == "infra_error"
+    assert record.task_id is None
+    assert record.timings.teardown_s is not None and record.timings.teardown_s < 200
 
 
 def test_a_completed_attempt_keeps_its_host_log_without_a_tail(tmp_path: Path) -> None:
