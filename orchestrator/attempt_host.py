@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import CommandTarget, SimulatorTarget, SocketTarget, VscodeTarget
-from .host_process import keep_log, launch, output_tail
+from .host_logs import keep_log, output_tail
+from .host_process import launch
 from .hosts import (
     Host,
     HostError,

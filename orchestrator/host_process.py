@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 SOCKET_ENVS = ("ROO_CODE_IPC_SOCKET_PATH", "KILO_IPC_SOCKET_PATH")
 """Where Roo Code and its forks read the socket path of their IPC server."""
 TMP_ENVS = ("TMPDIR", "TMP", "TEMP")
-TAIL_BYTES = 2048
-"""How much of a host's output its record carries."""
 
 
 def describe_exit(code: int) -> str:
@@ -181,30 +179,3 @@ async def launch(
         tmpdir=tmpdir,
         stdin=stdin_w,
     )
-
-
-def keep_log(raw: Path, kept: Path, redact: Callable[[str], str]) -> bool:
-    """Move a host's log from the runtime directory to ``kept``, redacted line by line (a log may be
-    large); False, and nothing kept, when the host wrote nothing."""
-    try:
-        if raw.stat().st_size == 0:
-            raw.unlink()
-            return False
-    except FileNotFoundError:
-        return False
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        open(raw, encoding="utf-8", errors="replace", newline="") as src,
-        open(kept, "a", encoding="utf-8", newline="") as dest,
-    ):
-        for line in src:
-            dest.write(redact(line))
-    raw.unlink()
-    return True
-
-
-def output_tail(path: Path, limit: int = TAIL_BYTES) -> str:
-    """The last ``limit`` bytes of a (kept, so redacted) host log, as text."""
-    with open(path, "rb") as fh:
-        fh.seek(max(0, os.fstat(fh.fileno()).st_size - limit))
-        return fh.read().decode("utf-8", errors="replace")

@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from . import children, runtime_dir
 from .config import SocketTarget, Suite
-from .jobs import Job, JobResult, WorkerConfig, new_record
+from .host_logs import keep_log
+from .jobs import HOST_LOGS, Job, JobResult, WorkerConfig, new_record
 from .plan import Attempt
 from .pool import Executor, ExecutorStartError, Finished, Lost, Pool
 from .record_queue import RecordQueue
@@ -171,6 +173,7 @@ class Scheduler:
                 pool = None  # its queues go, and the resource tracker with them
                 children.stop_resource_tracker()
             # Kept workspaces and host logs are in the results directory, not here.
+            self._keep_host_logs(runtime / "work")
             shutil.rmtree(runtime, ignore_errors=True)
             self._report(records.close())  # after the pool: no record can come after this
             if records.error is not None and sys.exc_info()[0] is None:
@@ -208,6 +211,16 @@ class Scheduler:
         if self._stopping == "budget":
             self.skipped_budget = len(self._queue)
         return self._stopping or "finished"
+
+    def _keep_host_logs(self, work: Path) -> None:
+        """Keep the logs that workers could not (a worker that died with hosts running, or was
+        terminated at a stop): ``hosts/w<worker>-<n>.host.log``, ``hosts/farm-w<worker>.log``."""
+        redact = self.suite.redactor().text
+        for raw in work.glob("*.log"):
+            try:
+                keep_log(raw, self.writer.run_dir / HOST_LOGS / raw.name, redact)
+            except OSError as exc:  # the records matter more: a run never fails over a log
+                log.warning("cannot keep %s: %s", raw.name, exc)
 
     def _reap(self) -> None:
         now = time.monotonic()

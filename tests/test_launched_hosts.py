@@ -18,7 +18,17 @@ import pytest
 
 from orchestrator.host_process import launch
 from orchestrator.results import load, read_records
-from tests.runs import EXERCISES, SECRET, cases, orchestrate, poll_until, run_argv, write_suite
+from tests.runs import (
+    EXERCISES,
+    SECRET,
+    cases,
+    cmdline,
+    descendants,
+    orchestrate,
+    poll_until,
+    run_argv,
+    write_suite,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -291,3 +301,28 @@ def test_no_process_outlives_a_run_stopped_by_a_second_ctrl_c(tmp_path: Path) ->
     _kill_all(left)
     assert proc.returncode == 130, stderr
     assert left == []
+
+
+def test_the_log_of_a_host_whose_worker_died_is_kept_too(tmp_path: Path, sockdir: Path) -> None:
+    hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
+    suite = _command_suite(tmp_path, "loud")
+    suite.write_text(suite.read_text().split("cases:\n")[0] + "cases:\n" + cases(1, hang))
+    proc = subprocess.Popen(
+        run_argv(suite, tmp_path / "r", "r", "--quiet"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TEST_KEY": SECRET, "TMPDIR": str(sockdir)},
+    )
+    try:
+        poll_until(lambda: list(sockdir.glob("orc-*/w*-1.sock")), 60, "the first host's socket")
+        (worker,) = [p for p in descendants(proc.pid) if b"spawn_main" in cmdline(p)]
+        os.kill(worker, signal.SIGKILL)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    records = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert (records[0].attempt, records[0].reason) == (1, "worker died")
+    kept = list((tmp_path / "r" / "r" / "hosts").glob("w*-1.host.log"))
+    assert len(kept) == 1 and "serving; the model API is unreachable" in kept[0].read_text()
