@@ -16,6 +16,11 @@ from .records import AttemptRecord, final_for
 from .status import Status
 from .targets import Target
 
+HOST_LOGS = "hosts"
+"""Where each launched host's output is kept (``<case>__<model>__<repeat>__<attempt>.log``)."""
+KEPT_WORKSPACES = "workspaces"
+"""Where ``--keep-workspaces`` keeps each attempt's workspace."""
+
 
 @dataclass(frozen=True)
 class WorkerConfig:
@@ -27,8 +32,12 @@ class WorkerConfig:
     work_dir: str
     target: Target
     keep_workspaces: bool = False
+    results_dir: str = ""
+    """The run's results directory: host logs and kept workspaces go there (see
+    :mod:`orchestrator.attempt_host`); empty on a Ray node, which keeps them in its work directory."""
     redactor: Redactor = field(default_factory=Redactor)
-    """The suite's secrets: redacted from everything the worker writes (its log, its children's)."""
+    """The suite's secrets: redacted from everything the worker writes (its log, its children's, what
+    the records carry from a host's output)."""
     node: str | None = None
     """Where the attempts run, for the records: the Ray node id (None for local workers)."""
     referenced_env: frozenset[str] = frozenset()

@@ -142,6 +142,7 @@ class NodeRunner:
             connection_file=str(self._bridge.connection_file),
             runtime_dir=str(runtime),
             work_dir=str(work),
+            results_dir="",  # the driver's: perhaps on another machine
             node=self.node_id,
         )
 

@@ -14,6 +14,7 @@ from ipc_bridge.redaction import Redactor, redact_process_output
 
 from .child_env import withhold
 from .config import SocketTarget, Suite, SuiteError, apply_overrides, load_suite
+from .jobs import KEPT_WORKSPACES
 from .plan import build_plan, pending, suite_hash
 from .pool import ExecutorStartError
 from .results import AttemptRecord, ResultsError, ResultsWriteError, ResultsWriter, build_manifest
@@ -115,7 +116,10 @@ class _Progress:
     help="Worker processes (default: min(slots, 2); never more than slots); each drives several slots.",
 )
 @click.option(
-    "--keep-workspaces", is_flag=True, help="Keep each attempt's workspace copy (printed at the end)."
+    "--keep-workspaces",
+    is_flag=True,
+    help="Keep each attempt's workspace in RESULTS/RUN_ID/workspaces/ (each record names its own; the "
+    "directory is printed at the end).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option(
@@ -277,7 +281,8 @@ def run(
     if unstarted is not None:
         click.echo(f"error: {unstarted}; nothing ran (resume with --resume {run_id} once fixed)", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet, redactor=redactor)
+    kept = writer.run_dir / KEPT_WORKSPACES if keep_workspaces else None
+    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet, redactor=redactor, kept=kept)
     if broken is not None:
         click.echo(
             f"error: {broken}. The run stopped; every record written is valid: continue with "
@@ -309,10 +314,17 @@ def _on_ray(suite: Suite) -> Suite:
 
 
 def _report(
-    run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: bool, redactor: Redactor
+    run_dir: Path,
+    summary: dict[str, Any],
+    *,
+    as_json: bool,
+    quiet: bool,
+    redactor: Redactor,
+    kept: Path | None,
 ) -> None:
     if as_json:
-        click.echo(json.dumps(redactor({"type": "summary", "run_dir": str(run_dir), **summary})))
+        where = {"workspaces_dir": str(kept)} if kept is not None else {}
+        click.echo(json.dumps(redactor({"type": "summary", "run_dir": str(run_dir), **where, **summary})))
         return
     totals = summary.get("totals", {})
     click.echo(
@@ -321,3 +333,5 @@ def _report(
         f"cost ${totals.get('cost_usd', 0.0):.4f}; stop: {summary.get('stop_reason')}",
         err=quiet,
     )
+    if kept is not None:
+        click.echo(f"workspaces kept in {kept}", err=quiet)

@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import runtime_dir
+from . import children, runtime_dir
 from .config import SocketTarget, Suite
-from .jobs import Job, JobResult, WorkerConfig, new_record
+from .host_logs import keep_log
+from .jobs import HOST_LOGS, Job, JobResult, WorkerConfig, new_record
 from .plan import Attempt
 from .pool import Executor, ExecutorStartError, Finished, Lost, Pool
 from .record_queue import RecordQueue
@@ -40,6 +42,8 @@ CANCEL_WAIT = 8.0
 BREAKER_FACTOR = 2
 """The circuit breaker trips when the first tries of the first ``BREAKER_FACTOR x slots`` keys all fail
 alike."""
+REAP_INTERVAL = 10.0
+"""How often orphans of the run's processes, adopted by this one, are reaped while it runs."""
 
 
 @dataclass(order=True)
@@ -149,6 +153,8 @@ class Scheduler:
         self._records: RecordQueue | None = None
         self._supervisor: BridgeSupervisor | None = None
         self._breaker = _Breaker(BREAKER_FACTOR * suite.target.slots)
+        self._adoptions: children.Adoptions | None = None
+        self._next_reap = 0.0
 
     # ------------------------------------------------------------------------------------- run
 
@@ -173,6 +179,7 @@ class Scheduler:
                 work_dir=str(work),
                 target=self.suite.target,
                 keep_workspaces=self.options.keep_workspaces,
+                results_dir=str(self.writer.run_dir.resolve()),
                 redactor=self.suite.redactor(),
                 referenced_env=self.suite.referenced_env,
             )
@@ -187,6 +194,8 @@ class Scheduler:
                     ) from None
                 pool = RayPool(config, slots=slots, address=self.options.ray_address)
             else:
+                # Before the first child: what the run starts never outlives it (orchestrator.children).
+                self._adoptions = children.Adoptions()
                 self._supervisor = BridgeSupervisor(
                     runtime / "bridge",
                     self.writer.run_dir / BRIDGE_LOG,
@@ -209,8 +218,13 @@ class Scheduler:
                 pool.close(timeout=2.0 if self._interrupts > 1 else 10.0)
             if self._supervisor is not None:
                 self._supervisor.stop(kill=self._interrupts > 1)
-            if not self.options.keep_workspaces:
-                shutil.rmtree(runtime, ignore_errors=True)
+            if self._adoptions is not None:
+                self._adoptions.close()
+                pool = None  # its queues go, and the resource tracker with them
+                children.stop_resource_tracker()
+            # Kept workspaces and host logs are in the results directory, not here.
+            self._keep_host_logs(runtime / "work")
+            shutil.rmtree(runtime, ignore_errors=True)
             self._report(records.close())  # after the pool: no record can come after this
             if records.error is not None and sys.exc_info()[0] is None:
                 raise records.error
@@ -234,6 +248,7 @@ class Scheduler:
             items = pool.poll(POLL_INTERVAL)
             if self._supervisor is not None:
                 self._supervisor.check()
+            self._reap()
             for item in items:  # records go to the writing thread: nothing here waits for a disk
                 if isinstance(item, Finished):
                     self._finished(item)
@@ -246,6 +261,24 @@ class Scheduler:
         if self._stopping == "budget":
             self.skipped_budget = len(self._queue)
         return self._stopping or "finished"
+
+    def _keep_host_logs(self, work: Path) -> None:
+        """Keep the logs that workers could not (a worker that died with hosts running, or was
+        terminated at a stop): ``hosts/w<worker>-<n>.host.log``, ``hosts/farm-w<worker>.log``."""
+        redact = self.suite.redactor().text
+        for raw in work.glob("*.log"):
+            try:
+                keep_log(raw, self.writer.run_dir / HOST_LOGS / raw.name, redact)
+            except OSError as exc:  # the records matter more: a run never fails over a log
+                log.warning("cannot keep %s: %s", raw.name, exc)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        if self._adoptions is None or now < self._next_reap:
+            return
+        self._next_reap = now + REAP_INTERVAL
+        bridge = self._supervisor.bridge.pid if self._supervisor is not None else None
+        self._adoptions.reap(keep=() if bridge is None else (bridge,))
 
     def _start_ready(self, pool: Executor) -> None:
         now = time.monotonic()

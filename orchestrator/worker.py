@@ -16,7 +16,8 @@ from typing import Any
 from ipc_bridge.client import BridgeClient
 from ipc_bridge.redaction import redact_process_output
 
-from .attempt import AttemptRunner, simulator_farm
+from .attempt import AttemptRunner
+from .attempt_host import simulator_farm
 from .child_env import withhold
 from .hosts import SimulatorFarm
 from .jobs import Job, JobResult, WorkerConfig

@@ -366,3 +366,55 @@ def test_a_host_that_cannot_start_trips_the_circuit_breaker(tmp_path: Path) -> N
     assert all(r.status.value in ("infra_error", "cancelled") for r in records)
     again = orchestrate(*args, "--resume", "r")
     assert again.returncode == 5, again.stderr  # resumable: it runs, and trips again on the same cause
+
+
+@pytest.mark.parametrize("per_host", [True, False], ids=["process_per_host", "farm"])
+def test_an_unresponsive_host_is_killed_at_once_not_after_close_grace(tmp_path: Path, per_host: bool) -> None:
+    """Once CancelTask got no event, the host is known unresponsive: it is killed then, without the
+    CloseTask grace (200 s here: waiting for it would outlast the 150 s this test waits) or a SIGTERM that a
+    stopped process cannot act on. The simulator's ``freeze`` outcome silences the host for good once
+    its task runs, as a SIGSTOP would, without racing the task's start."""
+    per_host_yaml = "true" if per_host else "false"
+    options = f"{{time_scale: 0.05, status_delay: 0.1, process_per_host: {per_host_yaml}}}"
+    target = f"{{kind: simulator, slots: 1, close_grace: 200s, options: {options}}}"
+    frozen = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: freeze}}\n"
+    suite = write_suite(tmp_path, target, cases(1, frozen, prefix="f"), defaults=", cancel_timeout: 1s")
+    suite.write_text(suite.read_text().replace("retries: 1", "retries: 0"))  # one attempt: this one
+    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--quiet")
+    assert res.returncode == 0, res.stderr
+    (record,) = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert (record.status.value, record.reason) == ("infra_error", "extension host unresponsive")
+    assert record.timings.teardown_s is not None and record.timings.teardown_s < 200
+
+
+def test_kept_workspaces_survive_the_sweep_after_a_sigkill(tmp_path: Path, sockdir: Path) -> None:
+    """The next run removes a killed run's runtime directory: nothing kept may be in it."""
+    hang = f"\n  workspace: {EXERCISES}/python/leap\n  timeout: 3s\n  simulate: {{outcome: hang}}\n"
+    suite = write_suite(tmp_path, SIM_IN_ORDER, cases(1) + cases(1, hang, prefix="h"))
+    run_dir = tmp_path / "r" / "r"
+    env = {"TMPDIR": str(sockdir)}
+    with running(suite, tmp_path / "r", env=env, args=("--keep-workspaces",)) as (proc, first):
+        assert first["case_id"] == "c0" and first["kept_workspace"]
+        proc.kill()
+        proc.wait()
+    kept = run_dir / first["kept_workspace"]
+    assert (kept / "two_fer.py").is_file()
+    assert list(sockdir.glob("orc-*"))  # the killed run's runtime dir, for the next run to sweep
+    res = orchestrate(
+        "run",
+        str(suite),
+        "--results",
+        str(tmp_path / "r"),
+        "--resume",
+        "r",
+        "--keep-workspaces",
+        "--quiet",
+        env_extra=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert not list(sockdir.glob("orc-*"))
+    assert (kept / "two_fer.py").is_file()
+    records = read_records(run_dir / "results.jsonl")
+    h0 = [r for r in records if r.case_id == "h0" and r.final]
+    assert len(h0) == 1 and h0[0].kept_workspace is not None
+    assert (run_dir / h0[0].kept_workspace).is_dir()
