@@ -355,11 +355,14 @@ def test_a_host_that_cannot_start_trips_the_circuit_breaker(tmp_path: Path) -> N
     args = ["run", str(suite), "--results", str(tmp_path / "r"), "--json"]
     res = orchestrate(*args, "--run-id", "r")
     assert res.returncode == 5, res.stderr
-    assert 'first 4 attempts all ended infra_error "extension host did not come up"' in res.stderr
+    assert (
+        'first 4 attempts all ended infra_error "extension host exited with code 3 before listening'
+        in res.stderr
+    )
     assert "--resume r" in res.stderr
     summary = json.loads(res.stdout.splitlines()[-1])
     assert summary["stop_reason"] == "circuit_breaker"
-    assert "extension host did not come up" in summary["stop_detail"]
+    assert "exited with code 3 before listening" in summary["stop_detail"]
     records = read_records(tmp_path / "r" / "r" / "results.jsonl")
     # 8 cases x 3 tries would be 24 records; none is a result, and every key is still to run.
     assert 4 <= len(records) <= 6 and not [r for r in records if r.final]
