@@ -26,7 +26,7 @@ from . import children, runtime_dir
 from .config import SocketTarget, Suite
 from .host_logs import keep_log
 from .jobs import HOST_LOGS, Job, JobResult, WorkerConfig, new_record
-from .plan import Attempt
+from .plan import Attempt, AttemptKey
 from .pool import Executor, ExecutorStartError, Finished, Lost, Pool
 from .record_queue import RecordQueue
 from .results import AttemptRecord, ResultsWriter
@@ -78,7 +78,7 @@ class Interrupted(Exception):
 
 
 class _Breaker:
-    """Watches a run's first tries: when the first ``window`` keys' first tries all end ``infra_error``
+    """Watches a run's first tries (each key's first in this process): when the first ``window`` of them all end ``infra_error``
     for the same reason (a host that cannot start, a setup command that cannot run), the rest would
     too: the run stops rather than grind through the suite. Any other outcome first, a retry's
     included, disarms it for good. Retries failing alike do not count: a run of fewer keys than
@@ -153,6 +153,8 @@ class Scheduler:
         self._records: RecordQueue | None = None
         self._supervisor: BridgeSupervisor | None = None
         self._breaker = _Breaker(BREAKER_FACTOR * suite.target.slots)
+        self._tried: set[AttemptKey] = set()
+        """Keys with a real try recorded by this process (the breaker's first tries)."""
         self._adoptions: children.Adoptions | None = None
         self._next_reap = 0.0
 
@@ -340,7 +342,12 @@ class Scheduler:
         assert self._records is not None
         self._records.put(record, job.attempt.key, job.number, transcript or ())
         self._spent += record.metrics.cost_usd
-        if not self._stopping and self._breaker.see(record, first_try=job.tries == 0):
+        # A key's first try in this process counts, resumed keys included: a resume whose keys all
+        # tried before must still be able to trip on the cause that stopped the run.
+        first_try = job.attempt.key not in self._tried
+        if record.status is not Status.CANCELLED:
+            self._tried.add(job.attempt.key)
+        if not self._stopping and self._breaker.see(record, first_try=first_try):
             log.error("stopping: %s", self._breaker.tripped)
             self._stopping = "circuit_breaker"
         if not record.final and record.status is not Status.CANCELLED and not self._stopping:

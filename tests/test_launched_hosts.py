@@ -110,7 +110,9 @@ def test_a_host_that_ends_at_stdin_eof_runs_its_attempt(tmp_path: Path) -> None:
 
 def test_a_host_that_dies_while_starting_says_why_at_once(tmp_path: Path) -> None:
     # launch_timeout 150 s: were the host's exit not watched, the run would outlast the test's timeout.
-    suite = _command_suite(tmp_path, "die", target_extra=", launch_timeout: 150s")
+    # The host is given the key on purpose (its target's env:): children inherit no suite secret.
+    extra = ', launch_timeout: 150s, env: {TEST_KEY: "${TEST_KEY}"}'
+    suite = _command_suite(tmp_path, "die", target_extra=extra)
     run_dir = _run(tmp_path, suite)
     records = read_records(run_dir / "results.jsonl")
     assert [(r.attempt, r.status.value, r.final) for r in records] == [

@@ -207,12 +207,13 @@ def test_the_circuit_breaker_counts_first_tries_alike_and_anything_else_disarms_
 def test_the_progress_counts_cancelled_attempts_apart_from_retried_ones() -> None:
     from datetime import datetime, timezone
 
+    from ipc_bridge.redaction import Redactor
     from orchestrator.records import AttemptRecord
     from orchestrator.run_cli import _Progress
     from orchestrator.status import Status
 
     now = datetime.now(timezone.utc)
-    progress = _Progress(3, quiet=True, as_json=False)
+    progress = _Progress(3, quiet=True, as_json=False, redactor=Redactor())
     for status, final, passed in [
         (Status.CANCELLED, False, None),
         (Status.INFRA_ERROR, False, None),

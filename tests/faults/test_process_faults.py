@@ -368,7 +368,10 @@ def test_a_host_that_cannot_start_trips_the_circuit_breaker(tmp_path: Path) -> N
     assert 4 <= len(records) <= 6 and not [r for r in records if r.final]
     assert all(r.status.value in ("infra_error", "cancelled") for r in records)
     again = orchestrate(*args, "--resume", "r")
-    assert again.returncode == 5, again.stderr  # resumable: it runs, and trips again on the same cause
+    assert again.returncode == 5, (
+        again.stderr,
+        read_records(tmp_path / "r" / "r" / "results.jsonl"),
+    )  # resumable: it runs, and trips again on the same cause
 
 
 @pytest.mark.parametrize("per_host", [True, False], ids=["process_per_host", "farm"])
