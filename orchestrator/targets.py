@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from ipc_bridge.simulator.script import HostOptions, normalize_engine
 
 from .config_types import (
     TARGET_PLACEHOLDERS,
@@ -63,12 +66,29 @@ class _Launched(Strict):
     _prelaunch = field_validator("prelaunch", mode="before")(_slots_not_bool)
 
 
+class SimulatorOptions(HostOptions):
+    """``target.options`` of the simulator: the simulator's own host options, and how hosts are run."""
+
+    process_per_host: bool = False
+    """A simulator process per host instead of one farm process per worker (docs/simulator.md)."""
+
+    @classmethod
+    def given(cls, value: Any) -> dict[str, Any]:
+        """The options given, validated, as a mapping of those keys only (what the hash covers)."""
+        return cls.model_validate(value).model_dump(exclude_unset=True)
+
+
+def _known_engine(value: str) -> str:
+    normalize_engine(value)  # the simulator's own list; the value is kept as written
+    return value
+
+
 class SimulatorTarget(_Launched):
     kind: Literal["simulator"] = "simulator"
-    engine: str | None = None
+    engine: Annotated[str, AfterValidator(_known_engine)] | None = None
     """Engine version the simulator imitates (e.g. 3.52.1, 3.50.4); the simulator's default if unset."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Passed through to the simulator."""
+    options: Annotated[dict[str, Any], BeforeValidator(SimulatorOptions.given)] = Field(default_factory=dict)
+    """Passed to the simulator: seed, time_scale, status_delay (:class:`SimulatorOptions`)."""
 
     _slots = field_validator("slots", mode="before")(_slots_not_bool)
 
