@@ -190,7 +190,7 @@ class Case(Strict):
 
 MAX_PROMPT_BYTES = 1 * MIB
 """Largest prompt_file."""
-MAX_ATTEMPTS = 1_000_000
+MAX_ATTEMPTS = 100_000
 """Most attempts in a run (cases x models x repeats): each is planned in memory before the first runs."""
 
 
@@ -203,7 +203,7 @@ def _cache(info: ValidationInfo, name: str) -> dict[Any, Any]:
 
 def _read_prompt(path: Path) -> str:
     try:
-        data = read_regular(path, MAX_PROMPT_BYTES, "prompt_file", "shorten the prompt")
+        data = read_regular(path, MAX_PROMPT_BYTES, f"prompt_file {path}", "shorten the prompt")
     except FileCheckError as exc:
         raise ValueError(str(exc)) from None
     try:

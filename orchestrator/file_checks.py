@@ -85,21 +85,26 @@ def read_regular(path: Path, limit: int, what: str, advice: str) -> bytes:
     """The bytes of the regular file ``path`` (symlinks followed), at most ``limit`` of them.
 
     Opened without blocking (a FIFO would wait for a writer) and checked with ``fstat`` before
-    reading, so a directory, FIFO, socket or device is refused at once. ``advice`` says what to do
-    when the file is too big."""
+    reading, so a directory, FIFO, socket, device or pseudo file is refused at once. ``what`` names
+    the file in messages; ``advice`` says what to do when it is too big."""
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):  # open() of a socket fails with a baffling ENXIO
-            raise FileCheckError(f"{what} {path} is a socket: give a regular file")
+            raise FileCheckError(f"{what} is a socket: give a regular file")
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
-        raise FileCheckError(f"{what} {path} does not exist: check the path") from None
+        raise FileCheckError(f"{what} does not exist: check the path") from None
     except OSError as exc:
-        raise FileCheckError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise FileCheckError(f"cannot read {what}: {exc.strerror or exc}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise FileCheckError(f"{what} {path} is {kind_of(st.st_mode)}: give a regular file")
-        too_big = f"{what} {path} is larger than {size_text(limit)}, the most allowed: {advice}"
+            raise FileCheckError(f"{what} is {kind_of(st.st_mode)}: give a regular file")
+        fstype = _pseudo_filesystem(path.resolve(), st.st_dev)
+        if fstype is not None:
+            raise FileCheckError(
+                f"{what} is on the kernel's {fstype} filesystem, not data: give a regular file"
+            )
+        too_big = f"{what} is larger than {size_text(limit)}, the most allowed: {advice}"
         if st.st_size > limit:
             raise FileCheckError(too_big.replace("larger than", f"{size_text(st.st_size)}, larger than"))
         chunks: list[bytes] = []
@@ -114,7 +119,7 @@ def read_regular(path: Path, limit: int, what: str, advice: str) -> bytes:
             raise FileCheckError(too_big)
         return b"".join(chunks)
     except OSError as exc:
-        raise FileCheckError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+        raise FileCheckError(f"cannot read {what}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
 

@@ -175,29 +175,31 @@ def build_plan(suite: Suite) -> Plan:
     """Expand the matrix. Order: repeat, then case, then model (suite order), so that every case and
     model has a first result before any repeat runs, and models alternate on each case."""
     hashes = _pair_hashes(suite)
+    # what an attempt needs of its (case, model) pair, computed once and shared by its repeats
+    # (a worker copies the configuration before it adds to it)
+    pairs = [
+        (case, model, _pair_fields(suite, case, model)) for case in suite.cases for model in suite.models
+    ]
     attempts: list[Attempt] = []
     for repeat in range(suite.repeats):
-        for case in suite.cases:
-            for model in suite.models:
-                key = AttemptKey(case.id, model.id, repeat, hashes[(case.id, model.id)])
-                assert case.prompt is not None  # validated: a case always has its prompt text
-                attempts.append(
-                    Attempt(
-                        key=key,
-                        index=len(attempts),
-                        case=case,
-                        model=model,
-                        prompt=case.prompt,
-                        configuration=suite.configuration_for(case, model),
-                        limits=suite.limits_for(case),
-                        setup_timeout=suite.defaults.setup_timeout,
-                        check_timeout=suite.check_timeout_for(case),
-                        env=suite.env_for(case),
-                        retries=suite.defaults.retries,
-                        tags=tuple(case.tags),
-                    )
-                )
+        for case, model, fields in pairs:
+            key = AttemptKey(case.id, model.id, repeat, hashes[(case.id, model.id)])
+            attempts.append(Attempt(key=key, index=len(attempts), case=case, model=model, **fields))
     return Plan(suite=suite, config_hash=suite_hash(suite, pair_hashes=hashes), attempts=tuple(attempts))
+
+
+def _pair_fields(suite: Suite, case: Case, model: ModelSpec) -> dict[str, Any]:
+    assert case.prompt is not None  # validated: a case always has its prompt text
+    return {
+        "prompt": case.prompt,
+        "configuration": suite.configuration_for(case, model),
+        "limits": suite.limits_for(case),
+        "setup_timeout": suite.defaults.setup_timeout,
+        "check_timeout": suite.check_timeout_for(case),
+        "env": suite.env_for(case),
+        "retries": suite.defaults.retries,
+        "tags": tuple(case.tags),
+    }
 
 
 def pending(plan: Plan, done_keys: Collection[AttemptKey]) -> list[Attempt]:

@@ -29,7 +29,7 @@ MAX_SUITE_BYTES = 2 * MIB
 """Largest suite file (long prompts belong in prompt_file: files)."""
 MAX_DEPTH = 64
 """Deepest nesting of lists and mappings (a suite needs about 8)."""
-MAX_VALUES = 100_000
+MAX_VALUES = 50_000
 """Most values (scalars, lists, mappings) in a suite, each use of an alias counted in full."""
 MAX_TEXT = 16 * MIB
 """Most characters of text in a suite, each use of an alias counted in full."""
@@ -144,43 +144,51 @@ def _too_deep() -> str:
 
 def _check_expansion(root: Node) -> None:
     """Refuse a document whose aliases expand past the bounds, or refer to the node holding them.
-    One iterative pass over the node graph, each node measured once."""
+    One iterative depth-first pass over the node graph, each node measured once."""
     measured: dict[int, tuple[int, int, int]] = {}  # id -> (values, characters, depth)
-    open_nodes: set[int] = set()
-    stack: list[tuple[Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()  # the lists and mappings on the path being measured
+    stack: list[Node] = [root]
     while stack:
-        node, children_done = stack.pop()
+        node = stack[-1]
         key = id(node)
-        children = _children(node)
-        if not children_done:
-            if key in measured:
-                continue
-            if key in open_nodes:
-                raise _Refused(
-                    node.start_mark,
-                    "a YAML alias here refers to a list or mapping that holds it: "
-                    "the value would be infinite; use the anchor outside of itself",
-                )
+        if key in measured:
+            stack.pop()
+        elif isinstance(node, ScalarNode):
+            measured[key] = (1, len(node.value), 1)
+            stack.pop()
+        elif key not in open_nodes:  # first visit: measure the children first
             open_nodes.add(key)
-            stack.append((node, True))
-            stack.extend((child, False) for child in children if id(child) not in measured)
-            continue
-        open_nodes.discard(key)
-        values, chars, depth = 1, len(node.value) if isinstance(node, ScalarNode) else 0, 0
-        for child in children:
-            v, c, d = measured[id(child)]
-            values, chars, depth = values + v, chars + c, max(depth, d)
-        measured[key] = (values, chars, depth + 1)
-        if values > MAX_VALUES:
-            raise _Refused(node.start_mark, _too_many("this value expands to"))
-        if chars > MAX_TEXT:
-            raise _Refused(
-                node.start_mark,
-                f"this value expands to more than {MAX_TEXT // MIB} MiB of text (each use of a YAML alias "
-                "counted in full): use fewer aliases of long text",
-            )
-        if depth + 1 > MAX_DEPTH:
-            raise _Refused(node.start_mark, _too_deep())
+            for child in _children(node):
+                if id(child) in open_nodes:
+                    raise _Refused(
+                        child.start_mark,
+                        "a YAML alias here refers to a list or mapping that holds it: the value would be "
+                        "infinite; use the anchor outside of itself",
+                    )
+                if id(child) not in measured:
+                    stack.append(child)
+        else:
+            stack.pop()
+            open_nodes.discard(key)
+            values, chars, depth = 1, 0, 0
+            for child in _children(node):
+                v, c, d = measured[id(child)]
+                values, chars, depth = values + v, chars + c, max(depth, d)
+            measured[key] = (values, chars, depth + 1)
+            _check_measure(node, values, chars, depth + 1)
+
+
+def _check_measure(node: Node, values: int, chars: int, depth: int) -> None:
+    if values > MAX_VALUES:
+        raise _Refused(node.start_mark, _too_many("this value expands to"))
+    if chars > MAX_TEXT:
+        raise _Refused(
+            node.start_mark,
+            f"this value expands to more than {MAX_TEXT // MIB} MiB of text (each use of a YAML alias "
+            "counted in full): use fewer aliases of long text",
+        )
+    if depth > MAX_DEPTH:
+        raise _Refused(node.start_mark, _too_deep())
 
 
 def _children(node: Node) -> list[Node]:
@@ -289,7 +297,7 @@ def load_marked_yaml(path: Path) -> MarkedDict:
     """Read and parse a suite file whose top level must be a mapping; every problem (the path is not a
     readable regular file, too big, not UTF-8, invalid or unbounded YAML) is a :class:`SuiteError`."""
     try:
-        data = read_regular(path, MAX_SUITE_BYTES, "the suite", "move long prompts into prompt_file: files")
+        data = read_regular(path, MAX_SUITE_BYTES, "the path", "move long prompts into prompt_file: files")
     except FileCheckError as exc:
         message = str(exc)
         if "does not exist" in message:
@@ -346,6 +354,14 @@ def _syntax_error(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, Any]:
         return f"{what}: the bracket or quote that starts here is never closed; close it", opened
     if "'\\t'" in problem or _char_at(text, mark) == "\t":
         return f"{what}: found '\\t': indent with spaces; YAML does not allow tabs for indentation", mark
+    if "maximum nesting depth" in problem:
+        return _too_deep(), mark
+    if "Unicode character escape" in problem or "unicode character escape" in problem:
+        return (
+            f"{what}: a \\u escape here is not a character (a lone UTF-16 surrogate?): write the character "
+            "itself, or \\U0001F600 for one beyond \\uFFFF",
+            mark,
+        )
     if "another document" in problem:
         return f"{what}: a suite is one YAML document; remove the '---' line and what follows", mark
     if "mapping values are not allowed" in problem:

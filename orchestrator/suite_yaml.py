@@ -253,5 +253,8 @@ class Redactor:
 def dotted(parts: Sequence[Any]) -> str:
     out = ""
     for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int) or part == "":
+            out += f"[{part!r}]"  # an index, or an empty key
+        else:
+            out += f".{part}" if out else str(part)
     return out

@@ -20,7 +20,9 @@ from ipc_bridge.simulator.script import HostOptions, normalize_engine
 
 from .config_types import (
     TARGET_PLACEHOLDERS,
+    ArgText,
     Count,
+    EnvMap,
     PathText,
     Strict,
     existing_path,
@@ -136,14 +138,14 @@ def _xvfb(value: Any) -> Any:
 
 class VscodeTarget(_Launched):
     kind: Literal["vscode"] = "vscode"
-    code: str = Field(default="code", min_length=1)
+    code: ArgText = Field(default="code", min_length=1)
     """The VS Code executable (a name on PATH or a path)."""
-    args: list[str] = Field(default_factory=list)
+    args: list[ArgText] = Field(default_factory=list)
     xvfb: Annotated[Literal["auto"] | bool, BeforeValidator(_xvfb)] = "auto"
     """Run under xvfb-run: always, never, or when there is no DISPLAY."""
     user_data_dir: PathText | None = None
     extensions_dir: PathText | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
 
     _slots = field_validator("slots", mode="before")(_slots_not_bool)
 
@@ -155,9 +157,9 @@ class VscodeTarget(_Launched):
 
 class CommandTarget(_Launched):
     kind: Literal["command"] = "command"
-    argv: list[str] = Field(min_length=1)
+    argv: list[ArgText] = Field(min_length=1)
     """The host's command line; {socket}, {workspace} and {slot} are filled in ({{ }} for braces)."""
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     """Added to the host's environment (placeholders filled in too)."""
     cwd: PathText | None = None
 
