@@ -49,7 +49,7 @@ from .status import OutcomeLimits
 from .suite_messages import duplicate_ids, validation_problems
 from .suite_reader import MarkedDict, load_marked_yaml
 from .suite_yaml import Problem, Redactor, SuiteError, interpolate, line_col
-from .targets import CommandTarget, SimulatorTarget, SocketTarget, Target, VscodeTarget
+from .targets import MAX_SLOTS, CommandTarget, SimulatorTarget, SocketTarget, Target, VscodeTarget
 
 __all__ = [
     "Budget",
@@ -423,6 +423,8 @@ def apply_overrides(
     if slots is not None:
         if slots < 1:
             raise _override_error(suite, "--slots", f"must be at least 1, got {slots}")
+        if slots > MAX_SLOTS:
+            raise _override_error(suite, "--slots", f"must be at most {MAX_SLOTS}, got {slots}")
         if isinstance(suite.target, SocketTarget) and slots > len(suite.target.sockets):
             raise _override_error(
                 suite, "--slots", f"{slots} is more than the {len(suite.target.sockets)} sockets listed"

@@ -34,7 +34,7 @@ def _check_id(value: str) -> str:
     # ids become file names: events/<case>__<model>__<repeat>__<attempt>.jsonl
     if not SAFE_ID.fullmatch(value) or ".." in value or "__" in value:
         raise ValueError(
-            f"{value!r} cannot be used in a file name: use letters, digits, '.', '_' and '-', start with a "
+            f"{_shown(value)} cannot be used in a file name: use letters, digits, '.', '_' and '-', start with a "
             "letter or digit, at most 64 characters, and no '..' or '__'"
         )
     return value

@@ -78,6 +78,8 @@ def kind_of(mode: int) -> str:
 
 
 def size_text(n: int) -> str:
+    if n >= 1024 * MIB:
+        return f"{n / (1024 * MIB):.1f} GiB"
     return f"{n / MIB:.1f} MiB" if n >= MIB else f"{n} bytes"
 
 

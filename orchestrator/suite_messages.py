@@ -136,11 +136,17 @@ def _allowed_keys(model: Any, loc: Sequence[Any]) -> list[str]:
             field = node.model_fields.get(part)
             if field is None:
                 continue  # a union tag: `node` is already the tagged model
-            node = field.annotation
+            node = _validating_model(field.metadata) or field.annotation
     node = _unwrap(node, None)
     if isinstance(node, type) and issubclass(node, BaseModel):
         return list(node.model_fields)
     return []
+
+
+def _validating_model(metadata: Sequence[Any]) -> type[BaseModel] | None:
+    """The model whose classmethod validates a field (``target.options``): its keys are the field's."""
+    owners = [getattr(m.func, "__self__", None) for m in metadata if isinstance(m, BeforeValidator)]
+    return next((o for o in owners if isinstance(o, type) and issubclass(o, BaseModel)), None)
 
 
 def _unwrap(tp: Any, part: Any) -> Any:
@@ -150,10 +156,7 @@ def _unwrap(tp: Any, part: Any) -> Any:
         origin = typing.get_origin(tp)
         args = typing.get_args(tp)
         if origin is typing.Annotated:
-            # a mapping validated by a model's classmethod (target.options) has that model's keys
-            owners = [getattr(m.func, "__self__", None) for m in args[1:] if isinstance(m, BeforeValidator)]
-            models = [o for o in owners if isinstance(o, type) and issubclass(o, BaseModel)]
-            tp = models[0] if models else args[0]
+            tp = _validating_model(args[1:]) or args[0]
             continue
         if origin in (typing.Union, types.UnionType):
             members = [a for a in args if a is not type(None)]

@@ -31,13 +31,16 @@ from .config_types import (
 )
 from .durations import Duration
 
+MAX_SLOTS = 1024
+"""Most extension hosts a launched target runs at once."""
+
 
 def _slots_not_bool(cls: Any, value: Any) -> Any:
     return not_bool(value)
 
 
 class _Launched(Strict):
-    slots: int = Field(default=4, ge=1, le=1024)
+    slots: int = Field(default=4, ge=1, le=MAX_SLOTS)
     """Extension hosts used at once."""
     executor: Literal["local", "ray"] = "local"
     """Where attempts run: worker processes on this machine, or Ray actors on the cluster's nodes that
