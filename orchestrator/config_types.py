@@ -40,12 +40,22 @@ def _check_id(value: str) -> str:
     return value
 
 
+MAX_ARG_BYTES = 128 * 1024 - 256
+"""Longest argument or environment value: Linux refuses exec (E2BIG) for a string over 128 KiB."""
+
+
 def no_nul(value: str) -> str:
+    """Text that can be passed to exec: an argument, a command, an environment value or path."""
     # a C string ends at NUL: exec and the environment cannot carry one (Python refuses at launch)
     if "\0" in value:
         raise ValueError(
             f"{_shown(value)} contains a NUL character (\\0), which no command line or environment can "
             "carry: remove it"
+        )
+    if len(value) * 4 > MAX_ARG_BYTES and len(value.encode("utf-8", "surrogatepass")) > MAX_ARG_BYTES:
+        raise ValueError(
+            f"{_shown(value)} is longer than {MAX_ARG_BYTES:,} bytes, more than one command-line argument or "
+            "environment variable may hold: put the text in a file and pass its path"
         )
     return value
 

@@ -234,6 +234,10 @@ HOSTILE = [
         "cases[0].setup[0]", "contains a NUL character", "remove it"),
     row("workspace-path-with-nul", WS + '"ws\\0"\n', 5, "cases[0].workspace", "contains a NUL character",
         "remove it"),
+    row("env-value-over-128-kib", "name: t\ndefaults:\n  env:\n    A: " + "x" * 140_000 + "\n" + ONE_CASE, 4,
+        "defaults.env.A", "140,000 characters) is longer than 130,816 bytes", "put the text in a file"),
+    row("check-over-128-kib", "name: t\ncases:\n  - id: a\n    prompt: x\n    check: 'echo " + "y" * 140_000
+        + "'\n", 5, "cases[0].check", "is longer than 130,816 bytes", "put the text in a file"),
     row("unclosed-reference", "name: t\ncases:\n  - id: a\n    prompt: 'at ${HOME'\n", 4, "cases[0].prompt",
         "unclosed '${HOME'", "close it with '}'"),
     row("nested-reference", "name: t\ncases:\n  - id: a\n    prompt: '${A:-${B}}'\n", 4, "cases[0].prompt",
