@@ -1,7 +1,9 @@
 """Accounting for bad input: rate-limited log lines, and the counters of rejected ROUTER messages.
 
 Bad input can come in floods (a broken host, a confused or hostile worker), so every rejection is counted
-exactly but only a sample is logged: the counters (``SlotInfo`` and ``heartbeat_reply.rejected``, see
+exactly but only a sample is logged. So is every other line that a peer can cause again and again (a
+host that reconnects in a loop, a worker that does not read its replies): each goes through a
+:class:`RateLimitedLog`: the counters (``SlotInfo`` and ``heartbeat_reply.rejected``, see
 docs/wire-format.md) tell how much, the log tells what it looked like.
 """
 
@@ -57,7 +59,7 @@ class RateLimitedLog:
         self._lines = 0
         self._unreported = 0
 
-    def log(self, level: int, msg: str, *args: Any) -> bool:
+    def log(self, level: int, msg: str, *args: Any, exc_info: bool = False) -> bool:
         """Log ``msg % args`` unless the window's budget is spent; True when it was logged."""
         now = self._clock()
         if now - self._window_start >= self.period:
@@ -71,11 +73,18 @@ class RateLimitedLog:
             msg = f"{msg} [%d similar line(s) suppressed before this one]"
             args = (*args, self._unreported)
             self._unreported = 0
-        self.logger.log(level, msg, *args)
+        self.logger.log(level, msg, *args, exc_info=exc_info)
         return True
 
     def warning(self, msg: str, *args: Any) -> bool:
         return self.log(logging.WARNING, msg, *args)
+
+    def info(self, msg: str, *args: Any) -> bool:
+        return self.log(logging.INFO, msg, *args)
+
+    def exception(self, msg: str, *args: Any) -> bool:
+        """``logger.exception``: from an ``except`` block, with the traceback."""
+        return self.log(logging.ERROR, msg, *args, exc_info=True)
 
 
 # Error replies that mean "the request itself was bad"; other codes (unknown_slot, slot_down, timeout...)
@@ -89,7 +98,7 @@ _BAD_REQUEST_CODES = frozenset(
         ErrorCode.UNSUPPORTED_VERSION,
     )
 )
-DROP_REASONS = ("malformed", "bad_signature", "replayed")
+DROP_REASONS = ("malformed", "bad_signature", "replayed", "oversized")
 """Messages dropped unanswered (docs/wire-format.md section 2)."""
 REJECT_REASONS = (*DROP_REASONS, *sorted(_BAD_REQUEST_CODES))
 
@@ -112,6 +121,17 @@ class RouterRejects:
         self.counts[reason] += 1
         self._log.warning(
             "dropped command (%s): %s; %d frame(s), %d bytes", reason, exc, len(frames), sum(map(len, frames))
+        )
+
+    def oversized(self, frames: int, size: int, max_frames: int, max_bytes: int) -> None:
+        """A message over the whole-message bounds: dropped unread, without a reply."""
+        self.counts["oversized"] += 1
+        self._log.warning(
+            "dropped command (oversized): %d frame(s), %d bytes (at most %d frames, %d bytes)",
+            frames,
+            size,
+            max_frames,
+            max_bytes,
         )
 
     def answered(self, msg: Message, reply: Content) -> None:

@@ -27,7 +27,7 @@ import zmq
 import zmq.asyncio
 from pydantic import ValidationError
 
-from .bad_input import RouterRejects
+from .bad_input import RateLimitedLog, RouterRejects, sample
 from .bridge_config import BridgeConfig as BridgeConfig  # re-exported: its home for users
 from .connection_file import (
     COMMAND_SOCKET,
@@ -40,7 +40,7 @@ from .connection_file import (
 )
 from .liveness import PeerRegistry, Ticker
 from .protocol import QUERY_RESPONSES, StartNewTask
-from .publisher import Publisher
+from .publisher import Publisher, SendWindow
 from .replay_buffer import BufferedEvent
 from .reply_cache import ReplyCache
 from .slots import OWNER_EXPIRED, Slot, SlotError, validate_command
@@ -75,12 +75,14 @@ from .wire import (
     reply_type,
     slot_topic,
 )
-from .zmq_loop import Reader, plain_socket, send_frames
+from .zmq_loop import MessageLimit, Reader, plain_socket, send_frames
 
 log = logging.getLogger(__name__)
 
 # Commands whose effect must not be repeated for a retried request; reads are answered afresh.
 _CACHED_REPLIES = frozenset({"attach", "detach", "task_command", "shutdown"})
+# Commands that wait on a host (seconds, at worst their timeouts): bounded in number (max_inflight).
+_WAITING = frozenset({"attach", "detach", "task_command"})
 
 ReplyParts = tuple[Content, list[bytes]]
 
@@ -106,6 +108,8 @@ class Bridge:
         self._replies: ReplyCache[ReplyParts] = ReplyCache(config.reply_cache_size)
         self._detached: OrderedDict[str, None] = OrderedDict()
         self.rejects = RouterRejects(log)
+        self._log = RateLimitedLog(log)
+        """Lines that clients can cause at any rate (replies they do not read, sessions they drop)."""
         self._commands: dict[str, Callable[[Message, Any], Awaitable[ReplyParts]]] = {
             "attach": self._cmd_attach,
             "detach": self._cmd_detach,
@@ -127,8 +131,10 @@ class Bridge:
             ev_ep = ipc_endpoint(runtime, EVENT_SOCKET)
             self.ctx = zmq.asyncio.Context()
             self.router, xpub = self._bind(cmd_ep, ev_ep)
-            self._router_reader = Reader(self.router, self._on_command)
-            self.publisher = Publisher(xpub, self.session, self._welcome)
+            limit = MessageLimit(self.config.max_msg_size, self.config.max_msg_frames, self._on_oversized)
+            self._router_reader = Reader(self.router, self._on_command, limit)
+            window = SendWindow(self.config.xpub_hwm, self.config.xpub_window_bytes)
+            self.publisher = Publisher(xpub, self.session, self._welcome, window)
             if self.tcp is not None:  # after the ipc binds: CURVE options apply to later binds only
                 self.tcp.bind(self.ctx, self.router, xpub)
             self.info = ConnectionInfo(
@@ -172,6 +178,8 @@ class Bridge:
             sock.setsockopt(zmq.HEARTBEAT_TTL, c.heartbeat_timeout_ms)
         router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Per frame: a frame alone over the whole message's bound is refused before libzmq receives
+        # it. The whole message is bounded by the reader (MessageLimit).
         router.setsockopt(zmq.MAXMSGSIZE, c.max_msg_size)
         router.sndhwm = router.rcvhwm = c.router_hwm
         xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
@@ -284,18 +292,18 @@ class Bridge:
         while True:
             now, stall = await ticker.sleep(self.peers.tick())
             if stall:
-                log.warning("bridge loop stalled for %.1f s: not counted as client silence", stall)
+                self._log.warning("bridge loop stalled for %.1f s: not counted as client silence", stall)
                 self.peers.credit(stall, now)
             for peer in self.peers.expire(now):
                 owned = [s for s in self.slots.values() if s.owner == peer.session and s.state != "detached"]
                 level = logging.WARNING if owned else logging.DEBUG
                 silent = f"client session {peer.session} silent for {now - peer.last_seen:.1f} s"
-                log.log(level, "%s: detaching %s", silent, [s.name for s in owned])
+                self._log.log(level, "%s: detaching %s", silent, [s.name for s in owned])
                 for slot in owned:
                     try:
                         await slot.detach(OWNER_EXPIRED)
                     except Exception:  # one bad slot must not stop expiry for good
-                        log.exception("detaching slot %s failed", slot.name)
+                        self._log.exception("detaching slot %s failed", slot.name)
                     self._retire(slot)
 
     # ----------------------------------------------------------------------------------- commands
@@ -308,13 +316,28 @@ class Bridge:
             return
         # Any verified request counts as a sign of life, retries and unknown types included.
         self.peers.seen(msg.header.session, asyncio.get_running_loop().time())
+        if msg.msg_type in _WAITING and len(self._handlers) >= self.config.max_inflight:
+            # Each waits on a host; a worker sending them faster than hosts answer must not grow the
+            # bridge's tasks without bound. Answered at once: nothing was done, a retry may succeed.
+            self._log.warning(
+                "%s %s answered busy: %d commands in progress",
+                sample(msg.msg_type),
+                msg.header.msg_id[:100],
+                len(self._handlers),
+            )
+            self._reply(msg, (_error(ErrorCode.BUSY, f"{len(self._handlers)} commands in progress"), []))
+            return
         self._handlers.add(asyncio.ensure_future(self._handle(msg)))
+
+    def _on_oversized(self, frames: int, size: int) -> None:
+        c = self.config
+        self.rejects.oversized(frames, size, c.max_msg_frames, c.max_msg_size)
 
     async def _handle(self, msg: Message) -> None:
         try:
             key = (msg.header.session, msg.header.msg_id)
-            parts = await self._replies.once(key, msg.msg_type in _CACHED_REPLIES, lambda: self._execute(msg))
-            await self._reply(msg, parts)
+            parts = await self._replies.once(key, _keep_reply(msg), lambda: self._execute(msg))
+            self._reply(msg, parts)
         finally:
             # Here rather than in a done callback, which would cost a loop turn per command.
             self._handlers.discard(asyncio.current_task())
@@ -345,10 +368,10 @@ class Bridge:
         except SlotError as exc:
             return _error(exc.code, exc.reason), []
         except Exception as exc:
-            log.exception("command %s failed", msg.msg_type)
+            self._log.exception("command %s failed", msg.msg_type)
             return _error(ErrorCode.INTERNAL, repr(exc)), []
 
-    async def _reply(self, msg: Message, parts: ReplyParts) -> None:
+    def _reply(self, msg: Message, parts: ReplyParts) -> None:
         if self.router is None:
             return
         content, buffers = parts
@@ -358,9 +381,9 @@ class Bridge:
         try:
             send_frames(self.router, frames)
         except zmq.Again:  # the worker's queue is full (ROUTER_MANDATORY): it will retry
-            log.warning("reply to %s dropped: the worker is not reading", msg.header.msg_id)
+            self._log.warning("reply to %s dropped: the worker is not reading", msg.header.msg_id[:100])
         except zmq.ZMQError as exc:  # EHOSTUNREACH (ROUTER_MANDATORY): the worker is gone
-            log.info("reply to %s not delivered: %s", msg.header.msg_id, exc)
+            self._log.info("reply to %s not delivered: %s", msg.header.msg_id[:100], exc)
         if self._router_reader is not None:
             self._router_reader.poke()  # the send may have consumed the FD's edge
 
@@ -403,13 +426,18 @@ class Bridge:
     def _retire(self, slot: Slot) -> None:
         """Keep the last ``detached_keep`` detached slots (a late subscriber may still fill a gap from
         their buffers; a re-attach continues their seq) and forget older ones. A run uses a fresh slot
-        per attempt: kept forever, they cost ~200 kB each."""
+        per attempt: kept forever, they cost ~200 kB each; and their buffers together stay within
+        ``detached_bytes`` (one flood each, 64 slots would otherwise keep 4 GiB)."""
         self._detached.pop(slot.name, None)
         self._detached[slot.name] = None
-        while len(self._detached) > self.config.detached_keep:
+        held = sum(s.buffer.bytes for name in self._detached if (s := self.slots.get(name)) is not None)
+        while len(self._detached) > self.config.detached_keep or (
+            len(self._detached) > 1 and held > self.config.detached_bytes
+        ):
             name, _ = self._detached.popitem(last=False)
             old = self.slots.get(name)
             if old is not None and old.state == "detached":
+                held -= old.buffer.bytes
                 del self.slots[name]
 
     async def _cmd_slots(self, msg: Message, req: Content) -> ReplyParts:
@@ -426,7 +454,7 @@ class Bridge:
         if slot.state == "detached":
             raise SlotError(ErrorCode.SLOT_DOWN, f"slot {slot.name} is detached")
         if isinstance(command, StartNewTask):
-            reply.task_id = await slot.start_task(command, msg.header)
+            reply.task_id = await slot.start_task(command, msg.header, req.start_timeout)
         elif name in QUERY_RESPONSES:
             reply.response = await slot.query(command, QUERY_RESPONSES[name], msg.header)
         else:
@@ -438,7 +466,7 @@ class Bridge:
         events: list[BufferedEvent] = []
         complete, more = True, False
         if req.since_seq is not None:
-            events, complete, more = slot.replay(req.since_seq, req.limit)
+            events, complete, more = slot.replay(req.since_seq, req.limit, self.config.snapshot_max_bytes)
         reply = SnapshotReply(
             slot=slot.name,
             since_seq=req.since_seq,
@@ -467,6 +495,15 @@ class Bridge:
         self.stopping = True
         self._stop.set()
         return ShutdownReply(), []
+
+
+def _keep_reply(msg: Message) -> bool:
+    """Whether a retry must get this reply again. Not for Get* queries: they are reads, and their
+    replies carry whatever the host answered (megabytes, if it likes), ten thousand of them kept."""
+    if msg.msg_type not in _CACHED_REPLIES:
+        return False
+    command = msg.content.get("command") if msg.msg_type == "task_command" else None
+    return not (isinstance(command, dict) and command.get("commandName") in QUERY_RESPONSES)
 
 
 def _error(code: ErrorCode, reason: str) -> ErrorReply:

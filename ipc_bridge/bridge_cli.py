@@ -17,6 +17,7 @@ import click
 from .bridge import BridgeConfig, run_bridge
 from .connection_file import KEY_ENV, BridgeAlreadyRunning, ConnectionInfo
 from .curve import CurveError
+from .redaction import receive_secrets, redact_process_output
 from .slots import SlotConfig
 from .tcp_listen import ListenError, TcpConfig, parse_listen
 
@@ -81,8 +82,13 @@ def _tcp_config(
 @click.option("--query-timeout", default=10.0, show_default=True, help="Seconds a Get* command waits.")
 @click.option("--reconnect-interval", default=0.5, show_default=True, help="Retry interval for lost hosts.")
 @click.option("--buffer-events", default=100_000, show_default=True, help="Replay buffer per slot (events).")
-@click.option("--buffer-mib", default=256, show_default=True, help="Replay buffer per slot (MiB).")
-@click.option("--xpub-hwm", default=100_000, show_default=True, help="XPUB send HWM per subscriber.")
+@click.option(
+    "--buffer-mib",
+    default=64,
+    show_default=True,
+    help="Replay buffer per slot (MiB of memory its events take, not their length on the wire).",
+)
+@click.option("--xpub-hwm", default=1_000, show_default=True, help="XPUB send HWM per subscriber.")
 @click.option("--hugz-interval", default=1.0, show_default=True, help="Idle heartbeat period (s).")
 @click.option(
     "--keep-detached",
@@ -92,6 +98,11 @@ def _tcp_config(
     help="Detached slots whose replay buffers are kept for late subscribers; older ones are forgotten.",
 )
 @click.option("--ready-fd", type=int, help="Write 'ready' to this fd once serving (for launchers).")
+@click.option(
+    "--secrets-fd",
+    type=int,
+    help="Read a JSON list of secrets from this fd at start-up; they never appear in the log (for launchers).",
+)
 @click.option(
     "--listen",
     metavar="tcp://HOST:PORT",
@@ -136,6 +147,7 @@ def bridge(
     hugz_interval: float,
     keep_detached: int,
     ready_fd: int | None,
+    secrets_fd: int | None,
     listen: str | None,
     curve_dir: Path | None,
     insecure: bool,
@@ -149,6 +161,8 @@ def bridge(
     The TCP connection file (--tcp-connection-file) is what `orchestrate watch` needs on the other
     machine; copy it there over a secure channel, like an ssh key.
     """
+    if secrets_fd is not None:
+        redact_process_output(receive_secrets(secrets_fd))
     tcp = _tcp_config(listen, curve_dir, insecure, tcp_connection_file, advertise, connection_file)
     if tcp is not None and tcp.insecure:
         click.secho(

@@ -1,7 +1,8 @@
 """CURVE keys for the bridge's TCP endpoints, and the ZAP handler that admits only authorized clients.
 
-The layout of a keys directory (every directory 0700, every secret file 0600), as czmq and pyzmq's
-``zmq.auth`` lay out certificates::
+The layout of a keys directory (every directory 0700, every secret file 0600, nothing writable by others
+and no symlinks: :mod:`.key_perms` refuses anything else at start), as czmq and pyzmq's ``zmq.auth`` lay
+out certificates::
 
     DIR/server.key, DIR/server.key_secret         the bridge's keypair (created if missing)
     DIR/authorized/*.key                          public keys of the clients the bridge admits
@@ -27,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 import zmq
 import zmq.auth
 
+from .bad_input import RateLimitedLog
 from .connection_file import ConnectionInfo, ensure_runtime_dir
+from .key_perms import KeyPermissionError, check_keys_dir
 
 if TYPE_CHECKING:
     from zmq.auth.asyncio import AsyncioAuthenticator
@@ -80,6 +83,7 @@ def create_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, 
     private = private_dir(directory)
     public_file, secret_file = (Path(p) for p in zmq.auth.create_certificates(private, name))
     secret_file.chmod(0o600)
+    public_file.chmod(0o644)  # not the umask's: a group-writable key is refused at the next start
     return public_file, secret_file
 
 
@@ -121,8 +125,10 @@ def authorize(keys_dir: str | os.PathLike[str], public_file: str | os.PathLike[s
     """Admit the client whose public certificate is ``public_file`` (copied to ``authorized/name.key``);
     a running bridge reads the directory at start-up only."""
     load_public_key(public_file)  # refuse garbage before it lands among the authorized keys
+    private_dir(keys_dir)  # first: made as a parent of authorized/, it would get the umask's mode
     target = private_dir(Path(keys_dir) / AUTHORIZED_DIR) / f"{name}{PUBLIC_SUFFIX}"
     shutil.copyfile(public_file, target)
+    target.chmod(0o644)
     return target
 
 
@@ -130,6 +136,10 @@ def ensure_server_keys(keys_dir: str | os.PathLike[str]) -> ServerKeys:
     """Load (creating what is missing) the server keypair, the authorized directory and the watcher
     keypair, and make sure the watcher is authorized."""
     require_curve()
+    try:
+        check_keys_dir(Path(keys_dir))  # before anything is read or created in it
+    except KeyPermissionError as exc:
+        raise CurveError(f"refusing CURVE keys directory: {exc}") from None
     try:
         root = private_dir(keys_dir)
         server, _ = _keypair(root, SERVER_NAME)
@@ -152,11 +162,12 @@ def configure_server(sock: zmq.Socket[Any], keys: ServerKeys) -> None:
 
 class _ZapLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """pyzmq logs ZAP decisions at debug level; a refused key deserves a warning (once per key: a
-    refused client reconnects every 100 ms)."""
+    refused client reconnects every 100 ms; and rate-limited: made-up keys cost an attacker nothing)."""
 
     def __init__(self, logger: logging.Logger) -> None:
         super().__init__(logger, {})
         self._warned: set[str] = set()
+        self._limit = RateLimitedLog(logger)
 
     def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
         text = str(msg) % args if args else str(msg)
@@ -166,7 +177,7 @@ class _ZapLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             if len(self._warned) >= 1024:  # made-up keys cost an attacker nothing: bound the memory
                 self._warned.clear()
             self._warned.add(text)
-            self.logger.warning("TCP client refused by ZAP: %s", text)
+            self._limit.warning("TCP client refused by ZAP: %s", text)
 
 
 def start_authenticator(ctx: zmq.Context[Any], keys: ServerKeys) -> AsyncioAuthenticator:

@@ -140,7 +140,7 @@ class _Link(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
-            log.info("%s: connection lost: %s", self.conn.label, exc)
+            self.conn._log.info("%s: connection lost: %s", self.conn.label, exc)
         self._end(
             f"{self.conn.path}: connection lost: {exc}" if exc else f"{self.conn.path}: connection closed"
         )
@@ -218,7 +218,7 @@ class _Link(asyncio.BufferedProtocol):
         try:
             handler(batch)
         except Exception as exc:  # a bug there must not leave the connection silently dead
-            log.exception("%s: handling messages failed", conn.label)
+            conn._log.exception("%s: handling messages failed", conn.label)
             self._end(f"reader failed: {exc!r}")
             if self.transport is not None:
                 self.transport.abort()

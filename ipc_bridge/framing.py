@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from .bad_input import RateLimitedLog
+from .json_compat import loads
 from .protocol import ProtocolError, WireModel
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,8 @@ def encode_frame(ipc_message: WireModel | dict[str, Any] | None) -> bytes:
 def decode_frame(frame: bytes | memoryview) -> Any:
     """The ``data`` of one frame (without its delimiter). Raises :class:`ProtocolError` on bad input."""
     try:
-        envelope = orjson.loads(frame)
-    except orjson.JSONDecodeError as exc:
+        envelope = loads(frame, raw=True)  # valid JSON passes on unchanged, even where orjson balks
+    except ValueError as exc:
         raise ProtocolError(f"invalid JSON in frame: {exc}") from exc
     if not isinstance(envelope, dict) or not isinstance(envelope.get("type"), str):
         raise ProtocolError("frame without a string 'type'")

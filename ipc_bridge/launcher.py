@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from .connection_file import KEY_ENV, ConnectionInfo, endpoint_path, ensure_runtime_dir, read_connection_file
 from .lifeline import preexec_die_with_parent
+from .redaction import send_secrets
 from .wire import (
     ErrorReply,
     HeartbeatReply,
@@ -173,11 +174,14 @@ def start_bridge_process(
     timeout: float = 15.0,
     env: Mapping[str, str] | None = None,
     stderr: int | IO[bytes] | None = None,
+    secrets: Iterable[str] = (),
 ) -> BridgeProcess:
     """Spawn ``python -m ipc_bridge.bridge_cli`` and return once it is serving and answers a heartbeat.
 
     ``key`` reuses an HMAC key (a restarted bridge that workers can still verify); ``args`` are extra
-    ``orchestrate bridge`` options such as ``("--start-timeout", "5")``.
+    ``orchestrate bridge`` options such as ``("--start-timeout", "5")``; ``env`` is its environment
+    (default: this process's) to which the key is added; ``secrets`` never appear in its log (they go
+    through a pipe, not its environment or command line).
     """
     runtime = ensure_runtime_dir(runtime_dir)
     conn_file = Path(connection_file) if connection_file is not None else runtime / DEFAULT_CONNECTION_FILE
@@ -195,11 +199,15 @@ def start_bridge_process(
         argv += ["--attach", f"{slot}={path}"]
     child_env: dict[str, Any] = dict(os.environ if env is None else env)
     child_env[KEY_ENV] = key
+    secrets = sorted(set(secrets))
     read_fd, write_fd = os.pipe()
+    secrets_r, secrets_w = os.pipe() if secrets else (-1, -1)
+    if secrets:
+        argv += ["--secrets-fd", str(secrets_r)]
     try:
         process = subprocess.Popen(
             [*argv, "--ready-fd", str(write_fd), *args],
-            pass_fds=(write_fd,),
+            pass_fds=(write_fd, secrets_r) if secrets else (write_fd,),
             env=child_env,
             stdin=subprocess.DEVNULL,
             stderr=stderr,  # its log (None: inherited)
@@ -210,9 +218,18 @@ def start_bridge_process(
         )
     except BaseException:
         os.close(read_fd)
+        if secrets:
+            os.close(secrets_w)
         raise
     finally:
         os.close(write_fd)
+        if secrets:
+            os.close(secrets_r)
+    if secrets:
+        # After the spawn: the child reads while this writes, whatever the pipe's capacity. A child
+        # that died meanwhile is reported by the ready line below.
+        with contextlib.suppress(BrokenPipeError):
+            send_secrets(secrets_w, secrets)
     try:
         line = _read_ready(read_fd, timeout)
     finally:

@@ -9,7 +9,8 @@ Get* queries are answered to our clientId only, in order, so a FIFO per response
 Bad input from a host never ends the connection: what cannot be routed is dropped, what is merely odd
 (an unknown event name, a payload that is no array) is forwarded, and both are counted in the slot's
 :class:`SlotInfo` and logged (rate-limited). Memory stays bounded whatever the host sends: frames by
-``max_frame_size``, events by the replay buffer, remembered task ids by ``max_tracked_tasks``.
+``max_frame_size``, events by the replay buffer (counted at what they cost in memory), remembered task
+ids by ``max_tracked_tasks``; a host is read one socket read at a time, each published before the next.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Any
 
 from .events import KNOWN_EVENTS
 from .extension import AckTimeout, ConnectTimeout, Disconnected, ExtensionConnection, ExtensionError
-from .framing import DEFAULT_MAX_FRAME_SIZE
 from .host_input import NO_PAYLOAD, HostInput
 from .protocol import QUERY_RESPONSES, ProtocolError, StartNewTask, event_route, task_command_adapter
 from .replay_buffer import BufferedEvent as BufferedEvent  # re-exported: its old home
@@ -83,15 +83,21 @@ class SlotError(Exception):
         self.reason = reason
 
 
+MAX_FRAME_SIZE = 16 * 1024 * 1024
+"""A host's frames beyond this are dropped: an event of that size costs the bridge several times it
+while it is decoded, re-encoded, buffered and queued, and the whole bridge stays within ~300 MiB."""
+
+
 @dataclass
 class SlotConfig:
     start_timeout: float = 30.0
-    """How long StartNewTask waits for the new task's ``taskCreated``."""
+    """How long StartNewTask waits for the new task's ``taskCreated`` when the request does not say."""
     query_timeout: float = 10.0
     reconnect_interval: float = 0.5
     buffer_events: int = 100_000
-    buffer_bytes: int = 256 * 1024 * 1024
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    buffer_bytes: int = 64 * 1024 * 1024
+    """Memory the replay buffer's events may take (what they cost in Python objects, not their length)."""
+    max_frame_size: int = MAX_FRAME_SIZE
     """A larger frame from the host is dropped (and counted); the connection stays."""
     ack_timeout: float = 5.0
     """Background reconnects: how long a host that accepted the connection may take to send its Ack
@@ -219,7 +225,8 @@ class Slot:
             pid=conn.ack.pid,
         )
         self._emit(self._topic, "slot_up", content, None)
-        log.info("slot %s up: %s (host pid %d)", self.name, self.socket_path, conn.ack.pid)
+        # A host can come and go in a loop: these lines share the slot's rate limit.
+        self.input.log.info("slot %s up: %s (host pid %d)", self.name, self.socket_path, conn.ack.pid)
         # Last: messages that came with the Ack are handled right here, after slot_up.
         conn.deliver(self._on_messages, functools.partial(self._on_lost, conn))
 
@@ -236,9 +243,9 @@ class Slot:
             None,
         )
         if self._closing:
-            log.info("slot %s closed after CloseTask: %s", self.name, reason)
+            self.input.log.info("slot %s closed after CloseTask: %s", self.name, reason)
         else:
-            log.warning("slot %s down: %s", self.name, reason)
+            self.input.log.warning("slot %s down: %s", self.name, reason)
         self._closing = False
 
     async def detach(self, reason: str = "detached") -> None:
@@ -412,15 +419,17 @@ class Slot:
             except (Disconnected, ExtensionError) as exc:
                 raise SlotError(ErrorCode.SLOT_DOWN, f"slot {self.name} down: {exc}") from exc
 
-    async def start_task(self, command: StartNewTask, parent: Header) -> str:
-        """Send StartNewTask and return the id of the task it created."""
+    async def start_task(self, command: StartNewTask, parent: Header, timeout: float | None = None) -> str:
+        """Send StartNewTask and return the id of the task it created, waiting for it ``timeout`` s
+        (the request's own deadline) or, when None, the slot's ``start_timeout``."""
         async with self._start_lock:
             self._require_up()
             fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
             self._pending_start = (fut, parent.to_dict())
             try:
                 await self._send(command)
-                timeout = self.config.start_timeout
+                if timeout is None:
+                    timeout = self.config.start_timeout
                 try:
                     return await asyncio.wait_for(asyncio.shield(fut), timeout)
                 except asyncio.TimeoutError:
@@ -457,8 +466,10 @@ class Slot:
             # The host is expected to go away now (CloseTask closes the VS Code window).
             self._closing = True
 
-    def replay(self, since_seq: int, limit: int) -> tuple[list[BufferedEvent], bool, bool]:
-        return self.buffer.since(since_seq, self.seq, limit)
+    def replay(
+        self, since_seq: int, limit: int, max_bytes: int | None = None
+    ) -> tuple[list[BufferedEvent], bool, bool]:
+        return self.buffer.since(since_seq, self.seq, limit, max_bytes)
 
 
 def _expire(fut: asyncio.Future[Any], error: SlotError) -> None:

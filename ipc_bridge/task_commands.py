@@ -20,16 +20,22 @@ class TaskCommands:
         async def _typed(self, cls: type[R], msg_type: str, content: BaseModel, **kwargs: Any) -> R: ...
 
     async def task_command(
-        self, slot: str, command: BaseModel | dict[str, Any], *, timeout: float | None = None
+        self,
+        slot: str,
+        command: BaseModel | dict[str, Any],
+        *,
+        timeout: float | None = None,
+        start_timeout: float | None = None,
     ) -> TaskCommandReply:
-        """Any of the nine TaskCommands, as a ``protocol`` model or its wire dict."""
+        """Any of the nine TaskCommands, as a ``protocol`` model or its wire dict. ``start_timeout``:
+        how long the bridge waits for a StartNewTask's ``taskCreated`` (None: its default)."""
         if isinstance(command, WireModel):
             wire = command.wire()
         elif isinstance(command, BaseModel):
             wire = command.model_dump()
         else:
             wire = command
-        req = TaskCommandRequest(slot=slot, command=wire)
+        req = TaskCommandRequest(slot=slot, command=wire, start_timeout=start_timeout)
         return await self._typed(TaskCommandReply, "task_command", req, timeout=timeout)
 
     async def start_task(
@@ -40,16 +46,21 @@ class TaskCommands:
         *,
         images: list[str] | None = None,
         new_tab: bool | None = None,
-        timeout: float = 40.0,
+        start_timeout: float | None = None,
+        timeout: float | None = None,
     ) -> str:
-        """StartNewTask; returns the Roo task id (``timeout`` must exceed the bridge's start timeout)."""
+        """StartNewTask; returns the Roo task id. The bridge waits ``start_timeout`` s for the task's
+        ``taskCreated`` (None: the bridge's ``--start-timeout``); ``timeout``, the wait for the reply,
+        defaults to 10 s more than that (40 s without a ``start_timeout``)."""
         data: dict[str, Any] = {"text": text, "configuration": configuration or {}}
         if images is not None:
             data["images"] = images
         if new_tab is not None:
             data["newTab"] = new_tab
         command = StartNewTask(data=StartNewTaskData.model_validate(data))
-        reply = await self.task_command(slot, command, timeout=timeout)
+        if timeout is None:
+            timeout = 40.0 if start_timeout is None else start_timeout + 10
+        reply = await self.task_command(slot, command, timeout=timeout, start_timeout=start_timeout)
         if reply.task_id is None:
             raise CommandError(
                 ErrorCode.INTERNAL.value, "StartNewTask reply without a task id", "task_command"

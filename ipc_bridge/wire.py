@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
+from .json_compat import dumps, loads
 from .wire_content import (
     EVENTS,
     REPLIES,
@@ -74,7 +75,7 @@ from .wire_content import (
 )
 
 PROTOCOL = "roo-bridge"
-VERSION = "1.1"  # 1.1: heartbeat interval / hugz_interval / liveness, SlotInfo.owner
+VERSION = "1.2"  # 1.1: heartbeat interval / hugz_interval / liveness, SlotInfo.owner; 1.2: start_timeout
 DELIM = b"<IDS|MSG>"
 SIGNATURE_SCHEME = "hmac-sha256"
 DIGEST_HISTORY_SIZE = 2**16
@@ -326,7 +327,7 @@ class Session:
         parts = [
             orjson.dumps(header),
             orjson.dumps(parent) if parent else b"{}",
-            orjson.dumps(content.model_dump() if isinstance(content, BaseModel) else content),
+            dumps(content.model_dump() if isinstance(content, BaseModel) else content),
         ]
         return [self.sign(parts), *parts]
 
@@ -359,8 +360,9 @@ class Session:
         signature, h, p, c = frames[delim + 1 : delim + 5]
         self.verify(signature, (h, p, c), check_replay=check_replay)
         try:
-            header_data, parent, content = orjson.loads(h), orjson.loads(p), orjson.loads(c)
-        except orjson.JSONDecodeError as exc:
+            # The content may carry a host's event, whatever valid JSON it holds (see json_compat).
+            header_data, parent, content = orjson.loads(h), orjson.loads(p), loads(c)
+        except ValueError as exc:
             raise WireError(f"invalid JSON: {exc}") from None
         if not isinstance(parent, dict) or not isinstance(content, dict):
             raise WireError("parent_header and content must be objects")

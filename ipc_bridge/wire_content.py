@@ -30,6 +30,8 @@ class ErrorCode(str, Enum):
     UNSUPPORTED_VERSION = "unsupported_version"
     TIMEOUT = "timeout"
     SHUTTING_DOWN = "shutting_down"
+    BUSY = "busy"
+    """Too many commands waiting on hosts already (``max_inflight``): nothing was done; retry later."""
     INTERNAL = "internal"
 
 
@@ -62,6 +64,9 @@ class TaskCommandRequest(Content):
     slot: SlotName
     command: dict[str, Any]
     """A Roo TaskCommand (``{"commandName": ..., "data": ...}``), validated by the bridge."""
+    start_timeout: float | None = Field(default=None, gt=0)
+    """StartNewTask: how long the bridge waits for the new task's ``taskCreated`` (s). The requester
+    knows its own limit (a suite's ``start_timeout``); None: the bridge's ``--start-timeout``."""
 
 
 class SnapshotRequest(Content):

@@ -20,10 +20,13 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import zmq
 import zmq.backend
+
+from .bad_input import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +68,32 @@ def readable(sock: zmq.Socket[bytes]) -> bool:
     return bool(cast(int, raw_get(sock, _EVENTS)) & _POLLIN)
 
 
+@dataclass(frozen=True)
+class MessageLimit:
+    """Bounds on one whole incoming message. ZeroMQ's ``MAXMSGSIZE`` bounds each frame only, so a
+    message of many large frames passes it; the reader counts while it receives, and drops the rest of
+    a message over either bound frame by frame, never copying it out of libzmq (which has already
+    received it whole: a multipart message is delivered only once complete)."""
+
+    max_bytes: int
+    max_frames: int
+    on_dropped: Callable[[int, int], None]
+    """Called with ``(frames, bytes)`` of each dropped message."""
+
+
 class Reader:
     """Calls ``on_message(frames)`` for every message arriving on ``sock``, from the loop."""
 
-    def __init__(self, sock: zmq.Socket[bytes], on_message: Callable[[list[bytes]], None]) -> None:
+    def __init__(
+        self,
+        sock: zmq.Socket[bytes],
+        on_message: Callable[[list[bytes]], None],
+        limit: MessageLimit | None = None,
+    ) -> None:
         self.sock = sock
         self._on_message = on_message
+        self._limit = limit
+        self._log = RateLimitedLog(log)  # a peer decides how often these happen
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = False
         self.on_drained: Callable[[], None] | None = None
@@ -113,14 +136,18 @@ class Reader:
                 # Frames, not bytes: a Frame knows whether more follow, where asking the socket
                 # (``get(RCVMORE)``) costs ~1 us a frame (an enum lookup of the option in pyzmq).
                 frame = recv(sock, NOBLOCK, False)  # zmq.Again when empty
-                frames = [frame.bytes]
-                while frame.more:
-                    frame = recv(sock, NOBLOCK, False)
-                    frames.append(frame.bytes)
+                if self._limit is not None:
+                    frames = self._bounded(frame)
+                else:
+                    frames = [frame.bytes]
+                    while frame.more:
+                        frame = recv(sock, NOBLOCK, False)
+                        frames.append(frame.bytes)
                 try:
-                    self._on_message(frames)
+                    if frames is not None:
+                        self._on_message(frames)
                 except Exception:  # one bad message must not stop the reading
-                    log.exception("message not handled")
+                    self._log.exception("message not handled")
                 # A request or a reply usually comes alone: asking is cheaper than zmq.Again (~3 us).
                 # In a burst, Again ends the drain once, which is cheaper than asking every time.
                 if i == 0 and not readable(sock):
@@ -130,8 +157,28 @@ class Reader:
         except zmq.Again:
             pass
         except zmq.ZMQError as exc:
-            log.warning("receive failed: %s", exc)
+            self._log.warning("receive failed: %s", exc)
         self._after()
+
+    def _bounded(self, frame: Any) -> list[bytes] | None:
+        """The message that starts with ``frame``, or None (and ``on_dropped``) when it is over the
+        limit: its frames are counted and released one by one, none copied."""
+        limit = self._limit
+        assert limit is not None
+        count, size = 1, len(frame)
+        frames: list[bytes] | None = [frame.bytes] if size <= limit.max_bytes else None
+        while frame.more:
+            frame = raw_recv(self.sock, NOBLOCK, False)
+            count += 1
+            size += len(frame)
+            if frames is not None:
+                if size > limit.max_bytes or count > limit.max_frames:
+                    frames = None  # what was copied goes now, the rest is never copied
+                else:
+                    frames.append(frame.bytes)
+        if frames is None:
+            limit.on_dropped(count, size)
+        return frames
 
     def _after(self) -> None:
         if self.on_drained is not None:

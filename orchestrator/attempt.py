@@ -13,7 +13,6 @@ import itertools
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Awaitable
 from datetime import datetime, timezone
@@ -22,20 +21,10 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from ipc_bridge.client import BridgeClient, BridgeError, BridgeRestarted, Event
 
-from .config import CommandTarget, SimulatorTarget, SocketTarget, VscodeTarget
+from .attempt_host import AttemptHosts
 from .grading import CheckResult, run_command
-from .hosts import (
-    Host,
-    HostError,
-    SimulatorFarm,
-    fill_placeholders,
-    launch,
-    simulator_argv,
-    socket_path_for,
-    vscode_argv,
-    xvfb_wrap,
-)
-from .jobs import Job, JobResult, WorkerConfig, host_seed, new_record
+from .hosts import Host, HostError, HostExited, SimulatorFarm
+from .jobs import Job, JobResult, WorkerConfig, new_record
 from .outcome import OutcomeTracker, Status
 from .plan import Attempt
 from .records import Timings
@@ -43,25 +32,12 @@ from .records import Timings
 log = logging.getLogger(__name__)
 
 SLOT_DOWN = "slot_down"
+DISCONNECTED = "extension host disconnected"
+EXIT_WAIT = 2.0
+"""How long a host whose connection went down is given to exit, so that its record says how it did."""
 TASK_EVENT = "task_event"
 
 T = TypeVar("T")
-
-
-def simulator_farm(config: WorkerConfig, wid: int) -> SimulatorFarm | None:
-    """The simulator farm of worker ``wid``, not started yet; None when its target has no farm."""
-    target = config.target
-    if not isinstance(target, SimulatorTarget) or target.options.get("process_per_host"):
-        return None
-    return SimulatorFarm(
-        socket_path_for(config.runtime_dir, f"farm-w{wid}"),
-        log_path=Path(config.work_dir) / f"farm-w{wid}.log",
-        ready_timeout=float(target.launch_timeout),
-    )
-
-
-def _host_seed(base: Any, job: Job) -> int:
-    return host_seed(base, job.attempt.key, job.number)
 
 
 class _Phase:
@@ -104,7 +80,7 @@ class AttemptRunner:
         self.wid = wid
         self._gate = gate
         self._counter = itertools.count(1)
-        self._farm = farm
+        self._hosts = AttemptHosts(config, wid, farm)
         self._restart = asyncio.Event()
         self._restarted = "the bridge restarted"
         client.on_restart.append(self._on_restart)
@@ -137,8 +113,7 @@ class AttemptRunner:
 
     async def close(self) -> None:
         """Stop what the runner started for its attempts (the simulator farm). The worker calls it last."""
-        if self._farm is not None:
-            await self._farm.close()
+        await self._hosts.close()
 
     async def run(self, job: Job, ticket: str = "") -> JobResult:
         """Run ``job`` (``ticket`` names it to the gate) to its record, or to an unstarted result when
@@ -151,6 +126,8 @@ class AttemptRunner:
         transcript: list[dict[str, Any]] = []
         tracker: OutcomeTracker | None = None
         host: Host | None = None
+        host_log: Path | None = None
+        host_end: str | None = None  # how the host ended by itself, if it did
         check: CheckResult | None = None
         status, reason = Status.INFRA_ERROR, ""
         error_class: Literal["infra", "harness"] | None = "infra"
@@ -159,7 +136,7 @@ class AttemptRunner:
         holding = False  # one of this worker's slots: given back as soon as the agent is done
         task_started = False  # StartNewTask may have gone out: the attempt gets a record, whatever happens
         unstarted = False
-        workspace = Path(tempfile.mkdtemp(prefix=f"{attempt.key.slug[:40]}-", dir=self.config.work_dir))
+        workspace = self._hosts.workspace(job)
         try:
             try:
                 await self._prepare(attempt, workspace)
@@ -167,13 +144,14 @@ class AttemptRunner:
             except _HarnessError as exc:
                 raise _Stop(Status.INFRA_ERROR, "setup failed", "harness", str(exc)) from exc
             try:
-                host, socket_path = await self._host(job, workspace, slot)
+                host, socket_path = await self._hosts.host(job, workspace, slot)
+                host_log = host.log_path if host is not None else None
                 attached = True  # even a failed attach may leave a connecting slot behind
                 restart = self._restart  # set by the next bridge restart: then the slot is gone
-                await self._unless_restart(
-                    self.client.attach(slot, socket_path, connect_timeout=self._launch_timeout()), restart
-                )
+                await self._unless_restart(self._attach(host, slot, socket_path), restart)
                 phase.lap("launch_s")
+            except HostExited as exc:
+                raise _Stop(Status.INFRA_ERROR, str(exc), "infra", str(exc)) from exc
             except (HostError, BridgeError, OSError) as exc:
                 raise _Stop(Status.INFRA_ERROR, "extension host did not come up", "infra", str(exc)) from exc
             inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
@@ -187,7 +165,9 @@ class AttemptRunner:
                     holding = True
                     phase.lap("wait_s")
                 task_started = True
-                tracker, responsive = await self._follow(attempt, slot, transcript, restart, inbox)
+                # Made here, not in _follow: a Ctrl-C in the middle still finds what it knew.
+                tracker = OutcomeTracker(asyncio.get_running_loop().time(), attempt.limits)
+                responsive = await self._follow(attempt, slot, transcript, restart, inbox, tracker)
             finally:
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -204,8 +184,14 @@ class AttemptRunner:
             phase.lap("agent_s")
             # The task is over: a readied attempt may start now, while this one tears down and is checked.
             holding = self._release(holding, ticket)
-            await self._cleanup_host(slot, host)
+            if reason == DISCONNECTED and host is not None:
+                await host.wait(EXIT_WAIT)  # most likely exiting (a crash): its exit status says how
+            # CloseTask is for a task a responsive host has: a host that never reported one (it never
+            # answered StartNewTask) would only sit out the grace.
+            host_end = await self._cleanup_host(slot, host, responsive, close=tracker.root is not None)
             host, attached = None, False
+            if status.is_infra and host_end and error is None:
+                error = f"the extension host {host_end}"
             phase.lap("teardown_s")
             if not status.is_infra and attempt.case.check:
                 check = await run_command(
@@ -219,6 +205,11 @@ class AttemptRunner:
         except asyncio.CancelledError:
             status, reason, error_class = Status.CANCELLED, "cancelled by the orchestrator", None
             unstarted = not task_started
+            if task_started and phase.timings.agent_s is None:
+                phase.lap("agent_s")  # how long the task ran before the stop
+            if tracker is not None and tracker.status is not None:
+                # Stopped in its cancel, teardown or check: what the agent did is known, its grade is not.
+                reason += f" after the task ended {tracker.status.value}"
             if attached and task_started:
                 # A leased host (socket target) is not closed afterwards: its task must be stopped here.
                 with contextlib.suppress(Exception):
@@ -226,9 +217,13 @@ class AttemptRunner:
         finally:
             self._release(holding, ticket)
             if host is not None or attached:
-                await asyncio.shield(self._cleanup_host(slot, host))
+                host_end = await asyncio.shield(self._cleanup_host(slot, host)) or host_end
             if not self.config.keep_workspaces:
                 await asyncio.shield(_remove(workspace))
+        # Kept in the results: what a host wrote, and why it died (redacted like every record).
+        host_log_name, host_output = await asyncio.shield(
+            self._hosts.output(job, host_log, tail=status is Status.INFRA_ERROR or host_end is not None)
+        )
         if unstarted:
             # Never run (a stop or a spent budget held it back): nothing to record.
             return JobResult({}, unstarted=True)
@@ -252,6 +247,9 @@ class AttemptRunner:
             node=self.config.node,
             timings=phase.timings,
             check=check,
+            host_log=host_log_name,
+            host_output_tail=host_output,
+            kept_workspace=self._hosts.in_results(workspace) if self.config.keep_workspaces else None,
         )
         if tracker is not None:
             record.metrics = tracker.metrics()
@@ -277,62 +275,27 @@ class AttemptRunner:
                     f"setup command {command!r} exited {result.exit_code}: {result.output_tail[-500:]}"
                 )
 
-    def _launch_timeout(self) -> float:
-        target = self.config.target
-        if isinstance(target, SocketTarget):
-            return float(target.connect_timeout)
-        return float(target.launch_timeout)
-
-    async def _host(self, job: Job, workspace: Path, slot: str) -> tuple[Host | None, str]:
-        target = self.config.target
-        if isinstance(target, SocketTarget):
-            if job.socket is None:
-                raise HostError("socket target without a leased socket")
-            return None, job.socket
-        socket_path = socket_path_for(self.config.runtime_dir, slot)
-        if isinstance(target, SimulatorTarget) and not target.options.get("process_per_host"):
-            return await self._farm_host(target, job, workspace, socket_path), socket_path
-        log_path = Path(self.config.work_dir) / f"{slot}.host.log"
-        if isinstance(target, SimulatorTarget):
-            opts = target.options
-            argv = [
-                *simulator_argv(
-                    engine=target.engine,
-                    time_scale=opts.get("time_scale"),
-                    status_delay=opts.get("status_delay"),
-                    seed=_host_seed(opts.get("seed"), job),
-                ),
-                "--workspace",
-                str(workspace),
-            ]
-            env: dict[str, str] = {}
-        elif isinstance(target, VscodeTarget):
-            user_data = target.user_data_dir or Path(self.config.work_dir) / f"{slot}.vscode"
-            extra = list(target.args)
-            if target.extensions_dir:
-                extra.append(f"--extensions-dir={target.extensions_dir}")
-            xvfb = "auto" if target.xvfb == "auto" else ("on" if target.xvfb else "off")
-            argv = xvfb_wrap(vscode_argv(target.code, workspace, user_data, extra), xvfb)
-            env = dict(target.env)
-        elif isinstance(target, CommandTarget):
-            values = {"socket": socket_path, "workspace": str(workspace), "slot": slot}
-            argv = fill_placeholders(target.argv, values)
-            env = {k: fill_placeholders([v], values)[0] for k, v in target.env.items()}
-        else:  # pragma: no cover - the config union is exhaustive
-            raise HostError(f"unknown target {target!r}")
-        host = await launch(argv, socket_path=socket_path, workspace=workspace, env=env, log_path=log_path)
-        return host, socket_path
-
-    async def _farm_host(self, target: SimulatorTarget, job: Job, workspace: Path, socket_path: str) -> Host:
-        if self._farm is None:
-            self._farm = simulator_farm(self.config, self.wid)
-        assert self._farm is not None
-        opts = target.options
-        params = {k: opts[k] for k in ("time_scale", "status_delay") if opts.get(k) is not None}
-        params["seed"] = _host_seed(opts.get("seed"), job)
-        if target.engine:
-            params["engine"] = target.engine
-        return await self._farm.host(socket_path, workspace, timeout=float(target.launch_timeout), **params)
+    async def _attach(self, host: Host | None, slot: str, socket_path: str) -> None:
+        """Attach the slot to the host's socket; a launched host that ends meanwhile is noticed at once
+        (:class:`HostExited`), not after the whole ``launch_timeout``."""
+        attach = asyncio.ensure_future(
+            self.client.attach(slot, socket_path, connect_timeout=self._hosts.launch_timeout())
+        )
+        if host is None:
+            await attach
+            return
+        ended = asyncio.ensure_future(host.wait(None))
+        try:
+            await asyncio.wait({attach, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+            if not attach.done():
+                attach.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await attach
+        if attach.cancelled():
+            raise HostExited(f"extension host {host.ended_by_itself} before listening on its socket")
+        attach.result()
 
     async def _follow(
         self,
@@ -341,13 +304,13 @@ class AttemptRunner:
         transcript: list[dict[str, Any]],
         restart: asyncio.Event,
         inbox: asyncio.Queue[Event | BaseException],
-    ) -> tuple[OutcomeTracker, bool]:
-        """Start the task and follow its events (``inbox``, filled by :meth:`_pump`) to its outcome.
-        Returns the tracker and whether the host reacted to the CancelTask that an outcome leaving the
-        task running is followed by."""
+        tracker: OutcomeTracker,
+    ) -> bool:
+        """Start the task and follow its events (``inbox``, filled by :meth:`_pump`) into ``tracker``
+        (made at the loop's time of the StartNewTask) to its outcome. Returns whether the host reacted
+        to the CancelTask that an outcome leaving the task running is followed by."""
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        tracker = OutcomeTracker(t0, attempt.limits)
+        t0 = tracker.started_at
         configuration = dict(attempt.configuration)
         if attempt.case.simulate is not None:
             # Real hosts strip unknown configuration keys (zod strip mode), so any target may get
@@ -356,13 +319,13 @@ class AttemptRunner:
         try:
             await self._unless_restart(
                 self.client.start_task(
-                    slot, attempt.prompt, configuration, timeout=attempt.limits.start_timeout + 10
+                    slot, attempt.prompt, configuration, start_timeout=attempt.limits.start_timeout
                 ),
                 restart,
             )
         except BridgeError as exc:
             tracker.force(Status.INFRA_ERROR, f"StartNewTask failed: {exc}", loop.time())
-            return tracker, True
+            return True
         while not tracker.done:
             now = loop.time()
             deadline = tracker.next_deadline()
@@ -382,12 +345,12 @@ class AttemptRunner:
                 )
                 tracker.feed(event, now)
             elif item.msg_type == SLOT_DOWN:
-                tracker.force(Status.INFRA_ERROR, "extension host disconnected", now)
+                tracker.force(Status.INFRA_ERROR, DISCONNECTED, now)
             tracker.tick(now)
         status = tracker.status
         if status is not None and status.task_left_running:
-            return tracker, await self._cancel(slot, inbox, transcript, t0, attempt.limits.cancel_timeout)
-        return tracker, True
+            return await self._cancel(slot, inbox, transcript, t0, attempt.limits.cancel_timeout)
+        return True
 
     async def _pump(
         self, slot: str, inbox: asyncio.Queue[Event | BaseException], restart: asyncio.Event
@@ -439,18 +402,30 @@ class AttemptRunner:
         transcript.append({"t": round(t, 4), "dir": "in", "seq": item.seq, "event": item.task_event().wire()})
         return True
 
-    async def _cleanup_host(self, slot: str, host: Host | None) -> None:
-        """CloseTask, give the host its grace to exit, then make sure it is gone; detach the slot."""
+    async def _cleanup_host(
+        self, slot: str, host: Host | None, responsive: bool = True, *, close: bool = True
+    ) -> str | None:
+        """CloseTask (if ``close``), give the host its grace to exit, then make sure it is gone; detach
+        the slot. A host known to be unresponsive is killed at once: it would sit out the grace and a
+        SIGTERM too. Returns how the host had ended by itself before, if it had."""
+        ended = None
         if host is not None:
-            try:
-                await asyncio.wait_for(self.client.close_task(slot), 5)
-            except (BridgeError, asyncio.TimeoutError):
-                pass  # the host never got it (bridge restarted, host gone): no grace to wait for
+            ended = host.ended_by_itself
+            if not responsive:
+                await host.kill()
+            elif not close:
+                await host.stop(grace=2.0)
             else:
-                await host.wait(float(getattr(self.config.target, "close_grace", 10.0)))
-            await host.stop(grace=2.0)
+                try:
+                    await asyncio.wait_for(self.client.close_task(slot), 5)
+                except (BridgeError, asyncio.TimeoutError):
+                    pass  # the host never got it (bridge restarted, host gone): no grace to wait for
+                else:
+                    await host.wait(float(getattr(self.config.target, "close_grace", 10.0)))
+                await host.stop(grace=2.0)
         with contextlib.suppress(BridgeError, asyncio.TimeoutError):
             await asyncio.wait_for(self.client.detach(slot), 5)
+        return ended
 
 
 async def _remove(workspace: Path) -> None:

@@ -15,6 +15,7 @@ the simulator). Top-level keys starting with ``x-`` are ignored: a place for YAM
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 from collections.abc import Mapping, Sequence
@@ -30,8 +31,10 @@ from pydantic import (
     model_validator,
 )
 
+from ipc_bridge.redaction import Redactor
 from ipc_bridge.shapes import RooCodeSettings
 
+from .child_env import referenced_variables
 from .config_types import (
     Command,
     Count,
@@ -48,7 +51,7 @@ from .file_checks import MIB, FileCheckError, check_template, read_regular
 from .status import OutcomeLimits
 from .suite_messages import duplicate_ids, validation_problems
 from .suite_reader import MarkedDict, load_marked_yaml
-from .suite_yaml import Problem, Redactor, SuiteError, interpolate, line_col
+from .suite_yaml import Problem, SuiteError, interpolate, line_col
 from .targets import MAX_SLOTS, CommandTarget, SimulatorTarget, SocketTarget, Target, VscodeTarget
 
 __all__ = [
@@ -242,6 +245,7 @@ class Suite(Strict):
 
     _source: Path | None = PrivateAttr(default=None)
     _secrets: frozenset[str] = PrivateAttr(default=frozenset())
+    _referenced_env: frozenset[str] = PrivateAttr(default=frozenset())
 
     @model_validator(mode="before")
     @classmethod
@@ -283,6 +287,11 @@ class Suite(Strict):
     @property
     def secret_values(self) -> frozenset[str]:
         return self._secrets
+
+    @property
+    def referenced_env(self) -> frozenset[str]:
+        """The environment variables the suite's ``${...}`` refer to (see :mod:`orchestrator.child_env`)."""
+        return self._referenced_env
 
     def case(self, case_id: str) -> Case:
         for case in self.cases:
@@ -363,6 +372,7 @@ def load_suite(path: str | Path, *, env: Mapping[str, str] | None = None) -> Sui
     raw = load_marked_yaml(path)
     for extension in [k for k in raw if isinstance(k, str) and k.startswith("x-")]:
         del raw[extension]  # a place for YAML anchors, as in docker-compose files
+    referenced = referenced_variables(raw)
     raw, secrets, problems = interpolate(raw, os.environ if env is None else env, path)
     duplicates = duplicate_ids(raw)
     problems += duplicates
@@ -382,9 +392,12 @@ def load_suite(path: str | Path, *, env: Mapping[str, str] | None = None) -> Sui
         problems += _matrix_problem(suite, raw)
     if problems:
         problems.sort(key=lambda p: (p.line is None, p.line or 0))
-        raise SuiteError(path, problems)
+        # A message may quote a value (a key's value of the wrong type), which may hold a secret.
+        redact = Redactor(secrets)
+        raise SuiteError(path, [dataclasses.replace(p, message=redact.text(p.message)) for p in problems])
     suite._source = path.resolve()
     suite._secrets = frozenset(secrets)
+    suite._referenced_env = frozenset(referenced)
     return suite
 
 

@@ -5,6 +5,9 @@ A check is any command; exit status 0 means passed. It runs in a new session, so
 grandchildren included (a test runner's workers, a server it started). Processes the command leaves
 behind after a normal exit are killed too: the workspace is about to be thrown away, and a straggler
 holding the output pipe would otherwise keep the check from returning.
+
+Its environment is a minimal base plus the suite's ``env:`` (:func:`orchestrator.child_env.command_env`):
+the agent's code runs here, and the suite's API keys are none of its business.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
+
+from .child_env import command_env
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
 
 
 async def _spawn(
-    command: str | Sequence[str], cwd: str, env: dict[str, str] | None
+    command: str | Sequence[str], cwd: str, env: dict[str, str]
 ) -> tuple[asyncio.SubprocessTransport, _Protocol]:
     loop = asyncio.get_running_loop()
     if isinstance(command, str):
@@ -113,9 +118,10 @@ async def run_command(
 ) -> CheckResult:
     """Run ``command`` (a shell string for ``/bin/sh -c``, or an argv list) in ``cwd``.
 
-    ``env`` is added to the current environment. Never raises for the command's own failures (not
-    found, non-zero exit, timeout): they are in the result. Cancelling the caller kills the group."""
-    full_env = {**os.environ, **env} if env else None
+    ``env`` is added to the minimal base of :func:`~orchestrator.child_env.command_env`. Never raises for
+    the command's own failures (not found, non-zero exit, timeout): they are in the result. Cancelling
+    the caller kills the group."""
+    full_env = command_env(env)
     started = time.monotonic()
     try:
         transport, protocol = await _spawn(command, str(cwd), full_env)

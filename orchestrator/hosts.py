@@ -1,11 +1,9 @@
 """Extension hosts: where an attempt's Roo Code runs.
 
-Launched hosts (vscode, command, and simulator with ``process_per_host``) get a fresh process per attempt,
-on its own socket in a private directory, with ``ROO_CODE_IPC_SOCKET_PATH`` in its environment, and in its
-own process group so that stopping it also stops whatever it spawned (VS Code's helpers, a CLI's
-children). Simulated hosts otherwise live in a :class:`SimulatorFarm` (one process per worker, started on
-first use): a new Python process per attempt would cost more CPU than the attempt itself. Attached hosts
-(socket) are already running; the orchestrator only leases them.
+Launched hosts (vscode, command, and simulator with ``process_per_host``) get a fresh process per attempt
+(:mod:`orchestrator.host_process`). Simulated hosts otherwise live in a :class:`SimulatorFarm` (one
+process per worker, started on first use): a new Python process per attempt would cost more CPU than the
+attempt itself. Attached hosts (socket) are already running; the orchestrator only leases them.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import threading
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,8 @@ import orjson
 
 from ipc_bridge.lifeline import preexec_die_with_parent, set_process_name
 from ipc_bridge.simulator.farm import FarmClient, FarmError
+
+from .child_env import service_env
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +43,17 @@ class HostError(Exception):
     """A host could not be launched."""
 
 
+class HostExited(HostError):
+    """A host ended by itself before it listened on its socket; the message says how."""
+
+
 class Host(ABC):
     """One extension host in use by one attempt."""
 
     socket_path: str
     workspace: Path
+    log_path: Path | None = None
+    """Its own output (stdout and stderr), when it has a log of its own."""
 
     @property
     @abstractmethod
@@ -59,67 +64,28 @@ class Host(ABC):
     @abstractmethod
     def alive(self) -> bool: ...
 
+    @property
     @abstractmethod
-    async def wait(self, timeout: float) -> bool:
-        """Until the host ends by itself (after CloseTask, or a crash); False if it still runs."""
+    def ended_by_itself(self) -> str | None:
+        """How the host ended before it was stopped (``exited with code 1``, ``killed by SIGSEGV``);
+        None while it runs, or when the orchestrator ended it."""
+
+    @abstractmethod
+    async def wait(self, timeout: float | None) -> bool:
+        """Until the host ends by itself (after CloseTask, or a crash); False if it still runs after
+        ``timeout`` (None: no limit)."""
 
     @abstractmethod
     async def stop(self, grace: float = STOP_GRACE) -> int | None:
         """End the host (idempotent); its exit status, 0 for a clean end."""
 
-
-@dataclass
-class ProcessHost(Host):
-    """A host in a process of its own."""
-
-    socket_path: str
-    workspace: Path
-    process: asyncio.subprocess.Process | None = None
-    log_path: Path | None = None
-    _stopped: bool = field(default=False, repr=False)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-    async def wait(self, timeout: float) -> bool:
-        if self.process is None:
-            return True
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout)
-        except asyncio.TimeoutError:
-            return False
-        return True
-
-    async def stop(self, grace: float = STOP_GRACE) -> int | None:
-        """End the host: SIGTERM its process group, SIGKILL after ``grace``. Idempotent.
-
-        Needed even after CloseTask, because some hosts (the Roo CLI) ignore it (protocol 7.6)."""
-        proc = self.process
-        if proc is None or self._stopped:
-            return proc.returncode if proc else None
-        self._stopped = True
-        if proc.returncode is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except asyncio.TimeoutError:
-                log.warning("host pid %d ignored SIGTERM for %.1fs: killing", proc.pid, grace)
-                _signal_group(proc.pid, signal.SIGKILL)
-                await proc.wait()
-        else:
-            # The leader is gone; its group may not be (VS Code helpers).
-            _signal_group(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        return proc.returncode
+    @abstractmethod
+    async def kill(self) -> None:
+        """End a host that no longer answers at once, without asking it first (idempotent)."""
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Signal a host's whole process group (it leads one: launched in a session of its own)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
 
@@ -142,40 +108,6 @@ def fill_placeholders(argv: Sequence[str], values: Mapping[str, str]) -> list[st
             arg = arg.replace("{" + key + "}", value)
         out.append(arg)
     return out
-
-
-async def launch(
-    argv: Sequence[str],
-    *,
-    socket_path: str,
-    workspace: Path,
-    env: Mapping[str, str] | None = None,
-    log_path: Path | None = None,
-) -> ProcessHost:
-    """Start one host process in its own session with the socket path in its environment."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(socket_path)  # a stale socket would make us attach to nothing
-    full_env = {**os.environ, **(env or {}), SOCKET_ENV: socket_path}
-    out = open(log_path, "ab") if log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(workspace),
-            env=full_env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            # A host outlives nothing of ours: not its worker, even one that was SIGKILLed.
-            preexec_fn=preexec_die_with_parent(signal.SIGKILL),
-        )
-    except OSError as exc:
-        raise HostError(f"cannot launch {argv[0]!r}: {exc.strerror or exc}") from exc
-    finally:
-        if not isinstance(out, int):
-            out.close()
-    log.debug("host pid %d on %s: %s", proc.pid, socket_path, " ".join(argv))
-    return ProcessHost(socket_path=socket_path, workspace=workspace, process=proc, log_path=log_path)
 
 
 def simulator_argv(
@@ -221,7 +153,13 @@ class FarmHost(Host):
     def alive(self) -> bool:
         return not self._ended.done()
 
-    async def wait(self, timeout: float) -> bool:
+    @property
+    def ended_by_itself(self) -> str | None:
+        if self._stopped or not self._ended.done():
+            return None
+        return "crashed in its simulator farm" if self._ended.result() else "exited"
+
+    async def wait(self, timeout: float | None) -> bool:
         try:
             await asyncio.wait_for(asyncio.shield(self._ended), timeout)
         except asyncio.TimeoutError:
@@ -247,6 +185,15 @@ class FarmHost(Host):
         if not self._ended.done():
             return None
         return 1 if self._ended.result() else 0
+
+    async def kill(self) -> None:
+        if not self._stopped:
+            self._stopped = True
+            if self.alive:
+                with contextlib.suppress(FarmError, asyncio.TimeoutError):
+                    await self.farm.request("kill", STOP_GRACE, socket=self.socket_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
 
 
 class SimulatorFarm:
@@ -386,6 +333,7 @@ class SimulatorFarm:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=err,
+                env=service_env(),
                 start_new_session=True,  # a terminal's Ctrl-C is for the orchestrator to handle, not the hosts
                 preexec_fn=preexec_die_with_parent(signal.SIGKILL),
             )
@@ -424,7 +372,7 @@ class SimulatorFarm:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(proc.wait(), grace)
         if proc.returncode is None:
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             await proc.wait()
 
     async def close(self, grace: float = STOP_GRACE) -> None:

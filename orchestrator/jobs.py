@@ -9,10 +9,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ipc_bridge.redaction import Redactor
+
 from .plan import Attempt, AttemptKey
 from .records import AttemptRecord, final_for
 from .status import Status
 from .targets import Target
+
+HOST_LOGS = "hosts"
+"""Where each launched host's output is kept (``<case>__<model>__<repeat>__<attempt>.log``)."""
+KEPT_WORKSPACES = "workspaces"
+"""Where ``--keep-workspaces`` keeps each attempt's workspace."""
 
 
 @dataclass(frozen=True)
@@ -25,8 +32,16 @@ class WorkerConfig:
     work_dir: str
     target: Target
     keep_workspaces: bool = False
+    results_dir: str = ""
+    """The run's results directory: host logs and kept workspaces go there (see
+    :mod:`orchestrator.attempt_host`); empty on a Ray node, which keeps them in its work directory."""
+    redactor: Redactor = field(default_factory=Redactor)
+    """The suite's secrets: redacted from everything the worker writes (its log, its children's, what
+    the records carry from a host's output)."""
     node: str | None = None
     """Where the attempts run, for the records: the Ray node id (None for local workers)."""
+    referenced_env: frozenset[str] = frozenset()
+    """The variables the suite's ``${...}`` refer to: withheld from the worker's children."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +51,9 @@ class Job:
     """1 for the first try, then counting retries."""
     socket: str | None = None
     """For ``socket`` targets: the leased host's socket path."""
+    tries: int = 0
+    """Real tries of the key recorded before this one (cancelled ones are not tries): its retries are
+    counted against ``retries``, whatever the attempt number."""
 
 
 @dataclass
@@ -67,7 +85,7 @@ def new_record(
         repeat=a.key.repeat,
         config_hash=a.key.config_hash,
         attempt=job.number,
-        final=final_for(status, job.number, a.retries),
+        final=final_for(status, job.tries + 1, a.retries),
         status=status,
         started_at=started,
         ended_at=ended,

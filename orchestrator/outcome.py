@@ -13,7 +13,11 @@ the attempt's fate is read from several:
   is not re-created as active: delegation aborts the parent and re-creates it with the same id;
 * asks are the earliest signals (taskInteractive/taskIdle/taskResumable lag them by 2 s): an unanswered
   ask past a limit is ``stuck``; ``ask: api_req_failed`` (no auto-approval) or consecutive
-  ``say: api_req_retry_delayed`` waits past a limit (auto-approval retries forever) are ``api_error``.
+  ``say: api_req_retry_delayed`` waits past a limit (auto-approval retries forever) are ``api_error``;
+* a timer of the agent's (the wall clock, ``ask_timeout``, ``idle_timeout``) that runs out while the task
+  tree's latest message is an ``api_req_retry_delayed`` wait is ``api_error`` too: the task was waiting
+  on the model API, not working (the engine waits 5, 10, 20 s ... between retries, so a short timeout
+  ends an outage before ``api_retry_limit`` can call it).
 
 No clock is read here: every call passes ``now`` (seconds, any monotonic origin), so recordings replay
 with their own timestamps and tests are exact.
@@ -126,6 +130,8 @@ class OutcomeTracker:
         self._error_ts: set[tuple[str, int]] = set()
         self._tool_failures: list[ToolFailure] = []
         self._completion: str | None = None
+        self._waiting_on_api: tuple[str, str] | None = None
+        """(task id, first line of the failure) while the tree's latest message is a retry wait."""
 
     # ------------------------------------------------------------------------------------ state
 
@@ -196,6 +202,8 @@ class OutcomeTracker:
         due = [t for t in self._timers() if t[0] <= now]
         if due:
             at, status, reason = min(due, key=lambda t: t[0])
+            if status in (Status.TIMEOUT, Status.STUCK) and self._waiting_on_api is not None:
+                status, reason = Status.API_ERROR, self._outage_reason(reason)
             self._decide(status, reason, at)
             self._ended_at = at
 
@@ -265,6 +273,16 @@ class OutcomeTracker:
         )
 
     # -------------------------------------------------------------------------------- internals
+
+    def _outage_reason(self, timer: str) -> str:
+        assert self._waiting_on_api is not None
+        tid, failure = self._waiting_on_api
+        waits = self._tasks[tid].retry_waits
+        times = "time" if waits == 1 else "times"
+        return (
+            f"the model API failed {waits} {times} in a row and the task was waiting to retry it when "
+            f"the timer ran out ({timer}): {failure}"
+        )
 
     def _add_child(self, tid: str) -> None:
         self._tasks[tid] = _Task()
@@ -386,6 +404,11 @@ class OutcomeTracker:
             if task.pending is not None and task.pending.ts != msg.ts:
                 task.pending = None  # the task moved on past its ask
         is_root = tid == self._root
+        if msg.type == "say" and msg.say == "api_req_retry_delayed":
+            # Its countdown updates the same message each second: the latest state until a new message.
+            self._waiting_on_api = (tid, _first_line(msg.text))
+        elif new:
+            self._waiting_on_api = None  # the tree moved on (a request went through, an ask, ...)
         if msg.type == "say":
             say = msg.say
             if say == "api_req_retry_delayed":

@@ -269,6 +269,14 @@ class Pool:
                 worker.process.join(1)
         self._outbox.close()
         self._outbox.cancel_join_thread()
+        for worker in self._workers.values():
+            worker.inbox.close()
+            worker.inbox.cancel_join_thread()
+        # A queue's semaphores leave multiprocess's resource tracker when the queue is collected: drop
+        # them now, whatever still refers to the pool, so that the tracker can be stopped and waited
+        # for (orchestrator.children) without finding them leaked.
+        self._workers.clear()
+        self._outbox = None
 
     def kill_worker_for_test(self, job_id: str) -> int:
         """SIGKILL the worker holding ``job_id`` (fault injection)."""

@@ -34,10 +34,11 @@ from ipc_bridge.connection_file import read_connection_file
 from ipc_bridge.launcher import BridgeProcess, start_bridge_process
 
 from .attempt import AttemptRunner
+from .child_env import service_env
 from .jobs import Job, JobResult, WorkerConfig, new_record
 from .ray_events import Forwarder, ForwardingClient
 from .status import Status
-from .worker import run_guarded
+from .worker import hide_secrets, run_guarded
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class NodeRunner:
     def __init__(
         self, config: WorkerConfig, index: int, node_id: str, hub: Any, log_level: str = "WARNING"
     ) -> None:
+        hide_secrets(config)
         logging.basicConfig(
             level=log_level.upper(),
             format=f"%(asctime)s %(levelname)s node-{index} %(name)s: %(message)s",
@@ -132,12 +134,15 @@ class NodeRunner:
         work.mkdir()
         (runtime / "templates").mkdir()
         with open(runtime / BRIDGE_LOG, "ab") as bridge_log:
-            self._bridge = start_bridge_process(runtime / "bridge", stderr=bridge_log)
+            self._bridge = start_bridge_process(
+                runtime / "bridge", stderr=bridge_log, env=service_env(), secrets=self._base.redactor.values
+            )
         return dataclasses.replace(
             self._base,
             connection_file=str(self._bridge.connection_file),
             runtime_dir=str(runtime),
             work_dir=str(work),
+            results_dir="",  # the driver's: perhaps on another machine
             node=self.node_id,
         )
 

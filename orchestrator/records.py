@@ -77,7 +77,8 @@ class AttemptRecord(BaseModel):
     """1 for the first try; retries after infrastructure failures count up."""
     final: bool
     """The last record of its key: a result, or an infrastructure error with no retries left.
-    Non-final records are retried attempts; a key without a final record is run again on resume."""
+    Non-final records are retried attempts, or cancelled ones (``status: cancelled``: stopped by the
+    orchestrator, not a try); a key without a final record is run again on resume."""
     status: Status
     passed: bool | None
     """The check's verdict (None when no check ran)."""
@@ -100,6 +101,15 @@ class AttemptRecord(BaseModel):
     tags: list[str] = Field(default_factory=list)
     events_file: str | None = None
     """The transcript, relative to the run directory."""
+    host_log: str | None = None
+    """The launched host's own output (stdout and stderr), relative to the run directory
+    (``hosts/<case>__<model>__<repeat>__<attempt>.log``); None when it wrote nothing."""
+    host_output_tail: str | None = None
+    """The last ~2 KB of that output, redacted, when the host died or the attempt is an infra_error:
+    what the host said about why."""
+    kept_workspace: str | None = None
+    """With ``--keep-workspaces``: where its workspace was kept, relative to the run directory
+    (``workspaces/<case>__<model>__<repeat>__<attempt>``; absolute on a Ray node)."""
 
     @property
     def key(self) -> AttemptKey:
@@ -165,6 +175,9 @@ def flat_values(d: Mapping[str, Any]) -> tuple[Any, ...]:
         c["output_tail"] if c else None,
         list(d.get("tags") or []),
         d.get("events_file"),
+        d.get("host_log"),
+        d.get("host_output_tail"),
+        d.get("kept_workspace"),
     )
 
 
@@ -182,18 +195,19 @@ COLUMNS = [
     *("tool_attempts", "tool_failures", "tool_usage", "tool_errors", "errors", "subtasks", "messages"),
     *("api_requests", "api_retries", "time_to_first_event_s", "completion"),
     *("check_passed", "check_exit_code", "check_timed_out", "check_duration_s", "check_output_tail"),
-    *("tags", "events_file"),
+    *("tags", "events_file", "host_log", "host_output_tail", "kept_workspace"),
 ]
 """The columns of :func:`~orchestrator.results.load`, in order: the names of :func:`flat_values`."""
 
 
-def final_for(status: Status, attempt: int, retries: int) -> bool:
-    """Whether a record with this outcome is its key's last: infrastructure failures are retried while
-    ``attempt <= retries``; an attempt stopped by the orchestrator itself (cancelled) never is final,
-    so resume runs it again."""
+def final_for(status: Status, tries: int, retries: int) -> bool:
+    """Whether a record with this outcome is its key's last. ``tries`` counts the key's real tries, this
+    one included; cancelled ones are not tries (the attempt number, which counts every record, is not
+    it). Infrastructure failures are retried while ``tries <= retries``; an attempt stopped by the
+    orchestrator itself (cancelled) never is final, so resume runs it again."""
     if status is Status.CANCELLED:
         return False
-    return not status.is_infra or attempt > retries
+    return not status.is_infra or tries > retries
 
 
 def read_records(path: Path, *, repair: bool = False) -> list[AttemptRecord]:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _INFRA = frozenset(s.value for s in Status if s.is_infra)
 _STATUSES = frozenset(s.value for s in Status)
+_CANCELLED = Status.CANCELLED.value
 
 
 class Row(NamedTuple):
@@ -236,12 +237,15 @@ def _group(cells: Iterable[_Cell]) -> dict[str, Any]:
 def summarize_rows(rows: Iterable[Row]) -> dict[str, Any]:
     """:func:`orchestrator.summary.summarize` over rows, in one pass: totals, ``by_model``, ``by_tag``."""
     cells: dict[tuple[str, tuple[str, ...]], _Cell] = {}
-    retried = 0
+    retried = cancelled = 0
     cost_all = 0.0
     for r in rows:
         cost_all += r.cost_usd
         if not r.final:
-            retried += 1
+            if r.status == _CANCELLED:
+                cancelled += 1
+            else:
+                retried += 1
             continue
         cell = cells.get((r.model_id, r.tags))
         if cell is None:
@@ -249,6 +253,7 @@ def summarize_rows(rows: Iterable[Row]) -> dict[str, Any]:
         cell.add(r)
     totals = _group(cells.values())
     totals["retried"] = retried
+    totals["cancelled"] = cancelled
     totals["cost_usd_all_attempts"] = cost_all
     models = sorted({m for m, _ in cells})
     tags = sorted({t for _, ts in cells for t in ts})
@@ -341,7 +346,8 @@ def format_report(report: Mapping[str, Any]) -> str:
     lines.append(
         f"  {totals['attempts']:,} final records"
         + (f" of {planned:,} planned" if isinstance(planned, int) else "")
-        + f", {totals['retried']:,} retried attempts; cost with retries ${totals['cost_usd_all_attempts']:.4f}"
+        + f", {totals['retried']:,} retried attempts, {totals.get('cancelled', 0):,} cancelled (run again"
+        + f" on resume); cost with retries ${totals['cost_usd_all_attempts']:.4f}"
     )
     rows = [_report_line("total", totals)]
     rows += [_report_line(f"model {m}", g) for m, g in report["by_model"].items()]

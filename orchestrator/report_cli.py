@@ -52,7 +52,8 @@ def _emit(data: Any, text: Callable[[Any], str], as_json: bool) -> None:
 @_common
 def report(run: str, results_dir: Path, as_json: bool) -> None:
     """Pass rate, passed/failed/errors, cost, tokens and duration p50/p90 of RUN: overall, by model and
-    by tag, over the final record of each attempt (retried attempts add to the cost with retries).
+    by tag, over the final record of each attempt (retried attempts add to the cost with retries;
+    attempts cancelled by Ctrl-C are counted apart: they are run again on resume).
 
     \b
     RUN is a run directory (or its results.jsonl) or a run id under --results.

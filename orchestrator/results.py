@@ -7,10 +7,13 @@
     events/<case>__<model>__<repeat>__<attempt>.jsonl   each attempt's transcript (non-partial events)
     summary.json       pass rate and totals by model and tag, rebuilt from results.jsonl
     results.parquet    a columnar cache of results.jsonl for load(), written when the run ends (optional)
+    .lock              flock'd by the run's owner while it lives; names its pid and host
 
-One process (the main one) owns a :class:`ResultsWriter`; it never writes a second final record for a
-key, and on resume it cuts away a torn last line left by a hard kill. Every JSON file is written whole
-(temp file, fsync, rename), and everything written passes through the suite's redactor.
+One process (the main one) owns a :class:`ResultsWriter`, and one writer owns a run directory at a time
+(:mod:`orchestrator.run_lock`: a second one is refused while the first lives); it never writes a second
+final record for a key, and on resume it cuts away a torn last line left by a hard kill. Every JSON
+file is written whole (temp file, fsync, rename), and everything written passes through the suite's
+redactor.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from .records import (
     read_records,
 )
 from .report import read_rows, summarize_rows
+from .run_lock import RunInProgressError, RunLock
+from .status import Status
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,7 @@ __all__ = [
     "ResultsError",
     "ResultsWriteError",
     "ResultsWriter",
+    "RunInProgressError",
     "Timings",
     "atomic_write",
     "build_manifest",
@@ -199,14 +205,18 @@ class ResultsWriter:
         self._cost_usd = 0.0
         self._final: set[AttemptKey] = set()
         self._numbers: dict[tuple[str, str, int], set[int]] = {}
+        self._tries: dict[AttemptKey, int] = {}
         self._fd: int | None = None
+        self._lock: RunLock | None = None
 
     @classmethod
     def create(
         cls, run_dir: Path, manifest: Mapping[str, Any], *, redactor: Redactor | None = None
     ) -> ResultsWriter:
-        """Make a new run directory with its manifest. Refuses a directory that exists; raises
-        :class:`ResultsWriteError` (leaving nothing behind) when it cannot be made or written."""
+        """Make a new run directory with its manifest, owned (locked) by this process until
+        :meth:`close`. Refuses a directory that exists (:class:`RunInProgressError` while its owner
+        lives); raises :class:`ResultsWriteError` (leaving nothing behind) when it cannot be made or
+        written."""
         run_dir = Path(run_dir)
         with _writing(run_dir.parent):
             if not run_dir.parent.is_dir():
@@ -214,6 +224,9 @@ class ResultsWriter:
         try:
             run_dir.mkdir()
         except FileExistsError:
+            owner = RunLock.held(run_dir)
+            if owner is not None:
+                raise RunInProgressError(run_dir, owner) from None
             raise ResultsError(
                 f"{run_dir} exists: choose another --run-id, or --resume {run_dir.name} to continue it"
             ) from None
@@ -222,6 +235,8 @@ class ResultsWriter:
         writer = cls(run_dir, redactor)
         try:
             with _writing(run_dir):
+                # Locked before the manifest exists: a resume racing the start is refused as in progress.
+                writer._lock = RunLock(run_dir)
                 writer.events_dir.mkdir()
                 writer.write_manifest(manifest)
                 writer._open()
@@ -234,16 +249,27 @@ class ResultsWriter:
 
     @classmethod
     def resume(cls, run_dir: Path, *, redactor: Redactor | None = None) -> ResultsWriter:
-        """Reopen a run directory: repairs a torn last line and indexes the records already written."""
+        """Reopen a run directory, owned (locked) by this process until :meth:`close`: repairs a torn
+        last line and indexes the records already written. Raises :class:`RunInProgressError` at once
+        while another process owns it."""
         run_dir = Path(run_dir)
         if not (run_dir / MANIFEST).is_file():
+            owner = RunLock.held(run_dir)  # a run that is starting: locked, its manifest not yet written
+            if owner is not None:
+                raise RunInProgressError(run_dir, owner)
             raise ResultsError(f"{run_dir} is not a run directory (no {MANIFEST})")
         writer = cls(run_dir, redactor)
         with _writing(run_dir):
-            writer.events_dir.mkdir(exist_ok=True)
-            for record in read_records(writer.results_path, repair=True):
-                writer._index(record)
-            writer._open()
+            writer._lock = RunLock(run_dir)
+        try:
+            with _writing(run_dir):
+                writer.events_dir.mkdir(exist_ok=True)
+                for record in read_records(writer.results_path, repair=True):
+                    writer._index(record)
+                writer._open()
+        except BaseException:
+            writer.close()
+            raise
         return writer
 
     def _open(self) -> None:
@@ -251,6 +277,13 @@ class ResultsWriter:
         _fsync_dir(self.run_dir)
 
     def close(self) -> None:
+        """Close results.jsonl and give up the run directory (another process may resume it now)."""
+        self._close_records()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _close_records(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -305,8 +338,15 @@ class ResultsWriter:
         used = self._numbers.get((key.case_id, key.model_id, key.repeat), set())
         return max(used, default=0) + 1
 
+    def tries(self, key: AttemptKey) -> int:
+        """Real tries of ``key`` recorded so far: what its ``retries`` are counted against. A try the
+        orchestrator cancelled (Ctrl-C) is not one: the attempt never had its chance."""
+        return self._tries.get(key, 0)
+
     def _index(self, record: AttemptRecord) -> None:
         self._cost_usd += record.metrics.cost_usd
+        if record.status is not Status.CANCELLED:
+            self._tries[record.key] = self._tries.get(record.key, 0) + 1
         self._numbers.setdefault((record.case_id, record.model_id, record.repeat), set()).add(record.attempt)
         if record.final:
             self._final.add(record.key)
@@ -344,7 +384,7 @@ class ResultsWriter:
         except OSError as exc:
             # Resume cuts a torn last line too; but no later record may follow this one.
             log.error("%s: cannot remove a partly written record: %s", self.results_path, exc)
-            self.close()
+            self._close_records()  # the run stays owned: nobody may resume it while this process lives
 
     def write_transcript(
         self, key: AttemptKey, attempt: int, rows: Iterable[Mapping[str, Any]], *, keep_partial: bool = False

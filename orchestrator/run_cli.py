@@ -10,16 +10,22 @@ from typing import Any
 
 import click
 
+from ipc_bridge.redaction import Redactor, redact_process_output
+
+from .child_env import withhold
 from .config import SocketTarget, Suite, SuiteError, apply_overrides, load_suite
+from .jobs import KEPT_WORKSPACES
 from .plan import build_plan, pending, suite_hash
 from .pool import ExecutorStartError
 from .results import AttemptRecord, ResultsError, ResultsWriteError, ResultsWriter, build_manifest
 from .scheduler import Interrupted, RunOptions, Scheduler
+from .status import Status
 from .supervisor import BridgeFailed
 
 EXIT_BAD_INPUT = 2
 EXIT_WRITE_ERROR = ResultsWriteError.exit_code
 EXIT_BRIDGE_FAILED = 4
+EXIT_CIRCUIT_BREAKER = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -32,9 +38,10 @@ def _default_run_id(suite_name: str) -> str:
 class _Progress:
     """The tqdm bar (or JSON lines, or nothing) fed by each record as it is written."""
 
-    def __init__(self, total: int, *, quiet: bool, as_json: bool) -> None:
+    def __init__(self, total: int, *, quiet: bool, as_json: bool, redactor: Redactor) -> None:
         self.as_json = as_json
-        self.counts = {"passed": 0, "failed": 0, "errors": 0, "retried": 0}
+        self.redact = redactor
+        self.counts = {"passed": 0, "failed": 0, "errors": 0, "retried": 0, "cancelled": 0}
         self.cost = 0.0
         self._bar: Any = None
         if not quiet and not as_json:
@@ -44,7 +51,9 @@ class _Progress:
 
     def __call__(self, record: AttemptRecord) -> None:
         self.cost += record.metrics.cost_usd
-        if not record.final:
+        if record.status is Status.CANCELLED:
+            self.counts["cancelled"] += 1  # stopped by us: run again on resume, not a retry
+        elif not record.final:
             self.counts["retried"] += 1
         elif record.error_class is not None or record.status.is_infra:
             self.counts["errors"] += 1
@@ -53,7 +62,9 @@ class _Progress:
         else:
             self.counts["failed"] += 1
         if self.as_json:
-            click.echo(json.dumps({"type": "attempt", **record.model_dump(mode="json")}))
+            # Redacted before it is JSON: stdout's own redaction sees the text, where escaping may hide
+            # a secret.
+            click.echo(json.dumps(self.redact({"type": "attempt", **record.model_dump(mode="json")})))
         if self._bar is not None:
             if record.final:
                 self._bar.update(1)
@@ -105,7 +116,10 @@ class _Progress:
     help="Worker processes (default: min(slots, 2); never more than slots); each drives several slots.",
 )
 @click.option(
-    "--keep-workspaces", is_flag=True, help="Keep each attempt's workspace copy (printed at the end)."
+    "--keep-workspaces",
+    is_flag=True,
+    help="Keep each attempt's workspace in RESULTS/RUN_ID/workspaces/ (each record names its own; the "
+    "directory is printed at the end).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option(
@@ -151,7 +165,10 @@ def run(
     orchestrator.results.load("results/<run-id>").
     Exit codes: 0 done, 2 bad suite or options (or the Ray cluster cannot be used), 3 results could not be written (disk full, unwritable
     --results; every record written is complete: fix it, then --resume RUN_ID), 4 the bridge kept dying
-    (more than --max-bridge-restarts a minute), 130 interrupted (resume with --resume RUN_ID).
+    (more than --max-bridge-restarts a minute), 5 circuit breaker: the first tries of the first
+    2 x slots attempts all ended infra_error for the same reason (a host that cannot start, ...; the
+    reason is printed), 130 interrupted. After 3, 4, 5 and 130, --resume RUN_ID continues the run.
+    2 also when another process owns the run (a --resume or --run-id of a run in progress).
     """
     try:
         suite = load_suite(suite_file)
@@ -166,6 +183,10 @@ def run(
     except SuiteError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_BAD_INPUT)
+    redactor = suite.redactor()
+    # From here on, whatever this process or a child prints is redacted, and no child inherits a secret.
+    redact_process_output(redactor)
+    withhold(suite.referenced_env, suite.secret_values)
     if workers is not None and workers < 1:
         click.echo(f"error: --workers: must be at least 1, got {workers}", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -176,7 +197,6 @@ def run(
             )
             sys.exit(EXIT_BAD_INPUT)
     plan = build_plan(suite)
-    redactor = suite.redactor()
     try:
         if resume_id:
             writer = ResultsWriter.resume(results_dir / resume_id, redactor=redactor)
@@ -208,7 +228,7 @@ def run(
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     todo = pending(plan, writer.finished_keys())
-    progress = _Progress(len(todo), quiet=quiet, as_json=as_json)
+    progress = _Progress(len(todo), quiet=quiet, as_json=as_json, redactor=redactor)
     scheduler = Scheduler(
         suite,
         todo,
@@ -238,17 +258,18 @@ def run(
         stop, unstarted = "not_started", exc
     finally:
         progress.close()
+        tripped = {"stop_detail": scheduler.tripped} if scheduler.tripped else {}
         summary = writer.summary(
-            stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget
+            stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget, **tripped
         )
         try:
             writer.write_summary(summary)
             writer.update_manifest(ended_at=datetime.now(timezone.utc).isoformat())
         except ResultsError as exc:  # the records are what counts; a resume rewrites both files
             failed = failed or exc
-        writer.close()
         if failed is None:  # load()'s cache; never raises. After a write error, the resume writes it
             writer.write_columnar()
+        writer.close()  # last: until here, the run directory is this process's alone
     if failed is not None:
         click.echo(
             f"error: {failed}; every record written before is complete. Free space (or fix the "
@@ -260,7 +281,8 @@ def run(
     if unstarted is not None:
         click.echo(f"error: {unstarted}; nothing ran (resume with --resume {run_id} once fixed)", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet)
+    kept = writer.run_dir / KEPT_WORKSPACES if keep_workspaces else None
+    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet, redactor=redactor, kept=kept)
     if broken is not None:
         click.echo(
             f"error: {broken}. The run stopped; every record written is valid: continue with "
@@ -268,6 +290,13 @@ def run(
             err=True,
         )
         sys.exit(EXIT_BRIDGE_FAILED)
+    if scheduler.tripped is not None:
+        click.echo(
+            f"error: {redactor.text(scheduler.tripped)}: the rest would too, so the run stopped. Fix the "
+            f"cause, then continue with: orchestrate run {suite_file} --results {results_dir} --resume {run_id}",
+            err=True,
+        )
+        sys.exit(EXIT_CIRCUIT_BREAKER)
     if stop in ("interrupted", "killed"):
         sys.exit(EXIT_INTERRUPTED)
 
@@ -284,9 +313,18 @@ def _on_ray(suite: Suite) -> Suite:
     return suite.model_copy(update={"target": suite.target.model_copy(update={"executor": "ray"})})
 
 
-def _report(run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: bool) -> None:
+def _report(
+    run_dir: Path,
+    summary: dict[str, Any],
+    *,
+    as_json: bool,
+    quiet: bool,
+    redactor: Redactor,
+    kept: Path | None,
+) -> None:
     if as_json:
-        click.echo(json.dumps({"type": "summary", "run_dir": str(run_dir), **summary}))
+        where = {"workspaces_dir": str(kept)} if kept is not None else {}
+        click.echo(json.dumps(redactor({"type": "summary", "run_dir": str(run_dir), **where, **summary})))
         return
     totals = summary.get("totals", {})
     click.echo(
@@ -295,3 +333,5 @@ def _report(run_dir: Path, summary: dict[str, Any], *, as_json: bool, quiet: boo
         f"cost ${totals.get('cost_usd', 0.0):.4f}; stop: {summary.get('stop_reason')}",
         err=quiet,
     )
+    if kept is not None:
+        click.echo(f"workspaces kept in {kept}", err=quiet)

@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import runtime_dir
+from . import children, runtime_dir
 from .config import SocketTarget, Suite
-from .jobs import Job, JobResult, WorkerConfig, new_record
+from .host_logs import keep_log
+from .jobs import HOST_LOGS, Job, JobResult, WorkerConfig, new_record
 from .plan import Attempt
 from .pool import Executor, ExecutorStartError, Finished, Lost, Pool
 from .record_queue import RecordQueue
@@ -37,6 +39,11 @@ POLL_INTERVAL = 0.2
 WORKER_MAIN = "orchestrator.worker:worker_main"  # by name: the main process never imports the worker
 BRIDGE_LOG = "bridge.log"
 CANCEL_WAIT = 8.0
+BREAKER_FACTOR = 2
+"""The circuit breaker trips when the first tries of the first ``BREAKER_FACTOR x slots`` keys all fail
+alike."""
+REAP_INTERVAL = 10.0
+"""How often orphans of the run's processes, adopted by this one, are reaped while it runs."""
 
 
 @dataclass(order=True)
@@ -45,6 +52,8 @@ class _Queued:
     index: int
     number: int = field(compare=False)
     attempt: Attempt = field(compare=False)
+    tries: int = field(default=0, compare=False)
+    """Real tries recorded before this one (see :attr:`Job.tries`)."""
 
 
 @dataclass
@@ -68,6 +77,46 @@ class Interrupted(Exception):
     """Ctrl-C twice: stop now."""
 
 
+class _Breaker:
+    """Watches a run's first tries: when the first ``window`` keys' first tries all end ``infra_error``
+    for the same reason (a host that cannot start, a setup command that cannot run), the rest would
+    too: the run stops rather than grind through the suite. Any other outcome first, a retry's
+    included, disarms it for good. Retries failing alike do not count: a run of fewer keys than
+    ``window``, where the breaker would save little, is left to its retries."""
+
+    def __init__(self, window: int) -> None:
+        self.window = max(window, 1)
+        self._armed = True
+        self._seen = 0
+        self._first: AttemptRecord | None = None
+        self.tripped: str | None = None
+        """Why it tripped, in words (None while it has not)."""
+
+    def see(self, record: AttemptRecord, *, first_try: bool) -> bool:
+        """Count one try's record (``first_try``: its key's first real try); True when this one trips
+        the breaker."""
+        if not self._armed or record.status is Status.CANCELLED:
+            return False  # a stop of ours says nothing about the infrastructure
+        if record.status is not Status.INFRA_ERROR or (
+            self._first is not None and record.reason != self._first.reason
+        ):
+            self._armed = False
+            return False
+        self._first = self._first or record
+        if not first_try:
+            return False
+        self._seen += 1
+        if self._seen < self.window:
+            return False
+        self._armed = False
+        detail = (self._first.error or "").strip().splitlines()
+        self.tripped = (
+            f"the first tries of the first {self._seen} attempts all ended infra_error "
+            f'"{self._first.reason}"' + (f" ({detail[-1][:300]})" if detail else "")
+        )
+        return True
+
+
 class Scheduler:
     """Runs ``attempts`` of ``suite`` and writes every outcome through ``writer``."""
 
@@ -89,7 +138,9 @@ class Scheduler:
         self._rng = random.Random(options.seed)
         self._queue: list[_Queued] = []
         for a in attempts:
-            heapq.heappush(self._queue, _Queued(0.0, a.index, writer.next_attempt(a.key), a))
+            heapq.heappush(
+                self._queue, _Queued(0.0, a.index, writer.next_attempt(a.key), a, writer.tries(a.key))
+            )
         self._stopping = ""
         self._interrupts = 0
         self._free_sockets: list[str] = []
@@ -101,12 +152,15 @@ class Scheduler:
         """Cost of every record so far, those still being written included (the budget's measure)."""
         self._records: RecordQueue | None = None
         self._supervisor: BridgeSupervisor | None = None
+        self._breaker = _Breaker(BREAKER_FACTOR * suite.target.slots)
+        self._adoptions: children.Adoptions | None = None
+        self._next_reap = 0.0
 
     # ------------------------------------------------------------------------------------- run
 
     def run(self) -> str:
         """Run to the end (or until stopped); returns why it stopped: ``finished``, ``interrupted``,
-        ``budget``."""
+        ``budget``, ``circuit_breaker`` (see :attr:`tripped`)."""
         parent = _runtime_parent()
         runtime_dir.sweep(parent)
         runtime = runtime_dir.create(parent)
@@ -125,6 +179,9 @@ class Scheduler:
                 work_dir=str(work),
                 target=self.suite.target,
                 keep_workspaces=self.options.keep_workspaces,
+                results_dir=str(self.writer.run_dir.resolve()),
+                redactor=self.suite.redactor(),
+                referenced_env=self.suite.referenced_env,
             )
             if getattr(self.suite.target, "executor", "local") == "ray":
                 # Ray is an optional extra: imported only when asked for. Every node runs its own
@@ -137,10 +194,13 @@ class Scheduler:
                     ) from None
                 pool = RayPool(config, slots=slots, address=self.options.ray_address)
             else:
+                # Before the first child: what the run starts never outlives it (orchestrator.children).
+                self._adoptions = children.Adoptions()
                 self._supervisor = BridgeSupervisor(
                     runtime / "bridge",
                     self.writer.run_dir / BRIDGE_LOG,
                     max_restarts=self.options.bridge_restarts,
+                    secrets=self.suite.secret_values,
                 )
                 # A worker with no slot of its own would hold readied jobs it can never start.
                 workers = min(self.options.workers or 2, slots)
@@ -158,8 +218,13 @@ class Scheduler:
                 pool.close(timeout=2.0 if self._interrupts > 1 else 10.0)
             if self._supervisor is not None:
                 self._supervisor.stop(kill=self._interrupts > 1)
-            if not self.options.keep_workspaces:
-                shutil.rmtree(runtime, ignore_errors=True)
+            if self._adoptions is not None:
+                self._adoptions.close()
+                pool = None  # its queues go, and the resource tracker with them
+                children.stop_resource_tracker()
+            # Kept workspaces and host logs are in the results directory, not here.
+            self._keep_host_logs(runtime / "work")
+            shutil.rmtree(runtime, ignore_errors=True)
             self._report(records.close())  # after the pool: no record can come after this
             if records.error is not None and sys.exc_info()[0] is None:
                 raise records.error
@@ -168,7 +233,7 @@ class Scheduler:
         cancel_deadline: float | None = None
         while True:
             # A spent budget only stops new starts: what runs has been paid for, and ends by itself.
-            if self._stopping == "interrupted" and cancel_deadline is None:
+            if self._stopping in ("interrupted", "circuit_breaker") and cancel_deadline is None:
                 pool.cancel_all()
                 cancel_deadline = time.monotonic() + CANCEL_WAIT
             if not self._stopping:
@@ -183,6 +248,7 @@ class Scheduler:
             items = pool.poll(POLL_INTERVAL)
             if self._supervisor is not None:
                 self._supervisor.check()
+            self._reap()
             for item in items:  # records go to the writing thread: nothing here waits for a disk
                 if isinstance(item, Finished):
                     self._finished(item)
@@ -195,6 +261,24 @@ class Scheduler:
         if self._stopping == "budget":
             self.skipped_budget = len(self._queue)
         return self._stopping or "finished"
+
+    def _keep_host_logs(self, work: Path) -> None:
+        """Keep the logs that workers could not (a worker that died with hosts running, or was
+        terminated at a stop): ``hosts/w<worker>-<n>.host.log``, ``hosts/farm-w<worker>.log``."""
+        redact = self.suite.redactor().text
+        for raw in work.glob("*.log"):
+            try:
+                keep_log(raw, self.writer.run_dir / HOST_LOGS / raw.name, redact)
+            except OSError as exc:  # the records matter more: a run never fails over a log
+                log.warning("cannot keep %s: %s", raw.name, exc)
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        if self._adoptions is None or now < self._next_reap:
+            return
+        self._next_reap = now + REAP_INTERVAL
+        bridge = self._supervisor.bridge.pid if self._supervisor is not None else None
+        self._adoptions.reap(keep=() if bridge is None else (bridge,))
 
     def _start_ready(self, pool: Executor) -> None:
         now = time.monotonic()
@@ -210,7 +294,7 @@ class Scheduler:
             job_id = f"{item.attempt.key.slug}#{item.number}"
             if socket is not None:
                 self._leased[job_id] = socket
-            pool.submit(job_id, Job(item.attempt, item.number, socket))
+            pool.submit(job_id, Job(item.attempt, item.number, socket, tries=item.tries))
 
     def _spare(self) -> int:
         """Attempts readied ahead. None by default under a budget: a readied attempt starts as soon as
@@ -234,7 +318,7 @@ class Scheduler:
         self._release(item.job_id)
         if result.unstarted:
             # Held back before its task started: it is still to run (skipped now, or on resume).
-            heapq.heappush(self._queue, _Queued(0.0, job.attempt.index, job.number, job.attempt))
+            heapq.heappush(self._queue, _Queued(0.0, job.attempt.index, job.number, job.attempt, job.tries))
             return
         if "crash" in result.record:
             record = self._error_record(
@@ -256,11 +340,15 @@ class Scheduler:
         assert self._records is not None
         self._records.put(record, job.attempt.key, job.number, transcript or ())
         self._spent += record.metrics.cost_usd
+        if not self._stopping and self._breaker.see(record, first_try=job.tries == 0):
+            log.error("stopping: %s", self._breaker.tripped)
+            self._stopping = "circuit_breaker"
         if not record.final and record.status is not Status.CANCELLED and not self._stopping:
-            delay = self._backoff(job.number)
-            heapq.heappush(
-                self._queue, _Queued(time.monotonic() + delay, job.attempt.index, job.number + 1, job.attempt)
+            delay = self._backoff(job.tries + 1)
+            retry = _Queued(
+                time.monotonic() + delay, job.attempt.index, job.number + 1, job.attempt, job.tries + 1
             )
+            heapq.heappush(self._queue, retry)
 
     def _report(self, written: list[AttemptRecord]) -> None:
         for record in written:
@@ -304,3 +392,8 @@ class Scheduler:
     @property
     def pending(self) -> int:
         return len(self._queue)
+
+    @property
+    def tripped(self) -> str | None:
+        """Why the circuit breaker stopped the run (``stop_reason`` ``circuit_breaker``), else None."""
+        return self._breaker.tripped

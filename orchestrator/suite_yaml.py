@@ -1,4 +1,4 @@
-"""Suite errors that point into the file, ``${VAR}`` interpolation, and redaction.
+"""Suite errors that point into the file, and ``${VAR}`` interpolation.
 
 The suite models (:mod:`orchestrator.config`) validate plain data; :mod:`orchestrator.suite_reader`
 keeps, beside the data, where every key and list item came from, so that any problem (a YAML syntax
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SECRET_KEY = re.compile(r"key|token|secret|password", re.IGNORECASE)
-"""A string value under a key matching this is a secret, wherever it came from."""
+from ipc_bridge.redaction import SECRET_KEY
 
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)(\}?)")
 _VAR_BODY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.DOTALL)
@@ -208,46 +207,6 @@ def unencodable(text: str) -> str | None:
     except UnicodeEncodeError as exc:
         return text[exc.start]
     return None
-
-
-# ---------------------------------------------------------------------------------- redaction
-
-
-REDACTED = "***"
-MIN_SECRET_LEN = 4
-"""Shorter secret values are still redacted where they stand whole, but not searched for inside text
-(replacing every "on" or "1" in a transcript would destroy it)."""
-
-
-class Redactor:
-    """Replaces secrets in text and JSON-like data: whole string values under secret-looking keys
-    (``*key*``, ``*token*``, ``*secret*``, ``*password*``), and every occurrence of a known secret value."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
-        self._whole = frozenset(s for s in secrets if s)
-        self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
-
-    def text(self, value: str) -> str:
-        if value in self._whole:
-            return REDACTED
-        return self._pattern.sub(REDACTED, value) if self._pattern is not None else value
-
-    def __call__(self, obj: Any) -> Any:
-        if isinstance(obj, str):
-            return self.text(obj)
-        if isinstance(obj, Mapping):
-            return {
-                k: (
-                    REDACTED
-                    if isinstance(v, str) and v and isinstance(k, str) and SECRET_KEY.search(k)
-                    else self(v)
-                )
-                for k, v in obj.items()
-            }
-        if isinstance(obj, (list, tuple)):
-            return [self(v) for v in obj]
-        return obj
 
 
 def dotted(parts: Sequence[Any]) -> str:

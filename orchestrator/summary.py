@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .status import Status
+
 if TYPE_CHECKING:
     from .records import AttemptRecord
 
@@ -50,15 +52,17 @@ def _group(records: list[AttemptRecord]) -> dict[str, Any]:
 
 def summarize(records: Iterable[AttemptRecord]) -> dict[str, Any]:
     """Totals over final records, overall and by model and tag. ``pass_rate`` = passed / attempts
-    (errors count against it); ``failed`` excludes errors. Retried (non-final) records add only to
-    ``retried`` and to the cost (money spent is spent)."""
+    (errors count against it); ``failed`` excludes errors. Non-final records add only to the cost
+    (money spent is spent) and to ``retried`` (tries that failed and were retried) or ``cancelled``
+    (tries the orchestrator stopped, run again on resume: not tries, not retries)."""
     every = list(records)
     final = [r for r in every if r.final]
-    retried = [r for r in every if not r.final]
+    cancelled = sum(1 for r in every if not r.final and r.status is Status.CANCELLED)
     models = sorted({r.model_id for r in final})
     tags = sorted({t for r in final for t in r.tags})
     totals = _group(final)
-    totals["retried"] = len(retried)
+    totals["retried"] = len(every) - len(final) - cancelled
+    totals["cancelled"] = cancelled
     totals["cost_usd_all_attempts"] = sum(r.metrics.cost_usd for r in every)
     return {
         "totals": totals,

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from ipc_bridge.launcher import BridgeProcess, BridgeStartError, start_bridge_process
 
+from .child_env import service_env
+
 log = logging.getLogger(__name__)
 
 
@@ -34,8 +36,11 @@ class BridgeSupervisor:
         *,
         max_restarts: int = 10,
         window: float = 60.0,
+        secrets: frozenset[str] = frozenset(),
     ) -> None:
+        """``secrets``: what the bridge's log must never show (the suite's secret values)."""
         self.runtime_dir = runtime_dir
+        self.secrets = secrets
         self.log_path = log_path
         self.max_restarts = max_restarts
         self.window = window
@@ -55,10 +60,12 @@ class BridgeSupervisor:
 
     def start(self) -> BridgeProcess:
         key = self._bridge.key if self._bridge is not None else None
-        # The bridge's log goes next to the results (not over the progress bar); it holds no
-        # configuration values, and the secret grep of the tests covers it like every run file.
+        # The bridge's log goes next to the results (not over the progress bar), redacted by the
+        # bridge itself: a StartNewTask it relays, or a host's bad message it quotes, may hold a secret.
         with open(self.log_path, "ab") as bridge_log:
-            self._bridge = start_bridge_process(self.runtime_dir, key=key, stderr=bridge_log)
+            self._bridge = start_bridge_process(
+                self.runtime_dir, key=key, stderr=bridge_log, env=service_env(), secrets=self.secrets
+            )
         return self._bridge
 
     def check(self) -> bool:

@@ -14,8 +14,11 @@ import traceback
 from typing import Any
 
 from ipc_bridge.client import BridgeClient
+from ipc_bridge.redaction import redact_process_output
 
-from .attempt import AttemptRunner, simulator_farm
+from .attempt import AttemptRunner
+from .attempt_host import simulator_farm
+from .child_env import withhold
 from .hosts import SimulatorFarm
 from .jobs import Job, JobResult, WorkerConfig
 from .pool import receive, send
@@ -77,9 +80,18 @@ async def run_guarded(runner: AttemptRunner, job_id: str, job: Job) -> JobResult
         return JobResult(record={"crash": f"{type(exc).__name__}: {exc}"})
 
 
+def hide_secrets(config: WorkerConfig) -> None:
+    """First thing in a process that runs attempts (a worker, a Ray node actor): whatever it and the
+    children that share its stderr (a forked simulator farm) print is redacted, and its own environment
+    loses what its children must not inherit (see :mod:`orchestrator.child_env`)."""
+    withhold(config.referenced_env, config.redactor.values)
+    redact_process_output(config.redactor)
+
+
 def worker_main(wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: bool = False) -> None:
     """Entry point of a worker process (see :class:`orchestrator.pool.Pool`). ``gated``: its jobs are
     readied, then wait for a slot granted by the main process; otherwise each one starts at once."""
+    hide_secrets(config)
     logging.basicConfig(
         level=os.environ.get("ORCHESTRATE_LOG_LEVEL", "WARNING").upper(),
         format=f"%(asctime)s %(levelname)s worker-{wid} %(name)s: %(message)s",

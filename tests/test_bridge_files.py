@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,9 @@ from ipc_bridge.connection_file import (
     read_connection_file,
     write_connection_file,
 )
+from ipc_bridge.replay_buffer import entry_cost, pack
 from ipc_bridge.slots import ReplayBuffer
+from ipc_bridge.wire import Session, new_key, task_event_content
 
 
 def _info(runtime: Path) -> ConnectionInfo:
@@ -86,9 +89,35 @@ def test_replay_buffer_bounds_and_completeness() -> None:
 
 
 def test_replay_buffer_byte_bound_keeps_the_newest() -> None:
-    buf = ReplayBuffer(max_events=100, max_bytes=50)
+    two = 2 * entry_cost(len(pack([b"y" * 20])))
+    buf = ReplayBuffer(max_events=100, max_bytes=two)
     for seq in range(1, 11):
         buf.append(seq, [b"y" * 20])
-    assert buf.bytes <= 50 and buf.first_seq == 9
-    buf.append(11, [b"z" * 500])  # larger than the bound alone: still kept, as the only one
+    assert buf.bytes <= two and buf.first_seq == 9
+    buf.append(11, [b"z" * 5000])  # larger than the bound alone: still kept, as the only one
     assert len(buf) == 1 and buf.first_seq == 11
+    assert buf.since(10, last_seq=11, limit=5)[0][0].frames == (b"z" * 5000,)
+
+
+def test_replay_buffer_counts_what_its_events_cost_in_memory() -> None:
+    """orjson's output keeps the ~4 KiB buffer it was written into: a 200-byte header held 4 KiB, and a
+    buffer of tiny events took ~12 KiB each, 25 times its byte count. What the buffer says it holds is
+    what the process holds for it."""
+    session = Session(new_key())
+    parent = session.header("task_command").to_dict()
+    limit = 4 * 1024 * 1024
+    buf = ReplayBuffer(max_events=10**6, max_bytes=limit)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for seq in range(1, 50_001):
+            event = {"eventName": "message", "payload": [{"taskId": "t", "n": seq}]}
+            frames = session.serialize_event("task_event", parent, task_event_content("w", seq, "t", event))
+            buf.append(seq, [b"slot.w.task.t", *frames])
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert buf.bytes <= limit
+    assert 0.7 * buf.bytes <= held <= 1.1 * limit, (held, buf.bytes, len(buf))
+    events, complete, more = buf.since(0, last_seq=50_000, limit=10**6, max_bytes=64 * 1024)
+    assert not complete and more and 0 < sum(e.size for e in events) <= 64 * 1024

@@ -412,7 +412,7 @@ def test_a_full_disk_leaves_no_cache_and_no_temp_file(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "None" and "cannot write results.parquet" in res.stderr
-    assert sorted(p.name for p in run.iterdir()) == ["events", "manifest.json", RESULTS]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "events", "manifest.json", RESULTS]
     assert write_cache(run) is not None and (run / CACHE).stat().st_size > 4096  # the limit did bite
 
 

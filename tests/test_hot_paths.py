@@ -345,7 +345,7 @@ def test_replay_buffer_entries_leave_the_garbage_collector() -> None:
     assert tracked == 0
     events, complete, more = buf.since(995, last_seq=1000, limit=10)
     assert [e.seq for e in events] == [996, 997, 998, 999, 1000] and complete and not more
-    assert events[0].frames == (b"topic", b"sig", b"h", b"p", b"c") and events[0].size == 11
+    assert events[0].frames == (b"topic", b"sig", b"h", b"p", b"c") and events[0].size >= 11
 
 
 # ------------------------------------------------------------------------------- client events

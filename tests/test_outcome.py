@@ -568,3 +568,62 @@ def test_a_worker_loop_driven_by_next_deadline() -> None:
             tr.tick(now)
     assert tr.result().status is Status.STUCK
     assert tr.result().decided_at == 61.0
+
+
+# ------------------------------------------------------------------- timers during an API outage
+
+
+def test_a_timeout_while_waiting_on_api_retries_is_api_error_not_the_agents_timeout() -> None:
+    # The real engine's waits (5 s, then 10 s): a 10 s timeout runs out during the second, before
+    # api_retry_limit (5 here) could call the outage.
+    rep = replay("api-error-3.52.1.jsonl", OutcomeLimits(api_retry_limit=5, timeout=10))
+    result = rep.tracker.result()
+    assert result.status is Status.API_ERROR, result.reason
+    assert result.status.is_infra and result.status.task_left_running
+    assert result.decided_at == pytest.approx(rep.start + 10)
+    assert "failed 2 times in a row" in result.reason
+    assert "no outcome within 10 s" in result.reason and "500" in result.reason
+
+
+def test_a_timeout_after_the_api_recovered_is_the_agents_timeout() -> None:
+    tr = OutcomeTracker(0.0, OutcomeLimits(timeout=30, api_retry_limit=5))
+    started(tr)
+    tr.feed(msg("r", 1, "say", "api_req_retry_delayed", "500 boom\n<retry_timer>5</retry_timer>"), 1)
+    tr.feed(msg("r", 1, "say", "api_req_retry_delayed", "500 boom", action="updated"), 2)
+    tr.feed(msg("r", 2, "say", "api_req_started", "{}"), 7)
+    tr.feed(msg("r", 3, "say", "text", "working", partial=True), 8)
+    tr.tick(31)
+    assert tr.result().status is Status.TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("limits", "status_event"),
+    [
+        (OutcomeLimits(timeout=None, idle_timeout=20, api_retry_limit=5), None),
+        (OutcomeLimits(timeout=None, ask_timeout=5, api_retry_limit=5), "taskInteractive"),
+    ],
+    ids=["idle_timeout", "ask_timeout"],
+)
+def test_stuck_timers_while_a_subtask_waits_on_api_retries_are_api_error(
+    limits: OutcomeLimits, status_event: str | None
+) -> None:
+    tr = OutcomeTracker(0.0, limits)
+    started(tr)
+    tr.feed(make_event("taskCreated", "child"), 1)
+    tr.feed(msg("child", 5, "say", "api_req_retry_delayed", "429 Too Many Requests\nslow down"), 2)
+    tr.feed(msg("child", 6, "say", "api_req_retry_delayed", "429 Too Many Requests"), 3)
+    if status_event is not None:
+        tr.feed(make_event(status_event, "child"), 4)
+    tr.tick(100)
+    result = tr.result()
+    assert result.status is Status.API_ERROR, result.reason
+    assert "failed 2 times in a row" in result.reason and "429 Too Many Requests" in result.reason
+
+
+def test_an_ask_after_the_retries_is_stuck_not_an_outage() -> None:
+    tr = OutcomeTracker(0.0, OutcomeLimits(timeout=None, ask_timeout=5, api_retry_limit=5))
+    started(tr)
+    tr.feed(msg("r", 1, "say", "api_req_retry_delayed", "500"), 1)
+    tr.feed(msg("r", 2, "ask", "followup", "which file?"), 2)
+    tr.tick(100)
+    assert tr.result().status is Status.STUCK

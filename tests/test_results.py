@@ -28,6 +28,7 @@ from orchestrator.results import (
     DuplicateRecordError,
     ResultsError,
     ResultsWriter,
+    RunInProgressError,
     Timings,
     build_manifest,
     final_for,
@@ -115,6 +116,9 @@ def test_create_writes_a_redacted_manifest_and_refuses_an_existing_run(
         "note": "key was ***",
     }
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    with pytest.raises(RunInProgressError, match=rf"run run-1 is in progress \(pid {os.getpid()} on host"):
+        ResultsWriter.create(run, {})
+    writer.close()
     with pytest.raises(ResultsError, match="--resume"):
         ResultsWriter.create(run, {})
 
@@ -466,3 +470,23 @@ def test_final_for(status: Status, attempt: int, retries: int, final: bool) -> N
 def test_cost_counts_retried_attempts(writer: ResultsWriter) -> None:
     filled(writer)
     assert writer.cost_usd == pytest.approx(6.25)
+
+
+# --------------------------------------------------------------------------------- retries
+
+
+def test_cancelled_tries_are_not_counted_against_retries(writer: ResultsWriter) -> None:
+    k = key("api")
+    cancelled = dict(final=False, status=Status.CANCELLED, passed=None)
+    writer.append(record(k, attempt=1, final=False, status=Status.API_ERROR, passed=None))
+    writer.append(record(k, attempt=2, **cancelled))
+    assert (writer.tries(k), writer.next_attempt(k)) == (1, 3)
+    writer.close()
+    resumed = ResultsWriter.resume(writer.run_dir)
+    try:
+        assert (resumed.tries(k), resumed.next_attempt(k)) == (1, 3)
+        resumed.append(record(k, attempt=3, **cancelled))
+        assert (resumed.tries(k), resumed.next_attempt(k)) == (1, 4)
+        assert resumed.tries(key("other")) == 0
+    finally:
+        resumed.close()

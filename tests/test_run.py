@@ -26,6 +26,7 @@ GOOD = f"""
   tags: [easy]
   simulate:
     text: "using key {SECRET} is forbidden to show"
+    completion: "done; the key was {SECRET}"
     files:
       two_fer.py: |
         def two_fer(name="you"):
@@ -89,7 +90,8 @@ def test_run_grades_retries_and_writes_loadable_results(tmp_path: Path) -> None:
             assert SECRET not in path.read_text(), path
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["suite"]["defaults"]["configuration"]["openRouterApiKey"] == "***"
-    assert SECRET not in res.stdout + res.stderr
+    assert SECRET not in res.stdout + res.stderr  # --json lines included (tests/test_secrets.py has more)
+    assert final["two-fer"].metrics.completion == "done; the key was ***"
 
 
 def test_resume_of_a_finished_run_runs_nothing_more(tmp_path: Path) -> None:
@@ -164,3 +166,95 @@ def test_the_default_suite_shows_every_outcome(tmp_path: Path, engine: str) -> N
     assert summary["totals"]["passed"] == 6
     completions = {r.reason for r in records if r.final and r.status.value == "completed"}
     assert any("taskCompleted" in reason for reason in completions) == (engine == "3.50")
+
+
+def test_the_circuit_breaker_counts_first_tries_alike_and_anything_else_disarms_it() -> None:
+    from datetime import datetime, timezone
+
+    from orchestrator.records import AttemptRecord
+    from orchestrator.scheduler import _Breaker
+    from orchestrator.status import Status
+
+    now = datetime.now(timezone.utc)
+
+    def rec(status: Status, reason: str = "extension host did not come up") -> AttemptRecord:
+        return AttemptRecord(
+            run_id="r", case_id="c", model_id="m", repeat=0, config_hash="h", attempt=1, final=False,
+            status=status, passed=None, reason=reason, error="exit code 3\nno display",
+            started_at=now, ended_at=now, duration_s=0,
+        )  # fmt: skip
+
+    breaker = _Breaker(3)
+    infra = rec(Status.INFRA_ERROR)
+    assert not breaker.see(infra, first_try=True)
+    assert not breaker.see(infra, first_try=False)  # a retry failing alike: not a new attempt's evidence
+    assert not breaker.see(rec(Status.CANCELLED), first_try=True)  # our own stop says nothing
+    assert not breaker.see(infra, first_try=True)
+    assert breaker.tripped is None
+    assert breaker.see(infra, first_try=True)
+    assert breaker.tripped == (
+        'the first tries of the first 3 attempts all ended infra_error "extension host did not come up" '
+        "(no display)"
+    )
+    for other in (rec(Status.COMPLETED, ""), rec(Status.INFRA_ERROR, "worker died"), rec(Status.TIMEOUT)):
+        breaker = _Breaker(2)
+        assert not breaker.see(infra, first_try=True)
+        assert not breaker.see(other, first_try=False)  # disarmed for good, a retry's outcome included
+        assert not breaker.see(infra, first_try=True) and not breaker.see(infra, first_try=True)
+        assert breaker.tripped is None
+
+
+def test_the_progress_counts_cancelled_attempts_apart_from_retried_ones() -> None:
+    from datetime import datetime, timezone
+
+    from orchestrator.records import AttemptRecord
+    from orchestrator.run_cli import _Progress
+    from orchestrator.status import Status
+
+    now = datetime.now(timezone.utc)
+    progress = _Progress(3, quiet=True, as_json=False)
+    for status, final, passed in [
+        (Status.CANCELLED, False, None),
+        (Status.INFRA_ERROR, False, None),
+        (Status.COMPLETED, True, True),
+    ]:
+        progress(
+            AttemptRecord(
+                run_id="r",
+                case_id="c",
+                model_id="m",
+                repeat=0,
+                config_hash="h",
+                attempt=1,
+                final=final,
+                status=status,
+                passed=passed,
+                started_at=now,
+                ended_at=now,
+                duration_s=0,
+            )
+        )
+    assert progress.counts == {"passed": 1, "failed": 0, "errors": 0, "retried": 1, "cancelled": 1}
+
+
+def test_a_timeout_during_an_api_outage_is_a_retried_api_error(tmp_path: Path) -> None:
+    """The engine waits 5, 10, 20 s between API retries: a timeout shorter than that ends the try
+    before api_retry_limit can call the outage, and it is still the API's failure, not the agent's."""
+    outage = f"""
+    - id: outage
+      prompt: the API is down
+      workspace: {EXERCISES}/python/leap
+      timeout: 3s
+      simulate: {{outcome: api_error, error: {{status: 503, first_wait: 200}}}}
+    """
+    suite = _suite(tmp_path, outage)
+    res = orchestrate("run", str(suite), "--results", str(tmp_path), "--run-id", "o", "--quiet")
+    assert res.returncode == 0, res.stderr
+    records = read_records(tmp_path / "o" / "results.jsonl")
+    assert [(r.attempt, r.status.value, r.final) for r in records] == [
+        (1, "api_error", False),
+        (2, "api_error", True),
+    ], records
+    for r in records:
+        assert "failed 1 time in a row" in r.reason and "no outcome within 3 s" in r.reason, r.reason
+        assert "503" in r.reason, r.reason

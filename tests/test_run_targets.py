@@ -280,3 +280,31 @@ async def test_sigint_cancels_the_task_on_a_leased_host(tmp_path: Path, sockdir:
         if host.returncode is None:
             host.terminate()
             await host.wait()
+
+
+def test_kept_workspaces_are_in_the_results_named_in_records_and_survive_later_runs(
+    tmp_path: Path, sockdir: Path
+) -> None:
+    """Not in the runtime directory, which the next run's sweep removes once its owner is gone."""
+    suite = write_suite(tmp_path, SIM, cases(2))
+    env = {"TMPDIR": str(sockdir)}
+    results = tmp_path / "r"
+    res = orchestrate(
+        "run", str(suite), "--results", str(results), "--run-id", "a", "--keep-workspaces", env_extra=env
+    )
+    assert res.returncode == 0, res.stderr
+    kept_dir = results / "a" / "workspaces"
+    assert f"workspaces kept in {kept_dir}" in res.stdout
+    records = read_records(results / "a" / "results.jsonl")
+    assert sorted(r.kept_workspace or "" for r in records) == [
+        f"workspaces/c{i}__default__0__1" for i in range(2)
+    ]
+    assert not list(sockdir.glob("orc-*"))  # the runtime dir went: nothing kept was in it
+    res = orchestrate("run", str(suite), "--results", str(results), "--run-id", "b", "--json", env_extra=env)
+    assert res.returncode == 0, res.stderr
+    assert "workspaces_dir" not in json.loads(res.stdout.splitlines()[-1])
+    for record in records:
+        assert record.kept_workspace is not None
+        # The agent's work, as the check graded it.
+        assert "One for {name}" in (results / "a" / record.kept_workspace / "two_fer.py").read_text()
+    assert not (results / "b" / "workspaces").exists()

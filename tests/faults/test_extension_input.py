@@ -66,12 +66,11 @@ BAD_FRAMES = [
     b'{"type":"message","data":{"type":"TaskEvent","data":{"eventName":"taskIdle","payload":[NaN]}}}',
     b'{"type":"message","data":{"type":"TaskEvent","data":{"eventName":"taskIdle","payload":[Infinity]}}}',
     b'{"type":"message","data":{"type":"TaskEvent","data":{"eventName":"taskIdle","payload":[-Infinity]}}}',
-    b'{"type":"message","data":{"type":"TaskEvent","data":{"eventName":"taskIdle","payload":[1e400]}}}',
     b'{"type":"message","data":"\xff\xfe"}',  # not UTF-8
-    b'{"type":"message","data":"\\ud800"}',  # a lone surrogate
-    b'{"type":"message","data":' + b"[" * 2000 + b"]" * 2000 + b"}",  # nested too deep
     b"[1,2]",
 ]
+# Valid JSON that orjson alone refuses (1e400, a lone surrogate, deep nesting) is no bad frame: it passes
+# through, and only deeper nesting than any host writes is refused (tests/faults/test_host_json.py).
 BAD_MESSAGES = [
     "just a string",
     [],
@@ -300,9 +299,11 @@ async def test_a_flooding_host_is_bounded_and_the_bridge_stays_responsive(
             await conn.send(frame("taskCreated", "t0"))
 
     config = slot_config(buffer_events=50, buffer_bytes=32 * 1024, max_tracked_tasks=100)
+    # The subscriber must get every event live (the tiny buffer cannot fill gaps): deep XPUB queues.
+    live = {"xpub_hwm": 100_000, "xpub_window_bytes": 2**40}
     async with (
         FakeHost(sockdir / "h.sock", flood, answer) as host,
-        inproc_bridge(sockdir, config) as (bridge, client),
+        inproc_bridge(sockdir, config, **live) as (bridge, client),
     ):
         await client.attach("w1", str(host.path), connect_timeout=5)
         assert await client.start_task("w1", "adopt every task created from now on") == "t0"

@@ -20,9 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from ipc_bridge.bad_input import REJECT_REASONS
+from ipc_bridge.bad_input import LOG_BURST, REJECT_REASONS
 from ipc_bridge.bridge import Bridge
 from ipc_bridge.client import InvalidCommand
+from ipc_bridge.slots import SlotConfig
 from ipc_bridge.wire import (
     DELIM,
     REQUESTS,
@@ -33,7 +34,7 @@ from ipc_bridge.wire import (
     new_key,
 )
 
-from .bad_input_harness import FakeHost, inproc_bridge
+from .bad_input_harness import FakeHost, HostConn, frame, inproc_bridge
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,6 +119,12 @@ def _swapped(s: Session) -> Frames:
 
 
 DROPPED: dict[str, tuple[Callable[[Session], Frames], str]] = {
+    # Whole messages are bounded, not only frames (64 KiB here): each frame is under the bound.
+    "frames under the size bound, over it in all": (
+        lambda s: [*valid(s), *[b"x" * 40_000] * 3],
+        "oversized",
+    ),
+    "more frames than a request has": (lambda s: [*valid(s), *[b""] * 100], "oversized"),
     "garbage": (lambda s: [b"garbage"], "malformed"),
     "one empty frame": (lambda s: [b""], "malformed"),
     "the delimiter alone": (lambda s: [DELIM], "malformed"),
@@ -421,3 +428,71 @@ async def fuzz_bridge(
         assert (await heartbeat(sock, Session(b.key))).status == "ok"
     errors = [r for r in caplog.records if r.name.startswith("ipc_bridge") and r.levelno >= logging.ERROR]
     assert errors == []
+
+
+async def test_replies_a_client_does_not_read_are_logged_in_sample(
+    sockdir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that sends requests and never reads the replies fills its queue on the ROUTER; every
+    reply after that is dropped. 20,000 of them wrote 20,010 log lines: now a sample, like bad input."""
+    caplog.set_level(logging.INFO, logger="ipc_bridge")
+    async with inproc_bridge(sockdir, router_hwm=20) as (bridge, _), dealer_for(bridge) as deaf:
+        deaf.rcvhwm = 20
+        session = Session(bridge.key)
+        for _ in range(3000):
+            await deaf.send_multipart(session.serialize("heartbeat", {}))
+        deadline = asyncio.get_running_loop().time() + 30
+        while bridge._log.suppressed < 1000:  # the bridge's own count of lines it held back
+            assert asyncio.get_running_loop().time() < deadline, bridge._log.suppressed
+            await asyncio.sleep(0.05)
+        lines = [
+            r for r in caplog.records if r.name.startswith("ipc_bridge") and "reply to" in r.getMessage()
+        ]
+        assert 1 <= len(lines) <= LOG_BURST
+        async with dealer_for(bridge) as other:  # and the bridge still answers
+            assert (await heartbeat(other, Session(bridge.key))).status == "ok"
+
+
+async def test_query_replies_are_not_kept_for_retries(sockdir: Path) -> None:
+    """Get* queries are reads: a retry is answered afresh. Kept like StartNewTask's, their replies (what
+    the host answered, as large as it likes) would pile up, 10,000 of them."""
+    big = ["m" * 100_000]
+
+    async def answer(conn: HostConn, command: dict[str, Any]) -> None:
+        data = command.get("data")
+        if isinstance(data, dict) and data.get("commandName") == "GetModels":
+            await conn.send(frame("modelsResponse", big))
+
+    async with (
+        FakeHost(sockdir / "h.sock", on_command=answer) as host,
+        inproc_bridge(sockdir) as (bridge, client),
+    ):
+        await client.attach("w1", str(host.path), connect_timeout=5)
+        for _ in range(20):
+            assert await client.query("w1", "GetModels") == big
+        kept = list(bridge._replies._done.values())
+        assert len(kept) == 1  # the attach, not one of the queries
+
+
+async def test_commands_beyond_the_inflight_bound_are_answered_busy(sockdir: Path) -> None:
+    """Each task_command waits on its host (up to its timeout): a worker sending them faster than the
+    host answers would grow the bridge's tasks without bound. Beyond ``max_inflight`` they are answered
+    ``busy`` at once, and everything else is still answered."""
+    silent = FakeHost(sockdir / "h.sock")  # Acks, then never answers a command
+    async with (
+        silent as host,
+        inproc_bridge(sockdir, SlotConfig(query_timeout=30), max_inflight=50) as (bridge, client),
+    ):
+        await client.attach("w1", str(host.path), connect_timeout=5)
+        async with dealer_for(bridge) as dealer:
+            session = Session(bridge.key)
+            query = {"slot": "w1", "command": {"commandName": "GetModes"}}
+            for _ in range(300):
+                await dealer.send_multipart(session.serialize("task_command", query))
+            busy = 0
+            for _ in range(250):
+                reply = await next_reply(dealer, session)
+                assert reply.content["error"] == "busy", reply.content
+                busy += 1
+            assert busy == 250 and len(bridge._handlers) <= 50
+            assert (await heartbeat(dealer, session)).status == "ok"

@@ -11,7 +11,7 @@ import asyncio
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,7 +23,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ipc_bridge.client import BridgeClient, BridgeLost, BridgeTimeout
 from ipc_bridge.connection_file import ConnectionInfo, read_connection_file
-from ipc_bridge.curve import authorize, create_keypair, load_keypair
+from ipc_bridge.curve import authorize, create_keypair, ensure_server_keys, load_keypair
 from ipc_bridge.launcher import BridgeProcess, start_bridge_process
 from orchestrator.cli import main
 
@@ -239,3 +239,75 @@ def test_a_port_in_use_fails_cleanly(sockdir: Path) -> None:
     assert sorted(p.name for p in runtime.iterdir()) == []
     secret = sockdir / "keys" / "server.key_secret"
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+def _break_world_writable_authorized(keys: Path, outside: Path) -> Path:
+    (keys / "authorized").chmod(0o777)
+    return keys / "authorized"
+
+
+def _break_open_keys_dir(keys: Path, outside: Path) -> Path:
+    keys.chmod(0o755)
+    return keys
+
+
+def _break_world_writable_key(keys: Path, outside: Path) -> Path:
+    key = keys / "authorized" / "watcher.key"
+    key.chmod(0o666)
+    return key
+
+
+def _break_symlinked_key(keys: Path, outside: Path) -> Path:
+    public, _ = create_keypair(outside, "mallory")
+    link = keys / "authorized" / "mallory.key"
+    link.symlink_to(public)
+    return link
+
+
+def _break_readable_secret(keys: Path, outside: Path) -> Path:
+    secret = keys / "server.key_secret"
+    secret.chmod(0o640)
+    return secret
+
+
+def _break_symlinked_authorized_dir(keys: Path, outside: Path) -> Path:
+    elsewhere = outside / "auth"
+    outside.mkdir()
+    (keys / "authorized").rename(elsewhere)
+    (keys / "authorized").symlink_to(elsewhere)
+    return keys / "authorized"
+
+
+@pytest.mark.parametrize(
+    ("damage", "fix"),
+    [
+        (_break_world_writable_authorized, "chmod 700"),
+        (_break_open_keys_dir, "chmod 700"),
+        (_break_world_writable_key, "chmod go-w"),
+        (_break_symlinked_key, "symlink"),
+        (_break_readable_secret, "chmod 600"),
+        (_break_symlinked_authorized_dir, "symlink"),
+    ],
+)
+def test_keys_others_could_change_are_refused_at_start(
+    sockdir: Path, damage: Callable[[Path, Path], Path], fix: str
+) -> None:
+    """StrictModes: any local user who can write authorized/ (or a key in it, or what a symlink there
+    points to) could let anyone in. The bridge refuses to start, naming the path and the fix."""
+    keys = sockdir / "keys"
+    ensure_server_keys(keys)  # a valid directory first: the damage is the only thing wrong
+    culprit = damage(keys, sockdir / "outside")
+    conn = sockdir / "b" / "bridge.json"
+    argv = [
+        "bridge",
+        "--connection-file",
+        str(conn),
+        "--listen",
+        "tcp://127.0.0.1:*",
+        "--curve-dir",
+        str(keys),
+    ]
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code != 0
+    assert str(culprit) in result.output and fix in result.output, result.output
+    assert not conn.exists() and not conn.with_name("bridge-tcp.json").exists()
