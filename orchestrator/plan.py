@@ -94,7 +94,8 @@ class Plan:
 
 def _digest(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+    # a path under a directory whose name is not UTF-8 holds surrogate escapes: hash them as they are
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LENGTH]
 
 
 def workspace_digest(path: Path | None) -> str:

@@ -231,3 +231,12 @@ def test_a_directory_symlink_enters_the_hash(suite_dir: Path) -> None:
     (suite_dir / "ws" / "current").unlink()
     os.symlink(".", suite_dir / "ws" / "current")
     assert workspace_digest(suite_dir / "ws") != first
+
+
+def test_a_suite_under_a_directory_not_named_in_utf8_hashes(tmp_path: Path) -> None:
+    directory = tmp_path / os.fsdecode(b"d\xff")  # the resolved cwd below holds a surrogate escape
+    directory.mkdir()
+    (directory / "suite.yaml").write_text(
+        "name: t\ntarget: {kind: command, argv: [x], cwd: .}\n" + "cases: [{id: a, prompt: x}]\n"
+    )
+    assert len(build_plan(load_suite(directory / "suite.yaml", env={})).config_hash) == 16
