@@ -38,6 +38,7 @@ from .child_env import referenced_variables
 from .config_types import (
     Command,
     Count,
+    EnvMap,
     PathText,
     SafeId,
     Settings,
@@ -46,16 +47,12 @@ from .config_types import (
     resolve_path,
 )
 from .durations import Duration
+from .file_checks import MIB, FileCheckError, check_template, read_regular
 from .status import OutcomeLimits
-from .suite_yaml import (
-    Problem,
-    SuiteError,
-    duplicate_ids,
-    interpolate,
-    load_marked_yaml,
-    validation_problems,
-)
-from .targets import CommandTarget, SimulatorTarget, SocketTarget, Target, VscodeTarget
+from .suite_messages import duplicate_ids, validation_problems
+from .suite_reader import MarkedDict, load_marked_yaml
+from .suite_yaml import Problem, SuiteError, interpolate, line_col
+from .targets import MAX_SLOTS, CommandTarget, SimulatorTarget, SocketTarget, Target, VscodeTarget
 
 __all__ = [
     "Budget",
@@ -89,7 +86,7 @@ class Defaults(Strict):
     """RooCodeSettings sent with StartNewTask; each model's, then each case's, merge over it."""
     setup_timeout: Duration = 300.0
     check_timeout: Duration = 120.0
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     """Added to the environment of setup and check commands."""
     start_timeout: Duration = 30.0
     ask_timeout: Duration = 60.0
@@ -129,7 +126,7 @@ class Case(Strict):
     check_timeout: Duration | None = None
     timeout: Duration | None = None
     configuration: Settings = Field(default_factory=RooCodeSettings)
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
     simulate: dict[str, Any] | None = None
     """The simulated agent's script; ignored by real hosts. Checked at load time when the target is the
@@ -153,7 +150,18 @@ class Case(Strict):
     def _workspace_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
-        return existing_path(resolve_path(value, info), "workspace directory", want_dir=True)
+        path = existing_path(resolve_path(value, info), "workspace directory", want_dir=True)
+        checked = _cache(info, "workspaces")
+        if path not in checked:  # cases often share one template: walk it once
+            try:
+                check_template(path)
+            except FileCheckError as exc:
+                checked[path] = str(exc)
+            else:
+                checked[path] = ""
+        if checked[path]:
+            raise ValueError(checked[path])
+        return path
 
     @field_validator("prompt_file")
     @classmethod
@@ -161,25 +169,16 @@ class Case(Strict):
         if value is None:
             return None
         path = existing_path(resolve_path(value, info), "prompt_file", want_dir=False)
-        try:
-            path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise ValueError(
-                f"prompt_file {path} is not UTF-8 text ({exc.reason}): save it as UTF-8"
-            ) from None
-        except OSError as exc:
-            raise ValueError(f"cannot read prompt_file {path}: {exc.strerror or exc}") from None
+        _cache(info, "prompts")[path] = _read_prompt(path)
         return path
 
     @model_validator(mode="after")
-    def _one_prompt(self) -> Case:
+    def _one_prompt(self, info: ValidationInfo) -> Case:
         if self.prompt_file is not None:
             if self.prompt is not None:
                 raise ValueError(f"case {self.id}: give prompt or prompt_file, not both")
-            try:
-                self.prompt = self.prompt_file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ValueError(f"cannot read prompt_file {self.prompt_file}: {exc}") from None
+            read = _cache(info, "prompts").get(self.prompt_file)
+            self.prompt = read if read is not None else _read_prompt(self.prompt_file)
         if self.prompt is None or not self.prompt.strip():
             raise ValueError(f"case {self.id}: the prompt is empty: add prompt: or prompt_file:")
         return self
@@ -192,12 +191,44 @@ class Case(Strict):
         return value
 
 
+MAX_PROMPT_BYTES = 1 * MIB
+"""Largest prompt_file."""
+MAX_ATTEMPTS = 100_000
+"""Most attempts in a run (cases x models x repeats): each is planned in memory before the first runs."""
+
+
+def _cache(info: ValidationInfo, name: str) -> dict[Any, Any]:
+    """A dict shared by one validation (empty and unshared without a context)."""
+    context = info.context if isinstance(info.context, dict) else {}
+    found: dict[Any, Any] = context.setdefault(name, {})
+    return found
+
+
+def _read_prompt(path: Path) -> str:
+    try:
+        data = read_regular(path, MAX_PROMPT_BYTES, f"prompt_file {path}", "shorten the prompt")
+    except FileCheckError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"prompt_file {path} is not UTF-8 text ({exc.reason}): save it as UTF-8") from None
+    if "\0" in text:
+        raise ValueError(f"prompt_file {path} contains a NUL character: it is not a text file")
+    return text
+
+
 def _no_duplicate_ids(items: list[Any], what: str) -> None:
-    seen: set[str] = set()
+    # ids that differ only in case name one result file on a case-insensitive filesystem
+    seen: dict[str, str] = {}
     for item in items:
-        if item.id in seen:
-            raise ValueError(f"duplicate {what} id {item.id!r}: ids must be unique")
-        seen.add(item.id)
+        folded = item.id.casefold()
+        if folded in seen:
+            raise ValueError(
+                f"duplicate {what} id {item.id!r} (and {seen[folded]!r}): ids must be unique, also "
+                "ignoring letter case"
+            )
+        seen[folded] = item.id
 
 
 class Suite(Strict):
@@ -315,6 +346,25 @@ class Suite(Strict):
 # ------------------------------------------------------------------------------------ loading
 
 
+def _matrix_too_big(cases: int, models: int, repeats: int) -> str | None:
+    attempts = cases * models * repeats
+    if attempts <= MAX_ATTEMPTS:
+        return None
+    return (
+        f"{cases:,} cases x {models:,} models x {repeats:,} repeats is {attempts:,} attempts, more than the "
+        f"{MAX_ATTEMPTS:,} a run may plan: split the suite, or lower repeats"
+    )
+
+
+def _matrix_problem(suite: Suite, raw: MarkedDict) -> list[Problem]:
+    message = _matrix_too_big(len(suite.cases), len(suite.models), suite.repeats)
+    if message is None:
+        return []
+    key = "repeats" if "repeats" in raw else "cases"
+    line, column = line_col(raw.marks.get(key))
+    return [Problem(line, column, key, message)]
+
+
 def load_suite(path: str | Path, *, env: Mapping[str, str] | None = None) -> Suite:
     """Read, interpolate and validate a suite file. Raises :class:`SuiteError` naming the file, line and
     key of every problem found (nothing else is started or written by this function)."""
@@ -338,6 +388,8 @@ def load_suite(path: str | Path, *, env: Mapping[str, str] | None = None) -> Sui
         # an unset ${VAR} left an empty value behind: its own problem is the one to report
         reported = {p.key for p in problems}
         problems += [p for p in found if p.key not in reported]
+    else:
+        problems += _matrix_problem(suite, raw)
     if problems:
         problems.sort(key=lambda p: (p.line is None, p.line or 0))
         # A message may quote a value (a key's value of the wrong type), which may hold a secret.
@@ -378,9 +430,14 @@ def apply_overrides(
         if repeats < 1:
             raise _override_error(suite, "--repeats", f"must be at least 1, got {repeats}")
         update["repeats"] = repeats
+    too_big = _matrix_too_big(len(cases), len(models), update.get("repeats", suite.repeats))
+    if too_big is not None:
+        raise _override_error(suite, "--repeats", too_big)
     if slots is not None:
         if slots < 1:
             raise _override_error(suite, "--slots", f"must be at least 1, got {slots}")
+        if slots > MAX_SLOTS:
+            raise _override_error(suite, "--slots", f"must be at most {MAX_SLOTS}, got {slots}")
         if isinstance(suite.target, SocketTarget) and slots > len(suite.target.sockets):
             raise _override_error(
                 suite, "--slots", f"{slots} is more than the {len(suite.target.sockets)} sockets listed"

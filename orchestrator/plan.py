@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import Case, ModelSpec, Suite
+from .file_checks import FileCheckError, open_regular_nofollow, walk_tree
 from .status import OutcomeLimits
+from .suite_yaml import Problem, SuiteError
 
 HASH_LENGTH = 16
 """Hex digits kept of the sha256 (64 bits: no collision in any realistic number of configurations)."""
@@ -92,31 +94,37 @@ class Plan:
 
 def _digest(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+    # a path under a directory whose name is not UTF-8 holds surrogate escapes: hash them as they are
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:HASH_LENGTH]
 
 
 def workspace_digest(path: Path | None) -> str:
     """Content hash of a workspace template (names, exec bits, bytes, symlink targets); caches such as
-    ``__pycache__`` and ``.git`` are skipped so that running the tests by hand does not change it."""
+    ``__pycache__`` and ``.git`` are skipped so that running the tests by hand does not change it.
+    Raises :class:`FileCheckError` for anything but regular files, directories and symlinks (never
+    blocks on a FIFO or reads a device), or an unreadable file."""
     if path is None:
         return "none"
     sha = hashlib.sha256()
-    for root, dirs, files in os.walk(path, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
-        for name in sorted(files):
-            if name.endswith(_SKIP_SUFFIXES):
+    try:
+        for entry in walk_tree(path, _SKIP_DIRS):
+            if entry.is_dir or entry.rel.endswith(_SKIP_SUFFIXES):
                 continue
-            full = Path(root, name)
-            rel = full.relative_to(path).as_posix()
-            if full.is_symlink():
-                sha.update(f"L {rel} -> {os.readlink(full)}\n".encode())
+            # names are bytes to the filesystem: one that is not UTF-8 is still hashed, as its bytes
+            rel = os.fsencode(entry.rel)
+            if entry.is_link:
+                sha.update(b"L " + rel + b" -> " + os.fsencode(os.readlink(entry.path)) + b"\n")
                 continue
-            mode = "x" if os.access(full, os.X_OK) else "f"
-            sha.update(f"{mode} {rel}\n".encode())
-            with open(full, "rb") as fh:
+            mode = b"x" if os.access(entry.path, os.X_OK) else b"f"
+            sha.update(mode + b" " + rel + b"\n")
+            with open(open_regular_nofollow(entry.path), "rb") as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     sha.update(chunk)
             sha.update(b"\n")
+    except OSError as exc:
+        raise FileCheckError(
+            f"cannot read workspace {path}: {exc.strerror or exc} ({exc.filename})"
+        ) from None
     return sha.hexdigest()[:HASH_LENGTH]
 
 
@@ -150,10 +158,17 @@ def suite_hash(suite: Suite, *, pair_hashes: dict[tuple[str, str], str] | None =
 
 def _pair_hashes(suite: Suite) -> dict[tuple[str, str], str]:
     out: dict[tuple[str, str], str] = {}
-    for case in suite.cases:
-        ws = workspace_digest(case.workspace)
+    digests: dict[Path | None, str] = {}  # cases often share one template: hash it once
+    for i, case in enumerate(suite.cases):
+        if case.workspace not in digests:
+            try:
+                digests[case.workspace] = workspace_digest(case.workspace)
+            except FileCheckError as exc:  # changed since the suite was loaded
+                raise SuiteError(
+                    suite.source, [Problem(None, None, f"cases[{i}].workspace", str(exc))]
+                ) from None
         for model in suite.models:
-            out[(case.id, model.id)] = attempt_hash(suite, case, model, workspace=ws)
+            out[(case.id, model.id)] = attempt_hash(suite, case, model, workspace=digests[case.workspace])
     return out
 
 
@@ -161,29 +176,31 @@ def build_plan(suite: Suite) -> Plan:
     """Expand the matrix. Order: repeat, then case, then model (suite order), so that every case and
     model has a first result before any repeat runs, and models alternate on each case."""
     hashes = _pair_hashes(suite)
+    # what an attempt needs of its (case, model) pair, computed once and shared by its repeats
+    # (a worker copies the configuration before it adds to it)
+    pairs = [
+        (case, model, _pair_fields(suite, case, model)) for case in suite.cases for model in suite.models
+    ]
     attempts: list[Attempt] = []
     for repeat in range(suite.repeats):
-        for case in suite.cases:
-            for model in suite.models:
-                key = AttemptKey(case.id, model.id, repeat, hashes[(case.id, model.id)])
-                assert case.prompt is not None  # validated: a case always has its prompt text
-                attempts.append(
-                    Attempt(
-                        key=key,
-                        index=len(attempts),
-                        case=case,
-                        model=model,
-                        prompt=case.prompt,
-                        configuration=suite.configuration_for(case, model),
-                        limits=suite.limits_for(case),
-                        setup_timeout=suite.defaults.setup_timeout,
-                        check_timeout=suite.check_timeout_for(case),
-                        env=suite.env_for(case),
-                        retries=suite.defaults.retries,
-                        tags=tuple(case.tags),
-                    )
-                )
+        for case, model, fields in pairs:
+            key = AttemptKey(case.id, model.id, repeat, hashes[(case.id, model.id)])
+            attempts.append(Attempt(key=key, index=len(attempts), case=case, model=model, **fields))
     return Plan(suite=suite, config_hash=suite_hash(suite, pair_hashes=hashes), attempts=tuple(attempts))
+
+
+def _pair_fields(suite: Suite, case: Case, model: ModelSpec) -> dict[str, Any]:
+    assert case.prompt is not None  # validated: a case always has its prompt text
+    return {
+        "prompt": case.prompt,
+        "configuration": suite.configuration_for(case, model),
+        "limits": suite.limits_for(case),
+        "setup_timeout": suite.defaults.setup_timeout,
+        "check_timeout": suite.check_timeout_for(case),
+        "env": suite.env_for(case),
+        "retries": suite.defaults.retries,
+        "tags": tuple(case.tags),
+    }
 
 
 def pending(plan: Plan, done_keys: Collection[AttemptKey]) -> list[Attempt]:

@@ -76,7 +76,7 @@ class _Progress:
 
 
 @click.command()
-@click.argument("suite_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("suite_file", type=click.Path(path_type=Path))  # checked by load_suite, in one line
 @click.option("--slots", type=int, help="Extension hosts used at once (overrides target.slots).")
 @click.option(
     "--filter",

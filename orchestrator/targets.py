@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     ValidationInfo,
@@ -15,9 +16,13 @@ from pydantic import (
     model_validator,
 )
 
+from ipc_bridge.simulator.script import HostOptions, normalize_engine
+
 from .config_types import (
     TARGET_PLACEHOLDERS,
+    ArgText,
     Count,
+    EnvMap,
     PathText,
     Strict,
     existing_path,
@@ -26,13 +31,16 @@ from .config_types import (
 )
 from .durations import Duration
 
+MAX_SLOTS = 1024
+"""Most extension hosts a launched target runs at once."""
+
 
 def _slots_not_bool(cls: Any, value: Any) -> Any:
     return not_bool(value)
 
 
 class _Launched(Strict):
-    slots: int = Field(default=4, ge=1, le=1024)
+    slots: int = Field(default=4, ge=1, le=MAX_SLOTS)
     """Extension hosts used at once."""
     executor: Literal["local", "ray"] = "local"
     """Where attempts run: worker processes on this machine, or Ray actors on the cluster's nodes that
@@ -63,12 +71,29 @@ class _Launched(Strict):
     _prelaunch = field_validator("prelaunch", mode="before")(_slots_not_bool)
 
 
+class SimulatorOptions(HostOptions):
+    """``target.options`` of the simulator: the simulator's own host options, and how hosts are run."""
+
+    process_per_host: bool = False
+    """A simulator process per host instead of one farm process per worker (docs/simulator.md)."""
+
+    @classmethod
+    def given(cls, value: Any) -> dict[str, Any]:
+        """The options given, validated, as a mapping of those keys only (what the hash covers)."""
+        return cls.model_validate(value).model_dump(exclude_unset=True)
+
+
+def _known_engine(value: str) -> str:
+    normalize_engine(value)  # the simulator's own list; the value is kept as written
+    return value
+
+
 class SimulatorTarget(_Launched):
     kind: Literal["simulator"] = "simulator"
-    engine: str | None = None
+    engine: Annotated[str, AfterValidator(_known_engine)] | None = None
     """Engine version the simulator imitates (e.g. 3.52.1, 3.50.4); the simulator's default if unset."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Passed through to the simulator."""
+    options: Annotated[dict[str, Any], BeforeValidator(SimulatorOptions.given)] = Field(default_factory=dict)
+    """Passed to the simulator: seed, time_scale, status_delay (:class:`SimulatorOptions`)."""
 
     _slots = field_validator("slots", mode="before")(_slots_not_bool)
 
@@ -116,14 +141,14 @@ def _xvfb(value: Any) -> Any:
 
 class VscodeTarget(_Launched):
     kind: Literal["vscode"] = "vscode"
-    code: str = Field(default="code", min_length=1)
+    code: ArgText = Field(default="code", min_length=1)
     """The VS Code executable (a name on PATH or a path)."""
-    args: list[str] = Field(default_factory=list)
+    args: list[ArgText] = Field(default_factory=list)
     xvfb: Annotated[Literal["auto"] | bool, BeforeValidator(_xvfb)] = "auto"
     """Run under xvfb-run: always, never, or when there is no DISPLAY."""
     user_data_dir: PathText | None = None
     extensions_dir: PathText | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
 
     _slots = field_validator("slots", mode="before")(_slots_not_bool)
 
@@ -135,9 +160,9 @@ class VscodeTarget(_Launched):
 
 class CommandTarget(_Launched):
     kind: Literal["command"] = "command"
-    argv: list[str] = Field(min_length=1)
+    argv: list[ArgText] = Field(min_length=1)
     """The host's command line; {socket}, {workspace} and {slot} are filled in ({{ }} for braces)."""
-    env: dict[str, str] = Field(default_factory=dict)
+    env: EnvMap = Field(default_factory=dict)
     """Added to the host's environment (placeholders filled in too)."""
     cwd: PathText | None = None
 

@@ -356,7 +356,9 @@ def test_several_problems_in_one_error_sorted_by_line(suite_dir: Path) -> None:
     text = GOOD.replace("repeats: 2", "repeats: 0").replace("timeout: 5m", "timeout: 5 min")
     err = error_of(suite_dir, text)
     assert [p.line for p in err.problems] == [6, 16]
-    assert len(str(err).splitlines()) == 2
+    # one message: the first problem, and how many more there are
+    assert len(str(err).splitlines()) == 1
+    assert str(err).endswith("; and 1 more problem (line 16): fix this one, then run again")
 
 
 @pytest.mark.parametrize(("text", "expect"), [("", "empty"), ("- a\n- b\n", "list"), ("42\n", "int")])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from orchestrator.config import Suite, apply_overrides, load_suite
+from orchestrator.config import Suite, SuiteError, apply_overrides, load_suite
 from orchestrator.plan import AttemptKey, build_plan, pending, suite_hash, workspace_digest
 
 SUITE = """\
@@ -187,3 +188,55 @@ def test_key_names() -> None:
     key = AttemptKey("py-two-fer", "sonnet", 2, "abcd")
     assert key.slug == "py-two-fer__sonnet__2"
     assert key.events_name(3) == "py-two-fer__sonnet__2__3.jsonl"
+
+
+def test_the_workspace_digest_is_the_one_earlier_runs_were_started_with(tmp_path: Path) -> None:
+    # computed by the digest before it was rewritten not to block on special files: a run started
+    # then still resumes with the same keys
+    ws = tmp_path / "ws"
+    for sub in ("sub", ".git", "b"):
+        (ws / sub).mkdir(parents=True)
+    (ws / "main.py").write_text("print('hi')\n")
+    (ws / "sub" / "x.txt").write_text("x")
+    (ws / "b" / "y.txt").write_text("y")
+    (ws / "b" / "y.txt").chmod(0o755)
+    (ws / ".git" / "HEAD").write_text("g")
+    os.symlink("main.py", ws / "link")
+    os.symlink("missing", ws / "dangling")
+    assert workspace_digest(ws) == "6c8f7157a4a4c4a8"
+
+
+@pytest.mark.timeout(30)
+def test_a_fifo_that_appears_after_loading_is_refused_not_waited_on(suite_dir: Path) -> None:
+    suite = load(suite_dir)
+    os.mkfifo(suite_dir / "ws" / "pipe")  # nobody ever writes to it: reading it would block forever
+    with pytest.raises(SuiteError) as error:
+        build_plan(suite)
+    assert error.value.problems[0].key == "cases[0].workspace"
+    assert "pipe is a FIFO (named pipe), not a regular file" in str(error.value)
+
+
+def test_file_names_that_are_not_utf8_load_and_hash(suite_dir: Path) -> None:
+    name = os.fsdecode(b"caf\xe9.txt")  # a Latin-1 name: a surrogate escape in Python's str
+    (suite_dir / "ws" / name).write_text("x")
+    first = build_plan(load(suite_dir))
+    os.rename(suite_dir / "ws" / name, suite_dir / "ws" / os.fsdecode(b"caf\xe8.txt"))
+    assert build_plan(load(suite_dir)).config_hash != first.config_hash
+
+
+def test_a_directory_symlink_enters_the_hash(suite_dir: Path) -> None:
+    (suite_dir / "ws" / "data").mkdir()
+    os.symlink("data", suite_dir / "ws" / "current")
+    first = workspace_digest(suite_dir / "ws")
+    (suite_dir / "ws" / "current").unlink()
+    os.symlink(".", suite_dir / "ws" / "current")
+    assert workspace_digest(suite_dir / "ws") != first
+
+
+def test_a_suite_under_a_directory_not_named_in_utf8_hashes(tmp_path: Path) -> None:
+    directory = tmp_path / os.fsdecode(b"d\xff")  # the resolved cwd below holds a surrogate escape
+    directory.mkdir()
+    (directory / "suite.yaml").write_text(
+        "name: t\ntarget: {kind: command, argv: [x], cwd: .}\n" + "cases: [{id: a, prompt: x}]\n"
+    )
+    assert len(build_plan(load_suite(directory / "suite.yaml", env={})).config_hash) == 16

@@ -17,7 +17,7 @@ import orjson
 
 from .farm import SimulatorFarm, serve_farm
 from .host import SimulatorHost
-from .script import ScriptError, load_script, normalize_engine
+from .script import ScriptError, host_options, load_script, normalize_engine
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,14 @@ A task's StartNewTask configuration may carry its own script under the key
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of task ids and timing jitter.")
 @click.option(
     "--time-scale",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     default=1.0,
     show_default=True,
     help="Multiplies every scripted duration (0.05 = 20x faster).",
 )
 @click.option(
     "--status-delay",
-    type=click.FloatRange(min=0),
+    type=float,
     default=2.0,
     show_default=True,
     help="Seconds between an ask and its taskIdle/taskInteractive/taskResumable, as in the engine.",
@@ -185,6 +185,10 @@ def simulate(
         engine = normalize_engine(engine)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--engine") from exc
+    try:
+        host_options(seed=seed, time_scale=time_scale, status_delay=status_delay)
+    except ScriptError as exc:
+        raise click.BadParameter(str(exc)) from exc
     if workspace is not None and not workspace.is_dir():
         raise click.BadParameter(f"{workspace} is not a directory", param_hint="--workspace")
     try:

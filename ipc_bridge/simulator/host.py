@@ -37,6 +37,7 @@ from .script import (
     Script,
     ScriptError,
     chaos_outcome,
+    host_options,
     load_script,
     normalize_engine,
     parse_script,
@@ -108,10 +109,8 @@ class SimulatorHost:
         usage_window: float | None = None,
         on_crash: Callable[[], None] | None = None,
     ) -> None:
-        if not time_scale > 0:
-            raise ValueError("time_scale must be > 0")
-        if not status_delay >= 0:
-            raise ValueError("status_delay must be >= 0")
+        options = host_options(seed=seed, time_scale=time_scale, status_delay=status_delay)
+        seed, time_scale, status_delay = options.seed, options.time_scale, options.status_delay
         self.socket_path = os.fspath(socket_path)
         self.workspace = Path(workspace) if workspace is not None else None
         self.engine = normalize_engine(engine)

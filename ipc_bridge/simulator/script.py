@@ -82,6 +82,40 @@ def normalize_engine(value: str | float) -> str:
     return str(engine)
 
 
+def _not_bool(value: Any) -> Any:
+    # YAML reads yes/no/on/off as booleans, and pydantic would take True for 1
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return value
+
+
+class HostOptions(BaseModel):
+    """How a simulated host runs, whatever its tasks' scripts say: ``orchestrate simulate``'s
+    ``--seed``, ``--time-scale`` and ``--status-delay``, a farm's ``open`` keys, and a suite's
+    ``target.options``. The one definition of what the simulator accepts for them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: Annotated[int, BeforeValidator(_not_bool)] = 0
+    """Seed of task ids, timing jitter and ``chaos`` draws."""
+    time_scale: Annotated[float, BeforeValidator(_not_bool)] = Field(1.0, gt=0, le=1000, allow_inf_nan=False)
+    """Multiplies every scripted duration (0.05 = 20x faster)."""
+    status_delay: Annotated[float, BeforeValidator(_not_bool)] = Field(
+        2.0, ge=0, le=3600, allow_inf_nan=False
+    )
+    """Seconds between an ask and its taskIdle/taskInteractive/taskResumable, as in the engine."""
+
+
+def host_options(**values: Any) -> HostOptions:
+    """:class:`HostOptions` from keyword values; :class:`ScriptError` naming the key otherwise."""
+    try:
+        return HostOptions.model_validate(values)
+    except ValidationError as exc:
+        raise ScriptError(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        ) from None
+
+
 def _relative_path(value: str) -> str:
     path = PurePosixPath(value)
     if not value or path.is_absolute() or ".." in path.parts:

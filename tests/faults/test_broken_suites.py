@@ -1,9 +1,15 @@
 """Broken suites through the real command line: one message naming file, line, key and what to do;
 exit code 2; nothing written. Each row is a whole suite file, the line the message must point at, the
-key it must name (None where a YAML syntax error has no key), what it must say and the advice it gives."""
+key it must name (None where a YAML syntax error has no key), what it must say and the advice it gives.
+The hostile rows (tests/faults/hostile_suites.py) add files beside the suite, or are a path that is no
+suite file at all (line None: the message names the path)."""
 
 from __future__ import annotations
 
+import json
+import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,14 +17,11 @@ from click.testing import CliRunner, Result
 
 from orchestrator.cli import main
 
+from .hostile_suites import HOSTILE, ONE_CASE, Spec, make_fixture_files, materialize, row
+
 pytestmark = pytest.mark.timeout(60)
 
 UNSET = "ORC_TEST_SURELY_UNSET_VAR"
-ONE_CASE = "cases: [{id: a, prompt: x}]\n"
-
-
-def row(name: str, text: str | bytes, line: int, key: str | None, what: str, hint: str) -> object:
-    return pytest.param(text, line, key, what, hint, id=name)
 
 
 ROWS = [
@@ -163,21 +166,20 @@ ROWS = [
         "target.argv", "argv[0]) is empty", "give the host's executable"),
     row("command-cwd-is-a-file", "name: t\ntarget:\n  kind: command\n  argv: [x]\n  cwd: a-file.txt\n"
         + ONE_CASE, 5, "target.cwd", "is a file", "give a directory"),
+    *HOSTILE,
 ]  # fmt: skip
 
 
 @pytest.fixture
 def suite_dir(tmp_path: Path) -> Path:
     """The files the rows refer to, next to the suite file."""
-    (tmp_path / "a-file.txt").write_text("not a directory\n")
-    (tmp_path / "a-dir").mkdir()
-    (tmp_path / "p.md").write_text("a prompt\n")
-    (tmp_path / "latin1.md").write_bytes("Caf\xe9 prompt\n".encode("latin-1"))
+    make_fixture_files(tmp_path)
     return tmp_path
 
 
-def invoke(suite: Path, results: Path, *args: str) -> Result:
-    return CliRunner(env={UNSET: None}).invoke(main, ["run", str(suite), "--results", str(results), *args])
+def invoke(suite: Path, results: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    environment: dict[str, str | None] = {UNSET: None, **(env or {})}
+    return CliRunner(env=environment).invoke(main, ["run", str(suite), "--results", str(results), *args])
 
 
 def assert_refused(res: Result, results: Path) -> str:
@@ -192,14 +194,17 @@ def assert_refused(res: Result, results: Path) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("text", "line", "key", "what", "hint"), ROWS)
+@pytest.mark.parametrize(("spec", "line", "key", "what", "hint"), ROWS)
 def test_broken_suite_gives_one_located_error_and_writes_nothing(
-    suite_dir: Path, text: str | bytes, line: int, key: str | None, what: str, hint: str
+    suite_dir: Path, spec: Spec, line: int | None, key: str | None, what: str, hint: str
 ) -> None:
-    suite = suite_dir / "suite.yaml"
-    suite.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    suite, env = materialize(spec, suite_dir)
     results = suite_dir / "results"
-    message = assert_refused(invoke(suite, results), results)
+    message = assert_refused(invoke(suite, results, env=env), results)
+    if line is None:  # about the path itself
+        assert message.startswith(f"{suite}: "), message
+        assert what in message and hint in message, message
+        return
     location = f"{suite}:{line}:"
     assert message.startswith(location), f"expected {location!r}: {message}"
     column, _, rest = message[len(location) :].partition(": ")
@@ -211,7 +216,7 @@ def test_broken_suite_gives_one_located_error_and_writes_nothing(
 
 
 def test_the_table_is_large() -> None:
-    assert len(ROWS) >= 30
+    assert len(ROWS) >= 130
 
 
 GOOD = "name: t\ncases:\n  - {id: a, prompt: x, tags: [easy]}\n  - {id: b, prompt: y}\nmodels: [{id: m}]\n"
@@ -225,6 +230,8 @@ GOOD = "name: t\ncases:\n  - {id: a, prompt: x, tags: [easy]}\n  - {id: b, promp
         (["--filter", "NOPE"], "--filter: no case has tag NOPE; tags in the suite: ['easy']"),
         (["--slots", "0"], "--slots: must be at least 1"),
         (["--repeats", "0"], "--repeats: must be at least 1"),
+        (["--slots", "5000"], "--slots: must be at most 1024, got 5000"),
+        (["--repeats", "100000"], "--repeats: 2 cases x 1 models x 100,000 repeats is 200,000 attempts"),
         (["--workers", "0"], "--workers: must be at least 1, got 0"),
         (["--run-id", "../outside"], "--run-id '../outside': give a plain directory name"),
         (["--run-id", "a/b"], "--run-id 'a/b': give a plain directory name"),
@@ -248,3 +255,49 @@ def test_missing_suite_file(tmp_path: Path) -> None:
     results = tmp_path / "results"
     message = assert_refused(invoke(tmp_path / "nope.yaml", results), results)
     assert message.startswith(f"{tmp_path / 'nope.yaml'}:") and "file not found" in message
+
+
+ROOT = Path(__file__).resolve().parents[2]
+ROW_SECONDS = 30
+"""Generous: a refusal takes well under 2 s; this only tells a slow one from one that hangs."""
+MEMORY_LIMIT = 1024 * 1024 * 1024
+"""Address space of the process that reads every suite of the table (~60 MiB is used; the alias bomb
+took 3.9 GB before it was refused)."""
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+@pytest.mark.timeout(600)
+def test_every_broken_suite_is_refused_within_bounded_time_and_memory(tmp_path: Path) -> None:
+    """The whole table, in one process under RLIMIT_AS, each row under an alarm: a row that runs
+    away in memory dies with MemoryError, one that hangs with TimeoutError (neither exits 2)."""
+    rows = []
+    for i, param in enumerate(ROWS):
+        spec = param.values[0]
+        directory = tmp_path / f"row{i}"
+        directory.mkdir()
+        make_fixture_files(directory)
+        suite, env = materialize(spec, directory)
+        rows.append((str(suite), str(directory / "results"), {UNSET: None, **env}))
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.faults.refusal_driver", str(tmp_path / "rows.json"), str(ROW_SECONDS)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=ROW_SECONDS * len(rows),
+        preexec_fn=_limit_memory,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(answers) == len(rows)
+    for param, (_, results, _), answer in zip(ROWS, rows, answers, strict=True):
+        name = param.id
+        assert answer["error"] is None, (name, answer)
+        assert answer["exit"] == 2, (name, answer)
+        assert len(answer["stderr"].splitlines()) == 1, (name, answer)
+        assert len(answer["stderr"]) < 2000, (name, len(answer["stderr"]))
+        assert not Path(results).exists(), name
