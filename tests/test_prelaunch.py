@@ -22,7 +22,7 @@ from .runs import orchestrate
 ROUNDING = 0.001
 
 
-def _suite(tmp: Path, target: str, repeats: int) -> Path:
+def _suite(tmp: Path, target: str, repeats: int, duration: str = "150ms") -> Path:
     path = tmp / "suite.yaml"
     path.write_text(
         textwrap.dedent(
@@ -34,15 +34,15 @@ def _suite(tmp: Path, target: str, repeats: int) -> Path:
             cases:
               - id: a
                 prompt: Say done.
-                simulate: {{duration: 150ms, text: Done., files: {{}}}}
+                simulate: {{duration: {duration}, text: Done., files: {{}}}}
             """
         )
     )
     return path
 
 
-def _run(tmp: Path, target: str, repeats: int, *args: str) -> list[AttemptRecord]:
-    suite = _suite(tmp, target, repeats)
+def _run(tmp: Path, target: str, repeats: int, *args: str, duration: str = "150ms") -> list[AttemptRecord]:
+    suite = _suite(tmp, target, repeats, duration)
     results = tmp / "results"
     done = orchestrate("run", str(suite), "--results", str(results), "--run-id", "r", "--quiet", *args)
     assert done.returncode == 0, done.stderr
@@ -79,7 +79,8 @@ def _most_at_once(intervals: list[tuple[float, float]]) -> int:
 @pytest.mark.timeout(120)
 def test_readied_attempts_wait_for_a_slot(tmp_path: Path) -> None:
     target = "{kind: simulator, slots: 2, prelaunch: 2, options: {time_scale: 1.0, status_delay: 0.02}}"
-    records = _run(tmp_path, target, 6)
+    # Tasks long enough that readying the next attempts ends within them, however busy the machine.
+    records = _run(tmp_path, target, 6, duration="1500ms")
     assert _most_at_once([_task(r) for r in records]) <= 2
     # Attempts were alive (readied) beyond the two slots, and some had to wait for a slot.
     assert _most_at_once([_life(r) for r in records]) > 2

@@ -24,22 +24,18 @@ async def test_subscriber_loop_keeps_turning_during_a_flood(procs: Processes, so
     await procs.roo_server(sock, "--stream", str(EVENTS), "--size", "400")
     bridge = await asyncio.to_thread(start_bridge_process, sockdir / "b")
     client = await BridgeClient.connect(bridge.connection)
-    loop = asyncio.get_running_loop()
-    gaps: list[float] = []
+    names: list[str] = []
+    seen_at_ticks: list[int] = []
     stop = asyncio.Event()
 
     async def ticker() -> None:
-        last = loop.time()
         while not stop.is_set():
             await asyncio.sleep(0.01)
-            now = loop.time()
-            gaps.append(now - last)
-            last = now
+            seen_at_ticks.append(len(names))
 
     tick = asyncio.ensure_future(ticker())
     try:
         await client.attach("flood", str(sock), connect_timeout=10)  # owned by this client's session
-        names: list[str] = []
         async with contextlib.aclosing(client.events("flood", since_seq=0)) as stream:
             await client.start_task("flood", "go")
             async for event in stream:
@@ -51,7 +47,10 @@ async def test_subscriber_loop_keeps_turning_during_a_flood(procs: Processes, so
         (info,) = [s for s in await client.slots() if s.slot == "flood"]
         assert info.state == "up"
         assert info.owner == client.session.session  # never expired for silence
-        assert max(gaps) < 1.0, f"event loop stalled for {max(gaps):.2f} s"
+        # The loop turned while the flood came in, not only before and after it: other tasks ran
+        # between batches of events (a count of turns, not a clock: it holds on a busy machine).
+        during = {n for n in seen_at_ticks if 0 < n < EVENTS}
+        assert len(during) >= 10, f"the loop turned at only {len(during)} points of the flood"
     finally:
         stop.set()
         await tick
