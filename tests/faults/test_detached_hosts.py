@@ -1,5 +1,5 @@
 """Hosts that detach (issue 15): a launcher like VS Code's ``code`` starts the real host in a session of its
-own (tests/standin_code.py). On every path, nothing the host start created outlives its teardown (or, for
+own (tests/faults/standin_code.py). On every path, nothing the host start created outlives its teardown (or, for
 a run killed outright, the next run's start), checked by scanning /proc for a marker in the environment
 that every process the test's run starts inherits."""
 
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,10 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+def _gone(pid: int) -> bool:
+    return not alive(pid)
+
+
 def _app_started(tmp_path: Path, n: int = 1) -> dict[str, Any]:
     poll_until(lambda: len(_reports(tmp_path)) >= n, 90, "the detached app")
     return _reports(tmp_path)[n - 1]
@@ -174,7 +179,7 @@ def test_the_detached_hosts_of_a_worker_killed_are_ended_while_the_run_goes_on(
         (worker,) = [p for p in descendants(proc.pid) if b"spawn_main" in cmdline(p)]
         os.kill(worker, signal.SIGKILL)
         for pid in (report["app"], report["host"], report["helper"]):
-            poll_until(lambda pid=pid: not alive(pid), 60, f"process {pid} of the dead worker's host")
+            poll_until(partial(_gone, pid), 60, f"process {pid} of the dead worker's host")
         assert proc.poll() is None  # ended by the run at the worker's death, not at its end
         second = _app_started(tmp_path, 2)  # the retry, on a new worker
         proc.send_signal(signal.SIGINT)
