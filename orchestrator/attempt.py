@@ -126,6 +126,7 @@ class AttemptRunner:
         transcript: list[dict[str, Any]] = []
         tracker: OutcomeTracker | None = None
         host: Host | None = None
+        launched: Host | None = None  # the host, kept for its record after teardown
         host_log: Path | None = None
         host_end: str | None = None  # how the host ended by itself, if it did
         check: CheckResult | None = None
@@ -145,6 +146,7 @@ class AttemptRunner:
                 raise _Stop(Status.INFRA_ERROR, "setup failed", "harness", str(exc)) from exc
             try:
                 host, socket_path = await self._hosts.host(job, workspace, slot)
+                launched = host
                 host_log = host.log_path if host is not None else None
                 attached = True  # even a failed attach may leave a connecting slot behind
                 restart = self._restart  # set by the next bridge restart: then the slot is gone
@@ -249,6 +251,7 @@ class AttemptRunner:
             check=check,
             host_log=host_log_name,
             host_output_tail=host_output,
+            host_killed=list(launched.killed) if launched is not None else [],
             kept_workspace=self._hosts.in_results(workspace) if self.config.keep_workspaces else None,
         )
         if tracker is not None:
@@ -287,6 +290,8 @@ class AttemptRunner:
         ended = asyncio.ensure_future(host.wait(None))
         try:
             await asyncio.wait({attach, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not attach.done() and await host.hand_off():
+                await asyncio.wait({attach})  # a launcher that started the host detached, as `code` does
         finally:
             ended.cancel()
             if not attach.done():

@@ -11,7 +11,12 @@ helpers, a CLI's children), on its own socket, named in its environment under ev
 - a private ``TMPDIR`` (0700, inside the run's private runtime directory), removed with the host: the
   CLI's ``--ephemeral`` creates a directory there on every start that a terminated CLI leaves behind;
 - a log of its stdout and stderr, in the runtime directory while it runs, then kept (redacted) in the
-  results, whose tail says why a host that died did.
+  results, whose tail says why a host that died did;
+- its mark (:mod:`orchestrator.host_marks`): stopping it ends every process that carries it, those that
+  left its session (VS Code's Electron, started detached by ``code``) included, and says which.
+
+A launcher that exits 0 once it has started a detached host (``code`` without ``--wait``) hands the host
+over: the host is then what its marked processes are, not the launcher.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 
 from ipc_bridge.lifeline import preexec_die_with_parent
 
+from . import host_marks
 from .child_env import service_env
 from .hosts import STOP_GRACE, Host, HostError, signal_group
 
@@ -60,6 +66,10 @@ class ProcessHost(Host):
     """Its private TMPDIR, removed when it is stopped."""
     stdin: int | None = None
     """The write end of its stdin, held open until it is stopped."""
+    killed: list[str] = field(default_factory=list)
+    """What its stop had to end besides its own process (:func:`host_marks.end_marked`)."""
+    handed_off: bool = False
+    """Its launcher exited 0 leaving marked processes: they are the host now."""
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -72,7 +82,7 @@ class ProcessHost(Host):
 
     @property
     def ended_by_itself(self) -> str | None:
-        if self._stopped or self.process is None or self.process.returncode is None:
+        if self._stopped or self.handed_off or self.process is None or self.process.returncode is None:
             return None
         return describe_exit(self.process.returncode)
 
@@ -83,7 +93,22 @@ class ProcessHost(Host):
             await asyncio.wait_for(self.process.wait(), timeout)
         except asyncio.TimeoutError:
             return False
+        if self.handed_off:
+            return await asyncio.to_thread(
+                host_marks.wait_unmarked, host_marks.of_host(self.socket_path), timeout
+            )
         return True
+
+    async def hand_off(self) -> bool:
+        """Whether the launcher, having exited 0, left marked processes that are the host now (and if
+        so, from now on the host is them)."""
+        proc = self.process
+        if proc is None or proc.returncode != 0 or self._stopped:
+            return False
+        self.handed_off = bool(
+            await asyncio.to_thread(host_marks.marked, host_marks.of_host(self.socket_path))
+        )
+        return self.handed_off
 
     async def stop(self, grace: float = STOP_GRACE) -> int | None:
         """End the host: SIGTERM its process group, SIGKILL after ``grace``. Idempotent.
@@ -104,6 +129,7 @@ class ProcessHost(Host):
         else:
             # The leader is gone; its group may not be (VS Code helpers).
             signal_group(proc.pid, signal.SIGKILL)
+        await self._end_marked(grace)
         await self._release()
         return proc.returncode
 
@@ -115,7 +141,19 @@ class ProcessHost(Host):
         self._stopped = True
         signal_group(proc.pid, signal.SIGKILL)
         await proc.wait()
+        await self._end_marked(0.0)
         await self._release()
+
+    async def _end_marked(self, grace: float) -> None:
+        """End what the host started outside its process group (and its group's stragglers): every
+        process left with its mark. A handed-off host gets the ``grace`` its launcher got."""
+        assert self.process is not None
+        self.killed = await asyncio.to_thread(
+            host_marks.end_marked,
+            host_marks.of_host(self.socket_path),
+            grace=grace if self.handed_off else min(grace, 1.0),
+            exclude=self.process.pid,
+        )
 
     async def _release(self) -> None:
         """What the host held: its stdin, its socket, its TMPDIR."""
@@ -147,7 +185,13 @@ async def launch(
         os.mkdir(tmpdir, 0o700)
         os.chmod(tmpdir, 0o700)  # whatever the umask
         private = dict.fromkeys(TMP_ENVS, str(tmpdir))
-    full_env = {**service_env(), **private, **(env or {}), **dict.fromkeys(SOCKET_ENVS, socket_path)}
+    full_env = {
+        **service_env(),
+        **private,
+        **(env or {}),
+        **dict.fromkeys(SOCKET_ENVS, socket_path),
+        host_marks.MARK_ENV: socket_path,
+    }
     out = open(log_path, "ab") if log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230
     stdin_r, stdin_w = os.pipe()  # both close-on-exec: no other child inherits the write end
     try:

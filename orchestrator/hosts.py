@@ -54,6 +54,14 @@ class Host(ABC):
     workspace: Path
     log_path: Path | None = None
     """Its own output (stdout and stderr), when it has a log of its own."""
+    killed: list[str] = []  # never mutated: a stop assigns a list of its own
+    """What its stop had to end besides the host's own process (``code (pid 123)``): processes it left
+    behind, detached ones included (see :mod:`orchestrator.host_marks`)."""
+
+    async def hand_off(self) -> bool:
+        """Called when the host's process ended before it listened: whether that was a launcher handing
+        the host over to processes it started (they are the host from now on)."""
+        return False
 
     @property
     @abstractmethod

@@ -107,6 +107,9 @@ class AttemptRecord(BaseModel):
     host_output_tail: str | None = None
     """The last ~2 KB of that output, redacted, when the host died or the attempt is an infra_error:
     what the host said about why."""
+    host_killed: list[str] = Field(default_factory=list)
+    """What the host's teardown had to end besides the host's own process (``code (pid 123)``): the
+    processes it left, in its session or detached from it (see :mod:`orchestrator.host_marks`)."""
     kept_workspace: str | None = None
     """With ``--keep-workspaces``: where its workspace was kept, relative to the run directory
     (``workspaces/<case>__<model>__<repeat>__<attempt>``; absolute on a Ray node)."""
@@ -177,6 +180,7 @@ def flat_values(d: Mapping[str, Any]) -> tuple[Any, ...]:
         d.get("events_file"),
         d.get("host_log"),
         d.get("host_output_tail"),
+        list(d.get("host_killed") or []),
         d.get("kept_workspace"),
     )
 
@@ -195,7 +199,7 @@ COLUMNS = [
     *("tool_attempts", "tool_failures", "tool_usage", "tool_errors", "errors", "subtasks", "messages"),
     *("api_requests", "api_retries", "time_to_first_event_s", "completion"),
     *("check_passed", "check_exit_code", "check_timed_out", "check_duration_s", "check_output_tail"),
-    *("tags", "events_file", "host_log", "host_output_tail", "kept_workspace"),
+    *("tags", "events_file", "host_log", "host_output_tail", "host_killed", "kept_workspace"),
 ]
 """The columns of :func:`~orchestrator.results.load`, in order: the names of :func:`flat_values`."""
 

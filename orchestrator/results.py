@@ -455,7 +455,7 @@ def load(source: str | Path | Iterable[str | Path], *, all_attempts: bool = Fals
     ``source``: a run directory, its results.jsonl, a glob (``"results/*"``), or a list of those.
     By default only final records (one per case, model, repeat and config hash); ``all_attempts=True``
     adds the retried ones. Columns: :data:`COLUMNS` (``started_at``/``ended_at`` as UTC datetimes;
-    ``tool_usage``, ``tool_errors``, ``errors`` and ``tags`` hold Python objects). A run's
+    ``tool_usage``, ``tool_errors``, ``errors``, ``tags`` and ``host_killed`` hold Python objects). A run's
     results.parquet (:mod:`orchestrator.columnar`) is read instead of its results.jsonl when it was built
     from results.jsonl as it is now; the frame is the same. The files are only read, never repaired.
     Needs pandas (``pip install 'roo-eval-orchestrator[notebook]'``)."""

@@ -41,7 +41,7 @@ def _start_time(pid: int) -> str | None:
     return ""
 
 
-def _owner_alive(directory: Path) -> bool:
+def owner_alive(directory: Path) -> bool:
     try:
         pid_text, _, started = (directory / OWNER).read_text().partition(" ")
         pid = int(pid_text)
@@ -71,7 +71,7 @@ def sweep(parent: str | Path) -> int:
             mine = directory.is_dir() and directory.stat().st_uid == os.getuid()
         except OSError:
             continue
-        if mine and not _owner_alive(directory):
+        if mine and not owner_alive(directory):
             shutil.rmtree(directory, ignore_errors=True)
             removed += 1
     if removed:

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import children, runtime_dir
+from . import children, host_marks, runtime_dir
 from .config import SocketTarget, Suite
 from .host_logs import keep_log
 from .jobs import HOST_LOGS, Job, JobResult, WorkerConfig, new_record
@@ -156,6 +156,7 @@ class Scheduler:
         self._tried: set[AttemptKey] = set()
         """Keys with a real try recorded by this process (the breaker's first tries)."""
         self._adoptions: children.Adoptions | None = None
+        self._runtime: Path | None = None
         self._next_reap = 0.0
 
     # ------------------------------------------------------------------------------------- run
@@ -164,8 +165,10 @@ class Scheduler:
         """Run to the end (or until stopped); returns why it stopped: ``finished``, ``interrupted``,
         ``budget``, ``circuit_breaker`` (see :attr:`tripped`)."""
         parent = _runtime_parent()
+        # What runs killed outright left: their hosts' processes (found by their mark), then their dirs.
+        host_marks.end_marked(host_marks.of_dead_runs(parent))
         runtime_dir.sweep(parent)
-        runtime = runtime_dir.create(parent)
+        runtime = self._runtime = runtime_dir.create(parent)
         work = runtime / "work"
         work.mkdir()
         old_int = signal.signal(signal.SIGINT, self._on_signal)
@@ -222,6 +225,8 @@ class Scheduler:
                 self._supervisor.stop(kill=self._interrupts > 1)
             if self._adoptions is not None:
                 self._adoptions.close()
+                # Whatever carries the mark of one of this run's hosts and escaped adoption.
+                host_marks.end_marked(host_marks.of_run(runtime))
                 pool = None  # its queues go, and the resource tracker with them
                 children.stop_resource_tracker()
             # Kept workspaces and host logs are in the results directory, not here.
@@ -331,6 +336,9 @@ class Scheduler:
         self._record(job, record, result.transcript)
 
     def _lost(self, lost: Lost) -> None:
+        # Its hosts died with it (PR_SET_PDEATHSIG); what they started detached did not.
+        if self._runtime is not None:
+            host_marks.end_marked(host_marks.of_worker(self._runtime, lost.wid))
         for job_id, job in lost.jobs.items():
             self._release(job_id)
             detail = f"worker process {lost.wid} died (exit code {lost.exitcode})"

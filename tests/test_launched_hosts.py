@@ -4,7 +4,6 @@ open, both socket variables, a private TMPDIR, and a host that dies says why, at
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -24,6 +23,8 @@ from tests.runs import (
     cases,
     cmdline,
     descendants,
+    kill_all,
+    marked_processes,
     orchestrate,
     poll_until,
     run_argv,
@@ -235,24 +236,6 @@ async def test_launch_gives_a_stdin_open_until_stop_and_a_private_tmpdir(tmp_pat
     assert host.stdin is None
 
 
-def _marked(marker: str) -> list[int]:
-    """Live processes whose environment holds ``marker`` (a zombie's environment reads empty)."""
-    found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        try:
-            if marker.encode() in environ.read_bytes():
-                found.append(int(environ.parent.name))
-        except OSError:
-            continue
-    return found
-
-
-def _kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def test_no_process_the_run_started_outlives_it(tmp_path: Path) -> None:
     """Not even a host's helper that left the host's session and process group."""
     marker = f"ORC_TEST_MARK={uuid.uuid4().hex}"
@@ -268,8 +251,8 @@ def test_no_process_the_run_started_outlives_it(tmp_path: Path) -> None:
         "--quiet",
         env_extra={name: value},
     )
-    left = _marked(marker)
-    _kill_all(left)
+    left = marked_processes(marker)
+    kill_all(left)
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "report.jsonl").read_text().count("helper started") == 2
     assert left == []
@@ -299,8 +282,8 @@ def test_no_process_outlives_a_run_stopped_by_a_second_ctrl_c(tmp_path: Path) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    left = _marked(marker)
-    _kill_all(left)
+    left = marked_processes(marker)
+    kill_all(left)
     assert proc.returncode == 130, stderr
     assert left == []
 
