@@ -44,6 +44,11 @@ class Scenario:
     script: dict[str, Any]
     stop: str | None = None
     engines: tuple[str, ...] = ("3.52", "3.50")
+    stop_on: Mapping[str, str] = field(default_factory=dict)
+    """Engine-specific ``stop`` (the 3.50 delegation ends in retries, not at the completion ask)."""
+
+    def stop_for(self, engine: str) -> str | None:
+        return self.stop_on.get(engine, self.stop)
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -57,7 +62,7 @@ SCENARIOS: tuple[Scenario, ...] = (
                 {
                     "tool": "execute_command",
                     "command": "python3 hello.py",
-                    "output": "hello",
+                    "run": True,
                     "text": "Running it.",
                 },
             ],
@@ -98,6 +103,7 @@ SCENARIOS: tuple[Scenario, ...] = (
             "completion": "the subtask wrote hello.py",
             "tokens": {"in": 2000, "out": 100},
         },
+        stop_on={"3.50": "retries"},
     ),
     Scenario(
         "followup",
@@ -260,18 +266,18 @@ def diff_lines(simulated: list[Event], recorded: list[Event]) -> list[str]:
 # ----------------------------------------------------------------------------------------- play
 
 
-def _stop_condition(scenario: Scenario) -> Callable[[Event], bool]:
+def _stop_condition(stop: str | None) -> Callable[[Event], bool]:
     retries = 0
 
     def done(ev: Event) -> bool:
         nonlocal retries
         name = ev.get("eventName")
-        if scenario.stop is None:
+        if stop is None:
             return name == "taskIdle"
-        if scenario.stop == "interactive":
+        if stop == "interactive":
             return name == "taskInteractive"
         msg = ev["payload"][0]["message"] if name == "message" else {}
-        if scenario.stop == "started":
+        if stop == "started":
             return bool(msg.get("say") == "api_req_started")
         retries += msg.get("say") == "api_req_retry_delayed" and msg.get("partial") is False
         return retries >= 3
@@ -318,8 +324,8 @@ async def play(
         try:
             data = StartNewTaskData(configuration={"simulate": scenario.script}, text=scenario.prompt)
             await conn.send_command(StartNewTask(data=data))
-            await asyncio.wait_for(until(_stop_condition(scenario)), timeout)
-            if scenario.stop is not None:
+            await asyncio.wait_for(until(_stop_condition(scenario.stop_for(engine))), timeout)
+            if scenario.stop_for(engine) is not None:
                 await conn.send_command(CancelTask())
                 await asyncio.wait_for(until(lambda ev: ev.get("eventName") == "taskAborted"), timeout)
         finally:

@@ -150,6 +150,9 @@ class ToolCall(_Strict):
     replace: str | None = None
     command: str | None = None
     output: str = ""
+    run: bool = False
+    """execute_command only: run ``command`` in the workspace (``sh -c``) and show its real output."""
+    run_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
     fail: ToolFailure | None = None
     error: str | None = None
     text: str | None = None
@@ -233,6 +236,8 @@ class Script(_Strict):
     [1 - jitter, 1 + jitter]; 0 gives exact timings (benchmarks)."""
     prompt: str | None = None
     text: str = "I will work on the task."
+    final_text: str | None = None
+    """Assistant text streamed in the final turn (the engine's "Done." before attempt_completion)."""
     chunks: int = Field(1, ge=1, le=100_000)
     files: dict[str, str] = Field(default_factory=dict)
     tools: list[ToolCall] = Field(default_factory=list)
@@ -245,6 +250,9 @@ class Script(_Strict):
     mode: str = "code"
     workspace: str | None = None
     chaos: Chaos | None = None
+    parent_keeps_provider: bool | None = None
+    """Whether a parent re-created after its subtask still has the provider StartNewTask gave it. By
+    default as the engine: 3.52 keeps it, 3.50 loses it and every later request fails (issue #14)."""
 
     @field_validator("files")
     @classmethod
