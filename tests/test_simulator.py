@@ -548,7 +548,7 @@ async def _work_steps(sockdir: Path, name: str, seed: int, jitter: float) -> lis
     steps: list[float] = []
     ws = sockdir / name
     ws.mkdir()
-    script = {"duration": "1s", "jitter": jitter, "files": {}}
+    script = {"duration": "1s", "jitter": jitter, "files": {}, "text": "I will work on the task."}
     async with (
         SimulatorHost(sockdir / f"{name}.sock", ws, seed=seed, script=script, **FAST) as h,
         await connect(h.socket_path, timeout=5) as conn,

@@ -323,6 +323,20 @@ async def test_api_error_without_auto_approval_3_52(session: Session) -> None:
     assert_same(session.take(), "api-error-noauto-3.52.1.jsonl")
 
 
+@pytest.mark.parametrize("auto", [True, False])
+async def test_an_api_error_text_is_shown_as_written(session: Session, auto: bool) -> None:
+    """error.text: a failure worded otherwise than the OpenAI provider's (e.g. the 3.50 lost provider's)."""
+    shown = "Could not resolve authentication method.\n"
+    await session.start(
+        {"outcome": "api_error", "error": {"text": shown}}, text="x", autoApprovalEnabled=auto
+    )
+    kind = "say:api_req_retry_delayed" if auto else "ask:api_req_failed"
+    ev = await session.until(
+        lambda ev: is_message(kind)(ev) and not ev["payload"][0]["message"].get("partial")
+    )
+    assert ev["payload"][0]["message"]["text"] == shown
+
+
 async def test_api_error_with_auto_approval_retries_until_cancelled(session: Session) -> None:
     await session.start({"outcome": "api_error", "error": {"first_wait": 2}}, text="APIERR500")
     first = await session.until(is_message("say:api_req_retry_delayed"))

@@ -474,11 +474,11 @@ class Agent:
         scale = self.host.time_scale
         if not auto:
             await self.clock.sleep(1.4 * scale)
-            inst.ask("api_req_failed", f"OpenAI completion error: {err.describe()}")
+            inst.ask("api_req_failed", err.failed_text())
             inst.schedule_status("taskIdle", self.host.status_delay)
             await self.clock.forever()
         await self.clock.sleep(1.3 * scale)
-        await self._retry_forever(inst, f"{err.status}\nOpenAI completion error: {err.describe()}\n")
+        await self._retry_forever(inst, err.retry_text())
 
     async def _retry_forever(self, inst: TaskInstance, head: str) -> None:
         """Auto-approved retries of a failing request: countdowns of growing waits, never ending."""

@@ -189,8 +189,24 @@ class ApiError(_Strict):
     first_wait: int = Field(5, ge=1)
     max_wait: int = Field(600, ge=1)
 
+    text: str | None = None
+    """The error exactly as shown, for a failure that is not the OpenAI provider's HTTP error (which
+    the engine shows as ``{status}``, newline, ``OpenAI completion error: {message}``)."""
+
     def describe(self) -> str:
         return self.message or f"{self.status} simulated HTTP {self.status}"
+
+    def retry_text(self) -> str:
+        """What ``say:api_req_retry_delayed`` shows above its countdown."""
+        return (
+            self.text
+            if self.text is not None
+            else f"{self.status}\nOpenAI completion error: {self.describe()}\n"
+        )
+
+    def failed_text(self) -> str:
+        """What ``ask:api_req_failed`` shows."""
+        return self.text if self.text is not None else f"OpenAI completion error: {self.describe()}"
 
 
 class Chaos(_Strict):
@@ -235,7 +251,7 @@ class Script(_Strict):
     """Each step of the agent's work takes its share of ``duration`` times a seeded factor in
     [1 - jitter, 1 + jitter]; 0 gives exact timings (benchmarks)."""
     prompt: str | None = None
-    text: str = "I will work on the task."
+    text: str = ""
     final_text: str | None = None
     """Assistant text streamed in the final turn (the engine's "Done." before attempt_completion)."""
     chunks: int = Field(1, ge=1, le=100_000)
