@@ -601,3 +601,20 @@ async def test_a_command_with_run_runs_in_the_workspace(
     ]
     assert outputs and outputs[-1] == "hello\n"  # the command's real output, not a scripted one
     assert (host.workspace / "out.txt").read_text() == "made\n"
+
+
+async def test_a_command_past_its_timeout_is_killed_with_what_it_started(
+    host: SimulatorHost, client: ExtensionConnection
+) -> None:
+    command = "sleep 60 & echo started; sleep 60"  # the background sleep holds the output pipe too
+    script = {"tools": [{"tool": "execute_command", "command": command, "run": True, "run_timeout": 0.5}]}
+    await client.send_command(start_cmd(script))
+    events = await collect(client, named("taskIdle"))  # not 60 s: the whole process group is killed
+    outputs = [
+        e["payload"][0]["message"]["text"]
+        for e in events
+        if e["eventName"] == "message"
+        and e["payload"][0]["message"].get("say") == "command_output"
+        and not e["payload"][0]["message"].get("partial")
+    ]
+    assert outputs == ["started\n"]

@@ -86,3 +86,16 @@ async def test_completion_order_3_50() -> None:
     assert end[:5] == expected
     recorded = sequences(load_events(recording_files(RECORDINGS, "write-wrong", "3.50")[0]))["t0"]
     assert recorded[recorded.index("say:text~", recorded.index("taskAskResponded")) :][:5] == expected
+
+
+@pytest.mark.parametrize("engine", ["3.52", "3.50"])
+async def test_the_write_delay_puts_usage_where_the_engine_does(engine: str) -> None:
+    """The engine waits ~1 s after a file edit before its next request, so the usage throttle's trailing
+    edge falls in the next turn; the planned timeline makes that order independent of machine load."""
+    scenario = next(s for s in SCENARIOS if s.name == "write-wrong")
+    recorded = load_events(recording_files(RECORDINGS, "write-wrong", engine)[0])
+    assert sequences(await play(scenario, engine)) == sequences(recorded)
+    without = {**scenario.script, "write_delay": 0}
+    assert sequences(await play(Scenario(scenario.name, scenario.prompt, without), engine)) != sequences(
+        recorded
+    )

@@ -215,6 +215,7 @@ SUBTASK = {
     "subtasks": [
         {
             "prompt": "CHILD: create child.txt then finish",
+            "duration": "0.6s",  # the recorded stub model's pace: the child ends within one usage window
             "text": "I will create the file.",
             "files": {"child.txt": "from the child\n"},
             "completion": "Created child.txt",

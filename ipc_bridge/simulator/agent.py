@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .script import Script, ToolCall
 from .task import Clock, TaskInstance, Tokens
-from .tools import dumps, prepare
+from .tools import dumps, prepare, run_command
 
 MODE_NAMES = {
     "architect": "🏗️ Architect",
@@ -212,6 +212,10 @@ class Agent:
             inst.count_tool(step.name, failed=failed)
             if step.output is not None and not failed:
                 inst.say("command_output", step.output)
+            if step.apply is not None and not failed:
+                # the engine waits writeDelayMs (1 s by default) after a file edit, for diagnostics,
+                # before its next request: real runs show ~1.03 s there, not the model's latency
+                await self.clock.sleep(self.script.write_delay * self.host.time_scale)
         else:
             # a call that fails before asking reports the failure while the stream ends: the request's
             # token update follows the error (cli-runs tool-fail)
@@ -238,7 +242,9 @@ class Agent:
         inst.ask("command_output", "")
         await self._sleep(0.05)
         inst.event("taskAskResponded")
-        output = await self._run(call) if call.run else call.output
+        output = call.output
+        if call.run:
+            output = await run_command(call.command or "", self.workspace, call.run_timeout, self.clock)
         await self._sleep(0.05)
         if self.engine == "3.52":
             ts = inst.say("command_output", output, partial=True)
@@ -248,31 +254,6 @@ class Agent:
         self._finish_request(inst, req)
         inst.count_tool("execute_command")
         await self._sleep(0.1)
-
-    async def _run(self, call: ToolCall) -> str:
-        """Run the command in the workspace like the engine's terminal: ``sh -c``, stdout and stderr
-        together. Timers due meanwhile (usage, status) fire on time; a command past ``run_timeout`` is
-        killed and its output so far is shown."""
-        proc = await asyncio.create_subprocess_shell(
-            call.command or "",
-            cwd=self.workspace,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True,
-        )
-        reader = asyncio.ensure_future(proc.communicate())
-        bounded = asyncio.ensure_future(asyncio.wait_for(asyncio.shield(reader), call.run_timeout))
-        try:
-            out, _ = await self.clock.wait(bounded)
-        except TimeoutError:
-            proc.kill()
-            out, _ = await reader
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        return out.decode("utf-8", errors="replace")
 
     @staticmethod
     def _apply(inst: TaskInstance, apply: Callable[[], None] | None) -> bool:

@@ -250,6 +250,9 @@ class Script(_Strict):
     jitter: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
     """Each step of the agent's work takes its share of ``duration`` times a seeded factor in
     [1 - jitter, 1 + jitter]; 0 gives exact timings (benchmarks)."""
+    write_delay: Duration = 1.0
+    """The engine's pause after a file edit before its next request (writeDelayMs), scaled like every
+    duration; not part of ``duration``."""
     prompt: str | None = None
     text: str = ""
     final_text: str | None = None
