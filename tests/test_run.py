@@ -150,6 +150,9 @@ def test_the_default_suite_shows_every_outcome(tmp_path: Path, engine: str) -> N
         "py-reverse-crash": ("infra_error", None),
         "py-leap-gives-up": ("aborted", False),
     }
+    if engine == "3.50":
+        # as on the real 3.50.4: the parent re-created after its subtask has lost its provider (#14)
+        expected["py-isogram"] = ("api_error", None)
     for model in ("sonnet", "gpt"):
         got = {case: (final[case, model].status.value, final[case, model].passed) for case in expected}
         assert got == expected
@@ -161,9 +164,10 @@ def test_the_default_suite_shows_every_outcome(tmp_path: Path, engine: str) -> N
     task_ids = [r.task_id for r in records if r.task_id]
     assert len(task_ids) == len(set(task_ids))  # each attempt's host has its own seed, like real UUIDv7s
     retried = sorted({r.case_id for r in records if not r.final})
-    assert retried == ["py-leap-api-down", "py-reverse-crash"]
+    api_errors = ["py-isogram", "py-leap-api-down"] if engine == "3.50" else ["py-leap-api-down"]
+    assert retried == [*api_errors, "py-reverse-crash"]
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
-    assert summary["totals"]["passed"] == 6
+    assert summary["totals"]["passed"] == (4 if engine == "3.50" else 6)
     completions = {r.reason for r in records if r.final and r.status.value == "completed"}
     assert any("taskCompleted" in reason for reason in completions) == (engine == "3.50")
 

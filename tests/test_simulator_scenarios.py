@@ -215,6 +215,7 @@ SUBTASK = {
     "subtasks": [
         {
             "prompt": "CHILD: create child.txt then finish",
+            "duration": "0.6s",  # the recorded stub model's pace: the child ends within one usage window
             "text": "I will create the file.",
             "files": {"child.txt": "from the child\n"},
             "completion": "Created child.txt",
@@ -238,7 +239,7 @@ async def test_subtask_3_52(session: Session) -> None:
 
 async def test_subtask_3_50_child_reports_completion_as_subtask(sessions: SessionFactory) -> None:
     session = await sessions(engine="3.50")
-    await session.start(SUBTASK)
+    await session.start({**SUBTASK, "parent_keeps_provider": True})
     root = (await session.until_event("taskCreated"))["payload"][0]
     await session.until_event("taskIdle", root)
     completions = [e["payload"] for e in session.take() if e["eventName"] == "taskCompleted"]
@@ -246,6 +247,23 @@ async def test_subtask_3_50_child_reports_completion_as_subtask(sessions: Sessio
         (False, {"isSubtask": True}),
         (True, {"isSubtask": False}),
     ]
+
+
+async def test_subtask_3_50_recreated_parent_loses_its_provider(sessions: SessionFactory) -> None:
+    """cli-runs subtask 3.50.4: the re-created parent asks Anthropic without a key and retries for ever."""
+    session = await sessions(engine="3.50")
+    await session.start(SUBTASK)
+    root = (await session.until_event("taskCreated"))["payload"][0]
+    await session.until_event("taskStarted", root)  # the child's
+    await session.until_event("taskStarted", root)  # the re-created parent's
+    retry = await session.until(is_message("say:api_req_retry_delayed", partial=False))
+    assert retry["payload"][0]["message"]["text"].startswith("Could not resolve authentication method.")
+    events = session.take()
+    after = events[max(i for i, e in enumerate(events) if e["eventName"] == "taskStarted") :]
+    request = next(e for e in after if is_message("say:api_req_started")(e))["payload"][0]["message"]
+    assert json.loads(request["text"]) == {"apiProtocol": "anthropic"}
+    completions = [e["payload"] for e in events if e["eventName"] == "taskCompleted"]
+    assert [(p[0] == root, p[3]) for p in completions] == [(False, {"isSubtask": True})]
 
 
 async def test_cancel_3_52(session: Session) -> None:
@@ -304,6 +322,20 @@ async def test_api_error_without_auto_approval_3_52(session: Session) -> None:
     await session.conn.send_command(CancelTask())
     await session.until_event("taskResumable")
     assert_same(session.take(), "api-error-noauto-3.52.1.jsonl")
+
+
+@pytest.mark.parametrize("auto", [True, False])
+async def test_an_api_error_text_is_shown_as_written(session: Session, auto: bool) -> None:
+    """error.text: a failure worded otherwise than the OpenAI provider's (e.g. the 3.50 lost provider's)."""
+    shown = "Could not resolve authentication method.\n"
+    await session.start(
+        {"outcome": "api_error", "error": {"text": shown}}, text="x", autoApprovalEnabled=auto
+    )
+    kind = "say:api_req_retry_delayed" if auto else "ask:api_req_failed"
+    ev = await session.until(
+        lambda ev: is_message(kind)(ev) and not ev["payload"][0]["message"].get("partial")
+    )
+    assert ev["payload"][0]["message"]["text"] == shown
 
 
 async def test_api_error_with_auto_approval_retries_until_cancelled(session: Session) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from .script import Script, ToolCall
 from .task import Clock, TaskInstance, Tokens
-from .tools import dumps, prepare
+from .tools import dumps, prepare, run_command
 
 MODE_NAMES = {
     "architect": "🏗️ Architect",
@@ -29,6 +29,12 @@ MODE_NAMES = {
 
 DEFAULT_REQUEST = (1234, 56)
 """(tokens in, tokens out) per model request when the script gives no ``tokens`` (the recordings' stub)."""
+
+AUTH_ERROR = (
+    "Could not resolve authentication method. Expected either apiKey or authToken to be set. Or for one"
+    ' of the "X-Api-Key" or "Authorization" headers to be explicitly omitted\n'
+)
+"""What the Anthropic SDK says when the re-created parent on 3.50 has no key (cli-runs subtask)."""
 
 _NO_REQUEST_END = {"hang", "crash", "freeze", "api_error", "api_error_noauto"}
 
@@ -83,6 +89,10 @@ class Agent:
         self.turns.append(("final", script.outcome))
         self.budget = script.duration * host.time_scale / len(self.turns)
         self._requests = len(self.turns) - (1 if script.outcome in _NO_REQUEST_END else 0)
+        if script.outcome == "followup":
+            # the turns after the question are not planned: they happen only if it is answered. The
+            # script's tokens are what the question's request shows; later requests add as much again
+            self._requests = 1
         self._done_requests = 0
 
     # ------------------------------------------------------------------------------- plumbing
@@ -107,24 +117,36 @@ class Agent:
 
     def _finish_request(self, inst: TaskInstance, req: int) -> None:
         """The model request ``req`` ends: its api_req_started text gets the token counts."""
-        i, n = self._done_requests, max(1, self._requests)
+        inst.update(req, text=self._count_request(inst))
+
+    def _count_request(self, inst: TaskInstance) -> str:
+        """A request ends: its tokens count in the task's usage. Returns the api_req_started text that
+        shows them; the engine sends that update only when the stream's usage chunk has been handled,
+        which may come after the task moved on (or never, when the task is aborted first)."""
+        i = self._done_requests
         self._done_requests += 1
         tokens = self.script.tokens
         if tokens is None:
             t_in, t_out, c_w, c_r = (*DEFAULT_REQUEST, 0, 0)
         else:
-            # cumulative integer split, so the totals equal the script's exactly
+            # cumulative integer split, so the totals equal the script's exactly; requests past the
+            # planned number (a followup answered) each add one more share of the same size
+            n = max(1, self._requests)
+            k = i % n
+
             def share(total: int) -> int:
-                return total * (i + 1) // n - total * i // n
+                return total * (k + 1) // n - total * k // n
 
             t_in, t_out = share(tokens.in_), share(tokens.out)
             c_w, c_r = share(tokens.cache_writes), share(tokens.cache_reads)
-        cost = round(self.script.cost * (i + 1) / n, 10) - round(self.script.cost * i / n, 10)
+        n = max(1, self._requests)
+        k = i % n
+        cost = round(self.script.cost * (k + 1) / n, 10) - round(self.script.cost * k / n, 10)
         inst.add_request(t_in, t_out, c_w, c_r, cost)
         shown_cost = int(cost) if float(cost).is_integer() else round(cost, 10)
         info = {"apiProtocol": "openai", "tokensIn": t_in, "tokensOut": t_out}
         info |= {"cacheWrites": c_w, "cacheReads": c_r, "cost": shown_cost}
-        inst.update(req, text=dumps(info))
+        return dumps(info)
 
     async def _stream(self, inst: TaskInstance, text: str, fraction: float, *, finish: bool = True) -> None:
         n = max(1, min(self.script.chunks, len(text)))
@@ -154,6 +176,8 @@ class Agent:
             assert current is not None
             text = self.script.text if index == 0 else None
             if kind == "final":
+                if self.script.final_text is not None:
+                    text = self.script.final_text
                 return await self._final(current, text, arg, subtask)
             req = current.say("api_req_started", dumps({"apiProtocol": "openai"}))
             await self._sleep(0.25)
@@ -162,18 +186,22 @@ class Agent:
             if text:
                 await self._stream(current, text, 0.25)
             if kind == "tool":
-                await self._tool(current, req, arg)
+                await self._tool(current, req, arg, after_text=bool(text))
             elif kind == "followup":
-                await self._followup(current, req)
+                await self._followup(current, req, after_text=bool(text))
             else:
                 current = await self._delegate(current, req, arg, index)
                 if current is None:
                     return False
+                if not self._keeps_provider():
+                    await self._lost_provider(current)
         raise AssertionError("a script always ends with a final turn")
 
-    async def _tool(self, inst: TaskInstance, req: int, call: ToolCall) -> None:
+    async def _tool(self, inst: TaskInstance, req: int, call: ToolCall, *, after_text: bool) -> None:
         step = prepare(call, self.workspace)
-        if step.ask is not None:
+        if step.ask == "command" and step.failure is None:
+            await self._command(inst, req, call, after_text=after_text)
+        elif step.ask is not None:
             ts = inst.ask(step.ask, step.partial_text, partial=True)
             self._finish_request(inst, req)
             await self._sleep(0.3)
@@ -184,15 +212,48 @@ class Agent:
             inst.count_tool(step.name, failed=failed)
             if step.output is not None and not failed:
                 inst.say("command_output", step.output)
+            if step.apply is not None and not failed:
+                # the engine waits writeDelayMs (1 s by default) after a file edit, for diagnostics,
+                # before its next request: real runs show ~1.03 s there, not the model's latency
+                await self.clock.sleep(self.script.write_delay * self.host.time_scale)
         else:
-            self._finish_request(inst, req)
+            # a call that fails before asking reports the failure while the stream ends: the request's
+            # token update follows the error (cli-runs tool-fail)
             await self._sleep(0.3)
             if step.failure in ("say_error", "both"):
                 inst.say("error", step.error)
             if step.failure in ("tool_failed", "both"):
                 inst.event("taskToolFailed", step.name, step.error)
+            self._finish_request(inst, req)
             inst.count_tool(step.name, failed=True)
         await self._sleep(0.2)
+
+    async def _command(self, inst: TaskInstance, req: int, call: ToolCall, *, after_text: bool) -> None:
+        """execute_command (cli-runs write-ok): ``ask:command``, answered; ``ask:command_output``, answered;
+        then ``say:command_output`` (streamed on 3.52, whole on 3.50) and the request's token update."""
+        command = call.command or ""
+        if after_text:
+            inst.ask("command", command)
+        else:
+            ts = inst.ask("command", command, partial=True)
+            inst.update(ts, partial=False)
+        await self._sleep(0.1)
+        inst.event("taskAskResponded")
+        inst.ask("command_output", "")
+        await self._sleep(0.05)
+        inst.event("taskAskResponded")
+        output = call.output
+        if call.run:
+            output = await run_command(call.command or "", self.workspace, call.run_timeout, self.clock)
+        await self._sleep(0.05)
+        if self.engine == "3.52":
+            ts = inst.say("command_output", output, partial=True)
+            inst.update(ts, partial=False)
+        else:
+            inst.say("command_output", output)
+        self._finish_request(inst, req)
+        inst.count_tool("execute_command")
+        await self._sleep(0.1)
 
     @staticmethod
     def _apply(inst: TaskInstance, apply: Callable[[], None] | None) -> bool:
@@ -206,10 +267,15 @@ class Agent:
             return True
         return False
 
-    async def _followup(self, inst: TaskInstance, req: int) -> None:
+    async def _followup(self, inst: TaskInstance, req: int, *, after_text: bool) -> None:
         spec = self.script.followup
         question = {"question": spec.question, "suggest": [{"answer": s, "mode": None} for s in spec.suggest]}
-        inst.ask("followup", dumps(question))
+        if after_text:
+            inst.ask("followup", dumps(question))
+        else:
+            # a question that opens the model's answer is shown while it streams: partial, then whole
+            ts = inst.ask("followup", dumps(question), partial=True)
+            inst.update(ts, partial=False)
         self._finish_request(inst, req)
         inst.count_tool("ask_followup_question")
         interactive = False
@@ -243,7 +309,8 @@ class Agent:
         prompt = sub.prompt or f"Subtask {index} of {parent.id}"
         ask = {"tool": "newTask", "mode": MODE_NAMES.get(sub.mode, sub.mode), "content": prompt, "todos": []}
         ts = parent.ask("tool", dumps(ask), isProtected=False)
-        self._finish_request(parent, req)
+        # the request's tokens count, but the parent is aborted before its api_req_started shows them
+        self._count_request(parent)
         await self._sleep(0.1)
         parent.update(ts, isAnswered=True)
         parent.event("taskAskResponded")
@@ -280,6 +347,19 @@ class Agent:
         resumed.event("taskStarted")
         return resumed
 
+    def _keeps_provider(self) -> bool:
+        if self.script.parent_keeps_provider is not None:
+            return self.script.parent_keeps_provider
+        return self.engine != "3.50"
+
+    async def _lost_provider(self, inst: TaskInstance) -> None:
+        """3.50 re-creates a delegating parent from the saved provider settings, not from StartNewTask's
+        configuration: with none saved it falls back to Anthropic without a key, and every request fails
+        (cli-runs subtask 3.50.4). Retries run for ever, like any API error with auto-approval."""
+        inst.say("api_req_started", dumps({"apiProtocol": "anthropic"}))
+        await self.clock.sleep(0.05 * self.host.time_scale)
+        await self._retry_forever(inst, AUTH_ERROR)
+
     # ------------------------------------------------------------------------------- outcomes
 
     async def _final(self, inst: TaskInstance, text: str | None, outcome: str, subtask: bool) -> bool:
@@ -310,6 +390,10 @@ class Agent:
             inst.aborted = True
             inst.end()
             return False
+        if text:
+            # after the turn's text, the completion arrives whole (cli-runs); as the model's first
+            # block it is shown while it streams (recordings complete-*)
+            return await self._complete_after_text(inst, req, subtask)
         return await self._complete(inst, req, subtask)
 
     async def _complete(self, inst: TaskInstance, req: int, subtask: bool) -> bool:
@@ -324,20 +408,46 @@ class Agent:
         inst.update(result, text=self.script.completion, partial=False)
         inst.completed = True
         if subtask:
-            ts = inst.ask("tool", dumps({"tool": "finishTask"}), isProtected=False)
-            await self._sleep(0.05)
-            inst.update(ts, isAnswered=True)
-            inst.event("taskAskResponded")
-            inst.event("taskUnfocused")
-            inst.throttle.flush()
-            inst.event("taskAborted")
-            inst.aborted = True
-            inst.end()
+            await self._finish_subtask(inst)
             return True
         inst.ask("completion_result", "")
         inst.schedule_status("taskIdle", self.host.status_delay)
         await self.clock.forever()
         return False  # pragma: no cover - forever() only ends by cancellation
+
+    async def _complete_after_text(self, inst: TaskInstance, req: int, subtask: bool) -> bool:
+        """attempt_completion after the turn's text (the cli-runs recordings): ``say:completion_result``
+        arrives whole; on 3.50 the usage and ``taskCompleted`` follow it, before the ask. The request's
+        token update comes after the ask (most real runs), and never for a subtask, which is aborted first."""
+        shown = self._count_request(inst)
+        await self._sleep(0.05)
+        inst.count_tool("attempt_completion")
+        inst.say("completion_result", self.script.completion)
+        if self.engine == "3.50":
+            inst.throttle.flush()
+            inst.event("taskCompleted", *inst.usage_payload(), {"isSubtask": subtask})
+        inst.completed = True
+        if subtask:
+            await self._finish_subtask(inst)
+            return True
+        inst.ask("completion_result", "")
+        await self._sleep(0.05)
+        inst.update(req, text=shown)
+        inst.schedule_status("taskIdle", self.host.status_delay)
+        await self.clock.forever()
+        return False  # pragma: no cover - forever() only ends by cancellation
+
+    async def _finish_subtask(self, inst: TaskInstance) -> None:
+        """A subtask hands back to its parent: finishTask ask (answered), unfocused, usage, aborted."""
+        ts = inst.ask("tool", dumps({"tool": "finishTask"}), isProtected=False)
+        await self._sleep(0.05)
+        inst.update(ts, isAnswered=True)
+        inst.event("taskAskResponded")
+        inst.event("taskUnfocused")
+        inst.throttle.flush()
+        inst.event("taskAborted")
+        inst.aborted = True
+        inst.end()
 
     async def _api_error(self, inst: TaskInstance, *, auto: bool) -> None:
         """7.8: with auto-approval, retry countdowns forever; without, api_req_failed then idle."""
@@ -345,11 +455,16 @@ class Agent:
         scale = self.host.time_scale
         if not auto:
             await self.clock.sleep(1.4 * scale)
-            inst.ask("api_req_failed", f"OpenAI completion error: {err.describe()}")
+            inst.ask("api_req_failed", err.failed_text())
             inst.schedule_status("taskIdle", self.host.status_delay)
             await self.clock.forever()
         await self.clock.sleep(1.3 * scale)
-        head = f"{err.status}\nOpenAI completion error: {err.describe()}\n"
+        await self._retry_forever(inst, err.retry_text())
+
+    async def _retry_forever(self, inst: TaskInstance, head: str) -> None:
+        """Auto-approved retries of a failing request: countdowns of growing waits, never ending."""
+        err = self.script.error
+        scale = self.host.time_scale
         wait = err.first_wait
         while True:
             ts = inst.say("api_req_retry_delayed", f"{head}<retry_timer>{wait}</retry_timer>", partial=True)

@@ -150,6 +150,9 @@ class ToolCall(_Strict):
     replace: str | None = None
     command: str | None = None
     output: str = ""
+    run: bool = False
+    """execute_command only: run ``command`` in the workspace (``sh -c``) and show its real output."""
+    run_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
     fail: ToolFailure | None = None
     error: str | None = None
     text: str | None = None
@@ -186,8 +189,24 @@ class ApiError(_Strict):
     first_wait: int = Field(5, ge=1)
     max_wait: int = Field(600, ge=1)
 
+    text: str | None = None
+    """The error exactly as shown, for a failure that is not the OpenAI provider's HTTP error (which
+    the engine shows as ``{status}``, newline, ``OpenAI completion error: {message}``)."""
+
     def describe(self) -> str:
         return self.message or f"{self.status} simulated HTTP {self.status}"
+
+    def retry_text(self) -> str:
+        """What ``say:api_req_retry_delayed`` shows above its countdown."""
+        return (
+            self.text
+            if self.text is not None
+            else f"{self.status}\nOpenAI completion error: {self.describe()}\n"
+        )
+
+    def failed_text(self) -> str:
+        """What ``ask:api_req_failed`` shows."""
+        return self.text if self.text is not None else f"OpenAI completion error: {self.describe()}"
 
 
 class Chaos(_Strict):
@@ -231,8 +250,13 @@ class Script(_Strict):
     jitter: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
     """Each step of the agent's work takes its share of ``duration`` times a seeded factor in
     [1 - jitter, 1 + jitter]; 0 gives exact timings (benchmarks)."""
+    write_delay: Duration = 1.0
+    """The engine's pause after a file edit before its next request (writeDelayMs), scaled like every
+    duration; not part of ``duration``."""
     prompt: str | None = None
-    text: str = "I will work on the task."
+    text: str = ""
+    final_text: str | None = None
+    """Assistant text streamed in the final turn (the engine's "Done." before attempt_completion)."""
     chunks: int = Field(1, ge=1, le=100_000)
     files: dict[str, str] = Field(default_factory=dict)
     tools: list[ToolCall] = Field(default_factory=list)
@@ -245,6 +269,9 @@ class Script(_Strict):
     mode: str = "code"
     workspace: str | None = None
     chaos: Chaos | None = None
+    parent_keeps_provider: bool | None = None
+    """Whether a parent re-created after its subtask still has the provider StartNewTask gave it. By
+    default as the engine: 3.52 keeps it, 3.50 loses it and every later request fails (issue #14)."""
 
     @field_validator("files")
     @classmethod

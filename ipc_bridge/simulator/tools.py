@@ -8,14 +8,21 @@ force a failure: a missing file only shows as ``say:error``; a SEARCH text that 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import difflib
 import json
+import os
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .script import ToolCall
+
+if TYPE_CHECKING:
+    from .task import Clock
 
 # ToolName -> the "tool" of the ask:tool text, for tools the engine shows that way
 _DISPLAY = {
@@ -172,3 +179,35 @@ def _apply_diff(call: ToolCall, path: str, target: Path) -> ToolStep:
     return ToolStep(
         "apply_diff", ask="tool", partial_text=partial, final_text=final, apply=_writer(target, new)
     )
+
+
+async def run_command(command: str, cwd: Path, timeout: float, clock: Clock) -> str:
+    """Run an execute_command for real, like the engine's terminal: ``sh -c`` in the workspace, stdout
+    and stderr together. Timers due meanwhile (usage, status) fire on time through ``clock``. A command
+    past ``timeout`` seconds is killed with everything it started, and its output so far is shown."""
+    proc = await asyncio.create_subprocess_shell(
+        command,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so a kill reaches whatever it started
+    )
+
+    def kill_group() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    reader = asyncio.ensure_future(proc.communicate())
+    bounded = asyncio.ensure_future(asyncio.wait_for(asyncio.shield(reader), timeout))
+    try:
+        out, _ = await clock.wait(bounded)
+    except TimeoutError:
+        kill_group()
+        out, _ = await reader
+    finally:
+        if proc.returncode is None:
+            kill_group()
+            bounded.cancel()
+            await proc.wait()
+    return out.decode("utf-8", errors="replace")

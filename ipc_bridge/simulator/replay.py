@@ -1,0 +1,336 @@
+"""Replaying the real engine's recorded ``orchestrate run`` scenarios on the simulator (issue #14).
+
+The recordings (``tests/fixtures/recordings/cli-runs``) are attempt transcripts as the orchestrator writes
+them: the non-partial TaskEvents, ``{t, dir, seq, event}``. :data:`SCENARIOS` holds, per scenario, the
+simulator script that makes the simulated model do what the recorded (scripted) model did, and how the
+orchestrator ended the attempt. :func:`play` runs one on a fresh simulator host and returns its events in
+the same form; :func:`compare` reduces both sides to per-role sequences and measures how alike they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import json
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..extension import connect
+from ..protocol import CancelTask, StartNewTask, StartNewTaskData, event_route
+from .host import SimulatorHost
+
+Event = dict[str, Any]
+
+ENGINES = {"3.52": "3.52.1", "3.50": "3.50.4"}
+"""Simulator engine setting -> the recorded engine version (directory name)."""
+
+WRITE = {"write_to_file": {"tool": "write_to_file", "path": "hello.py", "content": 'print("hello")\n'}}
+_CHILD = "SCENARIO: child-write. Write hello.py that prints hello, then complete."
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One recorded scenario: the simulator script, the prompt, and when the orchestrator cancelled.
+
+    ``stop`` names what the attempt waited for before it cancelled the task (``None``: the task idled at
+    its completion ask and was left alone): ``"interactive"`` (a followup nobody answers), ``"retries"``
+    (three API retry waits, then the case's timeout) or ``"started"`` (a model that never answers)."""
+
+    name: str
+    prompt: str
+    script: dict[str, Any]
+    stop: str | None = None
+    engines: tuple[str, ...] = ("3.52", "3.50")
+    stop_on: Mapping[str, str] = field(default_factory=dict)
+    """Engine-specific ``stop`` (the 3.50 delegation ends in retries, not at the completion ask)."""
+
+    def stop_for(self, engine: str) -> str | None:
+        return self.stop_on.get(engine, self.stop)
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario(
+        "write-ok",
+        "SCENARIO: write-ok. Write hello.py that prints hello.",
+        {
+            "text": "",
+            "tools": [
+                {**WRITE["write_to_file"], "text": "Writing hello.py."},
+                {
+                    "tool": "execute_command",
+                    "command": "python3 hello.py",
+                    "run": True,
+                    "text": "Running it.",
+                },
+            ],
+            "final_text": "Done.",
+            "completion": "hello.py prints hello",
+            "tokens": {"in": 3000, "out": 150},
+        },
+    ),
+    Scenario(
+        "write-wrong",
+        "SCENARIO: write-wrong. Write hello.py that prints hello.",
+        {
+            "text": "",
+            "tools": [
+                {**WRITE["write_to_file"], "content": 'print("goodbye")\n', "text": "Writing hello.py."}
+            ],
+            "final_text": "Done.",
+            "completion": "hello.py written",
+            "tokens": {"in": 2000, "out": 100},
+        },
+    ),
+    Scenario(
+        "subtask",
+        "SCENARIO: subtask. Delegate writing hello.py to a subtask.",
+        {
+            "text": "Delegating.",
+            "subtasks": [
+                {
+                    "prompt": _CHILD,
+                    "text": "",
+                    "tools": [{**WRITE["write_to_file"], "text": "Writing hello.py in the subtask."}],
+                    "final_text": "Subtask done.",
+                    "completion": "hello.py written by the subtask",
+                    "tokens": {"in": 2000, "out": 100},
+                }
+            ],
+            "final_text": "The subtask is done.",
+            "completion": "the subtask wrote hello.py",
+            "tokens": {"in": 2000, "out": 100},
+        },
+        stop_on={"3.50": "retries"},
+    ),
+    Scenario(
+        "followup",
+        "SCENARIO: followup. Write hello.py.",
+        {
+            "text": "",
+            "outcome": "followup",
+            "followup": {"question": "Which greeting should hello.py print?", "suggest": ["hello", "hi"]},
+            "tokens": {"in": 1000, "out": 50},
+        },
+        stop="interactive",
+    ),
+    Scenario(
+        "api-error",
+        "SCENARIO: api-error. Write hello.py.",
+        {"text": "", "outcome": "api_error", "error": {"status": 500, "message": "500 stub: internal error"}},
+        stop="retries",
+        engines=("3.52",),
+    ),
+    Scenario("timeout", "SCENARIO: slow. Write hello.py.", {"text": "", "outcome": "hang"}, stop="started"),
+    Scenario(
+        "tool-fail",
+        "SCENARIO: tool-fail. Fix missing.py, then write hello.py.",
+        {
+            "text": "",
+            "tools": [
+                {
+                    "tool": "apply_diff",
+                    "path": "missing.py",
+                    "search": "a",
+                    "replace": "b",
+                    "text": "Patching missing.py.",
+                },
+                {**WRITE["write_to_file"], "text": "That failed; writing hello.py instead."},
+            ],
+            "final_text": "Done.",
+            "completion": "hello.py written after a failed diff",
+            "tokens": {"in": 3000, "out": 150},
+        },
+    ),
+)
+
+
+# ----------------------------------------------------------------------------------- recordings
+
+
+def recording_files(root: Path, scenario: str, engine: str) -> list[Path]:
+    """The recorded tries of ``scenario`` on ``engine`` (``3.52``/``3.50``) under ``root``."""
+    return sorted((root / ENGINES[engine]).glob(f"{scenario}__*.jsonl"))
+
+
+def load_events(path: Path) -> list[Event]:
+    """A transcript's events, in the order the orchestrator received them."""
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return [r["event"] for r in rows if r.get("dir") == "in"]
+
+
+def is_partial(ev: Event) -> bool:
+    if ev.get("eventName") != "message":
+        return False
+    return ev["payload"][0]["message"].get("partial") is True
+
+
+# ------------------------------------------------------------------------------------ reduction
+
+
+def sequences(events: list[Event]) -> dict[str, list[str]]:
+    """Per task role (``t0``, ``t1``... in order of appearance), the ordered event kinds.
+
+    A message is ``say:text`` when created and ``say:text~`` when updated in place; runs of the same
+    kind are merged, so how often a streaming message or the usage throttle fired does not count, but
+    what came in which order does."""
+    roles: dict[str, str] = {}
+    out: dict[str, list[str]] = {}
+    for ev in events:
+        if is_partial(ev):
+            continue
+        name, task = event_route(ev)
+        if task is None:
+            continue
+        role = roles.setdefault(task, f"t{len(roles)}")
+        if name == "message":
+            body = ev["payload"][0]
+            msg = body["message"]
+            kind = f"{msg['type']}:{msg.get(msg['type'])}" + ("" if body["action"] == "created" else "~")
+        else:
+            kind = name
+        seq = out.setdefault(role, [])
+        if not seq or seq[-1] != kind:
+            seq.append(kind)
+    return out
+
+
+def record_fields(events: list[Event]) -> dict[str, Any]:
+    """What an attempt's record is built from: how the root task ended, its usage, how many asks and
+    errors it showed (distinct messages), the completion text and the last error text."""
+    fields: dict[str, Any] = {"ended": None, "completed_events": 0, "tokens": None, "completion": None}
+    fields |= {"error_text": None}
+    asks: set[int] = set()
+    errors: set[int] = set()
+    root: str | None = None
+    for ev in events:
+        if is_partial(ev):
+            continue
+        name, task = event_route(ev)
+        root = root or task
+        if name in ("taskIdle", "taskInteractive", "taskResumable", "taskAborted") and task == root:
+            fields["ended"] = name
+        fields["completed_events"] += name == "taskCompleted"
+        if name == "taskTokenUsageUpdated" and task == root:
+            usage = ev["payload"][1]
+            fields["tokens"] = (usage.get("totalTokensIn"), usage.get("totalTokensOut"))
+        if name == "message":
+            msg = ev["payload"][0]["message"]
+            if msg.get("say") == "completion_result" and task == root:
+                fields["completion"] = msg.get("text")
+            if msg.get("say") in ("error", "api_req_retry_delayed"):
+                errors.add(msg["ts"])
+                fields["error_text"] = msg.get("text")
+            if msg["type"] == "ask":
+                asks.add(msg["ts"])
+    return fields | {"asks": len(asks), "errors": len(errors)}
+
+
+@dataclass
+class Comparison:
+    """How one simulated run compares with one recording."""
+
+    similarity: dict[str, float]
+    field_diffs: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+    @property
+    def overall(self) -> float:
+        return min(self.similarity.values()) if self.similarity else 1.0
+
+
+def compare(simulated: list[Event], recorded: list[Event]) -> Comparison:
+    sim, rec = sequences(simulated), sequences(recorded)
+    sim_ratio = {
+        role: difflib.SequenceMatcher(None, sim.get(role, []), rec.get(role, []), autojunk=False).ratio()
+        for role in sorted(set(sim) | set(rec))
+    }
+    f_sim, f_rec = record_fields(simulated), record_fields(recorded)
+    diffs = {k: (f_sim[k], f_rec[k]) for k in f_rec if f_sim.get(k) != f_rec[k]}
+    return Comparison(sim_ratio, diffs)
+
+
+def diff_lines(simulated: list[Event], recorded: list[Event]) -> list[str]:
+    """A unified diff of the per-role sequences (for a failing test or ``--verbose``)."""
+    sim, rec = sequences(simulated), sequences(recorded)
+    lines: list[str] = []
+    for role in sorted(set(sim) | set(rec)):
+        lines += difflib.unified_diff(
+            rec.get(role, []), sim.get(role, []), f"recorded {role}", f"simulated {role}", lineterm=""
+        )
+    return lines
+
+
+# ----------------------------------------------------------------------------------------- play
+
+
+def _stop_condition(stop: str | None) -> Callable[[Event], bool]:
+    retries = 0
+
+    def done(ev: Event) -> bool:
+        nonlocal retries
+        name = ev.get("eventName")
+        if stop is None:
+            return name == "taskIdle"
+        if stop == "interactive":
+            return name == "taskInteractive"
+        msg = ev["payload"][0]["message"] if name == "message" else {}
+        if stop == "started":
+            return bool(msg.get("say") == "api_req_started")
+        retries += msg.get("say") == "api_req_retry_delayed" and msg.get("partial") is False
+        return retries >= 3
+
+    return done
+
+
+async def play(
+    scenario: Scenario,
+    engine: str,
+    *,
+    time_scale: float = 0.05,
+    status_delay: float = 0.1,
+    seed: int = 0,
+    timeout: float = 30.0,
+    host_options: Mapping[str, Any] | None = None,
+) -> list[Event]:
+    """Run ``scenario`` on a fresh simulator host the way the orchestrator did: start it, wait for the
+    point where the recorded attempt stopped, cancel it if it did, and return every event until then."""
+    with tempfile.TemporaryDirectory(prefix="sim-replay-") as tmp:
+        sock, workspace = Path(tmp) / "sim.sock", Path(tmp) / "ws"
+        workspace.mkdir()
+        host = SimulatorHost(
+            sock,
+            workspace,
+            engine=engine,
+            seed=seed,
+            time_scale=time_scale,
+            status_delay=status_delay,
+            **dict(host_options or {}),
+        )
+        await host.start()
+        conn = await connect(host.socket_path, timeout=timeout)
+        events: list[Event] = []
+
+        async def until(pred: Callable[[Event], bool]) -> None:
+            while True:
+                data = await conn.recv_data()
+                if data.get("type") == "TaskEvent":
+                    events.append(data["data"])
+                    if pred(data["data"]):
+                        return
+
+        try:
+            data = StartNewTaskData(configuration={"simulate": scenario.script}, text=scenario.prompt)
+            await conn.send_command(StartNewTask(data=data))
+            await asyncio.wait_for(until(_stop_condition(scenario.stop_for(engine))), timeout)
+            if scenario.stop_for(engine) is not None:
+                await conn.send_command(CancelTask())
+                await asyncio.wait_for(until(lambda ev: ev.get("eventName") == "taskAborted"), timeout)
+        finally:
+            await conn.close()
+            await host.stop()
+        # the recordings show the workspace as /workspace: rewrite it the same way
+        text = json.dumps([ev for ev in events if not is_partial(ev)])
+        return list(json.loads(text.replace(str(workspace), "/workspace")))
