@@ -179,11 +179,15 @@ cases:
         (frozen,) = h0_host()
         (sock,) = await asyncio.to_thread(lambda: list(sockdir.glob("orc-*/w*-1.sock")))
         # A second client of the host sees every event it broadcasts: freeze it once the task runs
-        # (any event of a task: the observer may connect after taskStarted).
+        # (events of a task: the observer may connect after taskStarted). The host writes each event to
+        # every client before the next, so by the third the bridge has the task's first in its socket:
+        # the freeze cannot fall before the orchestrator knows the task.
         observer = await connect(str(sock), timeout=60)
+        seen = 0
         try:
             async for event in observer.events():
-                if event.task_id is not None:
+                seen += event.task_id is not None
+                if seen == 3:
                     break
         finally:
             await observer.close()
