@@ -96,8 +96,18 @@ def _command_suite(tmp_path: Path, mode: str, *, n: int = 1, target_extra: str =
     return write_suite(tmp_path, target, cases(n), defaults=configuration)
 
 
-def _run(tmp_path: Path, suite: Path, *extra: str) -> Path:
-    res = orchestrate("run", str(suite), "--results", str(tmp_path / "r"), "--run-id", "r", "--quiet", *extra)
+def _run(tmp_path: Path, suite: Path, *extra: str, env_extra: dict[str, str] | None = None) -> Path:
+    res = orchestrate(
+        "run",
+        str(suite),
+        "--results",
+        str(tmp_path / "r"),
+        "--run-id",
+        "r",
+        "--quiet",
+        *extra,
+        env_extra=env_extra,
+    )
     assert res.returncode == 0, res.stderr
     return tmp_path / "r" / "r"
 
@@ -180,17 +190,7 @@ def test_hosts_get_both_socket_variables_and_a_private_tmpdir_removed_with_them(
     outer_tmp = tmp_path / "tmp"
     outer_tmp.mkdir()
     suite = _command_suite(tmp_path, "env", n=2)
-    res = orchestrate(
-        "run",
-        str(suite),
-        "--results",
-        str(tmp_path / "r"),
-        "--run-id",
-        "r",
-        "--quiet",
-        env_extra={"TMPDIR": str(outer_tmp)},
-    )
-    assert res.returncode == 0, res.stderr
+    _run(tmp_path, suite, env_extra={"TMPDIR": str(outer_tmp)})
     reports = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
     assert len(reports) == 2
     tmpdirs = {r["TMPDIR"] for r in reports}
