@@ -27,8 +27,8 @@ import orjson
 import zmq
 import zmq.asyncio
 
-from ipc_bridge.launcher import BridgeProcess
 from ipc_bridge.lifeline import preexec_die_with_parent
+from ipc_bridge.server.launcher import BridgeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 INTEROP = ROOT / "interop"

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Children, loadavg, private_tempdir
 
-from ipc_bridge.client import BridgeClient, EventGap
-from ipc_bridge.launcher import start_bridge_process
+from ipc_bridge.client.bridge_client import BridgeClient, EventGap
+from ipc_bridge.server.launcher import start_bridge_process
 
 TARGET_MIB = 300
 SCENARIOS = {

@@ -21,7 +21,7 @@
    (``interop/bench_rtt.js``, Roo-shaped, alternating with and without zod validation), our direct
    ``ExtensionConnection``, a ZeroMQ DEALER -> ROUTER echo between two Python processes (the transport
    alone, no bridge logic) with ``zmq.asyncio`` and again with the plain sockets on the loop that the
-   bridge and its client use (``ipc_bridge.zmq_loop``), and worker -> bridge -> extension -> event ->
+   bridge and its client use (``ipc_bridge.wire.zmq_loop``), and worker -> bridge -> extension -> event ->
    worker (``BridgeClient.query``). Target: bridge p50 - node-ipc p50 <= 150 us (against the faster
    node figure).
 
@@ -68,13 +68,13 @@ from _common import (
     zmq_echo_server,
 )
 
-from ipc_bridge.client import BridgeClient
-from ipc_bridge.extension import connect as connect_extension
-from ipc_bridge.framing import encode_frame
-from ipc_bridge.launcher import BridgeProcess, start_bridge_process
-from ipc_bridge.protocol import GetModes, StartNewTask, StartNewTaskData, command_message
-from ipc_bridge.wire import Session, TaskCommandRequest
-from ipc_bridge.zmq_loop import Reader, Sender, plain_socket, send_frames
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.roo.extension import connect as connect_extension
+from ipc_bridge.roo.framing import encode_frame
+from ipc_bridge.roo.protocol import GetModes, StartNewTask, StartNewTaskData, command_message
+from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
+from ipc_bridge.wire.session import Session, TaskCommandRequest
+from ipc_bridge.wire.zmq_loop import Reader, Sender, plain_socket, send_frames
 
 SLOT = "bench"
 STREAM_TARGET_X = 3.0
@@ -324,7 +324,7 @@ async def rtt_zmq_echo(children: Children, tmp: Path, opts: Options) -> dict[str
 
 
 async def zmq_plain_echo_server(endpoint: str) -> None:
-    """``--zmq-echo-plain``: the echo on the bridge's own transport (``ipc_bridge.zmq_loop``: a plain
+    """``--zmq-echo-plain``: the echo on the bridge's own transport (``ipc_bridge.wire.zmq_loop``: a plain
     ROUTER read from the loop, replies sent at once)."""
     router = plain_socket(zmq.asyncio.Context.instance(), zmq.ROUTER)
     router.linger = 0

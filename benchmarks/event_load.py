@@ -14,7 +14,7 @@ bridge (``start_bridge_process``) -> ZeroMQ -> worker-like subscribers.
   the whole text so far, growing by ``--chars-per-partial`` characters, as Roo's partials do), on the
   host's planned timeline, then nothing. The host subclass only records the wall time right after each
   partial left ``emit`` (it has been framed and written to the socket).
-* Subscribers: ``--subscribers`` processes, each with one :class:`~ipc_bridge.client.BridgeClient`,
+* Subscribers: ``--subscribers`` processes, each with one :class:`~ipc_bridge.client.bridge_client.BridgeClient`,
   which, like a worker, attach their slots, follow each with ``events(slot, since_seq=0)`` and send
   StartNewTask. They all start on the same signal. Every event's seq must follow the previous one; the
   client's own gap fills from the bridge's replay buffer (events the PUB side dropped) are counted too.
@@ -54,10 +54,10 @@ from _common import (
     private_tempdir,
 )
 
-from ipc_bridge.client import BridgeClient
-from ipc_bridge.launcher import BridgeProcess, start_bridge_process
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
 from ipc_bridge.simulator import SimulatorHost
-from ipc_bridge.wire import TaskEventContent
+from ipc_bridge.wire.session import TaskEventContent
 
 SELF = str(Path(__file__).resolve())
 READY_WAIT = 60.0

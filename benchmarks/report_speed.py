@@ -4,11 +4,11 @@
 
     .venv/bin/python benchmarks/report_speed.py [--attempts 100000] [--write-attempts 1000] [--keep DIR]
 
-Records are built through :class:`orchestrator.results.AttemptRecord` (so the lines cannot drift from the
+Records are built through :class:`orchestrator.results.store.AttemptRecord` (so the lines cannot drift from the
 model) and written with orjson straight to results.jsonl, as :class:`ResultsWriter` would write them
 but without its per-line fsync, which would make the set-up take minutes. The targets are the
 issue's: load <= 2 s, report <= 2 s. ``load()`` is timed twice: parsing results.jsonl (no cache yet), then
-from results.parquet, the columnar cache a run's writer leaves at its end (:mod:`orchestrator.columnar`),
+from results.parquet, the columnar cache a run's writer leaves at its end (:mod:`orchestrator.results.columnar`),
 whose one-off cost at the end of the run is timed too; the two frames are checked to be equal.
 
 Then the writer's own cost per attempt, with its fsyncs (``--write-attempts``, default 1,000): the record
@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import filesystem
 
-from orchestrator.columnar import CACHE, write_cache
-from orchestrator.grading import CheckResult
 from orchestrator.outcome import Metrics, Status, ToolCount, ToolFailure
-from orchestrator.results import RESULTS, AttemptRecord, ResultsWriter, Timings, load, read_records
+from orchestrator.results.columnar import CACHE, write_cache
+from orchestrator.results.store import RESULTS, AttemptRecord, ResultsWriter, Timings, load, read_records
+from orchestrator.run.grading import CheckResult
 
 TARGET_S = 2.0
 MODELS = ("sonnet", "gpt-5", "gemini-pro", "qwen-coder", "deepseek")
@@ -227,7 +227,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from orchestrator.report import read_rows, summarize_rows
+    from orchestrator.results.report import read_rows, summarize_rows
 
     parent = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="report-speed-"))
     run_dir = parent / "bench-run"

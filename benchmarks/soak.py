@@ -60,15 +60,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ipc_bridge.simulator import chaos_outcome, parse_duration  # noqa: E402
-from orchestrator.hosts import FORKED_FARM_NAME  # noqa: E402
-from orchestrator.jobs import host_seed  # noqa: E402
-from orchestrator.plan import AttemptKey  # noqa: E402
-from orchestrator.results import AttemptRecord, read_records  # noqa: E402
+from orchestrator.hosts.providers import FORKED_FARM_NAME  # noqa: E402
+from orchestrator.results.store import AttemptRecord, read_records  # noqa: E402
+from orchestrator.run.jobs import host_seed  # noqa: E402
+from orchestrator.suite.plan import AttemptKey  # noqa: E402
 
 CRASH_REASON = "extension host disconnected"
 FREEZE_REASON = "extension host unresponsive"
 BRIDGE_REASONS = ("lost the event stream", "extension host did not come up", "StartNewTask failed")
-"""Reasons of the tries that a bridge restart cut short (see orchestrator/supervisor.py)."""
+"""Reasons of the tries that a bridge restart cut short (see orchestrator/run/supervisor.py)."""
 RESTART_NOTICE = timedelta(seconds=5)
 """How long after a kill a worker may still not know of the restart (the supervisor polls, the new
 bridge starts: 1-2 s on a loaded 2-core machine). Until then a dead bridge looks like a silent host."""
@@ -286,7 +286,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def role(cmd: bytes) -> str:
-    if b"ipc_bridge.bridge_cli" in cmd:
+    if b"ipc_bridge.server.cli" in cmd:
         return "bridge"
     if b"--farm" in cmd or b"simulate" in cmd or FORKED_FARM_NAME.encode() in cmd:
         return "farm"

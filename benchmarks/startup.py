@@ -45,9 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scheduling
 from _common import loadavg, private_tempdir
 
-from ipc_bridge.launcher import start_bridge_process
+from ipc_bridge.server.launcher import start_bridge_process
 from ipc_bridge.simulator import SimulatorHost
-from orchestrator.results import read_records
+from orchestrator.results.store import read_records
 
 HELP_TARGET_S = 0.3
 RUN_TARGET_S = 1.0
@@ -227,13 +227,13 @@ def measure(ns: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     out["help"] = timings([str(ORCHESTRATE), "--help"], ns.help_runs)
     out["anchor_python"] = timings([py, "-c", "pass"], ns.help_runs)
     out["anchor_click"] = timings([py, "-c", "import click"], ns.help_runs)
-    out["anchor_import_run"] = timings([py, "-c", "import orchestrator.run_cli"], ns.run_runs)
+    out["anchor_import_run"] = timings([py, "-c", "import orchestrator.cli.run"], ns.run_runs)
     out["anchor_bridge_start"] = bridge_start(tmp, ns.run_runs)
     out["run_socket"] = asyncio.run(run_socket(tmp, ns.run_runs))
     run_farm_once(tmp, -1)  # warm-up
     out["run_farm"] = summarize([run_farm_once(tmp, k) for k in range(ns.run_runs)])
-    out["imports_help"] = import_costs("import orchestrator.cli", ns.top)
-    out["imports_run"] = import_costs("import orchestrator.run_cli", ns.top)
+    out["imports_help"] = import_costs("import orchestrator.cli.main", ns.top)
+    out["imports_run"] = import_costs("import orchestrator.cli.run", ns.top)
     out["load_after"] = loadavg()
     return out
 
@@ -276,12 +276,12 @@ def print_report(ns: argparse.Namespace, r: dict[str, Any]) -> None:
         f"launch and attach {f['host_launch_s_median'] * 1000:.0f} ms; whole run {f['total_s_median']:.2f} s"
     )
     for label, key in (
-        ('python -c "import orchestrator.run_cli"', "anchor_import_run"),
+        ('python -c "import orchestrator.cli.run"', "anchor_import_run"),
         ("start_bridge_process() to a heartbeat", "anchor_bridge_start"),
     ):
         a = r[key]
         print(f"    part of it: {label:<41}{a['median_s'] * 1000:7.0f} ms  (min {a['min_s'] * 1000:.0f})")
-    for label, key in (("--help", "imports_help"), ("run (orchestrator.run_cli)", "imports_run")):
+    for label, key in (("--help", "imports_help"), ("run (orchestrator.cli.run)", "imports_run")):
         print(f"  imports of {label}, ms by package: " + ", ".join(f"{n} {ms:.0f}" for n, ms in r[key]))
 
 

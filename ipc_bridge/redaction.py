@@ -4,7 +4,7 @@ A process that knows secrets (the orchestrator, its workers and Ray node actors,
 ``--secrets-fd``) calls :func:`redact_process_output` once, first thing: from then on every line it
 writes to its stdout or stderr, whoever writes it (``logging``, ``click.echo``, tqdm, a traceback of an
 uncaught exception, a warning), passes through the redactor. The files of a run pass through it where
-they are written (:mod:`orchestrator.results`).
+they are written (:mod:`orchestrator.results.store`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipc_bridge.protocol import (
+from ipc_bridge.roo.protocol import (
     IDLE_ASKS,
     INTERACTIVE_ASKS,
     RESUMABLE_ASKS,
@@ -42,8 +42,7 @@ from ipc_bridge.protocol import (
     ToolUsage,
     parse_task_event,
 )
-
-from .status import AttemptOutcome, Metrics, OutcomeLimits, Status, ToolCount, ToolFailure
+from orchestrator.status import AttemptOutcome, Metrics, OutcomeLimits, Status, ToolCount, ToolFailure
 
 __all__ = [
     "AttemptOutcome",

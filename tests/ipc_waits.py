@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ipc_bridge.extension import Disconnected, ExtensionConnection
+from ipc_bridge.roo.extension import Disconnected, ExtensionConnection
 
 
 async def until_event(

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from ipc_bridge.client import BridgeClient, Event
+from ipc_bridge.client.bridge_client import BridgeClient, Event
 
 
 class Collector:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ipc_bridge.protocol import Message, TaskEvent, make_event, parse_task_event
+from ipc_bridge.roo.protocol import Message, TaskEvent, make_event, parse_task_event
 from orchestrator.outcome import OutcomeLimits, OutcomeTracker, Status
 from tests.conftest import load_recording, recording_names
 

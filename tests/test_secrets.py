@@ -17,10 +17,10 @@ from typing import Any
 import pyarrow.parquet
 import pytest
 
-from ipc_bridge.launcher import start_bridge_process, sync_request
-from ipc_bridge.wire import HeartbeatRequest
-from orchestrator.child_env import withheld
-from orchestrator.config import SuiteError, load_suite
+from ipc_bridge.server.launcher import start_bridge_process, sync_request
+from ipc_bridge.wire.session import HeartbeatRequest
+from orchestrator.processes.child_env import withheld
+from orchestrator.suite.config import SuiteError, load_suite
 from tests.runs import EXERCISES, SECRET, cmdline, descendants, orchestrate, running
 from tests.runs import simulator_suite as _suite
 
@@ -156,7 +156,7 @@ def test_no_child_process_inherits_a_secret(tmp_path: Path) -> None:
         for pid in descendants(proc.pid):
             children[pid] = {"cmd": cmdline(pid), "env": _environ(pid)}
         hosts = [c for c in children.values() if b"simulate" in c["cmd"]]
-        bridges = [c for c in children.values() if b"ipc_bridge.bridge_cli" in c["cmd"]]
+        bridges = [c for c in children.values() if b"ipc_bridge.server.cli" in c["cmd"]]
         workers = [c for c in children.values() if b"multiprocess" in c["cmd"]]
         assert hosts and bridges and workers, [c["cmd"] for c in children.values()]
         for child in children.values():

@@ -6,9 +6,9 @@ docs/simulator.md for the script format and the engine differences it reproduces
 
 from __future__ import annotations
 
-from .cli import run_simulator, serve
-from .host import SimulatorHost
-from .script import (
+from ipc_bridge.simulator.cli import run_simulator, serve
+from ipc_bridge.simulator.host import SimulatorHost
+from ipc_bridge.simulator.script import (
     DEFAULT_SCRIPT,
     Chaos,
     Script,
@@ -19,7 +19,7 @@ from .script import (
     parse_duration,
     parse_script,
 )
-from .server import IpcServer
+from ipc_bridge.simulator.server import IpcServer
 
 __all__ = [
     "DEFAULT_SCRIPT",

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .script import Script, ToolCall
-from .task import Clock, TaskInstance, Tokens
-from .tools import dumps, prepare, run_command
+from ipc_bridge.simulator.script import Script, ToolCall
+from ipc_bridge.simulator.task import Clock, TaskInstance, Tokens
+from ipc_bridge.simulator.tools import dumps, prepare, run_command
 
 MODE_NAMES = {
     "architect": "🏗️ Architect",

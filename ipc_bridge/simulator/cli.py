@@ -15,9 +15,9 @@ from typing import Any
 import click
 import orjson
 
-from .farm import SimulatorFarm, serve_farm
-from .host import SimulatorHost
-from .script import ScriptError, host_options, load_script, normalize_engine
+from ipc_bridge.simulator.farm import SimulatorFarm, serve_farm
+from ipc_bridge.simulator.host import SimulatorHost
+from ipc_bridge.simulator.script import ScriptError, host_options, load_script, normalize_engine
 
 log = logging.getLogger(__name__)
 

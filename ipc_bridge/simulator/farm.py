@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from .host import SimulatorHost
+from ipc_bridge.simulator.host import SimulatorHost
 
 log = logging.getLogger(__name__)
 

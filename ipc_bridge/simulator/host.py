@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..protocol import (
+from ipc_bridge.roo.protocol import (
     CancelTask,
     CloseTask,
     DeleteQueuedMessage,
@@ -31,8 +31,8 @@ from ..protocol import (
     event_message,
     make_event,
 )
-from .agent import MODE_NAMES, Agent
-from .script import (
+from ipc_bridge.simulator.agent import MODE_NAMES, Agent
+from ipc_bridge.simulator.script import (
     DEFAULT_SCRIPT,
     Script,
     ScriptError,
@@ -42,8 +42,8 @@ from .script import (
     normalize_engine,
     parse_script,
 )
-from .server import IpcServer
-from .task import Clock, TaskInstance
+from ipc_bridge.simulator.server import IpcServer
+from ipc_bridge.simulator.task import Clock, TaskInstance
 
 log = logging.getLogger(__name__)
 

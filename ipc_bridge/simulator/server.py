@@ -20,8 +20,8 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, decode_frame, encode_frame
-from ..protocol import (
+from ipc_bridge.roo.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, decode_frame, encode_frame
+from ipc_bridge.roo.protocol import (
     Ack,
     AckMessage,
     ProtocolError,

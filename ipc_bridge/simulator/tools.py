@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .script import ToolCall
+from ipc_bridge.simulator.script import ToolCall
 
 if TYPE_CHECKING:
-    from .task import Clock
+    from ipc_bridge.simulator.task import Clock
 
 # ToolName -> the "tool" of the ask:tool text, for tools the engine shows that way
 _DISPLAY = {

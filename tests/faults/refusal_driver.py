@@ -14,7 +14,7 @@ from types import FrameType
 
 from click.testing import CliRunner
 
-from orchestrator.cli import main
+from orchestrator.cli.main import main
 
 
 def _out_of_time(signum: int, frame: FrameType | None) -> None:

@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from ipc_bridge.publisher import SendWindow
-from tests.streams import Collector
-
-from .bad_input_harness import (
+from ipc_bridge.server.publisher import SendWindow
+from tests.faults.bad_input_harness import (
     ACK,
     FakeHost,
     HostConn,
@@ -27,6 +25,7 @@ from .bad_input_harness import (
     inproc_bridge,
     named,
 )
+from tests.streams import Collector
 
 pytestmark = pytest.mark.timeout(60)
 

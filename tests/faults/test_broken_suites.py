@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from orchestrator.cli import main
-
-from .hostile_suites import HOSTILE, ONE_CASE, Spec, make_fixture_files, materialize, row
+from orchestrator.cli.main import main
+from tests.faults.hostile_suites import HOSTILE, ONE_CASE, Spec, make_fixture_files, materialize, row
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from orchestrator.cli import main
-from orchestrator.config import load_suite
-from orchestrator.plan import build_plan
-from orchestrator.results import RESULTS, load, read_records
+from orchestrator.cli.main import main
+from orchestrator.results.store import RESULTS, load, read_records
+from orchestrator.suite.config import load_suite
+from orchestrator.suite.plan import build_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 EXERCISES = ROOT / "configs" / "exercises" / "python"
@@ -38,7 +38,7 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RL
 """
 """Prefix of a child's script: no file may grow past argv[1] bytes (inherited by its own children)."""
 
-CLI = LIMITED + "from orchestrator.cli import main\nmain(prog_name='orchestrate')\n"
+CLI = LIMITED + "from orchestrator.cli.main import main\nmain(prog_name='orchestrate')\n"
 
 PAD = 6000
 """Characters each check prints: a record (with the check's output tail) is ~7-9 kB, more than the
@@ -222,7 +222,7 @@ WRITER = LIMITED + textwrap.dedent(
     from datetime import datetime, timezone
     from pathlib import Path
     from orchestrator.outcome import Status
-    from orchestrator.results import AttemptRecord, ResultsWriteError, ResultsWriter
+    from orchestrator.results.store import AttemptRecord, ResultsWriteError, ResultsWriter
 
     now = datetime.now(timezone.utc)
     def record(n):

@@ -12,14 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipc_bridge.bad_input import RateLimitedLog
-from ipc_bridge.client import ConnectFailed
-from ipc_bridge.framing import FrameDecoder, encode_frame
-from ipc_bridge.slots import SlotConfig
-from ipc_bridge.wire import SlotInfo, TaskEventContent
-from tests.streams import Collector
-
-from .bad_input_harness import (
+from ipc_bridge.client.bridge_client import ConnectFailed
+from ipc_bridge.roo.framing import FrameDecoder, encode_frame
+from ipc_bridge.server.bad_input import RateLimitedLog
+from ipc_bridge.server.slots import SlotConfig
+from ipc_bridge.wire.session import SlotInfo, TaskEventContent
+from tests.faults.bad_input_harness import (
     ACK,
     CLIENT_ID,
     FakeHost,
@@ -30,6 +28,7 @@ from .bad_input_harness import (
     inproc_bridge,
     named,
 )
+from tests.streams import Collector
 
 pytestmark = pytest.mark.timeout(30)
 

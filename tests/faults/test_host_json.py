@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 
 from ipc_bridge.json_compat import RawNumber, dumps, loads
+from tests.faults.bad_input_harness import ACK, FakeHost, HostConn, assert_contiguous, inproc_bridge, named
+from tests.faults.bad_input_harness import encode_frame as _encode
 from tests.streams import Collector
-
-from .bad_input_harness import ACK, FakeHost, HostConn, assert_contiguous, inproc_bridge, named
-from .bad_input_harness import encode_frame as _encode
 
 pytestmark = pytest.mark.timeout(60)
 

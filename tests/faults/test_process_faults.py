@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.hosts import FORKED_FARM_NAME
-from orchestrator.results import read_records
+from orchestrator.hosts.providers import FORKED_FARM_NAME
+from orchestrator.results.store import read_records
 from tests.runs import (
     EXERCISES,
     SIM_IN_ORDER,
@@ -102,7 +102,7 @@ def _farm(pid: int) -> bool:
 
 
 def _bridges(pid: int) -> list[int]:
-    return [p for p in descendants(pid) if b"ipc_bridge.bridge_cli" in cmdline(p)]
+    return [p for p in descendants(pid) if b"ipc_bridge.server.cli" in cmdline(p)]
 
 
 def test_a_sigkilled_bridge_is_restarted_and_its_lost_attempts_retried(tmp_path: Path, sockdir: Path) -> None:
@@ -147,7 +147,7 @@ def test_a_sigkilled_bridge_is_restarted_and_its_lost_attempts_retried(tmp_path:
 async def test_a_stopped_host_is_unresponsive_and_retried_on_a_fresh_one(
     tmp_path: Path, sockdir: Path
 ) -> None:
-    from ipc_bridge.extension import connect
+    from ipc_bridge.roo.extension import connect
 
     target = (
         "{kind: simulator, slots: 1, options: {time_scale: 0.05, status_delay: 0.1, process_per_host: true}}"

@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from ipc_bridge.bad_input import LOG_BURST, REJECT_REASONS
-from ipc_bridge.bridge import Bridge
-from ipc_bridge.client import InvalidCommand
-from ipc_bridge.slots import SlotConfig
-from ipc_bridge.wire import (
+from ipc_bridge.client.bridge_client import InvalidCommand
+from ipc_bridge.server.bad_input import LOG_BURST, REJECT_REASONS
+from ipc_bridge.server.bridge import Bridge
+from ipc_bridge.server.slots import SlotConfig
+from ipc_bridge.wire.session import (
     DELIM,
     REQUESTS,
     VERSION,
@@ -33,8 +33,7 @@ from ipc_bridge.wire import (
     Session,
     new_key,
 )
-
-from .bad_input_harness import FakeHost, HostConn, frame, inproc_bridge
+from tests.faults.bad_input_harness import FakeHost, HostConn, frame, inproc_bridge
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -21,11 +21,11 @@ import zmq.asyncio
 from click.testing import CliRunner
 from zmq.utils.monitor import recv_monitor_message
 
-from ipc_bridge.client import BridgeClient, BridgeLost, BridgeTimeout
-from ipc_bridge.connection_file import ConnectionInfo, read_connection_file
-from ipc_bridge.curve import authorize, create_keypair, ensure_server_keys, load_keypair
-from ipc_bridge.launcher import BridgeProcess, start_bridge_process
-from orchestrator.cli import main
+from ipc_bridge.client.bridge_client import BridgeClient, BridgeLost, BridgeTimeout
+from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
+from ipc_bridge.wire.connection_file import ConnectionInfo, read_connection_file
+from ipc_bridge.wire.curve import authorize, create_keypair, ensure_server_keys, load_keypair
+from orchestrator.cli.main import main
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -224,7 +224,7 @@ def test_a_port_in_use_fails_cleanly(sockdir: Path) -> None:
         argv = [
             sys.executable,
             "-m",
-            "ipc_bridge.bridge_cli",
+            "ipc_bridge.server.cli",
             "--connection-file",
             str(runtime / "bridge.json"),
             "--listen",

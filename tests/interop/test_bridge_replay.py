@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from ipc_bridge.client import BridgeClient, Event
-from ipc_bridge.launcher import start_bridge_process
-from ipc_bridge.protocol import QUERY_RESPONSES, parse_task_event, task_command_adapter
+from ipc_bridge.client.bridge_client import BridgeClient, Event
+from ipc_bridge.roo.protocol import QUERY_RESPONSES, parse_task_event, task_command_adapter
+from ipc_bridge.server.launcher import start_bridge_process
 from tests.conftest import RECORDINGS, load_recording, recording_names, requires_node
 from tests.interop.peers import Processes
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ipc_bridge.client import BridgeClient
-from ipc_bridge.launcher import start_bridge_process
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.server.launcher import start_bridge_process
 from tests.conftest import requires_node
 from tests.interop.peers import Processes
 

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from ipc_bridge.extension import Disconnected, ExtensionConnection, connect
-from ipc_bridge.protocol import TaskEventMessage, UnknownEvent, parse_ipc_message
+from ipc_bridge.roo.extension import Disconnected, ExtensionConnection, connect
+from ipc_bridge.roo.protocol import TaskEventMessage, UnknownEvent, parse_ipc_message
 from tests.conftest import RECORDINGS, requires_node
 from tests.interop.peers import Processes, script_arg
 
@@ -43,7 +43,7 @@ def orchestrate_argv() -> list[str]:
     script = Path(sys.executable).parent / "orchestrate"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from orchestrator.cli import main; main()"]
+    return [sys.executable, "-c", "from orchestrator.cli.main import main; main()"]
 
 
 def read_jsonl(path: Path) -> Iterator[Any]:

@@ -1,4 +1,4 @@
-"""Our client (ipc_bridge.extension) against the real node-ipc 12.0.0 server, validated by the real
+"""Our client (ipc_bridge.roo.extension) against the real node-ipc 12.0.0 server, validated by the real
 @roo-code/types 1.115.0 ``ipcMessageSchema`` exactly as Roo's IpcServer does (interop/roo_server.js).
 
 What would break in the field if these failed: a command the extension silently drops (zod rejects
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from ipc_bridge.extension import Disconnected, ExtensionConnection, connect
-from ipc_bridge.framing import encode_frame
-from ipc_bridge.protocol import (
+from ipc_bridge.roo.extension import Disconnected, ExtensionConnection, connect
+from ipc_bridge.roo.framing import encode_frame
+from ipc_bridge.roo.protocol import (
     CancelTask,
     CloseTask,
     CommandsResponse,

@@ -1,0 +1,342 @@
+"""``orchestrate run``: the command line of a run; the work is in :mod:`orchestrator.run.scheduler`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ipc_bridge.redaction import Redactor, redact_process_output
+from orchestrator.processes.child_env import withhold
+from orchestrator.results.store import (
+    AttemptRecord,
+    ResultsError,
+    ResultsWriteError,
+    ResultsWriter,
+    build_manifest,
+)
+from orchestrator.run.jobs import KEPT_WORKSPACES
+from orchestrator.run.pool import ExecutorStartError
+from orchestrator.run.scheduler import Interrupted, RunOptions, Scheduler
+from orchestrator.run.supervisor import BridgeFailed
+from orchestrator.status import Status
+from orchestrator.suite.config import SocketTarget, Suite, SuiteError, apply_overrides, load_suite
+from orchestrator.suite.plan import build_plan, pending, suite_hash
+
+EXIT_BAD_INPUT = 2
+EXIT_WRITE_ERROR = ResultsWriteError.exit_code
+EXIT_BRIDGE_FAILED = 4
+EXIT_CIRCUIT_BREAKER = 5
+EXIT_INTERRUPTED = 130
+
+
+def _default_run_id(suite_name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in suite_name)[:40]
+    return f"{stamp}-{safe}"
+
+
+class _Progress:
+    """The tqdm bar (or JSON lines, or nothing) fed by each record as it is written."""
+
+    def __init__(self, total: int, *, quiet: bool, as_json: bool, redactor: Redactor) -> None:
+        self.as_json = as_json
+        self.redact = redactor
+        self.counts = {"passed": 0, "failed": 0, "errors": 0, "retried": 0, "cancelled": 0}
+        self.cost = 0.0
+        self._bar: Any = None
+        if not quiet and not as_json:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="attempt", dynamic_ncols=True, file=sys.stderr)
+
+    def __call__(self, record: AttemptRecord) -> None:
+        self.cost += record.metrics.cost_usd
+        if record.status is Status.CANCELLED:
+            self.counts["cancelled"] += 1  # stopped by us: run again on resume, not a retry
+        elif not record.final:
+            self.counts["retried"] += 1
+        elif record.error_class is not None or record.status.is_infra:
+            self.counts["errors"] += 1
+        elif record.passed:
+            self.counts["passed"] += 1
+        else:
+            self.counts["failed"] += 1
+        if self.as_json:
+            # Redacted before it is JSON: stdout's own redaction sees the text, where escaping may hide
+            # a secret.
+            click.echo(json.dumps(self.redact({"type": "attempt", **record.model_dump(mode="json")})))
+        if self._bar is not None:
+            if record.final:
+                self._bar.update(1)
+            self._bar.set_postfix(**self.counts, cost=f"${self.cost:.2f}", refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@click.command()
+@click.argument("suite_file", type=click.Path(path_type=Path))  # checked by load_suite, in one line
+@click.option("--slots", type=int, help="Extension hosts used at once (overrides target.slots).")
+@click.option(
+    "--filter",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="Only cases with this tag (repeatable: any of them).",
+)
+@click.option(
+    "--case", "case_ids", multiple=True, metavar="ID", help="Only this case id or glob (repeatable)."
+)
+@click.option(
+    "--model", "model_ids", multiple=True, metavar="ID", help="Only this model id or glob (repeatable)."
+)
+@click.option("--repeats", type=int, help="Repeats per case and model (overrides the suite).")
+@click.option(
+    "--results",
+    "results_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("results"),
+    show_default=True,
+    help="Parent directory of run directories.",
+)
+@click.option("--run-id", help="Name of the run directory (default: UTC timestamp + suite name).")
+@click.option(
+    "--resume",
+    "resume_id",
+    metavar="RUN_ID",
+    help="Continue this run: only attempts without a final record run.",
+)
+@click.option(
+    "--force", is_flag=True, help="With --resume: accept a suite that changed since the run started."
+)
+@click.option(
+    "--workers",
+    type=int,
+    help="Worker processes (default: min(slots, 2); never more than slots); each drives several slots.",
+)
+@click.option(
+    "--keep-workspaces",
+    is_flag=True,
+    help="Keep each attempt's workspace in RESULTS/RUN_ID/workspaces/ (each record names its own; the "
+    "directory is printed at the end).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON line per finished attempt and a final summary line."
+)
+@click.option(
+    "--max-bridge-restarts",
+    type=click.IntRange(min=0),
+    default=10,
+    help="bridge deaths tolerated within a minute before the run stops [default 10]",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="ADDRESS",
+    help="Run on a Ray cluster (implies target.executor: ray): 'auto' joins the one started on this "
+    "machine with ray start, 'local' starts a private one, else the cluster's address. Needs "
+    "pip install '.[ray]'.",
+)
+def run(
+    suite_file: Path,
+    slots: int | None,
+    tags: tuple[str, ...],
+    case_ids: tuple[str, ...],
+    model_ids: tuple[str, ...],
+    repeats: int | None,
+    results_dir: Path,
+    run_id: str | None,
+    resume_id: str | None,
+    force: bool,
+    workers: int | None,
+    keep_workspaces: bool,
+    quiet: bool,
+    as_json: bool,
+    max_bridge_restarts: int,
+    ray_address: str | None,
+) -> None:
+    """Run SUITE_FILE (cases x models x repeats) and write results/<run-id>/.
+
+    \b
+    Files written: manifest.json (resolved suite, secrets redacted), results.jsonl (one record per
+    attempt, fsynced), events/ (per-attempt transcripts), summary.json. Load them in a notebook with
+    orchestrator.results.store.load("results/<run-id>").
+    Exit codes: 0 done, 2 bad suite or options (or the Ray cluster cannot be used), 3 results could not be written (disk full, unwritable
+    --results; every record written is complete: fix it, then --resume RUN_ID), 4 the bridge kept dying
+    (more than --max-bridge-restarts a minute), 5 circuit breaker: the first tries of the first
+    2 x slots attempts all ended infra_error for the same reason (a host that cannot start, ...; the
+    reason is printed), 130 interrupted. After 3, 4, 5 and 130, --resume RUN_ID continues the run.
+    2 also when another process owns the run (a --resume or --run-id of a run in progress).
+    """
+    try:
+        suite = load_suite(suite_file)
+        # The run's identity is the whole suite, before --case/--model/--filter narrow it, so that a
+        # resume may run a subset of it.
+        identity = suite_hash(suite)
+        suite = apply_overrides(
+            suite, slots=slots, tags=tags, case_ids=case_ids, model_ids=model_ids, repeats=repeats
+        )
+        if ray_address is not None:
+            suite = _on_ray(suite)
+    except SuiteError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    redactor = suite.redactor()
+    # From here on, whatever this process or a child prints is redacted, and no child inherits a secret.
+    redact_process_output(redactor)
+    withhold(suite.referenced_env, suite.secret_values)
+    if workers is not None and workers < 1:
+        click.echo(f"error: --workers: must be at least 1, got {workers}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    for option, name in (("--run-id", run_id), ("--resume", resume_id)):
+        if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\0" in name):
+            click.echo(
+                f"error: {option} {name!r}: give a plain directory name (no '/', not '.' or '..')", err=True
+            )
+            sys.exit(EXIT_BAD_INPUT)
+    plan = build_plan(suite)
+    try:
+        if resume_id:
+            writer = ResultsWriter.resume(results_dir / resume_id, redactor=redactor)
+            run_id = resume_id
+            recorded = writer.read_manifest().get("config_hash")
+            if recorded != identity and not force:
+                writer.close()
+                click.echo(
+                    f"error: {suite_file} changed since run {resume_id} started (config hash {recorded} -> "
+                    f"{identity}); resume with --force to run the changed suite into the same run anyway",
+                    err=True,
+                )
+                sys.exit(EXIT_BAD_INPUT)
+        else:
+            run_id = run_id or _default_run_id(suite.name)
+            manifest = build_manifest(
+                suite,
+                run_id=run_id,
+                config_hash=identity,
+                argv=sys.argv,
+                started_at=datetime.now(timezone.utc),
+                attempts_planned=len(plan),
+            )
+            writer = ResultsWriter.create(results_dir / run_id, manifest, redactor=redactor)
+    except ResultsWriteError as exc:
+        click.echo(f"error: {exc}; nothing was started: fix it or choose another --results", err=True)
+        sys.exit(EXIT_WRITE_ERROR)
+    except ResultsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    todo = pending(plan, writer.finished_keys())
+    progress = _Progress(len(todo), quiet=quiet, as_json=as_json, redactor=redactor)
+    scheduler = Scheduler(
+        suite,
+        todo,
+        writer,
+        run_id=run_id,
+        options=RunOptions(
+            workers=workers,
+            keep_workspaces=keep_workspaces,
+            bridge_restarts=max_bridge_restarts,
+            ray_address=ray_address,
+        ),
+        on_record=progress,
+    )
+    stop = "interrupted"
+    failed: ResultsError | None = None
+    broken: BridgeFailed | None = None
+    unstarted: ExecutorStartError | None = None
+    try:
+        stop = scheduler.run()
+    except Interrupted:
+        stop = "killed"
+    except ResultsWriteError as exc:
+        stop, failed = "write_error", exc
+    except BridgeFailed as exc:
+        stop, broken = "bridge_failed", exc
+    except ExecutorStartError as exc:
+        stop, unstarted = "not_started", exc
+    finally:
+        progress.close()
+        tripped = {"stop_detail": scheduler.tripped} if scheduler.tripped else {}
+        summary = writer.summary(
+            stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget, **tripped
+        )
+        try:
+            writer.write_summary(summary)
+            writer.update_manifest(ended_at=datetime.now(timezone.utc).isoformat())
+        except ResultsError as exc:  # the records are what counts; a resume rewrites both files
+            failed = failed or exc
+        if failed is None:  # load()'s cache; never raises. After a write error, the resume writes it
+            writer.write_columnar()
+        writer.close()  # last: until here, the run directory is this process's alone
+    if failed is not None:
+        click.echo(
+            f"error: {failed}; every record written before is complete. Free space (or fix the "
+            f"directory), then continue with: orchestrate run {suite_file} --results {results_dir} "
+            f"--resume {run_id}",
+            err=True,
+        )
+        sys.exit(EXIT_WRITE_ERROR)
+    if unstarted is not None:
+        click.echo(f"error: {unstarted}; nothing ran (resume with --resume {run_id} once fixed)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    kept = writer.run_dir / KEPT_WORKSPACES if keep_workspaces else None
+    _report(writer.run_dir, summary, as_json=as_json, quiet=quiet, redactor=redactor, kept=kept)
+    if broken is not None:
+        click.echo(
+            f"error: {broken}. The run stopped; every record written is valid: continue with "
+            f"orchestrate run {suite_file} --results {results_dir} --resume {run_id}",
+            err=True,
+        )
+        sys.exit(EXIT_BRIDGE_FAILED)
+    if scheduler.tripped is not None:
+        click.echo(
+            f"error: {redactor.text(scheduler.tripped)}: the rest would too, so the run stopped. Fix the "
+            f"cause, then continue with: orchestrate run {suite_file} --results {results_dir} --resume {run_id}",
+            err=True,
+        )
+        sys.exit(EXIT_CIRCUIT_BREAKER)
+    if stop in ("interrupted", "killed"):
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def _on_ray(suite: Suite) -> Suite:
+    """``--ray``: the suite with ``target.executor: ray`` (hosts launched on the nodes)."""
+    if isinstance(suite.target, SocketTarget):
+        raise SuiteError.single(
+            suite.source,
+            "--ray",
+            "a socket target attaches to hosts already running on this machine; use a simulator, "
+            "vscode or command target, whose hosts each node launches itself",
+        )
+    return suite.model_copy(update={"target": suite.target.model_copy(update={"executor": "ray"})})
+
+
+def _report(
+    run_dir: Path,
+    summary: dict[str, Any],
+    *,
+    as_json: bool,
+    quiet: bool,
+    redactor: Redactor,
+    kept: Path | None,
+) -> None:
+    if as_json:
+        where = {"workspaces_dir": str(kept)} if kept is not None else {}
+        click.echo(json.dumps(redactor({"type": "summary", "run_dir": str(run_dir), **where, **summary})))
+        return
+    totals = summary.get("totals", {})
+    click.echo(
+        f"{run_dir}: {totals.get('attempts', 0)} attempts, {totals.get('passed', 0)} passed, "
+        f"{totals.get('failed', 0)} failed, {totals.get('errors', 0)} errors, "
+        f"cost ${totals.get('cost_usd', 0.0):.4f}; stop: {summary.get('stop_reason')}",
+        err=quiet,
+    )
+    if kept is not None:
+        click.echo(f"workspaces kept in {kept}", err=quiet)

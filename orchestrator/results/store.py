@@ -1,0 +1,468 @@
+"""The result files of a run, ``results/<run-id>/``, and :func:`load` for notebooks.
+
+::
+
+    manifest.json      the resolved suite (secrets redacted), config hash, versions, git, command line
+    results.jsonl      one AttemptRecord a line, appended, flushed and fsynced as each attempt ends
+    events/<case>__<model>__<repeat>__<attempt>.jsonl   each attempt's transcript (non-partial events)
+    summary.json       pass rate and totals by model and tag, rebuilt from results.jsonl
+    results.parquet    a columnar cache of results.jsonl for load(), written when the run ends (optional)
+    .lock              flock'd by the run's owner while it lives; names its pid and host
+
+One process (the main one) owns a :class:`ResultsWriter`, and one writer owns a run directory at a time
+(:mod:`orchestrator.results.run_lock`: a second one is refused while the first lives); it never writes a second
+final record for a key, and on resume it cuts away a torn last line left by a hard kill. Every JSON
+file is written whole (temp file, fsync, rename), and everything written passes through the suite's
+redactor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import importlib
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from orchestrator.results import columnar
+from orchestrator.results.records import (
+    COLUMNS,
+    EVENTS,
+    MANIFEST,
+    RESULTS,
+    SCHEMA_VERSION,
+    SUMMARY,
+    AttemptRecord,
+    DuplicateRecordError,
+    ResultsError,
+    ResultsWriteError,
+    Timings,
+    final_for,
+    flat_row,
+    flat_values,
+    is_partial_message,
+    read_records,
+)
+from orchestrator.results.report import read_rows, summarize_rows
+from orchestrator.results.run_lock import RunInProgressError, RunLock
+from orchestrator.status import Status
+from orchestrator.suite.config import Redactor, Suite
+from orchestrator.suite.plan import AttemptKey
+
+log = logging.getLogger(__name__)
+
+# The record schema lives in records.py; these names stay importable from here (the notebook API).
+__all__ = [
+    "COLUMNS",
+    "EVENTS",
+    "MANIFEST",
+    "RESULTS",
+    "SCHEMA_VERSION",
+    "SUMMARY",
+    "AttemptRecord",
+    "DuplicateRecordError",
+    "ResultsError",
+    "ResultsWriteError",
+    "ResultsWriter",
+    "RunInProgressError",
+    "Timings",
+    "atomic_write",
+    "build_manifest",
+    "final_for",
+    "flat_row",
+    "flat_values",
+    "is_partial_message",
+    "load",
+    "read_records",
+]
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise ResultsWriteError(path, exc) from exc
+
+
+# ------------------------------------------------------------------------------- file helpers
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a reader (or a crash) sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):  # a full disk must not also keep a half-written temp file
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _json(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n"
+
+
+def _git_info(directory: Path) -> dict[str, Any] | None:
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None
+    status = git("status", "--porcelain")
+    return {"commit": commit.strip(), "dirty": bool(status and status.strip())}
+
+
+def build_manifest(
+    suite: Suite,
+    *,
+    run_id: str,
+    config_hash: str,
+    argv: Iterable[str],
+    started_at: datetime,
+    attempts_planned: int,
+    extension_version: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest of a run (``suite`` is a :class:`orchestrator.suite.config.Suite`; redaction is applied by
+    the writer). ``extra`` is merged in (overrides, options)."""
+    import platform
+    import socket
+    import sys
+
+    from orchestrator import __version__
+
+    source = suite.source
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "suite_name": suite.name,
+        "suite_file": str(source) if source else None,
+        "config_hash": config_hash,
+        "attempts_planned": attempts_planned,
+        "suite": suite.redacted(),
+        "versions": {
+            "orchestrator": __version__,
+            "python": platform.python_version(),
+            "extension": extension_version,
+        },
+        "git": _git_info(suite.base_dir),
+        "command_line": list(argv),
+        "host": {"hostname": socket.gethostname(), "platform": sys.platform, "cpus": os.cpu_count()},
+        "started_at": started_at.isoformat(),
+        "ended_at": None,
+        **(dict(extra) if extra else {}),
+    }
+
+
+# ------------------------------------------------------------------------------------ writer
+
+
+class ResultsWriter:
+    """The only writer of one run directory. Use :meth:`create` for a new run, :meth:`resume` for an
+    existing one."""
+
+    def __init__(self, run_dir: Path, redactor: Redactor | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.events_dir = self.run_dir / EVENTS
+        self.results_path = self.run_dir / RESULTS
+        self._redact = redactor or Redactor()
+        # What the writer must answer at once, in O(1) per record; the records themselves are on disk
+        # (holding them cost ~8.5 kB per attempt in a long run).
+        self._cost_usd = 0.0
+        self._final: set[AttemptKey] = set()
+        self._numbers: dict[tuple[str, str, int], set[int]] = {}
+        self._tries: dict[AttemptKey, int] = {}
+        self._fd: int | None = None
+        self._lock: RunLock | None = None
+
+    @classmethod
+    def create(
+        cls, run_dir: Path, manifest: Mapping[str, Any], *, redactor: Redactor | None = None
+    ) -> ResultsWriter:
+        """Make a new run directory with its manifest, owned (locked) by this process until
+        :meth:`close`. Refuses a directory that exists (:class:`RunInProgressError` while its owner
+        lives); raises :class:`ResultsWriteError` (leaving nothing behind) when it cannot be made or
+        written."""
+        run_dir = Path(run_dir)
+        with _writing(run_dir.parent):
+            if not run_dir.parent.is_dir():
+                run_dir.parent.mkdir(parents=True)
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            owner = RunLock.held(run_dir)
+            if owner is not None:
+                raise RunInProgressError(run_dir, owner) from None
+            raise ResultsError(
+                f"{run_dir} exists: choose another --run-id, or --resume {run_dir.name} to continue it"
+            ) from None
+        except OSError as exc:
+            raise ResultsWriteError(run_dir, exc) from exc
+        writer = cls(run_dir, redactor)
+        try:
+            with _writing(run_dir):
+                # Locked before the manifest exists: a resume racing the start is refused as in progress.
+                writer._lock = RunLock(run_dir)
+                writer.events_dir.mkdir()
+                writer.write_manifest(manifest)
+                writer._open()
+        except ResultsWriteError:
+            # A directory without a manifest is neither a run nor free for a new one: take it away.
+            writer.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        return writer
+
+    @classmethod
+    def resume(cls, run_dir: Path, *, redactor: Redactor | None = None) -> ResultsWriter:
+        """Reopen a run directory, owned (locked) by this process until :meth:`close`: repairs a torn
+        last line and indexes the records already written. Raises :class:`RunInProgressError` at once
+        while another process owns it."""
+        run_dir = Path(run_dir)
+        if not (run_dir / MANIFEST).is_file():
+            owner = RunLock.held(run_dir)  # a run that is starting: locked, its manifest not yet written
+            if owner is not None:
+                raise RunInProgressError(run_dir, owner)
+            raise ResultsError(f"{run_dir} is not a run directory (no {MANIFEST})")
+        writer = cls(run_dir, redactor)
+        with _writing(run_dir):
+            writer._lock = RunLock(run_dir)
+        try:
+            with _writing(run_dir):
+                writer.events_dir.mkdir(exist_ok=True)
+                for record in read_records(writer.results_path, repair=True):
+                    writer._index(record)
+                writer._open()
+        except BaseException:
+            writer.close()
+            raise
+        return writer
+
+    def _open(self) -> None:
+        self._fd = os.open(self.results_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _fsync_dir(self.run_dir)
+
+    def close(self) -> None:
+        """Close results.jsonl and give up the run directory (another process may resume it now)."""
+        self._close_records()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _close_records(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ResultsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --------------------------------------------------------------------------------- manifest
+
+    def read_manifest(self) -> dict[str, Any]:
+        path = self.run_dir / MANIFEST
+        try:
+            manifest: dict[str, Any] = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ResultsError(f"{path}: unreadable manifest ({exc})") from None
+        return manifest
+
+    def write_manifest(self, manifest: Mapping[str, Any]) -> None:
+        path = self.run_dir / MANIFEST
+        with _writing(path):
+            atomic_write(path, _json(self._redact(dict(manifest))))
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        """Set top-level fields of the manifest (``ended_at=...``, ``stopped_by="budget"``)."""
+        manifest = {**self.read_manifest(), **fields}
+        self.write_manifest(manifest)
+        return manifest
+
+    # ---------------------------------------------------------------------------------- records
+
+    @property
+    def records(self) -> list[AttemptRecord]:
+        """Every record written so far, read back from results.jsonl."""
+        return read_records(self.results_path)
+
+    @property
+    def cost_usd(self) -> float:
+        """Money spent by every recorded attempt, retried ones included (for the budget; a running total:
+        the scheduler asks before every start)."""
+        return self._cost_usd
+
+    def finished_keys(self) -> set[AttemptKey]:
+        """Keys that have a final record: what a resumed run skips."""
+        return set(self._final)
+
+    def next_attempt(self, key: AttemptKey) -> int:
+        """The attempt number for the next try of ``key`` (counted over every config hash of the same
+        case, model and repeat, so transcript names never collide)."""
+        used = self._numbers.get((key.case_id, key.model_id, key.repeat), set())
+        return max(used, default=0) + 1
+
+    def tries(self, key: AttemptKey) -> int:
+        """Real tries of ``key`` recorded so far: what its ``retries`` are counted against. A try the
+        orchestrator cancelled (Ctrl-C) is not one: the attempt never had its chance."""
+        return self._tries.get(key, 0)
+
+    def _index(self, record: AttemptRecord) -> None:
+        self._cost_usd += record.metrics.cost_usd
+        if record.status is not Status.CANCELLED:
+            self._tries[record.key] = self._tries.get(record.key, 0) + 1
+        self._numbers.setdefault((record.case_id, record.model_id, record.repeat), set()).add(record.attempt)
+        if record.final:
+            self._final.add(record.key)
+
+    def append(self, record: AttemptRecord) -> None:
+        """Write one record durably (one write, then fsync). Refuses a second final record for a key and
+        a reused attempt number. When the write fails (disk full, ...), the file is cut back to its last
+        complete record and :class:`ResultsWriteError` is raised."""
+        if self._fd is None:
+            raise ResultsError("the writer is closed")
+        key = record.key
+        if key in self._final:
+            raise DuplicateRecordError(f"{key.slug} ({key.config_hash}) already has a final record")
+        if record.attempt in self._numbers.get((key.case_id, key.model_id, key.repeat), set()):
+            raise DuplicateRecordError(f"{key.slug}: attempt {record.attempt} is already recorded")
+        line = orjson.dumps(self._redact(record.model_dump(mode="json"))) + b"\n"
+        with _writing(self.results_path):
+            size = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._cut_back(size)
+            raise ResultsWriteError(self.results_path, exc) from exc
+        self._index(record)
+
+    def _cut_back(self, size: int) -> None:
+        """Remove a partly written line, so that the file ends with a complete record."""
+        assert self._fd is not None
+        try:
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        except OSError as exc:
+            # Resume cuts a torn last line too; but no later record may follow this one.
+            log.error("%s: cannot remove a partly written record: %s", self.results_path, exc)
+            self._close_records()  # the run stays owned: nobody may resume it while this process lives
+
+    def write_transcript(
+        self, key: AttemptKey, attempt: int, rows: Iterable[Mapping[str, Any]], *, keep_partial: bool = False
+    ) -> str:
+        """Write an attempt's transcript whole; returns its path relative to the run directory (for
+        ``AttemptRecord.events_file``). Each row is a JSON-ready mapping, e.g. ``{"t": seconds, "dir":
+        "in", "event": {...}}``; rows carrying a partial ``message`` event are left out unless
+        ``keep_partial`` (the record's metrics count them)."""
+        name = key.events_name(attempt)
+        chunks = [
+            orjson.dumps(self._redact(dict(row))) + b"\n"
+            for row in rows
+            if keep_partial or not is_partial_message(row)
+        ]
+        path = self.events_dir / name
+        with _writing(path):
+            atomic_write(path, b"".join(chunks))
+        return f"{EVENTS}/{name}"
+
+    # ---------------------------------------------------------------------------------- summary
+
+    def summary(self, **extra: Any) -> dict[str, Any]:
+        """Totals rebuilt from results.jsonl (``extra`` adds top-level fields, e.g. the stop reason). Read
+        as compact rows in one pass: a long run's records never all sit in memory as models."""
+        return {"schema_version": SCHEMA_VERSION, **summarize_rows(read_rows(self.run_dir)), **extra}
+
+    def write_columnar(self) -> Path | None:
+        """At the end of a run: results.parquet, the columnar cache that :func:`load` reads instead of
+        results.jsonl while it matches it. Never raises: without it, load() parses results.jsonl."""
+        return columnar.write_cache(self.run_dir)
+
+    def write_summary(self, summary: Mapping[str, Any] | None = None, **extra: Any) -> Path:
+        """Write summary.json: ``summary`` (from :meth:`summary`), or rebuilt here with ``extra``."""
+        path = self.run_dir / SUMMARY
+        with _writing(path):
+            atomic_write(path, _json(self._redact(dict(summary or self.summary(**extra)))))
+        return path
+
+
+# --------------------------------------------------------------------------------------- load
+
+
+def _run_dirs(source: str | Path | Iterable[str | Path]) -> list[Path]:
+    items: list[str | Path] = [source] if isinstance(source, (str, Path)) else list(source)
+    paths: list[Path] = []
+    for item in items:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            hits = sorted(glob.glob(text))
+            if not hits:
+                raise ResultsError(f"no run matches {text!r}")
+            paths.extend(Path(h) for h in hits)
+        else:
+            paths.append(Path(item))
+    out: list[Path] = []
+    for path in paths:
+        run_dir = path.parent if path.name == RESULTS else path
+        if not (run_dir / RESULTS).is_file() and not (run_dir / MANIFEST).is_file():
+            raise ResultsError(f"{path} is not a run directory (no {RESULTS})")
+        if run_dir not in out:
+            out.append(run_dir)
+    return out
+
+
+def load(source: str | Path | Iterable[str | Path], *, all_attempts: bool = False) -> Any:
+    """Load one run, several runs or a glob of runs as a ``pandas.DataFrame``, one row per attempt.
+
+    ``source``: a run directory, its results.jsonl, a glob (``"results/*"``), or a list of those.
+    By default only final records (one per case, model, repeat and config hash); ``all_attempts=True``
+    adds the retried ones. Columns: :data:`COLUMNS` (``started_at``/``ended_at`` as UTC datetimes;
+    ``tool_usage``, ``tool_errors``, ``errors``, ``tags`` and ``host_killed`` hold Python objects). A run's
+    results.parquet (:mod:`orchestrator.results.columnar`) is read instead of its results.jsonl when it was built
+    from results.jsonl as it is now; the frame is the same. The files are only read, never repaired.
+    Needs pandas (``pip install 'roo-eval-orchestrator[notebook]'``)."""
+    try:
+        importlib.import_module("pandas")
+    except ImportError:
+        raise ImportError(
+            "orchestrator.results.store.load needs pandas: pip install 'roo-eval-orchestrator[notebook]'"
+        ) from None
+    return columnar.frame(_run_dirs(source), all_attempts=all_attempts)

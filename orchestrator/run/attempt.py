@@ -1,0 +1,459 @@
+"""One attempt, start to finish: workspace → host → StartNewTask → outcome → check → record.
+
+Runs inside a worker process, in asyncio, through that process's one :class:`BridgeClient`. Every path
+out of :meth:`AttemptRunner.run` — success, agent failure, host crash, bridge loss, cancellation —
+produces exactly one record and leaves no host process, socket or workspace behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+from ipc_bridge.client.bridge_client import BridgeClient, BridgeError, BridgeRestarted, Event
+from orchestrator.hosts.attempt_host import AttemptHosts
+from orchestrator.hosts.providers import Host, HostError, HostExited, SimulatorFarm
+from orchestrator.outcome import OutcomeTracker, Status
+from orchestrator.results.records import Timings
+from orchestrator.run.grading import CheckResult, run_command
+from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
+from orchestrator.suite.plan import Attempt
+
+log = logging.getLogger(__name__)
+
+SLOT_DOWN = "slot_down"
+DISCONNECTED = "extension host disconnected"
+EXIT_WAIT = 2.0
+"""How long a host whose connection went down is given to exit, so that its record says how it did."""
+TASK_EVENT = "task_event"
+
+T = TypeVar("T")
+
+
+class _Phase:
+    def __init__(self) -> None:
+        self.timings = Timings()
+        self._t = time.monotonic()
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        setattr(self.timings, name, round(now - self._t, 4))
+        self._t = now
+
+
+class SlotGate(Protocol):
+    """The run's slots, for attempts readied ahead (``prelaunch``)."""
+
+    async def acquire(self, ticket: str) -> bool:
+        """A slot for ``ticket``'s task; False if held back (a spent budget, a stop)."""
+
+    def release(self, ticket: str) -> None:
+        """``ticket``'s task is over: its slot may go to the next readied attempt."""
+
+
+class AttemptRunner:
+    """Runs jobs for one worker process; several at once (one asyncio task each)."""
+
+    def __init__(
+        self,
+        client: BridgeClient,
+        config: WorkerConfig,
+        wid: int,
+        farm: SimulatorFarm | None = None,
+        *,
+        gate: SlotGate | None = None,
+    ) -> None:
+        """``gate``: where a readied attempt (workspace, host, attach) gets its slot before its task
+        starts; None: every job given runs at once."""
+        self.client = client
+        self.config = config
+        self.wid = wid
+        self._gate = gate
+        self._counter = itertools.count(1)
+        self._hosts = AttemptHosts(config, wid, farm)
+        self._restart = asyncio.Event()
+        self._restarted = "the bridge restarted"
+        client.on_restart.append(self._on_restart)
+
+    def _on_restart(self, restarted: BridgeRestarted) -> None:
+        self._restarted = str(restarted)
+        self._restart.set()
+        self._restart = asyncio.Event()
+
+    async def _unless_restart(self, request: Awaitable[T], restart: asyncio.Event) -> T:
+        """Await a bridge request or stream, ended by BridgeError as soon as ``restart`` is set.
+
+        The slot of an attempt lives on the bridge it was attached to; once that bridge is gone, what
+        was in flight may have gone with it: a request would only be resent to the successor after its
+        whole timeout (30-40 s for attach and StartNewTask), and a stream still subscribing or taking
+        its snapshot would wait as long, the attempt then timing out as if its host were silent."""
+        waiter = asyncio.ensure_future(restart.wait())
+        task = asyncio.ensure_future(request)
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if task.cancelled():
+            raise BridgeError(self._restarted)
+        return task.result()
+
+    async def close(self) -> None:
+        """Stop what the runner started for its attempts (the simulator farm). The worker calls it last."""
+        await self._hosts.close()
+
+    async def run(self, job: Job, ticket: str = "") -> JobResult:
+        """Run ``job`` (``ticket`` names it to the gate) to its record, or to an unstarted result when
+        the gate held it back or it was cancelled before its task started."""
+        started = datetime.now(timezone.utc)
+        phase = _Phase()
+        attempt = job.attempt
+        n = next(self._counter)
+        slot = f"w{self.wid}-{n}"
+        transcript: list[dict[str, Any]] = []
+        tracker: OutcomeTracker | None = None
+        host: Host | None = None
+        launched: Host | None = None  # the host, kept for its record after teardown
+        host_log: Path | None = None
+        host_end: str | None = None  # how the host ended by itself, if it did
+        check: CheckResult | None = None
+        status, reason = Status.INFRA_ERROR, ""
+        error_class: Literal["infra", "harness"] | None = "infra"
+        error: str | None = None
+        attached = False  # the slot exists in the bridge: it must be detached, its task cancelled if stopped
+        holding = False  # one of this worker's slots: given back as soon as the agent is done
+        task_started = False  # StartNewTask may have gone out: the attempt gets a record, whatever happens
+        unstarted = False
+        workspace = self._hosts.workspace(job)
+        try:
+            try:
+                await self._prepare(attempt, workspace)
+                phase.lap("setup_s")
+            except _HarnessError as exc:
+                raise _Stop(Status.INFRA_ERROR, "setup failed", "harness", str(exc)) from exc
+            try:
+                host, socket_path = await self._hosts.host(job, workspace, slot)
+                launched = host
+                host_log = host.log_path if host is not None else None
+                attached = True  # even a failed attach may leave a connecting slot behind
+                restart = self._restart  # set by the next bridge restart: then the slot is gone
+                await self._unless_restart(self._attach(host, slot, socket_path), restart)
+                phase.lap("launch_s")
+            except HostExited as exc:
+                raise _Stop(Status.INFRA_ERROR, str(exc), "infra", str(exc)) from exc
+            except (HostError, BridgeError, OSError) as exc:
+                raise _Stop(Status.INFRA_ERROR, "extension host did not come up", "infra", str(exc)) from exc
+            inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+            # Subscribed while the attempt waits for a slot: the welcome and the snapshot of its stream
+            # are then not on the task's clock.
+            pump = asyncio.ensure_future(self._pump(slot, inbox, restart))
+            try:
+                if self._gate is not None:
+                    if not await self._gate.acquire(ticket):
+                        raise _Unstarted
+                    holding = True
+                    phase.lap("wait_s")
+                task_started = True
+                # Made here, not in _follow: a Ctrl-C in the middle still finds what it knew.
+                tracker = OutcomeTracker(asyncio.get_running_loop().time(), attempt.limits)
+                responsive = await self._follow(attempt, slot, transcript, restart, inbox, tracker)
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
+            outcome = tracker.result()
+            status, reason = outcome.status, outcome.reason
+            if not responsive:
+                # Alive but silent (stopped, wedged): the agent never had its chance.
+                error = (
+                    f"{status.value}, then no event within {attempt.limits.cancel_timeout:g}s of CancelTask"
+                )
+                status, reason = Status.INFRA_ERROR, "extension host unresponsive"
+            error_class = "infra" if status.is_infra else None
+            phase.lap("agent_s")
+            # The task is over: a readied attempt may start now, while this one tears down and is checked.
+            holding = self._release(holding, ticket)
+            if reason == DISCONNECTED and host is not None:
+                await host.wait(EXIT_WAIT)  # most likely exiting (a crash): its exit status says how
+            # CloseTask is for a task a responsive host has: a host that never reported one (it never
+            # answered StartNewTask) would only sit out the grace.
+            host_end = await self._cleanup_host(slot, host, responsive, close=tracker.root is not None)
+            host, attached = None, False
+            if status.is_infra and host_end and error is None:
+                error = f"the extension host {host_end}"
+            phase.lap("teardown_s")
+            if not status.is_infra and attempt.case.check:
+                check = await run_command(
+                    attempt.case.check, workspace, timeout=attempt.check_timeout, env=attempt.env or None
+                )
+                phase.lap("check_s")
+        except _Stop as stop:
+            status, reason, error_class, error = stop.status, stop.reason, stop.error_class, stop.detail
+        except _Unstarted:
+            unstarted = True
+        except asyncio.CancelledError:
+            status, reason, error_class = Status.CANCELLED, "cancelled by the orchestrator", None
+            unstarted = not task_started
+            if task_started and phase.timings.agent_s is None:
+                phase.lap("agent_s")  # how long the task ran before the stop
+            if tracker is not None and tracker.status is not None:
+                # Stopped in its cancel, teardown or check: what the agent did is known, its grade is not.
+                reason += f" after the task ended {tracker.status.value}"
+            if attached and task_started:
+                # A leased host (socket target) is not closed afterwards: its task must be stopped here.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.client.cancel(slot), 2)
+        finally:
+            self._release(holding, ticket)
+            if host is not None or attached:
+                host_end = await asyncio.shield(self._cleanup_host(slot, host)) or host_end
+            if not self.config.keep_workspaces:
+                await asyncio.shield(_remove(workspace))
+        # Kept in the results: what a host wrote, and why it died (redacted like every record).
+        host_log_name, host_output = await asyncio.shield(
+            self._hosts.output(job, host_log, tail=status is Status.INFRA_ERROR or host_end is not None)
+        )
+        if unstarted:
+            # Never run (a stop or a spent budget held it back): nothing to record.
+            return JobResult({}, unstarted=True)
+        if check is not None:
+            passed: bool | None = check.passed
+        else:
+            passed = True if status is Status.COMPLETED and not attempt.case.check else None
+        ended = datetime.now(timezone.utc)
+        record = new_record(
+            self.config.run_id,
+            job,
+            status,
+            started=started,
+            ended=ended,
+            passed=passed,
+            reason=reason,
+            error_class=error_class if (status.is_infra or error) else None,
+            error=error,
+            task_id=tracker.root if tracker else None,
+            slot=slot,
+            node=self.config.node,
+            timings=phase.timings,
+            check=check,
+            host_log=host_log_name,
+            host_output_tail=host_output,
+            host_killed=list(launched.killed) if launched is not None else [],
+            kept_workspace=self._hosts.in_results(workspace) if self.config.keep_workspaces else None,
+        )
+        if tracker is not None:
+            record.metrics = tracker.metrics()
+        return JobResult(record.model_dump(mode="json"), transcript)
+
+    def _release(self, holding: bool, ticket: str) -> bool:
+        if holding and self._gate is not None:
+            self._gate.release(ticket)
+        return False
+
+    # ---------------------------------------------------------------------------------- phases
+
+    async def _prepare(self, attempt: Attempt, workspace: Path) -> None:
+        template = attempt.case.workspace
+        if template is not None:
+            await asyncio.to_thread(shutil.copytree, template, workspace, dirs_exist_ok=True, symlinks=True)
+        for command in attempt.case.setup:
+            result = await run_command(
+                command, workspace, timeout=attempt.setup_timeout, env=attempt.env or None
+            )
+            if not result.passed:
+                raise _HarnessError(
+                    f"setup command {command!r} exited {result.exit_code}: {result.output_tail[-500:]}"
+                )
+
+    async def _attach(self, host: Host | None, slot: str, socket_path: str) -> None:
+        """Attach the slot to the host's socket; a launched host that ends meanwhile is noticed at once
+        (:class:`HostExited`), not after the whole ``launch_timeout``."""
+        attach = asyncio.ensure_future(
+            self.client.attach(slot, socket_path, connect_timeout=self._hosts.launch_timeout())
+        )
+        if host is None:
+            await attach
+            return
+        ended = asyncio.ensure_future(host.wait(None))
+        try:
+            await asyncio.wait({attach, ended}, return_when=asyncio.FIRST_COMPLETED)
+            if not attach.done() and await host.hand_off():
+                await asyncio.wait({attach})  # a launcher that started the host detached, as `code` does
+        finally:
+            ended.cancel()
+            if not attach.done():
+                attach.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await attach
+        if attach.cancelled():
+            raise HostExited(f"extension host {host.ended_by_itself} before listening on its socket")
+        attach.result()
+
+    async def _follow(
+        self,
+        attempt: Attempt,
+        slot: str,
+        transcript: list[dict[str, Any]],
+        restart: asyncio.Event,
+        inbox: asyncio.Queue[Event | BaseException],
+        tracker: OutcomeTracker,
+    ) -> bool:
+        """Start the task and follow its events (``inbox``, filled by :meth:`_pump`) into ``tracker``
+        (made at the loop's time of the StartNewTask) to its outcome. Returns whether the host reacted
+        to the CancelTask that an outcome leaving the task running is followed by."""
+        loop = asyncio.get_running_loop()
+        t0 = tracker.started_at
+        configuration = dict(attempt.configuration)
+        if attempt.case.simulate is not None:
+            # Real hosts strip unknown configuration keys (zod strip mode), so any target may get
+            # it; a simulator behind a command or vscode target needs it.
+            configuration["simulate"] = attempt.case.simulate
+        try:
+            await self._unless_restart(
+                self.client.start_task(
+                    slot, attempt.prompt, configuration, start_timeout=attempt.limits.start_timeout
+                ),
+                restart,
+            )
+        except BridgeError as exc:
+            tracker.force(Status.INFRA_ERROR, f"StartNewTask failed: {exc}", loop.time())
+            return True
+        while not tracker.done:
+            now = loop.time()
+            deadline = tracker.next_deadline()
+            wait = 1.0 if deadline is None else max(0.0, deadline - now)
+            try:
+                item = await asyncio.wait_for(inbox.get(), wait)
+            except asyncio.TimeoutError:
+                tracker.tick(loop.time())
+                continue
+            now = loop.time()
+            if isinstance(item, BaseException):
+                tracker.force(Status.INFRA_ERROR, f"lost the event stream: {item}", now)
+            elif item.msg_type == TASK_EVENT:
+                event = item.task_event()
+                transcript.append(
+                    {"t": round(now - t0, 4), "dir": "in", "seq": item.seq, "event": event.wire()}
+                )
+                tracker.feed(event, now)
+            elif item.msg_type == SLOT_DOWN:
+                tracker.force(Status.INFRA_ERROR, DISCONNECTED, now)
+            tracker.tick(now)
+        status = tracker.status
+        if status is not None and status.task_left_running:
+            return await self._cancel(slot, inbox, transcript, t0, attempt.limits.cancel_timeout)
+        return True
+
+    async def _pump(
+        self, slot: str, inbox: asyncio.Queue[Event | BaseException], restart: asyncio.Event
+    ) -> None:
+        async def forward() -> None:
+            async with contextlib.aclosing(self.client.events(slot, since_seq=0)) as stream:
+                async for event in stream:
+                    inbox.put_nowait(event)
+
+        try:
+            await self._unless_restart(forward(), restart)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            inbox.put_nowait(exc)
+
+    async def _cancel(
+        self,
+        slot: str,
+        inbox: asyncio.Queue[Event | BaseException],
+        transcript: list[dict[str, Any]],
+        t0: float,
+        timeout: float,
+    ) -> bool:
+        """CancelTask, and whether the host sent any event within ``timeout`` afterwards (every engine
+        answers it with taskAborted). Events already queued do not count: they predate the command."""
+        loop = asyncio.get_running_loop()
+        while not inbox.empty():
+            self._keep(inbox.get_nowait(), transcript, loop.time() - t0)
+        try:
+            await asyncio.wait_for(self.client.cancel(slot), timeout)
+        except (BridgeError, asyncio.TimeoutError):
+            return False
+        deadline = loop.time() + timeout
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                item = await asyncio.wait_for(inbox.get(), remaining)
+            except asyncio.TimeoutError:
+                break
+            if self._keep(item, transcript, loop.time() - t0):
+                return True
+        return False
+
+    @staticmethod
+    def _keep(item: Event | BaseException, transcript: list[dict[str, Any]], t: float) -> bool:
+        """Add a task event that arrived after the outcome to the transcript; True if it was one."""
+        if isinstance(item, BaseException) or item.msg_type != TASK_EVENT:
+            return False
+        transcript.append({"t": round(t, 4), "dir": "in", "seq": item.seq, "event": item.task_event().wire()})
+        return True
+
+    async def _cleanup_host(
+        self, slot: str, host: Host | None, responsive: bool = True, *, close: bool = True
+    ) -> str | None:
+        """CloseTask (if ``close``), give the host its grace to exit, then make sure it is gone; detach
+        the slot. A host known to be unresponsive is killed at once: it would sit out the grace and a
+        SIGTERM too. Returns how the host had ended by itself before, if it had."""
+        ended = None
+        if host is not None:
+            ended = host.ended_by_itself
+            if not responsive:
+                await host.kill()
+            elif not close:
+                await host.stop(grace=2.0)
+            else:
+                try:
+                    await asyncio.wait_for(self.client.close_task(slot), 5)
+                except (BridgeError, asyncio.TimeoutError):
+                    pass  # the host never got it (bridge restarted, host gone): no grace to wait for
+                else:
+                    await host.wait(float(getattr(self.config.target, "close_grace", 10.0)))
+                await host.stop(grace=2.0)
+        with contextlib.suppress(BridgeError, asyncio.TimeoutError):
+            await asyncio.wait_for(self.client.detach(slot), 5)
+        return ended
+
+
+async def _remove(workspace: Path) -> None:
+    try:
+        os.rmdir(workspace)  # nothing was put in it: one syscall, not worth a thread
+    except OSError:
+        # rmdir blocks for milliseconds per directory on some disks: not on the event loop
+        await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
+
+
+class _HarnessError(Exception):
+    pass
+
+
+class _Unstarted(Exception):
+    """Held back before StartNewTask."""
+
+
+class _Stop(Exception):
+    def __init__(
+        self, status: Status, reason: str, error_class: Literal["infra", "harness"] | None, detail: str
+    ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.error_class = error_class
+        self.detail = detail

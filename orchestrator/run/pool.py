@@ -1,0 +1,309 @@
+"""Worker processes and the main process's side of them.
+
+The main process assigns each job to one specific worker (never a shared queue), so that when a worker
+dies it knows exactly which jobs were in flight there and can hand them back to the scheduler. Workers
+are started with ``spawn``: each creates its own event loop and ZMQ context after it starts, and no
+socket or context ever crosses a process boundary. Workers ignore SIGINT; the main process decides what
+Ctrl-C means and tells them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import pickle
+import queue
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import multiprocess as mp
+
+from ipc_bridge.lifeline import die_with_parent
+
+log = logging.getLogger(__name__)
+
+# Messages worker -> main: ("done", wid, job_id, result) | ("ready", wid, job_id) | ("released", wid, job_id)
+#   | ("handoff", wid, job_id, to_job_id)
+# Messages main -> worker: ("connect", connection_file) | ("job", job_id, payload) | ("go", job_id)
+#   | ("hold",) | ("cancel",) | ("stop",)
+# "ready"/"go"/"released" exist only with spare capacity (``prelaunch``): a readied job asks for one of the
+# run's slots, and gives it back as soon as its task is over (before its teardown and check), or hands it
+# to a job readied on the same worker.
+# They cross the queues as stdlib pickles (see send/receive): multiprocess would pickle them with dill's
+# pure-Python pickler, ~20x slower per Job, and that was most of the main process's CPU per attempt.
+WorkerMain = Callable[[int, Any, Any, Any, bool], None] | str
+"""The worker's entry point, or ``"module:function"`` naming it: then the main process need not import
+the worker's machinery at all (it is imported in the worker)."""
+
+
+@dataclass
+class WorkerHandle:
+    wid: int
+    seat: int
+    """Its place in the pool: a dead worker's replacement takes its seat, and with it its share."""
+    process: Any
+    inbox: Any
+    capacity: int
+    jobs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.jobs)
+
+
+@dataclass
+class Finished:
+    job_id: str
+    payload: Any
+    result: Any
+
+
+@dataclass
+class Lost:
+    """Jobs that were in flight on a worker that died."""
+
+    wid: int
+    exitcode: int | None
+    jobs: dict[str, Any]
+
+
+class ExecutorStartError(RuntimeError):
+    """The pool could not start (Ray not installed, the cluster unreachable, no node offering slots):
+    the user's set-up, reported as one message before any attempt runs."""
+
+
+class Executor(Protocol):
+    """What the scheduler needs of a pool: the local :class:`Pool` or ``RayPool`` (one per node)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def submit(self, job_id: str, payload: Any) -> int: ...
+
+    def poll(self, timeout: float) -> list[Finished | Lost]: ...
+
+    def hold_all(self) -> None: ...
+
+    def cancel_all(self) -> None: ...
+
+    def close(self, timeout: float = 10.0) -> None: ...
+
+
+def share(total: int, parts: int, index: int) -> int:
+    """``index``'s part of ``total`` split as evenly as whole numbers allow (the parts add up to it)."""
+    return total // parts + (1 if index < total % parts else 0)
+
+
+class Pool:
+    """``workers`` processes running up to ``slots`` tasks at once between them, and holding ``spare``
+    more jobs, readied (set up, host attached) while every slot is busy.
+
+    With spare capacity the slots are granted here, one run-wide pool of them, in the order the jobs
+    became ready: a readied job never waits behind a long task of its own worker while another
+    worker's slot is free."""
+
+    def __init__(
+        self,
+        target: WorkerMain,
+        config: Any,
+        *,
+        workers: int,
+        slots: int,
+        spare: int = 0,
+    ) -> None:
+        self._ctx = mp.get_context("spawn")
+        self._target = target
+        self._config = config
+        self._seats = workers
+        self._slots = slots
+        self._spare = spare
+        self._ready: deque[tuple[int, str]] = deque()
+        """(wid, job_id) of readied jobs waiting for a slot, oldest first."""
+        self._granted: set[str] = set()
+        self._held = False
+        self._outbox = self._ctx.Queue()
+        self._workers: dict[int, WorkerHandle] = {}
+        self._next_wid = 0
+        self._closing = False
+        self._announcement: tuple[Any, ...] | None = None
+        for seat in range(workers):
+            self._start_worker(seat)
+
+    def _start_worker(self, seat: int) -> WorkerHandle:
+        wid = self._next_wid
+        self._next_wid += 1
+        inbox = self._ctx.Queue()
+        proc = self._ctx.Process(
+            target=_worker_entry,
+            args=(self._target, wid, inbox, self._outbox, self._config, self._spare > 0, os.getpid()),
+            name=f"orchestrate-worker-{wid}",
+            daemon=True,
+        )
+        proc.start()
+        if self._announcement is not None:
+            send(inbox, self._announcement)
+        handle = WorkerHandle(wid, seat, proc, inbox, share(self._slots + self._spare, self._seats, seat))
+        self._workers[wid] = handle
+        return handle
+
+    @property
+    def free_slots(self) -> int:
+        return sum(w.free for w in self._workers.values() if w.process.is_alive())
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(w.jobs) for w in self._workers.values())
+
+    def announce(self, msg: tuple[Any, ...]) -> None:
+        """Send ``msg`` to every worker before any job, and to every worker started later (a dead
+        worker's replacement) first thing."""
+        self._announcement = msg
+        for worker in self._workers.values():
+            if worker.process.is_alive():
+                send(worker.inbox, msg)
+
+    def submit(self, job_id: str, payload: Any) -> int:
+        """Give a job to the least loaded live worker. Returns its worker id."""
+        live = [w for w in self._workers.values() if w.process.is_alive() and w.free > 0]
+        if not live:
+            raise RuntimeError("no free worker slot")
+        worker = max(live, key=lambda w: w.free)
+        worker.jobs[job_id] = payload
+        send(worker.inbox, ("job", job_id, payload))
+        return worker.wid
+
+    def poll(self, timeout: float) -> list[Finished | Lost]:
+        """Results that arrived within ``timeout``, and jobs lost with a dead worker (then replaced)."""
+        out: list[Finished | Lost] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                msg = receive(
+                    self._outbox.get(timeout=max(0.0, remaining)) if not out else self._outbox.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if msg[0] == "done":
+                _, wid, job_id, result = msg
+                payload = self._workers[wid].jobs.pop(job_id, None) if wid in self._workers else None
+                self._granted.discard(job_id)
+                out.append(Finished(job_id, payload, result))
+            elif msg[0] == "ready":
+                self._ready.append((msg[1], msg[2]))
+            elif msg[0] == "released":
+                self._granted.discard(msg[2])
+            elif msg[0] == "handoff":
+                self._granted.discard(msg[2])
+                self._granted.add(msg[3])
+            self._grant()
+        out.extend(self._reap())
+        self._grant()
+        return out
+
+    def _grant(self) -> None:
+        while self._ready and len(self._granted) < self._slots and not self._held:
+            wid, job_id = self._ready.popleft()
+            worker = self._workers.get(wid)
+            if worker is None or job_id not in worker.jobs or job_id in self._granted:
+                continue  # done meanwhile (cancelled while it waited), lost with its worker, handed a slot
+            self._granted.add(job_id)
+            send(worker.inbox, ("go", job_id))
+
+    def _reap(self) -> list[Lost]:
+        lost: list[Lost] = []
+        for wid, worker in list(self._workers.items()):
+            if worker.process.is_alive():
+                continue
+            del self._workers[wid]
+            if worker.jobs:
+                log.error(
+                    "worker %d died (exit code %s) with %d attempt(s) in flight",
+                    wid,
+                    worker.process.exitcode,
+                    len(worker.jobs),
+                )
+                lost.append(Lost(wid, worker.process.exitcode, dict(worker.jobs)))
+                self._granted.difference_update(worker.jobs)
+            if not self._closing:
+                self._start_worker(worker.seat)
+        return lost
+
+    def hold_all(self) -> None:
+        """Start no more tasks: jobs readied ahead come back unstarted (``JobResult.unstarted``)."""
+        self._held = True
+        self._ready.clear()
+        for worker in self._workers.values():
+            if worker.process.is_alive():
+                send(worker.inbox, ("hold",))
+
+    def cancel_all(self) -> None:
+        """Ask every worker to cancel its in-flight jobs; they still report them as done (those whose
+        task had not started, unstarted)."""
+        for worker in self._workers.values():
+            if worker.process.is_alive():
+                send(worker.inbox, ("cancel",))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the workers: ask, then terminate, then kill."""
+        self._closing = True
+        for worker in self._workers.values():
+            if worker.process.is_alive():
+                send(worker.inbox, ("stop",))
+        deadline = time.monotonic() + timeout / 2
+        for worker in self._workers.values():
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+        for worker in self._workers.values():
+            if worker.process.is_alive():
+                worker.process.terminate()
+        deadline = time.monotonic() + timeout / 2
+        for worker in self._workers.values():
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(1)
+        self._outbox.close()
+        self._outbox.cancel_join_thread()
+        for worker in self._workers.values():
+            worker.inbox.close()
+            worker.inbox.cancel_join_thread()
+        # A queue's semaphores leave multiprocess's resource tracker when the queue is collected: drop
+        # them now, whatever still refers to the pool, so that the tracker can be stopped and waited
+        # for (orchestrator.processes.children) without finding them leaked.
+        self._workers.clear()
+        self._outbox = None
+
+    def kill_worker_for_test(self, job_id: str) -> int:
+        """SIGKILL the worker holding ``job_id`` (fault injection)."""
+        for worker in self._workers.values():
+            if job_id in worker.jobs:
+                worker.process.kill()
+                return int(worker.wid)
+        raise KeyError(job_id)
+
+
+def send(q: Any, msg: tuple[Any, ...]) -> None:
+    """Put a message on a pool queue (a stdlib pickle: the C pickler, protocol 5)."""
+    q.put(pickle.dumps(msg, protocol=5))
+
+
+def receive(raw: bytes) -> tuple[Any, ...]:
+    msg: tuple[Any, ...] = pickle.loads(raw)
+    return msg
+
+
+def _worker_entry(
+    target: WorkerMain, wid: int, inbox: Any, outbox: Any, config: Any, gated: bool, parent: int
+) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL, expected_parent=parent)
+    if isinstance(target, str):
+        module, _, name = target.partition(":")
+        target = getattr(importlib.import_module(module), name)
+        assert callable(target)
+    target(wid, inbox, outbox, config, gated)

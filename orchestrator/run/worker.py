@@ -1,0 +1,174 @@
+"""A worker process: one event loop, one bridge client, several attempts at once.
+
+The inbox is a multiprocess queue read by a thread (its ``get`` blocks) and handed to the loop; the
+loop never blocks on it. Messages are described in :mod:`orchestrator.run.pool`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import traceback
+from typing import Any
+
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.redaction import redact_process_output
+from orchestrator.hosts.attempt_host import simulator_farm
+from orchestrator.hosts.providers import SimulatorFarm
+from orchestrator.processes.child_env import withhold
+from orchestrator.run.attempt import AttemptRunner
+from orchestrator.run.jobs import Job, JobResult, WorkerConfig
+from orchestrator.run.pool import receive, send
+
+log = logging.getLogger(__name__)
+
+
+class Gate:
+    """A worker's side of the run's slots (see :mod:`orchestrator.run.pool`): a readied attempt says it is
+    ready and waits for its go; a task that is over gives its slot back at once."""
+
+    def __init__(self, wid: int, outbox: Any) -> None:
+        self._wid = wid
+        self._outbox = outbox
+        self._waiting: dict[str, asyncio.Future[bool]] = {}
+        self._held = False
+
+    async def acquire(self, ticket: str) -> bool:
+        if self._held:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting[ticket] = future
+        send(self._outbox, ("ready", self._wid, ticket))
+        try:
+            return await future
+        finally:
+            del self._waiting[ticket]
+
+    def release(self, ticket: str) -> None:
+        # To a job readied here if there is one (no round trip through the main process), else back.
+        for waiting, future in self._waiting.items():
+            if not future.done():
+                future.set_result(True)
+                send(self._outbox, ("handoff", self._wid, ticket, waiting))
+                return
+        send(self._outbox, ("released", self._wid, ticket))
+
+    def go(self, ticket: str) -> None:
+        future = self._waiting.get(ticket)
+        if future is not None and not future.done():
+            future.set_result(True)
+
+    def hold(self) -> None:
+        """No more gos: every readied attempt still waiting ends unstarted, and so will later ones."""
+        self._held = True
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(False)
+
+
+async def run_guarded(runner: AttemptRunner, job_id: str, job: Job) -> JobResult:
+    """One job's result, whatever happens: a bug in the runner becomes a ``crash`` result (the scheduler
+    records it as a harness error) instead of a job that never reports back. Shared with the Ray
+    executor's node actors."""
+    try:
+        return await runner.run(job, job_id)
+    except Exception as exc:
+        log.error("attempt %s crashed: %s", job_id, traceback.format_exc())
+        return JobResult(record={"crash": f"{type(exc).__name__}: {exc}"})
+
+
+def hide_secrets(config: WorkerConfig) -> None:
+    """First thing in a process that runs attempts (a worker, a Ray node actor): whatever it and the
+    children that share its stderr (a forked simulator farm) print is redacted, and its own environment
+    loses what its children must not inherit (see :mod:`orchestrator.processes.child_env`)."""
+    withhold(config.referenced_env, config.redactor.values)
+    redact_process_output(config.redactor)
+
+
+def worker_main(wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: bool = False) -> None:
+    """Entry point of a worker process (see :class:`orchestrator.run.pool.Pool`). ``gated``: its jobs are
+    readied, then wait for a slot granted by the main process; otherwise each one starts at once."""
+    hide_secrets(config)
+    logging.basicConfig(
+        level=os.environ.get("ORCHESTRATE_LOG_LEVEL", "WARNING").upper(),
+        format=f"%(asctime)s %(levelname)s worker-{wid} %(name)s: %(message)s",
+    )
+    farm = simulator_farm(config, wid)
+    if farm is not None:
+        # Now, while this process has no thread, event loop or ZMQ context: the farm is then serving
+        # by the time the first attempt needs a host.
+        farm.prefork()
+    asyncio.run(_serve(wid, inbox, outbox, config, gated, farm))
+
+
+async def _serve(
+    wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: bool, farm: SimulatorFarm | None
+) -> None:
+    loop = asyncio.get_running_loop()
+    messages: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+
+    def read_inbox() -> None:
+        while True:
+            msg = receive(inbox.get())
+            loop.call_soon_threadsafe(messages.put_nowait, msg)
+            if msg[0] == "stop":
+                return
+
+    threading.Thread(target=read_inbox, name="inbox", daemon=True).start()
+    # The farm starts while the bridge does: the first attempt need not wait for it (a failed start
+    # is retried by the first attempt that needs a host).
+    warming = asyncio.ensure_future(farm.start()) if farm is not None else None
+    client: BridgeClient | None = None
+    try:
+        connection = config.connection_file
+        if not connection:
+            # The pool starts while the bridge does (their start-ups overlap): the scheduler then says
+            # where the bridge is, before any job.
+            msg = await messages.get()
+            if msg[0] == "connect":
+                connection = msg[1]
+        if connection:
+            client = await BridgeClient.connect(connection)
+    finally:
+        if client is None:
+            if warming is not None:
+                warming.cancel()
+            if farm is not None:
+                await farm.close()
+    if client is None:
+        return
+    gate = Gate(wid, outbox) if gated else None
+    runner = AttemptRunner(client, config, wid, farm, gate=gate)
+    tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def run_job(job_id: str, job: Job) -> None:
+        try:
+            result = await run_guarded(runner, job_id, job)
+        finally:
+            tasks.pop(job_id, None)
+        send(outbox, ("done", wid, job_id, result))
+
+    try:
+        while True:
+            msg = await messages.get()
+            if msg[0] == "job":
+                _, job_id, job = msg
+                tasks[job_id] = asyncio.ensure_future(run_job(job_id, job))
+            elif msg[0] == "go" and gate is not None:
+                gate.go(msg[1])
+            elif msg[0] == "hold" and gate is not None:
+                gate.hold()
+            elif msg[0] == "cancel":
+                if gate is not None:
+                    gate.hold()  # what has not started yet ends without a record
+                for task in list(tasks.values()):
+                    task.cancel()
+            elif msg[0] == "stop":
+                break
+        if tasks:
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+    finally:
+        await runner.close()
+        await client.close()

@@ -1,0 +1,495 @@
+"""``orchestrate report`` and ``orchestrate compare`` on run directories written by the real ResultsWriter."""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from click.testing import CliRunner, Result
+
+from orchestrator.cli.main import main
+from orchestrator.outcome import Metrics, Status
+from orchestrator.results.compare import build_comparison, compare_rows, format_comparison
+from orchestrator.results.report import (
+    build_report,
+    format_report,
+    read_rows,
+    resolve_run,
+    summarize_rows,
+    table,
+)
+from orchestrator.results.store import RESULTS, AttemptRecord, ResultsError, ResultsWriter, read_records
+from orchestrator.results.summary import summarize
+from orchestrator.run.grading import CheckResult
+
+T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+H = "h" * 16
+G = "g" * 16
+
+
+def rec(
+    run_id: str,
+    case: str,
+    model: str,
+    *,
+    repeat: int = 0,
+    attempt: int = 1,
+    final: bool = True,
+    status: Status = Status.COMPLETED,
+    passed: bool | None = True,
+    cost: float = 0.1,
+    duration: float = 10.0,
+    tokens: tuple[int, int] = (1000, 100),
+    tags: Sequence[str] = (),
+    config_hash: str = H,
+    error: str | None = None,
+    error_class: Literal["infra", "harness"] | None = None,
+) -> AttemptRecord:
+    infra = status.is_infra
+    return AttemptRecord(
+        run_id=run_id,
+        case_id=case,
+        model_id=model,
+        repeat=repeat,
+        config_hash=config_hash,
+        attempt=attempt,
+        final=final,
+        status=status,
+        passed=passed,
+        error_class="infra" if infra else error_class,
+        error=error or ("host died" if infra else None),
+        started_at=T0,
+        ended_at=T0 + timedelta(seconds=duration),
+        duration_s=duration,
+        metrics=Metrics(tokens_in=tokens[0], tokens_out=tokens[1], cache_reads=7, cost_usd=cost),
+        check=None
+        if passed is None
+        else CheckResult(
+            passed=passed, exit_code=0 if passed else 1, duration=0.5, timed_out=False, output_tail="tail"
+        ),
+        tags=list(tags),
+    )
+
+
+def make_run(results: Path, run_id: str, records: Sequence[AttemptRecord]) -> Path:
+    writer = ResultsWriter.create(results / run_id, {"run_id": run_id, "suite_name": "demo"})
+    with writer:
+        for r in records:
+            writer.append(r)
+    return writer.run_dir
+
+
+def run_a_records() -> list[AttemptRecord]:
+    a = "run-a"
+    return [
+        rec(a, "c1", "m1", cost=0.1, duration=10, tags=["python", "easy"]),
+        rec(a, "c2", "m1", passed=False, cost=0.2, duration=20, tokens=(2000, 200), tags=["python", "hard"]),
+        rec(
+            a, "c3", "m1", final=False, status=Status.INFRA_ERROR, passed=None, cost=0.05, tags=["js", "easy"]
+        ),
+        rec(a, "c3", "m1", attempt=2, cost=0.3, duration=30, tags=["js", "easy"]),
+        rec(a, "c1", "m2", cost=0.4, duration=40, tags=["python", "easy"]),
+        rec(
+            a, "c2", "m2", status=Status.TIMEOUT, passed=False, cost=0.5, duration=50, tags=["python", "hard"]
+        ),
+        rec(a, "c3", "m2", final=False, status=Status.API_ERROR, passed=None, cost=0.01, tags=["js", "easy"]),
+        rec(
+            a,
+            "c3",
+            "m2",
+            attempt=2,
+            final=False,
+            status=Status.API_ERROR,
+            passed=None,
+            cost=0.01,
+            tags=["js", "easy"],
+        ),
+        rec(
+            a,
+            "c3",
+            "m2",
+            attempt=3,
+            status=Status.API_ERROR,
+            passed=None,
+            cost=0.0,
+            duration=5,
+            tags=["js", "easy"],
+        ),
+    ]
+
+
+def run_b_records() -> list[AttemptRecord]:
+    b = "run-b"
+    return [
+        rec(b, "c1", "m1", passed=False, cost=0.15, duration=12, tags=["python", "easy"]),
+        rec(b, "c2", "m1", cost=0.25, duration=18, tags=["python", "hard"]),
+        rec(b, "c3", "m1", status=Status.INFRA_ERROR, passed=None, cost=0.0, duration=3, tags=["js", "easy"]),
+        rec(b, "c1", "m2", cost=0.4, duration=35, tags=["python", "easy"], config_hash=G),
+        rec(b, "c2", "m2", cost=0.45, duration=45, tags=["python", "hard"], config_hash=G),
+        rec(b, "c4", "m1", cost=0.1, duration=10, tags=["go"]),
+    ]
+
+
+@pytest.fixture
+def results(tmp_path: Path) -> Path:
+    return tmp_path / "results"
+
+
+@pytest.fixture
+def run_a(results: Path) -> Path:
+    return make_run(results, "run-a", run_a_records())
+
+
+@pytest.fixture
+def run_b(results: Path) -> Path:
+    return make_run(results, "run-b", run_b_records())
+
+
+def invoke(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def group(
+    attempts: int, passed: int, failed: int, errors: int, cost: float, p50: float, p90: float
+) -> dict[str, Any]:
+    return {
+        "attempts": attempts,
+        "passed": passed,
+        "failed": failed,
+        "errors": errors,
+        "cost_usd": cost,
+        "p50": p50,
+        "p90": p90,
+    }
+
+
+def figures(g: dict[str, Any]) -> dict[str, Any]:
+    out = {k: g[k] for k in ("attempts", "passed", "failed", "errors")}
+    out["cost_usd"] = round(g["cost_usd"], 9)
+    out["p50"] = g["duration_s"]["p50"]
+    out["p90"] = round(g["duration_s"]["p90"], 9)
+    return out
+
+
+# -------------------------------------------------------------------------------------- report
+
+
+def test_report_figures_over_final_records(run_a: Path) -> None:
+    report = build_report(run_a)
+    assert report["run_id"] == "run-a" and report["suite_name"] == "demo"
+    totals = report["totals"]
+    # Finals: c1m1 pass, c2m1 fail, c3m1 pass (after a retry), c1m2 pass, c2m2 timeout, c3m2 api error.
+    assert figures(totals) == group(6, 3, 2, 1, 1.5, 25.0, 45.0)
+    assert totals["pass_rate"] == 0.5
+    assert totals["retried"] == 3
+    assert totals["cost_usd_all_attempts"] == pytest.approx(1.57)
+    assert totals["tokens_in"] == 7000 and totals["tokens_out"] == 700
+    assert totals["by_status"] == {"api_error": 1, "completed": 4, "timeout": 1}
+    assert figures(report["by_model"]["m1"]) == group(3, 2, 1, 0, 0.6, 20.0, 28.0)
+    assert figures(report["by_model"]["m2"]) == group(3, 1, 1, 1, 0.9, 40.0, 48.0)
+    assert report["by_model"]["m1"]["pass_rate"] == pytest.approx(2 / 3)
+    assert list(report["by_tag"]) == ["easy", "hard", "js", "python"]
+    assert figures(report["by_tag"]["easy"]) == group(4, 3, 0, 1, 0.8, 20.0, 37.0)
+    assert figures(report["by_tag"]["hard"]) == group(2, 0, 2, 0, 0.7, 35.0, 47.0)
+    assert figures(report["by_tag"]["js"]) == group(2, 1, 0, 1, 0.3, 17.5, 27.5)
+    assert figures(report["by_tag"]["python"]) == group(4, 2, 2, 0, 1.2, 30.0, 47.0)
+
+
+def test_summarize_rows_agrees_with_summarize(results: Path) -> None:
+    """The report's one-pass aggregation and summary.json's summarize give the same figures."""
+    rng = random.Random(7)
+    records = []
+    statuses = list(Status)
+    for i in range(150):
+        case, model, repeat = f"c{i % 13}", f"m{i % 4}", i // 52
+        status = rng.choice(statuses)
+        passed = None if status.is_infra else rng.random() < 0.5
+        # A harness error (say the transcript could not be written) counts as an error whatever the check.
+        harness = not status.is_infra and rng.random() < 0.1
+        records.append(
+            rec(
+                "run-r",
+                case,
+                model,
+                repeat=repeat,
+                attempt=1 + i // 13 % 3,
+                final=rng.random() < 0.85,
+                status=status,
+                passed=passed,
+                cost=rng.uniform(0, 1),
+                duration=rng.uniform(1, 100),
+                tokens=(rng.randint(0, 10**6), rng.randint(0, 10**5)),
+                tags=rng.sample(["a", "b", "c", "d"], rng.randint(0, 3)),
+                config_hash=rng.choice([H, G]),
+                error_class="harness" if harness else None,
+            )
+        )
+    # Keys and attempt numbers must be unique for the writer: keep the first of each.
+    seen: set[tuple[str, str, int, int]] = set()
+    finals: set[tuple[str, str, int, str]] = set()
+    unique = []
+    for r in records:
+        attempt_id = (r.case_id, r.model_id, r.repeat, r.attempt)
+        if attempt_id in seen or (r.case_id, r.model_id, r.repeat, r.config_hash) in finals:
+            continue
+        seen.add(attempt_id)
+        if r.final:
+            finals.add((r.case_id, r.model_id, r.repeat, r.config_hash))
+        unique.append(r)
+    run = make_run(results, "run-r", unique)
+    expected = summarize(read_records(run / RESULTS))
+    got = summarize_rows(read_rows(run))
+    assert expected["totals"]["attempts"] > 50 and expected["totals"]["retried"] > 3
+    assert len(expected["by_tag"]) == 4 and len(expected["totals"]["by_status"]) == len(Status)
+    assert_same(got, expected)
+
+
+def assert_same(got: Any, expected: Any) -> None:
+    """Equal, keys in the same order, floats up to summation order."""
+    if isinstance(expected, dict):
+        assert isinstance(got, dict) and list(got) == list(expected), (got, expected)
+        for k in expected:
+            assert_same(got[k], expected[k])
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, rel=1e-12)
+    else:
+        assert got == expected and type(got) is type(expected)
+
+
+def test_report_command_text_and_json(run_a: Path, results: Path) -> None:
+    as_json = invoke("report", "--results", str(results), "run-a", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    data = json.loads(as_json.stdout)
+    expected = build_report(run_a)
+    assert data == json.loads(json.dumps(expected))
+    text = invoke("report", str(run_a))
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    assert lines[0] == "run run-a (suite demo)"
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("attempts"))
+    rows = {line.split("  ")[0].strip(): line.split() for line in lines[header + 2 :]}
+    assert list(rows) == ["total", "model m1", "model m2", "tag easy", "tag hard", "tag js", "tag python"]
+    # name, attempts, pass rate, passed, failed, errors, cost, tokens in, tokens out, p50, p90
+    assert rows["total"] == ["total", "6", "50.0%", "3", "2", "1", "1.5000", "7,000", "700", "25.0s", "45.0s"]
+    assert rows["model m1"][3:] == ["66.7%", "2", "1", "0", "0.6000", "4,000", "400", "20.0s", "28.0s"]
+    # Aligned: every row of the table is as wide as its header underline.
+    widths = {len(line) for line in lines[header + 1 :]}
+    assert len(widths) == 1
+    assert "3 retried attempts" in lines[2]
+
+
+def test_report_resolves_a_run_by_id_path_or_results_file(run_a: Path, results: Path) -> None:
+    assert resolve_run("run-a", results) == run_a
+    assert resolve_run(str(run_a), Path("elsewhere")) == run_a
+    assert resolve_run(run_a / RESULTS, Path("elsewhere")) == run_a
+    with pytest.raises(ResultsError, match="no run 'nope'"):
+        resolve_run("nope", results)
+
+
+def test_report_of_a_missing_or_invalid_run_exits_2(results: Path, run_a: Path, tmp_path: Path) -> None:
+    missing = invoke("report", "--results", str(results), "no-such-run")
+    assert missing.exit_code == 2
+    assert "error: no run 'no-such-run'" in missing.stderr and not missing.stdout
+    (tmp_path / "not-a-run").mkdir()
+    assert invoke("report", str(tmp_path / "not-a-run")).exit_code == 2
+    # Damage before the last line is not a torn write: refused, naming the line.
+    lines = (run_a / RESULTS).read_bytes().split(b"\n")
+    lines[1] = lines[1][:40]
+    (run_a / RESULTS).write_bytes(b"\n".join(lines))
+    damaged = invoke("report", str(run_a))
+    assert damaged.exit_code == 2
+    assert f"{run_a / RESULTS}:2: unreadable record" in damaged.stderr
+    assert gc.isenabled(), "the reader pauses the GC and must turn it back on, also after an error"
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(b'{"schema_version": 1, "run_id": "run-a", "case_', id="cut"),
+        pytest.param(b"garbage\n", id="garbage"),
+        # Whole but without its newline: the writer's single write was cut, as read_records judges it.
+        pytest.param(
+            rec("run-a", "c9", "m1").model_dump_json().encode(),
+            id="no-newline",
+        ),
+    ],
+)
+def test_a_torn_last_line_does_not_break_report(
+    run_a: Path, tail: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    before = build_report(run_a)
+    path = run_a / RESULTS
+    size = path.stat().st_size
+    with open(path, "ab") as fh:
+        fh.write(tail)
+    with caplog.at_level("WARNING", logger="orchestrator.results.report"):
+        assert build_report(run_a) == before
+    assert "torn last line" in caplog.text
+    result = invoke("report", str(run_a), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["totals"]["attempts"] == 6
+    assert path.stat().st_size == size + len(tail), "report only reads: it never repairs"
+
+
+def test_report_of_a_run_without_records(results: Path) -> None:
+    ResultsWriter.create(results / "empty", {"run_id": "empty"}).close()
+    result = invoke("report", "--results", str(results), "empty")
+    assert result.exit_code == 0, result.output
+    assert "0 final records" in result.stdout
+    total = next(line for line in result.stdout.splitlines() if line.startswith("total"))
+    assert total.split()[1:3] == ["0", "-"]
+
+
+# ------------------------------------------------------------------------------------- compare
+
+
+def test_compare_pairs_finals_and_lists_flips(run_a: Path, run_b: Path) -> None:
+    cmp = build_comparison(run_a, run_b)
+    assert cmp["a"]["run_id"] == "run-a" and cmp["b"]["run_id"] == "run-b"
+    flips = [(c["model_id"], c["case_id"], c["change"], c["config"]) for c in cmp["changes"]]
+    assert flips == [
+        ("m1", "c1", "pass->fail", "same"),
+        ("m1", "c2", "fail->pass", "same"),
+        ("m1", "c3", "pass->error", "same"),
+        ("m2", "c2", "fail->pass", "changed"),
+    ]
+    by_case = {c["case_id"] + c["model_id"]: c for c in cmp["changes"]}
+    assert by_case["c1m1"]["cost_delta"] == pytest.approx(0.05)
+    assert by_case["c1m1"]["duration_delta"] == pytest.approx(2.0)
+    assert by_case["c3m1"]["status_b"] == "infra_error" and by_case["c3m1"]["error_b"] == "host died"
+    assert by_case["c2m2"]["status_a"] == "timeout" and by_case["c2m2"]["status_b"] == "completed"
+    assert cmp["only_a"] == [["c3", "m2", 0]] and cmp["only_b"] == [["c4", "m1", 0]]
+
+    m1, m2, totals = cmp["by_model"]["m1"], cmp["by_model"]["m2"], cmp["totals"]
+    assert m1["paired"] == 3 and m1["config_changed"] == 0
+    assert m1["pass_rate_a"] == pytest.approx(2 / 3) and m1["pass_rate_b"] == pytest.approx(1 / 3)
+    assert m1["pass_rate_delta"] == pytest.approx(-1 / 3)
+    assert m1["cost_usd_delta"] == pytest.approx(-0.2)
+    assert (m1["duration_p50_a"], m1["duration_p50_b"], m1["duration_p50_delta"]) == (20.0, 12.0, -8.0)
+    assert m1["flips"] == {"fail->pass": 1, "pass->error": 1, "pass->fail": 1}
+    assert m2["paired"] == 2 and m2["config_changed"] == 2
+    assert (m2["pass_rate_a"], m2["pass_rate_b"]) == (0.5, 1.0)
+    assert m2["cost_usd_delta"] == pytest.approx(-0.05)
+    assert m2["duration_p50_delta"] == -5.0
+    assert totals["paired"] == 5 and totals["config_changed"] == 2 and totals["pass_rate_delta"] == 0
+    assert totals["flips"] == {"fail->pass": 2, "pass->error": 1, "pass->fail": 1}
+
+
+def test_compare_command_text_and_json(run_a: Path, run_b: Path, results: Path) -> None:
+    as_json = invoke("compare", "--results", str(results), "run-a", "run-b", "--json")
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == json.loads(json.dumps(build_comparison(run_a, run_b)))
+    text = invoke("compare", "--results", str(results), "run-a", str(run_b))
+    assert text.exit_code == 0, text.output
+    out = text.stdout
+    assert "4 changed outcome(s):" in out
+    assert (
+        "only in A: 1 case/model/repeat: c3/m2/0" in out and "only in B: 1 case/model/repeat: c4/m1/0" in out
+    )
+    change_rows = [
+        line.split() for line in out.splitlines()[out.splitlines().index("4 changed outcome(s):") + 3 :]
+    ]
+    assert change_rows[0] == [
+        "c1",
+        "m1",
+        "0",
+        "pass->fail",
+        "completed",
+        "completed",
+        "+0.0500",
+        "+2.0s",
+        "same",
+    ]
+    assert change_rows[3] == [
+        "c2",
+        "m2",
+        "0",
+        "fail->pass",
+        "timeout",
+        "completed",
+        "-0.0500",
+        "-5.0s",
+        "changed",
+    ]
+    m2 = next(line for line in out.splitlines() if line.startswith("model m2"))
+    assert m2.split()[3:7] == ["50.0%", "100.0%", "+50.0pp", "0.9000"]
+
+
+def test_compare_same_run_has_no_flips(run_a: Path) -> None:
+    cmp = build_comparison(run_a, run_a)
+    assert cmp["changes"] == [] and cmp["totals"]["pass_rate_delta"] == 0
+    assert "no outcome changed" in format_comparison(cmp)
+
+
+def test_compare_takes_the_last_final_of_a_forced_resume(results: Path) -> None:
+    """A resumed run with a changed suite holds finals under two config hashes: the newest counts."""
+    a = compare_rows(
+        read_rows(make_run(results, "old", [rec("old", "c1", "m1", passed=True)])),
+        read_rows(
+            make_run(
+                results,
+                "new",
+                [
+                    rec("new", "c1", "m1", passed=True),
+                    rec("new", "c1", "m1", attempt=2, passed=False, config_hash=G),
+                ],
+            )
+        ),
+    )
+    assert [(c["change"], c["config"]) for c in a["changes"]] == [("pass->fail", "changed")]
+
+
+def test_compare_with_a_missing_run_exits_2(run_a: Path, results: Path) -> None:
+    result = invoke("compare", "--results", str(results), "run-a", "missing")
+    assert result.exit_code == 2
+    assert "error: no run 'missing'" in result.stderr
+
+
+# ----------------------------------------------------------------------------------- formatting
+
+
+def test_table_aligns_columns() -> None:
+    lines = table(("name", "n"), [["a", "1"], ["longer", "1,000"]], align="lr")
+    assert lines == ["name        n", "------  -----", "a           1", "longer  1,000"]
+
+
+def test_format_report_lists_models_and_tags_in_order(run_a: Path) -> None:
+    text = format_report(build_report(run_a))
+    names = [line.split("  ")[0].strip() for line in text.splitlines() if line.startswith(("model", "tag"))]
+    assert names == ["model m1", "model m2", "tag easy", "tag hard", "tag js", "tag python"]
+
+
+def test_group_help_lists_report_and_compare() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    assert "report" in result.stdout and "compare" in result.stdout
+    assert "Per-case flips" in result.stdout
+
+
+def test_cancelled_attempts_are_counted_apart_from_retried_ones(results: Path) -> None:
+    r = "run-c"
+    cancelled = dict(final=False, status=Status.CANCELLED, passed=None)
+    run = make_run(
+        results,
+        r,
+        [
+            rec(r, "c1", "m1", attempt=1, cost=0.2, **cancelled),  # Ctrl-C, then resumed
+            rec(r, "c1", "m1", attempt=2, final=False, status=Status.API_ERROR, passed=None),
+            rec(r, "c1", "m1", attempt=3),
+            rec(r, "c2", "m1", attempt=1, **cancelled),  # Ctrl-C, not resumed yet
+        ],
+    )
+    report = build_report(run)
+    totals = report["totals"]
+    assert (totals["attempts"], totals["retried"], totals["cancelled"]) == (1, 1, 2)
+    assert totals["cost_usd_all_attempts"] == pytest.approx(0.5)
+    assert_same(summarize_rows(read_rows(run)), summarize(read_records(run / RESULTS)))
+    text = invoke("report", str(run))
+    assert text.exit_code == 0, text.output
+    assert "1 retried attempts, 2 cancelled" in text.stdout.splitlines()[2]

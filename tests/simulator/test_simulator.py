@@ -1,0 +1,620 @@
+"""The simulated extension host: server behaviour, command semantics, scripts, determinism and the CLI.
+
+Clients are the real ``ipc_bridge.roo.extension`` connection (or raw sockets where the point is a malformed
+frame); hosts run with small time scales so a task takes a tenth of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from ipc_bridge.roo.extension import Disconnected, ExtensionConnection, connect
+from ipc_bridge.roo.framing import FrameDecoder, decode_frame, encode_frame
+from ipc_bridge.roo.protocol import (
+    CloseTask,
+    DeleteQueuedMessage,
+    GetModes,
+    ResumeTask,
+    SendMessage,
+    SendMessageData,
+    StartNewTask,
+    StartNewTaskData,
+    command_message,
+)
+from ipc_bridge.simulator import ScriptError, SimulatorHost, normalize_engine, parse_duration, parse_script
+from ipc_bridge.simulator.task import Clock
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.timeout(20)
+
+Event = dict[str, Any]
+FAST = {"time_scale": 0.05, "status_delay": 0.1}
+
+
+def start_cmd(script: dict[str, Any] | None = None, text: str = "do it", **config: Any) -> StartNewTask:
+    if script is not None:
+        config["simulate"] = script
+    return StartNewTask(data=StartNewTaskData(configuration=config, text=text))
+
+
+async def collect(
+    conn: ExtensionConnection, until: Callable[[Event], bool], timeout: float = 5.0
+) -> list[Event]:
+    """TaskEvents up to and including the first one matching ``until``."""
+    events: list[Event] = []
+
+    async def loop() -> list[Event]:
+        while True:
+            data = await conn.recv_data()
+            if data.get("type") == "TaskEvent":
+                events.append(data["data"])
+                if until(data["data"]):
+                    return events
+
+    return await asyncio.wait_for(loop(), timeout)
+
+
+def named(name: str) -> Callable[[Event], bool]:
+    return lambda ev: ev["eventName"] == name
+
+
+def created(kind: str) -> Callable[[Event], bool]:
+    def pred(ev: Event) -> bool:
+        if ev["eventName"] != "message" or ev["payload"][0]["action"] != "created":
+            return False
+        msg = ev["payload"][0]["message"]
+        return f"{msg['type']}:{msg.get(msg['type'])}" == kind
+
+    return pred
+
+
+def kinds(events: list[Event]) -> list[str]:
+    """Event names, with created messages as say:X / ask:X (updates left out)."""
+    out = []
+    for ev in events:
+        if ev["eventName"] != "message":
+            out.append(ev["eventName"])
+        elif ev["payload"][0]["action"] == "created":
+            msg = ev["payload"][0]["message"]
+            out.append(f"{msg['type']}:{msg.get(msg['type'])}")
+    return out
+
+
+@pytest.fixture
+async def host(sockdir: Path) -> AsyncIterator[SimulatorHost]:
+    (sockdir / "ws").mkdir()
+    h = SimulatorHost(sockdir / "h.sock", sockdir / "ws", **FAST)
+    await h.start()
+    try:
+        yield h
+    finally:
+        await h.stop()
+
+
+@pytest.fixture
+async def client(host: SimulatorHost) -> AsyncIterator[ExtensionConnection]:
+    conn = await connect(host.socket_path, timeout=5)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+# ------------------------------------------------------------------------------------------ server
+
+
+async def test_ack_on_connect(host: SimulatorHost, client: ExtensionConnection) -> None:
+    assert client.ack is not None
+    assert re.fullmatch(r"[0-9a-f]{12}", client.ack.clientId)
+    assert (client.ack.pid, client.ack.ppid) == (os.getpid(), os.getppid())
+    other = await connect(host.socket_path, timeout=5)
+    assert other.client_id != client.client_id
+    await other.close()
+
+
+async def test_socket_is_private_and_replaces_what_was_at_the_path(sockdir: Path) -> None:
+    path = sockdir / "taken.sock"
+    path.write_text("stale")  # node-ipc unlinks whatever is at the path before listening
+    async with SimulatorHost(path, sockdir, **FAST):
+        mode = path.stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert not path.exists()
+
+
+async def test_events_are_broadcast_to_every_client(host: SimulatorHost, client: ExtensionConnection) -> None:
+    other = await connect(host.socket_path, timeout=5)
+    try:
+        await client.send_command(start_cmd())
+        seen_by_sender = await collect(client, named("taskIdle"))
+        seen_by_other = await collect(other, named("taskIdle"))
+        assert seen_by_other == seen_by_sender
+        assert kinds(seen_by_sender)[:3] == ["taskCreated", "taskFocused", "say:text"]
+    finally:
+        await other.close()
+
+
+async def test_replies_go_to_the_client_id_the_command_carries(
+    host: SimulatorHost, client: ExtensionConnection
+) -> None:
+    other = await connect(host.socket_path, timeout=5)
+    try:
+        # Roo trusts payload.clientId: a query sent on one socket naming the other is answered there
+        await client.send_frame(encode_frame(command_message(other.client_id, GetModes())))
+        reply = await asyncio.wait_for(other.recv_data(), 5)
+        assert reply["data"]["eventName"] == "modesResponse"
+        await client.send_command(GetModes())
+        first = await asyncio.wait_for(client.recv_data(), 5)  # and nothing reached the sender before
+        assert first["data"]["eventName"] == "modesResponse"
+    finally:
+        await other.close()
+
+
+async def test_invalid_frames_are_dropped_and_the_connection_survives(host: SimulatorHost) -> None:
+    reader, writer = await asyncio.open_unix_connection(host.socket_path)
+    decoder = FrameDecoder()
+
+    async def next_message() -> Any:
+        while True:
+            frames = decoder.feed(await asyncio.wait_for(reader.read(65536), 5))
+            if frames:
+                assert len(frames) == 1
+                return decode_frame(frames[0])
+
+    client_id = (await next_message())["data"]["clientId"]
+    no_client_id = {"type": "TaskCommand", "origin": "client", "data": {"commandName": "GetModes"}}
+    writer.write(b"{not json\x0c" + encode_frame(no_client_id) + orjson.dumps({"data": {}}) + b"\x0c")
+    writer.write(encode_frame({"type": "TaskCommand", "origin": "client", "clientId": client_id, "data": 7}))
+    writer.write(encode_frame(command_message(client_id, GetModes())))
+    await writer.drain()
+    reply = await next_message()
+    assert reply["data"]["eventName"] == "modesResponse"
+    assert host.server.stats.bad_frames == 4
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_close_task_ends_the_host_and_removes_the_socket(
+    sockdir: Path, host: SimulatorHost, client: ExtensionConnection
+) -> None:
+    assert (sockdir / "h.sock").exists()
+    await client.send_command(start_cmd())
+    await collect(client, named("taskStarted"))
+    await client.send_command(CloseTask())
+    with pytest.raises(Disconnected):
+        await collect(client, lambda ev: False)
+    await asyncio.wait_for(host.wait_closed(), 5)
+    assert not (sockdir / "h.sock").exists()
+
+
+# -------------------------------------------------------------------------------------- outcomes
+
+
+async def test_files_and_tools_act_on_the_workspace(host: SimulatorHost, client: ExtensionConnection) -> None:
+    ws = host.workspace
+    assert ws is not None
+    script = {
+        "files": {"pkg/two_fer.py": "def two_fer(name='you'):\n    return 'x'\n"},
+        "tools": [
+            {"tool": "apply_diff", "path": "pkg/two_fer.py", "search": "'x'", "replace": "f'One for {name}'"},
+            {"tool": "execute_command", "command": "pytest -q", "output": "1 passed"},
+            {"tool": "read_file", "path": "pkg/two_fer.py"},
+        ],
+        "tokens": {"in": 1000, "out": 301, "cache_reads": 10},
+        "cost": 0.3,
+    }
+    await client.send_command(start_cmd(script))
+    events = await collect(client, named("taskIdle"))
+    assert (
+        ws / "pkg" / "two_fer.py"
+    ).read_text() == "def two_fer(name='you'):\n    return f'One for {name}'\n"
+    # three tool asks, and the command's two (ask:command, then ask:command_output), each answered
+    assert kinds(events).count("taskAskResponded") == 5
+    command = kinds(events)[kinds(events).index("ask:command") :]
+    assert command[:5] == [
+        "ask:command",
+        "taskAskResponded",
+        "ask:command_output",
+        "taskAskResponded",
+        "say:command_output",
+    ]
+    tokens, tools = [e for e in events if e["eventName"] == "taskTokenUsageUpdated"][-1]["payload"][1:]
+    assert (tokens["totalTokensIn"], tokens["totalTokensOut"], tokens["totalCacheReads"]) == (1000, 301, 10)
+    assert tokens["totalCost"] == pytest.approx(0.3)
+    assert {name: s["attempts"] for name, s in tools.items()} == {
+        "write_to_file": 1,
+        "apply_diff": 1,
+        "execute_command": 1,
+        "read_file": 1,
+        "attempt_completion": 1,
+    }
+
+
+async def test_a_write_that_fails_is_a_tool_failure(host: SimulatorHost, client: ExtensionConnection) -> None:
+    assert host.workspace is not None
+    (host.workspace / "taken").mkdir()
+    await client.send_command(start_cmd({"files": {"taken": "cannot write over a directory"}}))
+    events = await collect(client, named("taskIdle"))
+    assert "say:error" in kinds(events)
+    tools = [e for e in events if e["eventName"] == "taskTokenUsageUpdated"][-1]["payload"][2]
+    assert tools["write_to_file"] == {"attempts": 1, "failures": 1}
+
+
+async def test_final_usage_precedes_task_idle_whatever_the_window(sockdir: Path) -> None:
+    # a throttle window far longer than the status delay must not push the final usage past taskIdle
+    async with (
+        SimulatorHost(sockdir / "w.sock", sockdir, usage_window=30.0, **FAST) as h,
+        await connect(h.socket_path, timeout=5) as conn,
+    ):
+        await conn.send_command(start_cmd())
+        events = await collect(conn, named("taskIdle"))
+        usage = [e["payload"] for e in events if e["eventName"] == "taskTokenUsageUpdated"]
+        assert kinds(events)[-2:] == ["taskTokenUsageUpdated", "taskIdle"]
+        assert usage[-1][1]["totalTokensIn"] == 2 * 1234 and "attempt_completion" in usage[-1][2]
+
+
+async def test_default_script_writes_one_file_and_completes(
+    host: SimulatorHost, client: ExtensionConnection
+) -> None:
+    await client.send_command(start_cmd())
+    events = await collect(client, named("taskIdle"))
+    assert "ask:completion_result" in kinds(events) and "taskCompleted" not in kinds(events)
+    assert host.workspace is not None and [p.name for p in host.workspace.iterdir()] == ["hello.txt"]
+
+
+async def test_task_script_is_merged_over_the_host_script(sockdir: Path) -> None:
+    base = {"outcome": "aborted", "files": {"a.txt": "from the host script\n"}, "completion": "unused"}
+    async with (
+        SimulatorHost(sockdir / "m.sock", sockdir, script=base, **FAST) as h,
+        await connect(h.socket_path, timeout=5) as conn,
+    ):
+        await conn.send_command(start_cmd())
+        events = await collect(conn, named("taskAborted"))
+        assert "ask:completion_result" not in kinds(events)
+        await conn.send_command(start_cmd({"outcome": "completed", "completion": "per task"}))
+        events = await collect(conn, named("taskIdle"))
+        # the aborted task is only unfocused now: it already sent its taskAborted
+        assert kinds(events)[:2] == ["taskUnfocused", "taskCreated"]
+        done = [e for e in events if created("say:completion_result")(e)]
+        assert (sockdir / "a.txt").read_text() == "from the host script\n" and done
+
+
+async def test_invalid_task_script_shows_as_an_error_in_the_task(client: ExtensionConnection) -> None:
+    await client.send_command(start_cmd({"outcome": "completed", "filez": {}}))
+    events = await collect(client, named("taskIdle"))
+    assert kinds(events)[-3:] == ["say:error", "ask:mistake_limit_reached", "taskIdle"]
+    error = next(e for e in events if created("say:error")(e))["payload"][0]["message"]["text"]
+    assert "unknown key 'filez'" in error
+
+
+async def test_followup_answered_by_send_message_continues_the_task(
+    host: SimulatorHost, client: ExtensionConnection
+) -> None:
+    await client.send_command(start_cmd({"outcome": "followup", "files": {"b.txt": "b"}}))
+    await collect(client, named("taskInteractive"))
+    await client.send_command(SendMessage(data=SendMessageData(text="use b.txt")))
+    events = await collect(client, named("taskIdle"))
+    assert kinds(events)[:4] == ["taskAskResponded", "taskActive", "say:user_feedback", "say:api_req_started"]
+    feedback = next(e for e in events if created("say:user_feedback")(e))["payload"][0]["message"]["text"]
+    assert feedback == "use b.txt"
+    assert host.workspace is not None and (host.workspace / "b.txt").read_text() == "b"
+
+
+async def test_messages_queue_while_busy_and_can_be_deleted(client: ExtensionConnection) -> None:
+    await client.send_command(start_cmd({"outcome": "hang"}))
+    await collect(client, named("taskStarted"))
+    for text in ("first", "second"):
+        await client.send_command(SendMessage(data=SendMessageData(text=text)))
+    updates = await collect(
+        client, lambda ev: named("queuedMessagesUpdated")(ev) and len(ev["payload"][1]) == 2
+    )
+    queued = updates[-1]["payload"][1]
+    assert [m["text"] for m in queued] == ["first", "second"]
+    assert len({m["id"] for m in queued}) == 2
+    await client.send_command(DeleteQueuedMessage(data=queued[1]["id"]))
+    update = (await collect(client, named("queuedMessagesUpdated")))[-1]["payload"][1]
+    assert [m["text"] for m in update] == ["first"]
+
+
+async def test_a_queued_message_answers_the_next_question(client: ExtensionConnection) -> None:
+    # the followup turn takes ~0.25 s here; the message is queued long before the question comes
+    await client.send_command(start_cmd({"outcome": "followup", "duration": "20s"}))
+    await collect(client, named("taskStarted"))
+    await client.send_command(SendMessage(data=SendMessageData(text="first")))
+    events = await collect(client, named("taskIdle"))
+    assert "taskInteractive" not in kinds(events)
+    assert kinds(events).index("queuedMessagesUpdated") < kinds(events).index("ask:followup")
+    feedback = next(e for e in events if created("say:user_feedback")(e))["payload"][0]["message"]["text"]
+    assert feedback == "first"
+
+
+async def test_crash_drops_every_connection(host: SimulatorHost, client: ExtensionConnection) -> None:
+    await client.send_command(start_cmd({"outcome": "crash", "files": {"c.txt": "c"}}))
+    with pytest.raises(Disconnected):
+        await collect(client, lambda ev: False)
+    await asyncio.wait_for(host.wait_closed(), 5)
+    assert host.workspace is not None and (host.workspace / "c.txt").is_file()  # the work before the crash
+
+
+async def test_crash_calls_the_crash_callback(sockdir: Path) -> None:
+    crashed = asyncio.Event()
+    async with (
+        SimulatorHost(sockdir / "c.sock", sockdir, on_crash=crashed.set, **FAST) as h,
+        await connect(h.socket_path, timeout=5) as conn,
+    ):
+        await conn.send_command(start_cmd({"outcome": "crash"}))
+        await asyncio.wait_for(crashed.wait(), 5)
+
+
+async def test_api_error_noauto_outcome(client: ExtensionConnection) -> None:
+    await client.send_command(start_cmd({"outcome": "api_error_noauto", "error": {"status": 429}}))
+    events = await collect(client, named("taskIdle"))
+    failed = next(e for e in events if created("ask:api_req_failed")(e))["payload"][0]["message"]["text"]
+    assert "429" in failed
+
+
+async def test_resume_of_an_unknown_task_does_nothing(client: ExtensionConnection) -> None:
+    await client.send_command(ResumeTask(data="01234567-89ab-7def-8123-456789abcdef"))
+    await client.send_command(GetModes())
+    reply = await asyncio.wait_for(client.recv_data(), 5)
+    assert reply["data"]["eventName"] == "modesResponse"
+
+
+# ---------------------------------------------------------------------------------- determinism
+
+
+def normalised(events: list[Event]) -> list[Event]:
+    """Message ts are wall-clock ms: replace each by its order of appearance."""
+    order: dict[int, int] = {}
+    out = []
+    for ev in events:
+        if ev["eventName"] == "message":
+            msg = dict(ev["payload"][0]["message"])
+            msg["ts"] = order.setdefault(msg["ts"], len(order))
+            ev = {**ev, "payload": [{**ev["payload"][0], "message": msg}]}
+        out.append(ev)
+    return out
+
+
+async def run_once(sockdir: Path, name: str, seed: int) -> tuple[list[Event], dict[str, str]]:
+    ws = sockdir / name
+    ws.mkdir()
+    script = {
+        "text": "On it.",
+        "chunks": 4,
+        "files": {"x.py": "x = 1\n"},
+        "subtasks": [{"files": {"y.py": "y\n"}}],
+    }
+    async with (
+        SimulatorHost(sockdir / f"{name}.sock", ws, seed=seed, script=script, **FAST) as h,
+        await connect(h.socket_path, timeout=5) as conn,
+    ):
+        await conn.send_command(start_cmd())
+        root = (await collect(conn, named("taskCreated")))[0]["payload"][0]
+        events = await collect(conn, lambda ev: ev["eventName"] == "taskIdle" and ev["payload"][0] == root)
+    files = {str(p.relative_to(ws)): p.read_text() for p in sorted(ws.rglob("*")) if p.is_file()}
+    return [{"eventName": "taskCreated", "payload": [root]}, *normalised(events)], files
+
+
+async def test_same_seed_same_events_and_files(sockdir: Path) -> None:
+    first, second, other = await asyncio.gather(
+        run_once(sockdir, "a", seed=7), run_once(sockdir, "b", seed=7), run_once(sockdir, "c", seed=8)
+    )
+    assert first == second
+    assert first[1] == {"x.py": "x = 1\n", "y.py": "y\n"}
+    assert other[0][0] != first[0][0]  # another seed, other task ids
+
+
+# --------------------------------------------------------------------------------------- scripts
+
+
+def test_durations() -> None:
+    assert [parse_duration(v) for v in ("2s", "500ms", "1.5m", " 3 ", 4, 0.25)] == [2, 0.5, 90, 3, 4, 0.25]
+    for bad in ("2h", "-1s", True, float("nan"), "fast"):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(bad)
+
+
+def test_script_errors_name_the_key() -> None:
+    with pytest.raises(ScriptError, match=r"unknown key 'tools\.0\.pth' \(allowed here: args, command"):
+        parse_script({"tools": [{"tool": "write_to_file", "pth": "a"}]})
+    with pytest.raises(ScriptError, match=r"subtasks\.0\.outcome"):
+        parse_script({"subtasks": [{"outcome": "won"}]})
+    with pytest.raises(ScriptError, match=r"may not contain '\.\.'"):
+        parse_script({"files": {"../escape.py": ""}})
+    assert parse_script({"engine": 3.50, "duration": "500ms"}).engine == "3.50"
+    assert parse_script({"seed": 3}, base={"seed": 1, "outcome": "hang"}).model_dump(
+        include={"seed", "outcome"}
+    ) == {
+        "seed": 3,
+        "outcome": "hang",
+    }
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def orchestrate(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    code = "from orchestrator.cli.main import main; main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 10) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.timeout(60)
+async def test_cli_runs_a_task_and_exits_on_close_task(sockdir: Path) -> None:
+    sock, ws = sockdir / "cli.sock", sockdir / "ws"
+    ws.mkdir()
+    script = sockdir / "script.yaml"
+    script.write_text("files:\n  two_fer.py: |\n    def two_fer(): pass\ncompletion: done\n")
+    options = {
+        "--socket": sock,
+        "--workspace": ws,
+        "--script": script,
+        "--time-scale": 0.05,
+        "--status-delay": 0.1,
+    }
+    proc = orchestrate("simulate", *(str(x) for pair in options.items() for x in pair))
+    try:
+        async with await connect(str(sock), timeout=30, retry_interval=0.05) as conn:
+            await conn.send_command(start_cmd())
+            await collect(conn, named("taskIdle"))
+            await conn.send_command(CloseTask())
+            with pytest.raises(Disconnected):
+                await collect(conn, lambda ev: False)
+    finally:
+        code, err = await asyncio.to_thread(finish, proc)
+    assert code == 0, err
+    assert not sock.exists()
+    assert (ws / "two_fer.py").read_text() == "def two_fer(): pass\n"
+
+
+@pytest.mark.timeout(60)
+async def test_cli_takes_the_socket_from_the_environment_and_stops_on_sigterm(sockdir: Path) -> None:
+    sock = sockdir / "env.sock"
+    proc = orchestrate("simulate", env={**os.environ, "ROO_CODE_IPC_SOCKET_PATH": str(sock)})
+    try:
+        async with await connect(str(sock), timeout=30, retry_interval=0.05):
+            pass
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        code, err = await asyncio.to_thread(finish, proc)
+    assert code == 0, err
+    assert not sock.exists()
+
+
+@pytest.mark.timeout(60)
+async def test_cli_crash_outcome_kills_the_process(sockdir: Path) -> None:
+    sock = sockdir / "crash.sock"
+    argv = ["--socket", str(sock), "--workspace", str(sockdir), "--time-scale", "0.05", "--engine", "3.50.4"]
+    proc = orchestrate("simulate", *argv)
+    try:
+        async with await connect(str(sock), timeout=30, retry_interval=0.05) as conn:
+            await conn.send_command(start_cmd({"outcome": "crash"}))
+            with pytest.raises(Disconnected):
+                await collect(conn, lambda ev: False)
+    finally:
+        code, err = await asyncio.to_thread(finish, proc)
+    assert code == 1, err
+
+
+def test_engine_versions() -> None:
+    assert [normalize_engine(v) for v in ("3.52", "3.52.1", "3.50.4", 3.5, 3.52)] == [
+        "3.52",
+        "3.52",
+        "3.50",
+        "3.50",
+        "3.52",
+    ]
+    with pytest.raises(ValueError, match="unknown engine"):
+        normalize_engine("3.40")
+
+
+def test_cli_rejects_a_bad_script(sockdir: Path) -> None:
+    script = sockdir / "bad.yaml"
+    script.write_text("outcome: finished\n")
+    proc = orchestrate("simulate", "--socket", str(sockdir / "x.sock"), "--script", str(script))
+    code, err = finish(proc)
+    assert code == 2 and "outcome" in err and not (sockdir / "x.sock").exists()
+
+
+async def _work_steps(sockdir: Path, name: str, seed: int, jitter: float) -> list[float]:
+    """The agent's planned work steps (seconds) for one task of a one-turn script."""
+    steps: list[float] = []
+    ws = sockdir / name
+    ws.mkdir()
+    script = {"duration": "1s", "jitter": jitter, "files": {}, "text": "I will work on the task."}
+    async with (
+        SimulatorHost(sockdir / f"{name}.sock", ws, seed=seed, script=script, **FAST) as h,
+        await connect(h.socket_path, timeout=5) as conn,
+    ):
+        clock_sleep = Clock.sleep
+
+        async def recorded(clock: Clock, seconds: float) -> None:
+            steps.append(round(seconds, 9))
+            await clock_sleep(clock, seconds)
+
+        Clock.sleep = recorded  # type: ignore[method-assign]
+        try:
+            await conn.send_command(start_cmd())
+            await collect(conn, named("taskIdle"))
+        finally:
+            Clock.sleep = clock_sleep  # type: ignore[method-assign]
+    return steps
+
+
+async def test_jitter_zero_gives_every_seed_the_same_timeline(sockdir: Path) -> None:
+    exact = [await _work_steps(sockdir, f"e{seed}", seed, 0.0) for seed in (1, 2)]
+    assert exact[0] == exact[1]
+    scale = FAST["time_scale"]
+    assert sum(exact[0]) == pytest.approx(0.6 * scale)  # request, text, completion: 0.25 + 0.25 + 0.1
+    jittered = [await _work_steps(sockdir, f"j{seed}", seed, 0.2) for seed in (1, 2)]
+    assert jittered[0] != jittered[1]
+    assert all(0.8 * e <= j <= 1.2 * e for j, e in zip(jittered[0], exact[0], strict=True))
+    with pytest.raises(ScriptError, match="jitter"):
+        parse_script({"jitter": 1})
+
+
+async def test_a_command_with_run_runs_in_the_workspace(
+    host: SimulatorHost, client: ExtensionConnection
+) -> None:
+    assert host.workspace is not None
+    script = {
+        "files": {"hello.py": 'print("hello")\n'},
+        "tools": [
+            {"tool": "execute_command", "command": "python3 hello.py; echo made > out.txt", "run": True}
+        ],
+    }
+    await client.send_command(start_cmd(script))
+    events = await collect(client, named("taskIdle"))
+    outputs = [
+        e["payload"][0]["message"]["text"]
+        for e in events
+        if e["eventName"] == "message"
+        and e["payload"][0]["message"].get("say") == "command_output"
+        and not e["payload"][0]["message"].get("partial")
+    ]
+    assert outputs and outputs[-1] == "hello\n"  # the command's real output, not a scripted one
+    assert (host.workspace / "out.txt").read_text() == "made\n"
+
+
+async def test_a_command_past_its_timeout_is_killed_with_what_it_started(
+    host: SimulatorHost, client: ExtensionConnection
+) -> None:
+    command = "sleep 60 & echo started; sleep 60"  # the background sleep holds the output pipe too
+    script = {"tools": [{"tool": "execute_command", "command": command, "run": True, "run_timeout": 0.5}]}
+    await client.send_command(start_cmd(script))
+    events = await collect(client, named("taskIdle"))  # not 60 s: the whole process group is killed
+    outputs = [
+        e["payload"][0]["message"]["text"]
+        for e in events
+        if e["eventName"] == "message"
+        and e["payload"][0]["message"].get("say") == "command_output"
+        and not e["payload"][0]["message"].get("partial")
+    ]
+    assert outputs == ["started\n"]
