@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Children, loadavg, private_tempdir
 
-from ipc_bridge.client.bridge_client import BridgeClient, EventGap
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import EventGap
 from ipc_bridge.server.launcher import start_bridge_process
 
 TARGET_MIB = 300

@@ -73,7 +73,8 @@ from ipc_bridge.roo.extension import connect as connect_extension
 from ipc_bridge.roo.framing import encode_frame
 from ipc_bridge.roo.protocol import GetModes, StartNewTask, StartNewTaskData, command_message
 from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
-from ipc_bridge.wire.session import Session, TaskCommandRequest
+from ipc_bridge.wire.messages import TaskCommandRequest
+from ipc_bridge.wire.session import Session
 from ipc_bridge.wire.zmq_loop import Reader, Sender, plain_socket, send_frames
 
 SLOT = "bench"

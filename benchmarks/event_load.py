@@ -56,8 +56,8 @@ from _common import (
 
 from ipc_bridge.client.bridge_client import BridgeClient
 from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
-from ipc_bridge.simulator import SimulatorHost
-from ipc_bridge.wire.session import TaskEventContent
+from ipc_bridge.simulator.host import SimulatorHost
+from ipc_bridge.wire.messages import TaskEventContent
 
 SELF = str(Path(__file__).resolve())
 READY_WAIT = 60.0

@@ -49,7 +49,7 @@ os.environ.update(RAY_ENV)
 
 from scheduling import make_suite  # noqa: E402
 
-from orchestrator.results.store import read_records  # noqa: E402
+from orchestrator.results.records import read_records  # noqa: E402
 
 MB = 1024 * 1024
 

@@ -36,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import filesystem
 
-from orchestrator.outcome import Metrics, Status, ToolCount, ToolFailure
 from orchestrator.results.columnar import CACHE, write_cache
-from orchestrator.results.store import RESULTS, AttemptRecord, ResultsWriter, Timings, load, read_records
+from orchestrator.results.records import RESULTS, AttemptRecord, Timings, read_records
+from orchestrator.results.store import ResultsWriter, load
 from orchestrator.run.grading import CheckResult
+from orchestrator.status import Metrics, Status, ToolCount, ToolFailure
 
 TARGET_S = 2.0
 MODELS = ("sonnet", "gpt-5", "gemini-pro", "qwen-coder", "deepseek")

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scheduling
 from _common import filesystem, loadavg, memory_kb, proc_children, proc_cmdline
 
-from orchestrator.results.store import read_records
+from orchestrator.results.records import read_records
 
 MEMORY_TARGET_MB = 400.0
 MEMORY_INTERVAL = 0.25

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.hosts.providers import FORKED_FARM_NAME  # noqa: E402
-from orchestrator.results.store import AttemptRecord, read_records  # noqa: E402
+from orchestrator.results.records import AttemptRecord, read_records  # noqa: E402
 
 TARGET_RATIO = {32: 1.25, 8: 1.1}
 ROO_START_RATE = 0.2  # Roo's eval controller: one task start every 5 s when concurrency > 1

@@ -46,8 +46,8 @@ import scheduling
 from _common import loadavg, private_tempdir
 
 from ipc_bridge.server.launcher import start_bridge_process
-from ipc_bridge.simulator import SimulatorHost
-from orchestrator.results.store import read_records
+from ipc_bridge.simulator.host import SimulatorHost
+from orchestrator.results.records import read_records
 
 HELP_TARGET_S = 0.3
 RUN_TARGET_S = 1.0

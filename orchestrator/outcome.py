@@ -29,30 +29,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipc_bridge.roo.protocol import (
-    IDLE_ASKS,
-    INTERACTIVE_ASKS,
-    RESUMABLE_ASKS,
+from ipc_bridge.roo.events import (
     Message,
     TaskCompleted,
     TaskEvent,
     TaskTokenUsageUpdated,
     TaskToolFailed,
-    TokenUsage,
-    ToolUsage,
     parse_task_event,
 )
+from ipc_bridge.roo.shapes import IDLE_ASKS, INTERACTIVE_ASKS, RESUMABLE_ASKS, TokenUsage, ToolUsage
 from orchestrator.status import AttemptOutcome, Metrics, OutcomeLimits, Status, ToolCount, ToolFailure
-
-__all__ = [
-    "AttemptOutcome",
-    "Metrics",
-    "OutcomeLimits",
-    "OutcomeTracker",
-    "Status",
-    "ToolCount",
-    "ToolFailure",
-]
 
 MAX_LISTED = 50
 """Bound on the error texts and tool failures kept per attempt (a looping agent must not grow a record)."""

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from ipc_bridge.client.bridge_client import BridgeClient, Event
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import Event
 
 
 class Collector:

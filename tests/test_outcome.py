@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from ipc_bridge.roo.protocol import Message, TaskEvent, make_event, parse_task_event
-from orchestrator.outcome import OutcomeLimits, OutcomeTracker, Status
+from ipc_bridge.roo.events import Message, TaskEvent, make_event, parse_task_event
+from orchestrator.outcome import OutcomeTracker
+from orchestrator.status import OutcomeLimits, Status
 from tests.conftest import load_recording, recording_names
 
 # Short limits so that the followup and API-error recordings (a few seconds to 30 s long) reach them.

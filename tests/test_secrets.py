@@ -18,9 +18,10 @@ import pyarrow.parquet
 import pytest
 
 from ipc_bridge.server.launcher import start_bridge_process, sync_request
-from ipc_bridge.wire.session import HeartbeatRequest
+from ipc_bridge.wire.messages import HeartbeatRequest
 from orchestrator.processes.child_env import withheld
-from orchestrator.suite.config import SuiteError, load_suite
+from orchestrator.suite.config import load_suite
+from orchestrator.suite.yaml_loader import SuiteError
 from tests.runs import EXERCISES, SECRET, cmdline, descendants, orchestrate, running
 from tests.runs import simulator_suite as _suite
 

@@ -39,15 +39,7 @@ from ipc_bridge.client.types import (
     BridgeRestarted,
     BridgeTimeout,
     CommandError,
-    CommandTimeout,
-    ConnectFailed,
     Event,
-    EventGap,
-    InvalidCommand,
-    ShuttingDown,
-    SlotDown,
-    SlotExists,
-    UnknownSlot,
 )
 from ipc_bridge.wire.connection_file import ConnectionInfo, read_connection_file
 from ipc_bridge.wire.curve import client_options
@@ -59,18 +51,14 @@ from ipc_bridge.wire.liveness import (
     Ticker,
     positive_float,
 )
-from ipc_bridge.wire.session import (
-    BRIDGE_TOPIC,
+from ipc_bridge.wire.messages import (
     AttachReply,
     AttachRequest,
     DetachRequest,
     ErrorReply,
-    Header,
     HeartbeatReply,
     HeartbeatRequest,
-    Message,
     Reply,
-    Session,
     ShutdownReply,
     ShutdownRequest,
     SlotInfo,
@@ -78,10 +66,9 @@ from ipc_bridge.wire.session import (
     SlotsRequest,
     SnapshotReply,
     SnapshotRequest,
-    WireError,
     parse_reply,
-    slot_topic,
 )
+from ipc_bridge.wire.session import BRIDGE_TOPIC, Header, Message, Session, WireError, slot_topic
 from ipc_bridge.wire.zmq_loop import Reader, Sender, plain_socket
 
 log = logging.getLogger(__name__)
@@ -425,22 +412,3 @@ class BridgeClient(TaskCommands):
 def _expire(fut: asyncio.Future[Message]) -> None:
     if not fut.done():
         fut.set_exception(asyncio.TimeoutError())
-
-
-__all__ = [
-    "BridgeClient",
-    "BridgeError",
-    "BridgeLost",
-    "BridgeRestarted",
-    "BridgeTimeout",
-    "CommandError",
-    "CommandTimeout",
-    "ConnectFailed",
-    "Event",
-    "EventGap",
-    "InvalidCommand",
-    "ShuttingDown",
-    "SlotDown",
-    "SlotExists",
-    "UnknownSlot",
-]

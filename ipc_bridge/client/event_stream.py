@@ -32,17 +32,8 @@ from ipc_bridge.client.types import (
     UnknownSlot,
     task_event_shape_ok,
 )
-from ipc_bridge.wire.session import (
-    EVENTS,
-    Content,
-    Header,
-    Message,
-    Session,
-    WelcomeContent,
-    WireError,
-    slot_topic,
-    split_snapshot_buffers,
-)
+from ipc_bridge.wire.messages import EVENTS, Content, WelcomeContent
+from ipc_bridge.wire.session import Header, Message, Session, WireError, slot_topic, split_snapshot_buffers
 from ipc_bridge.wire.zmq_loop import Reader
 
 if TYPE_CHECKING:

@@ -8,14 +8,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel
 
 from ipc_bridge.client.types import CommandError
-from ipc_bridge.roo.protocol import (
-    QUERY_RESPONSES,
-    RooCodeSettings,
-    StartNewTask,
-    StartNewTaskData,
-    WireModel,
-)
-from ipc_bridge.wire.session import ErrorCode, Reply, TaskCommandReply, TaskCommandRequest
+from ipc_bridge.roo.protocol import QUERY_RESPONSES, StartNewTask, StartNewTaskData
+from ipc_bridge.roo.shapes import RooCodeSettings, WireModel
+from ipc_bridge.wire.messages import ErrorCode, Reply, TaskCommandReply, TaskCommandRequest
 
 R = TypeVar("R", bound=Reply)
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ipc_bridge.roo.protocol import TaskEvent, parse_task_event
-from ipc_bridge.wire.session import EVENTS, Content, ErrorCode, Header
+from ipc_bridge.roo.events import TaskEvent, parse_task_event
+from ipc_bridge.wire.messages import EVENTS, Content, ErrorCode
+from ipc_bridge.wire.session import Header
 
 
 class BridgeError(Exception):

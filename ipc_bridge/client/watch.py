@@ -20,10 +20,11 @@ from typing import Any
 import click
 import orjson
 
-from ipc_bridge.client.bridge_client import BridgeClient, BridgeError, Event, EventGap
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import BridgeError, Event, EventGap
 from ipc_bridge.wire.connection_file import read_connection_file
 from ipc_bridge.wire.curve import CurveError
-from ipc_bridge.wire.session import TaskEventContent
+from ipc_bridge.wire.messages import TaskEventContent
 
 SUMMARY_CHARS = 120
 

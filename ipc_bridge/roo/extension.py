@@ -25,24 +25,21 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipc_bridge.roo.events import TaskEvent
 from ipc_bridge.roo.framing import DEFAULT_MAX_FRAME_SIZE, READ_SIZE, FrameBuffer, decode_frame, encode_frame
 from ipc_bridge.roo.protocol import (
-    Ack,
     AckMessage,
     IpcMessage,
-    ProtocolError,
-    TaskEvent,
     TaskEventMessage,
-    WireModel,
     command_message,
     parse_ipc_message,
 )
+from ipc_bridge.roo.shapes import Ack, ProtocolError, WireModel
 from ipc_bridge.server.bad_input import RateLimitedLog, sample
 
 log = logging.getLogger(__name__)
 
 RETRY_INTERVAL = 0.5
-READ_CHUNK = READ_SIZE
 PAUSE_BYTES = 2 * READ_SIZE
 """Pull mode: above this many bytes of frames received and not yet read, reading the socket pauses..."""
 RESUME_BYTES = READ_SIZE

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from ipc_bridge.json_compat import loads
-from ipc_bridge.roo.protocol import ProtocolError, WireModel
+from ipc_bridge.roo.shapes import ProtocolError, WireModel
 from ipc_bridge.server.bad_input import RateLimitedLog
 
 log = logging.getLogger(__name__)

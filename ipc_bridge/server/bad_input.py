@@ -15,15 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ipc_bridge.wire.session import (
-    Content,
-    ErrorCode,
-    ErrorReply,
-    Message,
-    ReplayError,
-    SignatureError,
-    WireError,
-)
+from ipc_bridge.wire.messages import Content, ErrorCode, ErrorReply
+from ipc_bridge.wire.session import Message, ReplayError, SignatureError, WireError
 
 LOG_BURST = 50
 """Lines a :class:`RateLimitedLog` lets through per :data:`LOG_PERIOD`."""

@@ -45,10 +45,8 @@ from ipc_bridge.wire.connection_file import (
     write_connection_file,
 )
 from ipc_bridge.wire.liveness import PeerRegistry, Ticker
-from ipc_bridge.wire.session import (
-    BRIDGE_TOPIC,
+from ipc_bridge.wire.messages import (
     REQUESTS,
-    VERSION,
     AttachReply,
     AttachRequest,
     BridgeStoppingContent,
@@ -60,8 +58,6 @@ from ipc_bridge.wire.session import (
     HeartbeatReply,
     HeartbeatRequest,
     HugzContent,
-    Message,
-    Session,
     ShutdownReply,
     SlotsReply,
     SnapshotReply,
@@ -69,10 +65,16 @@ from ipc_bridge.wire.session import (
     TaskCommandReply,
     TaskCommandRequest,
     WelcomeContent,
+    reply_type,
+)
+from ipc_bridge.wire.session import (
+    BRIDGE_TOPIC,
+    VERSION,
+    Message,
+    Session,
     WireError,
     major,
     new_key,
-    reply_type,
     slot_topic,
 )
 from ipc_bridge.wire.zmq_loop import MessageLimit, Reader, plain_socket, send_frames

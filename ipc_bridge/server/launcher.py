@@ -33,17 +33,14 @@ from ipc_bridge.wire.connection_file import (
     ensure_runtime_dir,
     read_connection_file,
 )
-from ipc_bridge.wire.session import (
+from ipc_bridge.wire.messages import (
     ErrorReply,
     HeartbeatReply,
     HeartbeatRequest,
-    Message,
-    Session,
     ShutdownRequest,
-    WireError,
-    new_key,
     parse_reply,
 )
+from ipc_bridge.wire.session import Message, Session, WireError, new_key
 
 log = logging.getLogger(__name__)
 

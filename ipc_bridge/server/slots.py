@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ipc_bridge.roo.events import KNOWN_EVENTS
+from ipc_bridge.roo.events import KNOWN_EVENTS, event_route
 from ipc_bridge.roo.extension import (
     AckTimeout,
     ConnectTimeout,
@@ -32,28 +32,21 @@ from ipc_bridge.roo.extension import (
     ExtensionConnection,
     ExtensionError,
 )
-from ipc_bridge.roo.protocol import (
-    QUERY_RESPONSES,
-    ProtocolError,
-    StartNewTask,
-    event_route,
-    task_command_adapter,
-)
+from ipc_bridge.roo.protocol import QUERY_RESPONSES, StartNewTask, task_command_adapter
+from ipc_bridge.roo.shapes import ProtocolError
 from ipc_bridge.server.host_input import NO_PAYLOAD, HostInput
 from ipc_bridge.server.replay_buffer import BufferedEvent as BufferedEvent
 from ipc_bridge.server.replay_buffer import ReplayBuffer as ReplayBuffer
-from ipc_bridge.wire.session import (
+from ipc_bridge.wire.messages import (
     BridgeStoppingContent,
     Content,
     ErrorCode,
-    Header,
     SlotDownContent,
     SlotInfo,
     SlotUpContent,
-    slot_topic,
     task_event_content,
-    task_topic,
 )
+from ipc_bridge.wire.session import Header, slot_topic, task_topic
 
 log = logging.getLogger(__name__)
 

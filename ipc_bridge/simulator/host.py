@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+from ipc_bridge.roo.events import make_event
 from ipc_bridge.roo.protocol import (
     CancelTask,
     CloseTask,
@@ -29,7 +30,6 @@ from ipc_bridge.roo.protocol import (
     StartNewTask,
     TaskCommandMessage,
     event_message,
-    make_event,
 )
 from ipc_bridge.simulator.agent import MODE_NAMES, Agent
 from ipc_bridge.simulator.script import (

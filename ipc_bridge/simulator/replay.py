@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipc_bridge.roo.events import event_route
 from ipc_bridge.roo.extension import connect
-from ipc_bridge.roo.protocol import CancelTask, StartNewTask, StartNewTaskData, event_route
+from ipc_bridge.roo.protocol import CancelTask, StartNewTask, StartNewTaskData
 from ipc_bridge.simulator.host import SimulatorHost
 
 Event = dict[str, Any]

@@ -21,14 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ipc_bridge.roo.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, decode_frame, encode_frame
-from ipc_bridge.roo.protocol import (
-    Ack,
-    AckMessage,
-    ProtocolError,
-    TaskCommandMessage,
-    WireModel,
-    parse_ipc_message,
-)
+from ipc_bridge.roo.protocol import AckMessage, TaskCommandMessage, parse_ipc_message
+from ipc_bridge.roo.shapes import Ack, ProtocolError, WireModel
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import click
 import orjson
 
 from orchestrator.results.compare import build_comparison, format_comparison
+from orchestrator.results.records import ResultsError
 from orchestrator.results.report import build_report, format_report, resolve_run
-from orchestrator.results.store import ResultsError
 
 EXIT_BAD_INPUT = 2
 

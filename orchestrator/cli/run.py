@@ -12,20 +12,17 @@ import click
 
 from ipc_bridge.redaction import Redactor, redact_process_output
 from orchestrator.processes.child_env import withhold
-from orchestrator.results.store import (
-    AttemptRecord,
-    ResultsError,
-    ResultsWriteError,
-    ResultsWriter,
-    build_manifest,
-)
+from orchestrator.results.records import AttemptRecord, ResultsError, ResultsWriteError
+from orchestrator.results.store import ResultsWriter, build_manifest
 from orchestrator.run.jobs import KEPT_WORKSPACES
 from orchestrator.run.pool import ExecutorStartError
 from orchestrator.run.scheduler import Interrupted, RunOptions, Scheduler
 from orchestrator.run.supervisor import BridgeFailed
 from orchestrator.status import Status
-from orchestrator.suite.config import SocketTarget, Suite, SuiteError, apply_overrides, load_suite
+from orchestrator.suite.config import Suite, apply_overrides, load_suite
 from orchestrator.suite.plan import build_plan, pending, suite_hash
+from orchestrator.suite.targets import SocketTarget
+from orchestrator.suite.yaml_loader import SuiteError
 
 EXIT_BAD_INPUT = 2
 EXIT_WRITE_ERROR = ResultsWriteError.exit_code

@@ -26,7 +26,7 @@ from orchestrator.hosts.providers import (
     xvfb_wrap,
 )
 from orchestrator.run.jobs import HOST_LOGS, KEPT_WORKSPACES, Job, WorkerConfig, host_seed
-from orchestrator.suite.config import CommandTarget, SimulatorTarget, SocketTarget, VscodeTarget
+from orchestrator.suite.targets import CommandTarget, SimulatorTarget, SocketTarget, VscodeTarget
 
 
 def simulator_farm(config: WorkerConfig, wid: int) -> SimulatorFarm | None:

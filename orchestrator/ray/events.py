@@ -21,7 +21,8 @@ import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from ipc_bridge.client.bridge_client import BridgeClient, Event
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import Event
 
 log = logging.getLogger(__name__)
 

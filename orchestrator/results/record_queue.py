@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.results.records import AttemptRecord
-from orchestrator.results.store import ResultsError, ResultsWriter
+from orchestrator.results.records import AttemptRecord, ResultsError
+from orchestrator.results.store import ResultsWriter
 from orchestrator.suite.plan import AttemptKey
 
 log = logging.getLogger(__name__)

@@ -31,9 +31,9 @@ from typing import Any
 
 import orjson
 
+from ipc_bridge.redaction import Redactor
 from orchestrator.results import columnar
 from orchestrator.results.records import (
-    COLUMNS,
     EVENTS,
     MANIFEST,
     RESULTS,
@@ -43,45 +43,18 @@ from orchestrator.results.records import (
     DuplicateRecordError,
     ResultsError,
     ResultsWriteError,
-    Timings,
-    final_for,
-    flat_row,
-    flat_values,
     is_partial_message,
     read_records,
 )
 from orchestrator.results.report import read_rows, summarize_rows
 from orchestrator.results.run_lock import RunInProgressError, RunLock
 from orchestrator.status import Status
-from orchestrator.suite.config import Redactor, Suite
+from orchestrator.suite.config import Suite
 from orchestrator.suite.plan import AttemptKey
 
 log = logging.getLogger(__name__)
 
 # The record schema lives in records.py; these names stay importable from here (the notebook API).
-__all__ = [
-    "COLUMNS",
-    "EVENTS",
-    "MANIFEST",
-    "RESULTS",
-    "SCHEMA_VERSION",
-    "SUMMARY",
-    "AttemptRecord",
-    "DuplicateRecordError",
-    "ResultsError",
-    "ResultsWriteError",
-    "ResultsWriter",
-    "RunInProgressError",
-    "Timings",
-    "atomic_write",
-    "build_manifest",
-    "final_for",
-    "flat_row",
-    "flat_values",
-    "is_partial_message",
-    "load",
-    "read_records",
-]
 
 
 @contextlib.contextmanager

@@ -19,13 +19,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from ipc_bridge.client.bridge_client import BridgeClient, BridgeError, BridgeRestarted, Event
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import BridgeError, BridgeRestarted, Event
 from orchestrator.hosts.attempt_host import AttemptHosts
 from orchestrator.hosts.providers import Host, HostError, HostExited, SimulatorFarm
-from orchestrator.outcome import OutcomeTracker, Status
+from orchestrator.outcome import OutcomeTracker
 from orchestrator.results.records import Timings
 from orchestrator.run.grading import CheckResult, run_command
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
+from orchestrator.status import Status
 from orchestrator.suite.plan import Attempt
 
 log = logging.getLogger(__name__)

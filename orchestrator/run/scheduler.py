@@ -26,13 +26,15 @@ from orchestrator.hosts import marks as host_marks
 from orchestrator.hosts.logs import keep_log
 from orchestrator.processes import children, runtime_dir
 from orchestrator.results.record_queue import RecordQueue
-from orchestrator.results.store import AttemptRecord, ResultsWriter
+from orchestrator.results.records import AttemptRecord
+from orchestrator.results.store import ResultsWriter
 from orchestrator.run.jobs import HOST_LOGS, Job, JobResult, WorkerConfig, new_record
 from orchestrator.run.pool import Executor, ExecutorStartError, Finished, Lost, Pool
 from orchestrator.run.supervisor import BridgeSupervisor
 from orchestrator.status import Status
-from orchestrator.suite.config import SocketTarget, Suite
+from orchestrator.suite.config import Suite
 from orchestrator.suite.plan import Attempt, AttemptKey
+from orchestrator.suite.targets import SocketTarget
 
 log = logging.getLogger(__name__)
 

@@ -41,11 +41,9 @@ from orchestrator.suite.messages import duplicate_ids, validation_problems
 from orchestrator.suite.reader import MarkedDict, load_marked_yaml
 from orchestrator.suite.targets import (
     MAX_SLOTS,
-    CommandTarget,
     SimulatorTarget,
     SocketTarget,
     Target,
-    VscodeTarget,
 )
 from orchestrator.suite.types import (
     Command,
@@ -59,23 +57,6 @@ from orchestrator.suite.types import (
     resolve_path,
 )
 from orchestrator.suite.yaml_loader import Problem, SuiteError, interpolate, line_col
-
-__all__ = [
-    "Budget",
-    "Case",
-    "CommandTarget",
-    "Defaults",
-    "ModelSpec",
-    "Redactor",
-    "SimulatorTarget",
-    "SocketTarget",
-    "Suite",
-    "SuiteError",
-    "Target",
-    "VscodeTarget",
-    "apply_overrides",
-    "load_suite",
-]
 
 # ----------------------------------------------------------------------------- suite and cases
 

@@ -15,23 +15,18 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from ipc_bridge.client.bridge_client import (
-    BridgeClient,
-    BridgeRestarted,
-    BridgeTimeout,
-    CommandError,
-    UnknownSlot,
-)
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import BridgeRestarted, BridgeTimeout, CommandError, UnknownSlot
 from ipc_bridge.server.launcher import BridgeProcess, BridgeStartError, start_bridge_process, sync_request
 from ipc_bridge.wire.connection_file import read_connection_file
-from ipc_bridge.wire.session import (
+from ipc_bridge.wire.messages import (
     DetachRequest,
     ErrorReply,
     HeartbeatReply,
     HeartbeatRequest,
-    Session,
     TaskCommandRequest,
 )
+from ipc_bridge.wire.session import Session
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from orchestrator.results.records import AttemptRecord
-from orchestrator.results.store import load, read_records
+from orchestrator.results.records import AttemptRecord, read_records
+from orchestrator.results.store import load
 from tests.runs import (
     EXERCISES,
     SECRET,

@@ -21,7 +21,8 @@ import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli.main import main
-from orchestrator.results.store import RESULTS, load, read_records
+from orchestrator.results.records import RESULTS, read_records
+from orchestrator.results.store import load
 from orchestrator.suite.config import load_suite
 from orchestrator.suite.plan import build_plan
 

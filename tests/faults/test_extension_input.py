@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipc_bridge.client.bridge_client import ConnectFailed
+from ipc_bridge.client.types import ConnectFailed
 from ipc_bridge.roo.framing import FrameDecoder, encode_frame
 from ipc_bridge.server.bad_input import RateLimitedLog
 from ipc_bridge.server.slots import SlotConfig
-from ipc_bridge.wire.session import SlotInfo, TaskEventContent
+from ipc_bridge.wire.messages import SlotInfo, TaskEventContent
 from tests.faults.bad_input_harness import (
     ACK,
     CLIENT_ID,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.hosts.providers import FORKED_FARM_NAME
-from orchestrator.results.store import read_records
+from orchestrator.results.records import read_records
 from tests.runs import (
     EXERCISES,
     SIM_IN_ORDER,

@@ -20,19 +20,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from ipc_bridge.client.bridge_client import InvalidCommand
+from ipc_bridge.client.types import InvalidCommand
 from ipc_bridge.server.bad_input import LOG_BURST, REJECT_REASONS
 from ipc_bridge.server.bridge import Bridge
 from ipc_bridge.server.slots import SlotConfig
-from ipc_bridge.wire.session import (
-    DELIM,
-    REQUESTS,
-    VERSION,
-    HeartbeatReply,
-    Message,
-    Session,
-    new_key,
-)
+from ipc_bridge.wire.messages import REQUESTS, HeartbeatReply
+from ipc_bridge.wire.session import DELIM, VERSION, Message, Session, new_key
 from tests.faults.bad_input_harness import FakeHost, HostConn, frame, inproc_bridge
 
 pytestmark = pytest.mark.timeout(60)

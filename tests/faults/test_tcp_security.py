@@ -21,7 +21,8 @@ import zmq.asyncio
 from click.testing import CliRunner
 from zmq.utils.monitor import recv_monitor_message
 
-from ipc_bridge.client.bridge_client import BridgeClient, BridgeLost, BridgeTimeout
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import BridgeLost, BridgeTimeout
 from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
 from ipc_bridge.wire.connection_file import ConnectionInfo, read_connection_file
 from ipc_bridge.wire.curve import authorize, create_keypair, ensure_server_keys, load_keypair

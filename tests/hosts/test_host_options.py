@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from ipc_bridge.simulator import SimulatorHost
 from ipc_bridge.simulator.farm import FarmError, SimulatorFarm
-from orchestrator.suite.config import SuiteError, load_suite
+from ipc_bridge.simulator.host import SimulatorHost
+from orchestrator.suite.config import load_suite
+from orchestrator.suite.yaml_loader import SuiteError
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(60)

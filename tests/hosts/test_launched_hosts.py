@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.hosts.process import launch
-from orchestrator.results.store import load, read_records
+from orchestrator.results.records import read_records
+from orchestrator.results.store import load
 from tests.runs import (
     EXERCISES,
     SECRET,

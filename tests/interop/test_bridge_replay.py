@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
-from ipc_bridge.client.bridge_client import BridgeClient, Event
-from ipc_bridge.roo.protocol import QUERY_RESPONSES, parse_task_event, task_command_adapter
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import Event
+from ipc_bridge.roo.events import parse_task_event
+from ipc_bridge.roo.protocol import QUERY_RESPONSES, task_command_adapter
 from ipc_bridge.server.launcher import start_bridge_process
 from tests.conftest import RECORDINGS, load_recording, recording_names, requires_node
 from tests.interop.peers import Processes

@@ -17,8 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
+from ipc_bridge.roo.events import UnknownEvent
 from ipc_bridge.roo.extension import Disconnected, ExtensionConnection, connect
-from ipc_bridge.roo.protocol import TaskEventMessage, UnknownEvent, parse_ipc_message
+from ipc_bridge.roo.protocol import TaskEventMessage, parse_ipc_message
 from tests.conftest import RECORDINGS, requires_node
 from tests.interop.peers import Processes, script_arg
 

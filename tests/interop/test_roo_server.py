@@ -16,31 +16,27 @@ from typing import Any
 
 import pytest
 
+from ipc_bridge.roo.events import CommandsResponse, ModelsResponse, ModesResponse, UnknownEvent
 from ipc_bridge.roo.extension import Disconnected, ExtensionConnection, connect
 from ipc_bridge.roo.framing import encode_frame
 from ipc_bridge.roo.protocol import (
     CancelTask,
     CloseTask,
-    CommandsResponse,
     DeleteQueuedMessage,
     GetCommands,
     GetModels,
     GetModes,
-    ModelsResponse,
-    ModesResponse,
     ResumeTask,
-    RooCodeSettings,
     SendMessage,
     SendMessageData,
     StartNewTask,
     StartNewTaskData,
     TaskEventMessage,
-    UnknownEvent,
-    WireModel,
     command_message,
     parse_ipc_message,
     task_command_adapter,
 )
+from ipc_bridge.roo.shapes import RooCodeSettings, WireModel
 from tests.conftest import RECORDINGS, load_recording, recording_names, requires_node
 from tests.interop.peers import Processes
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.results.store import AttemptRecord, read_records
+from orchestrator.results.records import AttemptRecord, read_records
 from orchestrator.run.jobs import Job, WorkerConfig
 from orchestrator.run.pool import Finished, Lost
 from orchestrator.suite.config import load_suite

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from orchestrator.results.record_queue import RecordQueue
-from orchestrator.results.store import ResultsWriteError, ResultsWriter, read_records
+from orchestrator.results.records import ResultsWriteError, read_records
+from orchestrator.results.store import ResultsWriter
 from tests.results.test_results import key, record
 
 

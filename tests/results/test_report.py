@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from orchestrator.cli.main import main
-from orchestrator.outcome import Metrics, Status
 from orchestrator.results.compare import build_comparison, compare_rows, format_comparison
+from orchestrator.results.records import RESULTS, AttemptRecord, ResultsError, read_records
 from orchestrator.results.report import (
     build_report,
     format_report,
@@ -24,9 +24,10 @@ from orchestrator.results.report import (
     summarize_rows,
     table,
 )
-from orchestrator.results.store import RESULTS, AttemptRecord, ResultsError, ResultsWriter, read_records
+from orchestrator.results.store import ResultsWriter
 from orchestrator.results.summary import summarize
 from orchestrator.run.grading import CheckResult
+from orchestrator.status import Metrics, Status
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 H = "h" * 16

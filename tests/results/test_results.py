@@ -17,23 +17,22 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from orchestrator.outcome import Metrics, Status, ToolCount, ToolFailure
-from orchestrator.results.store import (
+from ipc_bridge.redaction import Redactor
+from orchestrator.results.records import (
     COLUMNS,
     RESULTS,
     AttemptRecord,
     DuplicateRecordError,
     ResultsError,
-    ResultsWriter,
-    RunInProgressError,
     Timings,
-    build_manifest,
     final_for,
-    load,
     read_records,
 )
+from orchestrator.results.run_lock import RunInProgressError
+from orchestrator.results.store import ResultsWriter, build_manifest, load
 from orchestrator.run.grading import CheckResult
-from orchestrator.suite.config import Redactor, load_suite
+from orchestrator.status import Metrics, Status, ToolCount, ToolFailure
+from orchestrator.suite.config import load_suite
 from orchestrator.suite.plan import AttemptKey, build_plan
 
 SECRET = "sk-or-v1-very-secret-0123"

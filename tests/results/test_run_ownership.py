@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.results.store import ResultsWriter, RunInProgressError
+from orchestrator.results.run_lock import RunInProgressError
+from orchestrator.results.store import ResultsWriter
 from tests.results.test_results import key, record
 
 pytestmark = pytest.mark.timeout(180)

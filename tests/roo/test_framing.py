@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipc_bridge.roo.framing import DELIMITER, FrameDecoder, decode_frame, encode_frame
-from ipc_bridge.roo.protocol import ProtocolError
+from ipc_bridge.roo.shapes import ProtocolError
 
 json_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=200)
 ipc_messages = st.builds(

@@ -23,12 +23,13 @@ from pydantic import ValidationError
 
 from ipc_bridge.client.event_stream import parse_event
 from ipc_bridge.client.types import Event
-from ipc_bridge.roo.extension import PAUSE_BYTES, READ_CHUNK, ExtensionConnection, ExtensionError, connect
-from ipc_bridge.roo.framing import FrameBuffer, FrameDecoder, decode_frame, encode_frame
+from ipc_bridge.roo.extension import PAUSE_BYTES, ExtensionConnection, ExtensionError, connect
+from ipc_bridge.roo.framing import READ_SIZE, FrameBuffer, FrameDecoder, decode_frame, encode_frame
 from ipc_bridge.roo.protocol import CancelTask, GetModes, ResumeTask
 from ipc_bridge.server.replay_buffer import ReplayBuffer
 from ipc_bridge.server.slots import validate_command
-from ipc_bridge.wire.session import DELIM, Session, TaskEventContent, WireError, task_event_content
+from ipc_bridge.wire.messages import TaskEventContent, task_event_content
+from ipc_bridge.wire.session import DELIM, Session, WireError
 from ipc_bridge.wire.zmq_loop import Reader, plain_socket, send_frames
 from tests.faults.bad_input_harness import (
     ACK,
@@ -243,7 +244,7 @@ async def test_reading_pauses_while_nobody_reads(sockdir: Path) -> None:
                 assert asyncio.get_running_loop().time() < deadline
                 await asyncio.sleep(0.01)
             # Paused with a bounded backlog, while the host still holds data it could not send.
-            assert PAUSE_BYTES < conn.unread_bytes <= PAUSE_BYTES + READ_CHUNK
+            assert PAUSE_BYTES < conn.unread_bytes <= PAUSE_BYTES + READ_SIZE
             assert conns[0].writer.transport.get_write_buffer_size() > 0
             got = [(await conn.recv_data())["data"]["payload"][0] for _ in range(count)]
             assert got == list(range(count))

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.results.records import AttemptRecord
-from orchestrator.results.store import read_records
+from orchestrator.results.records import AttemptRecord, read_records
 from orchestrator.run.pool import share
 from orchestrator.suite.targets import CommandTarget, SimulatorTarget, VscodeTarget
 from tests.runs import orchestrate

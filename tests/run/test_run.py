@@ -11,7 +11,8 @@ from pathlib import Path
 import pyarrow.parquet
 import pytest
 
-from orchestrator.results.store import load, read_records
+from orchestrator.results.records import read_records
+from orchestrator.results.store import load
 from tests.runs import EXERCISES, ROOT, SECRET, orchestrate
 from tests.runs import simulator_suite as _suite
 

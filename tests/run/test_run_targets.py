@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.results.store import read_records
+from orchestrator.results.records import read_records
 from tests.runs import (
     EXERCISES,
     SIM,

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from ipc_bridge.client.bridge_client import CommandTimeout
+from ipc_bridge.client.types import CommandTimeout
 from ipc_bridge.server.slots import SlotConfig
-from ipc_bridge.wire.session import TaskCommandRequest
+from ipc_bridge.wire.messages import TaskCommandRequest
 from tests.faults.bad_input_harness import FakeHost, HostConn, frame, inproc_bridge
 
 pytestmark = pytest.mark.timeout(60)

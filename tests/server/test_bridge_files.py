@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ipc_bridge.server.replay_buffer import entry_cost, pack
-from ipc_bridge.server.slots import ReplayBuffer
+from ipc_bridge.server.replay_buffer import ReplayBuffer, entry_cost, pack
 from ipc_bridge.wire.connection_file import (
     BridgeAlreadyRunning,
     ConnectionInfo,
@@ -20,7 +19,8 @@ from ipc_bridge.wire.connection_file import (
     read_connection_file,
     write_connection_file,
 )
-from ipc_bridge.wire.session import Session, new_key, task_event_content
+from ipc_bridge.wire.messages import task_event_content
+from ipc_bridge.wire.session import Session, new_key
 
 
 def _info(runtime: Path) -> ConnectionInfo:

@@ -20,26 +20,18 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from ipc_bridge.client.bridge_client import (
-    BridgeClient,
-    ConnectFailed,
-    Event,
-    EventGap,
-    InvalidCommand,
-    SlotDown,
-    SlotExists,
-)
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import ConnectFailed, Event, EventGap, InvalidCommand, SlotDown, SlotExists
 from ipc_bridge.roo.framing import encode_frame
 from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
-from ipc_bridge.wire.session import (
-    Session,
+from ipc_bridge.wire.messages import (
     SlotDownContent,
     SlotUpContent,
     TaskCommandReply,
     TaskCommandRequest,
     TaskEventContent,
-    slot_topic,
 )
+from ipc_bridge.wire.session import Session, slot_topic
 from tests.streams import Collector
 
 pytestmark = pytest.mark.timeout(30)

@@ -27,7 +27,7 @@ from ipc_bridge.roo.protocol import CloseTask, GetModes, StartNewTask, StartNewT
 from ipc_bridge.simulator.farm import FarmClient, FarmError
 from ipc_bridge.simulator.farm import SimulatorFarm as Farm
 from orchestrator.hosts.providers import FORKED_FARM_NAME, HostError, SimulatorFarm
-from orchestrator.results.store import read_records
+from orchestrator.results.records import read_records
 from tests.ipc_waits import until_disconnected, until_event
 from tests.run.test_run import EXERCISES, orchestrate
 

@@ -33,7 +33,8 @@ from ipc_bridge.roo.protocol import (
     StartNewTaskData,
     command_message,
 )
-from ipc_bridge.simulator import ScriptError, SimulatorHost, normalize_engine, parse_duration, parse_script
+from ipc_bridge.simulator.host import SimulatorHost
+from ipc_bridge.simulator.script import ScriptError, normalize_engine, parse_duration, parse_script
 from ipc_bridge.simulator.task import Clock
 from tests.conftest import ROOT
 

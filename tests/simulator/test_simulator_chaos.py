@@ -19,9 +19,10 @@ import pytest
 
 from ipc_bridge.roo.extension import ConnectTimeout, ExtensionConnection, connect
 from ipc_bridge.roo.protocol import CancelTask, CloseTask, GetModes, StartNewTask, StartNewTaskData
-from ipc_bridge.simulator import Chaos, ScriptError, SimulatorHost, chaos_outcome, parse_script
 from ipc_bridge.simulator.farm import FarmClient
 from ipc_bridge.simulator.farm import SimulatorFarm as Farm
+from ipc_bridge.simulator.host import SimulatorHost
+from ipc_bridge.simulator.script import Chaos, ScriptError, chaos_outcome, parse_script
 from tests.ipc_waits import until_disconnected, until_event
 
 pytestmark = pytest.mark.timeout(20)

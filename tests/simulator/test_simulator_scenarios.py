@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from ipc_bridge.roo.events import event_route
 from ipc_bridge.roo.extension import Disconnected, ExtensionConnection, connect
 from ipc_bridge.roo.protocol import (
     CancelTask,
@@ -32,9 +33,8 @@ from ipc_bridge.roo.protocol import (
     ResumeTask,
     StartNewTask,
     StartNewTaskData,
-    event_route,
 )
-from ipc_bridge.simulator import SimulatorHost
+from ipc_bridge.simulator.host import SimulatorHost
 from tests.conftest import load_recording
 
 pytestmark = pytest.mark.timeout(20)

@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.suite.config import (
-    CommandTarget,
-    Redactor,
-    SocketTarget,
-    SuiteError,
-    VscodeTarget,
-    apply_overrides,
-    load_suite,
-)
+from ipc_bridge.redaction import Redactor
+from orchestrator.suite.config import apply_overrides, load_suite
 from orchestrator.suite.durations import format_duration, parse_duration
+from orchestrator.suite.targets import CommandTarget, SocketTarget, VscodeTarget
+from orchestrator.suite.yaml_loader import SuiteError
 
 # ------------------------------------------------------------------------------------ durations
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.suite.config import Suite, SuiteError, apply_overrides, load_suite
+from orchestrator.suite.config import Suite, apply_overrides, load_suite
 from orchestrator.suite.plan import AttemptKey, build_plan, pending, suite_hash, workspace_digest
+from orchestrator.suite.yaml_loader import SuiteError
 
 SUITE = """\
 name: plan-demo

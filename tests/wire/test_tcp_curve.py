@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from ipc_bridge.client.bridge_client import BridgeClient, Event
+from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import Event
 from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
 from ipc_bridge.server.tcp_listen import ListenError, TcpListen, parse_listen
 from ipc_bridge.wire.connection_file import ConnectionInfo, read_connection_file

@@ -13,26 +13,28 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipc_bridge.wire.session import (
-    DELIM,
+from ipc_bridge.wire.messages import (
     EVENTS,
     REPLIES,
     REQUESTS,
-    VERSION,
     AttachRequest,
-    Header,
     HugzContent,
-    ReplayError,
-    Session,
-    SignatureError,
     SnapshotRequest,
     TaskCommandRequest,
     TaskEventContent,
+    task_event_content,
+)
+from ipc_bridge.wire.session import (
+    DELIM,
+    VERSION,
+    Header,
+    ReplayError,
+    Session,
+    SignatureError,
     WireError,
     iso_utc,
     slot_topic,
     split_snapshot_buffers,
-    task_event_content,
     task_topic,
 )
 
