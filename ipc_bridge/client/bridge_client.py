@@ -30,6 +30,7 @@ import zmq
 import zmq.asyncio
 from pydantic import BaseModel
 
+from ipc_bridge.client.bridge_watch import BridgeWatch
 from ipc_bridge.client.event_stream import EventStreams, snapshot_events
 from ipc_bridge.client.task_commands import TaskCommands
 from ipc_bridge.client.types import (
@@ -47,7 +48,6 @@ from ipc_bridge.wire.liveness import (
     DEFAULT_INTERVAL,
     DEFAULT_LIVENESS,
     MIN_TICK,
-    BridgeWatch,
     Ticker,
     positive_float,
 )

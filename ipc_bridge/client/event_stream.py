@@ -18,11 +18,12 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import zmq
 from pydantic import ValidationError
 
+from ipc_bridge.client.bridge_watch import BridgeWatch
 from ipc_bridge.client.types import (
     BridgeError,
     BridgeRestarted,
@@ -32,12 +33,9 @@ from ipc_bridge.client.types import (
     UnknownSlot,
     task_event_shape_ok,
 )
-from ipc_bridge.wire.messages import EVENTS, Content, WelcomeContent
+from ipc_bridge.wire.messages import EVENTS, Content, SnapshotReply, WelcomeContent
 from ipc_bridge.wire.session import Header, Message, Session, WireError, slot_topic, split_snapshot_buffers
 from ipc_bridge.wire.zmq_loop import Reader
-
-if TYPE_CHECKING:
-    from ipc_bridge.client.bridge_client import BridgeClient
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +95,24 @@ def snapshot_events(session: Session, reply: Message) -> list[Event]:
     return events
 
 
+class StreamOwner(Protocol):
+    """What :class:`EventStreams` uses of the client that owns it (a
+    :class:`~ipc_bridge.client.bridge_client.BridgeClient`): named here so that the streams need not import
+    the client, which imports them."""
+
+    session: Session
+    bridge_session: str | None
+    timeout: float
+    retries: int
+    watch: BridgeWatch
+
+    async def snapshot(self, slot: str, since_seq: int | None = 0) -> tuple[SnapshotReply, list[Event]]: ...
+
+
 class EventStreams:
     """Owned by one :class:`~ipc_bridge.client.bridge_client.BridgeClient`; uses its SUB socket and its requests."""
 
-    def __init__(self, client: BridgeClient, sub: zmq.Socket[bytes], heard: Callable[[Header], None]) -> None:
+    def __init__(self, client: StreamOwner, sub: zmq.Socket[bytes], heard: Callable[[Header], None]) -> None:
         self._client = client
         self._sub = sub
         self._heard = heard

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ipc_bridge.log_limits import RateLimitedLog, sample
 from ipc_bridge.roo.events import TaskEvent
 from ipc_bridge.roo.framing import DEFAULT_MAX_FRAME_SIZE, READ_SIZE, FrameBuffer, decode_frame, encode_frame
 from ipc_bridge.roo.protocol import (
@@ -35,7 +36,6 @@ from ipc_bridge.roo.protocol import (
     parse_ipc_message,
 )
 from ipc_bridge.roo.shapes import Ack, ProtocolError, WireModel
-from ipc_bridge.server.bad_input import RateLimitedLog, sample
 
 log = logging.getLogger(__name__)
 

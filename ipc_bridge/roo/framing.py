@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from ipc_bridge.json_compat import loads
+from ipc_bridge.log_limits import RateLimitedLog
 from ipc_bridge.roo.shapes import ProtocolError, WireModel
-from ipc_bridge.server.bad_input import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

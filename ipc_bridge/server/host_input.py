@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ipc_bridge.log_limits import RateLimitedLog, sample
 from ipc_bridge.roo.events import KNOWN_EVENTS
 from ipc_bridge.roo.extension import AckTimeout, ConnectionStats
-from ipc_bridge.server.bad_input import RateLimitedLog, sample
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 from pydantic import BaseModel
 
-from ipc_bridge.server.bad_input import RateLimitedLog
+from ipc_bridge.log_limits import RateLimitedLog
 from ipc_bridge.wire.messages import HugzContent
 from ipc_bridge.wire.session import DELIM, Session, slot_topic
 from ipc_bridge.wire.zmq_loop import LAST, MORE, Reader, raw_send, send_frames

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 import zmq.auth
 
-from ipc_bridge.server.bad_input import RateLimitedLog
+from ipc_bridge.log_limits import RateLimitedLog
 from ipc_bridge.wire.connection_file import ConnectionInfo, ensure_runtime_dir
 from ipc_bridge.wire.key_perms import KeyPermissionError, check_keys_dir
 

@@ -6,7 +6,8 @@ ZMTP heartbeats notice a dead or frozen connection, not a stuck event loop, so o
   counts), and the bridge expires a worker session it has not heard from for ``liveness`` of that
   worker's intervals, detaching the slots the worker attached (:class:`PeerRegistry`);
 * the bridge publishes ``hugz`` on ``bridge.`` every interval, and a worker that heard nothing at all
-  (no reply, no event) for ``liveness`` hugz intervals declares the bridge lost (:class:`BridgeWatch`).
+  (no reply, no event) for ``liveness`` hugz intervals declares the bridge lost
+  (:class:`ipc_bridge.client.bridge_watch.BridgeWatch`, on the client's side with its errors).
 
 Both sides forgive the time during which they themselves did not run (:class:`Ticker`): a process that
 was stopped or blocked heard nothing because it did not listen, not because its peer was silent.
@@ -15,20 +16,14 @@ was stopped or blocked heard nothing because it did not listen, not because its 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
-
-from ipc_bridge.client.types import BridgeLost
+from typing import Any
 
 DEFAULT_INTERVAL = 1.0
 """Seconds between worker heartbeats, and between the bridge's hugz."""
 DEFAULT_LIVENESS = 3
 """Intervals of silence after which a peer counts as gone."""
 MIN_TICK = 0.02
-
-T = TypeVar("T")
 
 
 def positive_float(value: Any) -> float | None:
@@ -115,75 +110,3 @@ class PeerRegistry:
         for peer in gone:
             del self.peers[peer.session]
         return gone
-
-
-# ----------------------------------------------------------------------------------- worker side
-
-
-class BridgeWatch:
-    """When the worker last heard the bridge, and whether it counts as lost. Create inside the loop."""
-
-    def __init__(self, hugz_interval: float = DEFAULT_INTERVAL, liveness: int = DEFAULT_LIVENESS) -> None:
-        loop = asyncio.get_running_loop()
-        self.hugz_interval = hugz_interval
-        self.liveness = liveness
-        self.last_heard = loop.time()
-        self._lost: asyncio.Future[BridgeLost] = loop.create_future()
-
-    @property
-    def window(self) -> float:
-        return self.liveness * self.hugz_interval
-
-    @property
-    def lost(self) -> BridgeLost | None:
-        return self._lost.result() if self._lost.done() else None
-
-    def heard(self, now: float) -> bool:
-        """Anything valid arrived. True when this ends a loss (the bridge is back)."""
-        self.last_heard = max(self.last_heard, now)
-        if not self._lost.done():
-            return False
-        self._lost = asyncio.get_running_loop().create_future()
-        return True
-
-    def credit(self, stall: float, now: float) -> None:
-        self.last_heard = min(now, self.last_heard + stall)
-
-    def check(self, now: float, session: str | None) -> BridgeLost | None:
-        """The new :class:`BridgeLost` when the silence just exceeded the window, else None."""
-        silent = now - self.last_heard
-        if self._lost.done() or silent <= self.window:
-            return None
-        lost = BridgeLost(silent, self.window, session)
-        self._lost.set_result(lost)
-        return lost
-
-    async def guard(self, aw: Awaitable[T], timeout: float | None) -> T:
-        """``await aw``, but raise :class:`BridgeLost` as soon as (or if already) the bridge is lost,
-        and :class:`asyncio.TimeoutError` after ``timeout``. ``aw`` is cancelled unless it finished."""
-        lost = self._lost
-        if lost.done():
-            if asyncio.iscoroutine(aw):
-                aw.close()  # never started: close it so that no "never awaited" warning fires
-            elif asyncio.isfuture(aw):
-                aw.cancel()
-            raise lost.result()
-        task = asyncio.ensure_future(aw)
-        either: set[asyncio.Future[Any]] = {task, lost}
-        try:
-            await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
-                task.cancel()
-                task.add_done_callback(_consume)
-        if task.done() and not task.cancelled():
-            return task.result()
-        if lost.done():
-            raise lost.result()
-        raise asyncio.TimeoutError
-
-
-def _consume(task: asyncio.Future[Any]) -> None:
-    # A task cancelled on our behalf may still have ended with an error; it is of no interest then.
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        task.result()

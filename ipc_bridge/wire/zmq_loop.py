@@ -26,7 +26,7 @@ from typing import Any, cast
 import zmq
 import zmq.backend
 
-from ipc_bridge.server.bad_input import RateLimitedLog
+from ipc_bridge.log_limits import RateLimitedLog
 
 log = logging.getLogger(__name__)
 

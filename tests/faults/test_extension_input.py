@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipc_bridge.client.types import ConnectFailed
+from ipc_bridge.log_limits import RateLimitedLog
 from ipc_bridge.roo.framing import FrameDecoder, encode_frame
-from ipc_bridge.server.bad_input import RateLimitedLog
 from ipc_bridge.server.slots import SlotConfig
 from ipc_bridge.wire.messages import SlotInfo, TaskEventContent
 from tests.faults.bad_input_harness import (

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
 from ipc_bridge.client.types import InvalidCommand
-from ipc_bridge.server.bad_input import LOG_BURST, REJECT_REASONS
+from ipc_bridge.log_limits import LOG_BURST
+from ipc_bridge.server.bad_input import REJECT_REASONS
 from ipc_bridge.server.bridge import Bridge
 from ipc_bridge.server.slots import SlotConfig
 from ipc_bridge.wire.messages import REQUESTS, HeartbeatReply

@@ -9,8 +9,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from ipc_bridge.roo import events, shapes
+from ipc_bridge.roo import events as ev
 from ipc_bridge.roo import protocol as p
+from ipc_bridge.roo import shapes as sh
 from tests.conftest import load_recording, recording_names
 
 
@@ -25,7 +26,7 @@ def test_every_recorded_frame_parses_typed_and_round_trips(name: str) -> None:
         assert msg.wire() == row["msg"]
         if isinstance(msg, p.TaskEventMessage):
             event = msg.event()
-            assert not isinstance(event, events.UnknownEvent), event
+            assert not isinstance(event, ev.UnknownEvent), event
             # Events re-serialise byte for byte as the engine wrote them (key order, ints stay ints).
             assert orjson.dumps(msg.wire()) == _compact(row["msg"])
 
@@ -36,24 +37,24 @@ def test_typed_payloads_of_recorded_events() -> None:
     completed = [m.event() for m in events if m.event().eventName == "taskCompleted"]
     assert len(completed) == 1
     event = completed[0]
-    assert isinstance(event, events.TaskCompleted)
+    assert isinstance(event, ev.TaskCompleted)
     task_id, usage, tools, flag = event.payload
     assert event.task_id == task_id
     assert usage.totalCost >= 0 and usage.totalTokensIn > 0
     assert flag.isSubtask is False
-    assert all(isinstance(v, shapes.ToolStats) for v in tools.values())
-    messages = [m.event() for m in events if isinstance(m.event(), events.Message)]
-    assert messages and all(isinstance(e, events.Message) for e in messages)
+    assert all(isinstance(v, sh.ToolStats) for v in tools.values())
+    messages = [m.event() for m in events if isinstance(m.event(), ev.Message)]
+    assert messages and all(isinstance(e, ev.Message) for e in messages)
     first = messages[0]
-    assert isinstance(first, events.Message)
+    assert isinstance(first, ev.Message)
     assert first.payload[0].message.say == "text"
     assert first.task_id == first.payload[0].taskId
 
 
 def test_unknown_event_name_is_kept_whole() -> None:
     raw = {"eventName": "headlessTaskResult", "payload": ["t1", {"ok": True}], "extra": 1}
-    event = events.parse_task_event(raw)
-    assert isinstance(event, events.UnknownEvent)
+    event = ev.parse_task_event(raw)
+    assert isinstance(event, ev.UnknownEvent)
     assert event.invalid is None
     assert event.wire() == raw
     assert event.task_id == "t1"
@@ -61,8 +62,8 @@ def test_unknown_event_name_is_kept_whole() -> None:
 
 def test_known_event_with_bad_payload_degrades_to_unknown_not_crash() -> None:
     raw = {"eventName": "taskCompleted", "payload": ["t1", "not-usage"]}
-    event = events.parse_task_event(raw)
-    assert isinstance(event, events.UnknownEvent)
+    event = ev.parse_task_event(raw)
+    assert isinstance(event, ev.UnknownEvent)
     assert event.invalid is not None and "payload" in event.invalid
     assert event.wire() == raw
 
@@ -76,15 +77,15 @@ def test_extra_keys_and_unknown_tools_survive() -> None:
             {"zoo_tool": {"attempts": 2, "failures": 1}},
         ],
     }
-    event = events.parse_task_event(raw)
-    assert isinstance(event, events.TaskTokenUsageUpdated)
+    event = ev.parse_task_event(raw)
+    assert isinstance(event, ev.TaskTokenUsageUpdated)
     assert event.payload[2]["zoo_tool"].failures == 1
     assert event.wire() == raw
 
 
 def test_command_envelope_matches_ipc_message_schema_rules() -> None:
     cmd = p.StartNewTask(
-        data=p.StartNewTaskData(text="hé\fllo 🎉", configuration=shapes.RooCodeSettings(mode="code"))
+        data=p.StartNewTaskData(text="hé\fllo 🎉", configuration=sh.RooCodeSettings(mode="code"))
     )
     wire = p.command_message("abcdef012345", cmd).wire()
     assert list(wire) == ["type", "origin", "clientId", "data"]
@@ -138,56 +139,52 @@ def test_all_nine_commands_are_modelled() -> None:
 
 def test_wrong_typed_setting_is_refused_before_sending() -> None:
     with pytest.raises(ValidationError):
-        shapes.RooCodeSettings.model_validate({"autoApprovalEnabled": "yes please"})
+        sh.RooCodeSettings.model_validate({"autoApprovalEnabled": "yes please"})
     with pytest.raises(ValidationError):
-        shapes.RooCodeSettings.model_validate({"checkpointTimeout": 5})
+        sh.RooCodeSettings.model_validate({"checkpointTimeout": 5})
 
 
 def test_nan_and_infinity_are_refused_on_output() -> None:
     for bad in (math.nan, math.inf):
         with pytest.raises(ValidationError):
-            events.make_event(
+            ev.make_event(
                 "taskTokenUsageUpdated",
                 "t",
                 {"totalTokensIn": 1, "totalTokensOut": 1, "totalCost": bad, "contextTokens": 0},
                 {},
             )
         with pytest.raises(ValidationError):
-            shapes.RooCodeSettings.model_validate({"modelTemperature": bad})
+            sh.RooCodeSettings.model_validate({"modelTemperature": bad})
 
 
 def test_open_settings_keep_unknown_keys() -> None:
-    settings = shapes.RooCodeSettings.model_validate(
-        {"mode": "code", "terminalShellIntegrationDisabled": True}
-    )
+    settings = sh.RooCodeSettings.model_validate({"mode": "code", "terminalShellIntegrationDisabled": True})
     assert settings.wire() == {"mode": "code", "terminalShellIntegrationDisabled": True}
 
 
 def test_event_route_reads_name_and_task_without_validation() -> None:
-    assert events.event_route({"eventName": "taskCreated", "payload": ["t1"]}) == ("taskCreated", "t1")
-    assert events.event_route(
-        {"eventName": "message", "payload": [{"taskId": "t2", "action": "created"}]}
-    ) == (
+    assert ev.event_route({"eventName": "taskCreated", "payload": ["t1"]}) == ("taskCreated", "t1")
+    assert ev.event_route({"eventName": "message", "payload": [{"taskId": "t2", "action": "created"}]}) == (
         "message",
         "t2",
     )
-    assert events.event_route({"eventName": "modelsResponse", "payload": [{}]}) == ("modelsResponse", None)
-    with pytest.raises(shapes.ProtocolError):
-        events.event_route({"payload": []})
+    assert ev.event_route({"eventName": "modelsResponse", "payload": [{}]}) == ("modelsResponse", None)
+    with pytest.raises(sh.ProtocolError):
+        ev.event_route({"payload": []})
 
 
 @pytest.mark.parametrize("bad", [[], "x", {"type": 3}, {"type": "Nope"}, {"type": "Ack", "origin": "server"}])
 def test_non_messages_raise_protocol_error(bad: object) -> None:
-    with pytest.raises(shapes.ProtocolError):
+    with pytest.raises(sh.ProtocolError):
         p.parse_ipc_message(bad)
 
 
 @pytest.mark.parametrize("cls", [p.CancelTask, p.CloseTask, p.GetCommands, p.GetModes, p.GetModels])
-def test_commands_built_from_defaults_keep_their_name(cls: type[shapes.WireModel]) -> None:
+def test_commands_built_from_defaults_keep_their_name(cls: type[sh.WireModel]) -> None:
     name = cls.__name__
     assert cls().wire() == {"commandName": name}
     assert p.command_message("c", cls()).wire()["data"] == {"commandName": name}
 
 
 def test_events_built_directly_keep_their_name() -> None:
-    assert events.TaskCreated(payload=("t",)).wire() == {"eventName": "taskCreated", "payload": ["t"]}
+    assert ev.TaskCreated(payload=("t",)).wire() == {"eventName": "taskCreated", "payload": ["t"]}

@@ -21,11 +21,12 @@ import zmq
 import zmq.asyncio
 
 from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.bridge_watch import BridgeWatch
 from ipc_bridge.client.types import BridgeLost, BridgeRestarted, Event, SlotExists
 from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
 from ipc_bridge.server.slots import OWNER_EXPIRED
 from ipc_bridge.wire.connection_file import read_connection_file
-from ipc_bridge.wire.liveness import BridgeWatch, PeerRegistry, Ticker
+from ipc_bridge.wire.liveness import PeerRegistry, Ticker
 from ipc_bridge.wire.messages import SlotDownContent, SlotsRequest
 from ipc_bridge.wire.session import BRIDGE_TOPIC, Session
 
