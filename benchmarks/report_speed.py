@@ -37,9 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import filesystem
 
 from orchestrator.results.columnar import CACHE, write_cache
-from orchestrator.results.records import RESULTS, AttemptRecord, Timings, read_records
+from orchestrator.results.records import RESULTS, AttemptRecord, CheckResult, Timings, read_records
 from orchestrator.results.store import ResultsWriter, load
-from orchestrator.run.grading import CheckResult
 from orchestrator.status import Metrics, Status, ToolCount, ToolFailure
 
 TARGET_S = 2.0

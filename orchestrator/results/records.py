@@ -13,7 +13,6 @@ from typing import Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.run.grading import CheckResult
 from orchestrator.status import Metrics, Status
 from orchestrator.suite.plan import AttemptKey
 
@@ -60,6 +59,23 @@ class Timings(BaseModel):
     agent_s: float | None = None
     check_s: float | None = None
     teardown_s: float | None = None
+
+
+class CheckResult(BaseModel):
+    """What the case's check command did (:mod:`orchestrator.run.grading` runs it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    passed: bool
+    """Exit status 0 within the timeout."""
+    exit_code: int | None
+    """The exit status; negative when ended by a signal (-15, -9 after a timeout); None when the command
+    could not be started (the reason is in ``output_tail``)."""
+    duration: float
+    """Seconds from start until the process group was gone."""
+    timed_out: bool
+    output_tail: str
+    """The last bytes of stdout and stderr, interleaved, decoded as UTF-8 (bounded)."""
 
 
 class AttemptRecord(BaseModel):

@@ -24,8 +24,8 @@ from ipc_bridge.client.types import BridgeError, BridgeRestarted, Event
 from orchestrator.hosts.attempt_host import AttemptHosts
 from orchestrator.hosts.providers import Host, HostError, HostExited, SimulatorFarm
 from orchestrator.outcome import OutcomeTracker
-from orchestrator.results.records import Timings
-from orchestrator.run.grading import CheckResult, run_command
+from orchestrator.results.records import CheckResult, Timings
+from orchestrator.run.grading import run_command
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
 from orchestrator.status import Status
 from orchestrator.suite.plan import Attempt

@@ -21,9 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from orchestrator.processes.child_env import command_env
+from orchestrator.results.records import CheckResult
 
 log = logging.getLogger(__name__)
 
@@ -31,21 +30,6 @@ DEFAULT_TAIL_BYTES = 16 * 1024
 DEFAULT_KILL_GRACE = 2.0
 _DRAIN_TIMEOUT = 1.0
 _READ_CHUNK = 64 * 1024
-
-
-class CheckResult(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    passed: bool
-    """Exit status 0 within the timeout."""
-    exit_code: int | None
-    """The exit status; negative when ended by a signal (-15, -9 after a timeout); None when the command
-    could not be started (the reason is in ``output_tail``)."""
-    duration: float
-    """Seconds from start until the process group was gone."""
-    timed_out: bool
-    output_tail: str
-    """The last bytes of stdout and stderr, interleaved, decoded as UTF-8 (bounded)."""
 
 
 class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):

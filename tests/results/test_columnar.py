@@ -20,9 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from orchestrator.results.columnar import CACHE, write_cache
-from orchestrator.results.records import RESULTS, AttemptRecord, Timings
+from orchestrator.results.records import RESULTS, AttemptRecord, CheckResult, Timings
 from orchestrator.results.store import ResultsWriter, load
-from orchestrator.run.grading import CheckResult
 from orchestrator.status import Metrics, Status, ToolCount, ToolFailure
 from tests.runs import ROOT, cases, orchestrate, simulator_suite
 

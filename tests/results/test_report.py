@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from orchestrator.cli.main import main
 from orchestrator.results.compare import build_comparison, compare_rows, format_comparison
-from orchestrator.results.records import RESULTS, AttemptRecord, ResultsError, read_records
+from orchestrator.results.records import RESULTS, AttemptRecord, CheckResult, ResultsError, read_records
 from orchestrator.results.report import (
     build_report,
     format_report,
@@ -26,7 +26,6 @@ from orchestrator.results.report import (
 )
 from orchestrator.results.store import ResultsWriter
 from orchestrator.results.summary import summarize
-from orchestrator.run.grading import CheckResult
 from orchestrator.status import Metrics, Status
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

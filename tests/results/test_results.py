@@ -22,6 +22,7 @@ from orchestrator.results.records import (
     COLUMNS,
     RESULTS,
     AttemptRecord,
+    CheckResult,
     DuplicateRecordError,
     ResultsError,
     Timings,
@@ -30,7 +31,6 @@ from orchestrator.results.records import (
 )
 from orchestrator.results.run_lock import RunInProgressError
 from orchestrator.results.store import ResultsWriter, build_manifest, load
-from orchestrator.run.grading import CheckResult
 from orchestrator.status import Metrics, Status, ToolCount, ToolFailure
 from orchestrator.suite.config import load_suite
 from orchestrator.suite.plan import AttemptKey, build_plan

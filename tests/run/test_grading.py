@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.run.grading import CheckResult, run_check, run_command
+from orchestrator.results.records import CheckResult
+from orchestrator.run.grading import run_check, run_command
 
 pytestmark = pytest.mark.timeout(30)
 
