@@ -6,7 +6,6 @@ strict on output (NaN/Infinity refused). Field declaration order is wire order.
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,25 +29,10 @@ class WireModel(BaseModel):
         return out
 
 
-class IpcOrigin(str, Enum):
-    CLIENT = "client"
-    SERVER = "server"
-
-
-class IpcMessageType(str, Enum):
-    ACK = "Ack"
-    TASK_COMMAND = "TaskCommand"
-    TASK_EVENT = "TaskEvent"
-
-
 # ------------------------------------------------------------------------------------ shared shapes
 
 Number = int | float
 """A JS number: ints stay ints on the way back out (``0``, not ``0.0``)."""
-
-ClineAsk = str
-"""``followup, command, command_output, completion_result, tool, api_req_failed, resume_task, ...``:
-kept as an open string because forks and newer engines add values."""
 
 IDLE_ASKS = frozenset(
     {

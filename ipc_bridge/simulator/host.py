@@ -241,10 +241,6 @@ class SimulatorHost:
         self._current = instance
         self._history[instance.id] = instance
 
-    @property
-    def current_task_id(self) -> str | None:
-        return self._current.id if self._current is not None else None
-
     # ------------------------------------------------------------------------------ commands
 
     def _on_command(self, client_id: str, message: TaskCommandMessage) -> None:

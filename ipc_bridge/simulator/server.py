@@ -61,10 +61,6 @@ class IpcServer:
         self._frozen = False
 
     @property
-    def client_ids(self) -> list[str]:
-        return list(self._clients)
-
-    @property
     def listening(self) -> bool:
         return self._server is not None
 

@@ -246,9 +246,6 @@ class TaskInstance:
         if not message.get("partial"):
             self.throttle.call()
 
-    def text_of(self, ts: int) -> str:
-        return str(self._messages[ts].get("text", ""))
-
     def _create(self, body: dict[str, Any], partial: bool | None, extra: dict[str, Any]) -> int:
         ts = self._next_ts()
         message: dict[str, Any] = {"ts": ts, **body}

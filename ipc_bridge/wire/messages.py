@@ -254,7 +254,6 @@ EVENTS: dict[str, type[Content]] = {
     "welcome": WelcomeContent,
     "hugz": HugzContent,
 }
-SEQUENCED_EVENTS = frozenset({"task_event", "slot_up", "slot_down", "bridge_stopping"})
 
 
 def reply_type(request_type: str) -> str:

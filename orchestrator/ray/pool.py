@@ -321,14 +321,6 @@ class RayPool:
             ray.shutdown()
             self._owns_ray = False
 
-    def kill_worker_for_test(self, job_id: str) -> int:
-        """Kill the actor of the node holding ``job_id`` (fault injection). Returns the node index."""
-        for node in self._nodes.values():
-            if job_id in node.jobs:
-                ray.kill(node.actor, no_restart=True)
-                return node.index
-        raise KeyError(job_id)
-
     def events(self, timeout: float = 1.0, max_items: int = 10_000) -> list[dict[str, Any]]:
         """The run's next forwarded events (this process as the one subscriber; see
         :class:`orchestrator.ray.events.EventFeed` for another process)."""

@@ -170,7 +170,3 @@ async def run_command(
         timed_out=timed_out,
         output_tail=_tail_text(buffer, dropped, tail_bytes),
     )
-
-
-run_check = run_command
-"""The check is a command like any other; the alias reads better at the call site."""

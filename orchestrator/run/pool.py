@@ -278,14 +278,6 @@ class Pool:
         self._workers.clear()
         self._outbox = None
 
-    def kill_worker_for_test(self, job_id: str) -> int:
-        """SIGKILL the worker holding ``job_id`` (fault injection)."""
-        for worker in self._workers.values():
-            if job_id in worker.jobs:
-                worker.process.kill()
-                return int(worker.wid)
-        raise KeyError(job_id)
-
 
 def send(q: Any, msg: tuple[Any, ...]) -> None:
     """Put a message on a pool queue (a stdlib pickle: the C pickler, protocol 5)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.results.records import CheckResult
-from orchestrator.run.grading import run_check, run_command
+from orchestrator.run.grading import run_command
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -57,7 +57,7 @@ def read_line_file(path: Path) -> str | None:
 
 async def test_passing_shell_check_in_its_workspace(tmp_path: Path) -> None:
     (tmp_path / "marker.txt").write_text("here")
-    result = await run_check(
+    result = await run_command(
         'cat marker.txt && echo " $EXTRA" && echo err >&2', tmp_path, timeout=10, env={"EXTRA": "from-env"}
     )
     assert isinstance(result, CheckResult)
@@ -67,7 +67,7 @@ async def test_passing_shell_check_in_its_workspace(tmp_path: Path) -> None:
 
 
 async def test_failing_argv_check(tmp_path: Path) -> None:
-    result = await run_check(
+    result = await run_command(
         [sys.executable, "-c", "print('boom'); raise SystemExit(3)"], tmp_path, timeout=10
     )
     assert not result.passed and result.exit_code == 3
@@ -113,7 +113,7 @@ async def test_timeout_kills_the_whole_group_including_grandchildren_ignoring_si
     script = tmp_path / "hang.py"
     script.write_text(KILL_SCRIPT)
     task = asyncio.ensure_future(
-        run_check([sys.executable, str(script), str(pidfile)], tmp_path, timeout=1.5, kill_grace=0.5)
+        run_command([sys.executable, str(script), str(pidfile)], tmp_path, timeout=1.5, kill_grace=0.5)
     )
     parent = int(await wait_for_file(pidfile))
     child = int(await wait_for_file(Path(f"{pidfile}.child")))
@@ -131,7 +131,7 @@ async def test_timeout_kills_the_whole_group_including_grandchildren_ignoring_si
 async def test_leftover_background_process_does_not_hold_the_check(tmp_path: Path) -> None:
     pidfile = tmp_path / "bg"
     start = time.monotonic()
-    result = await run_check(f"(sleep 600 & echo $! > {pidfile}); echo done", tmp_path, timeout=10)
+    result = await run_command(f"(sleep 600 & echo $! > {pidfile}); echo done", tmp_path, timeout=10)
     assert time.monotonic() - start < 5
     assert result.passed and "done" in result.output_tail
     background = int(pidfile.read_text())
@@ -142,7 +142,9 @@ async def test_cancelling_the_caller_kills_the_group(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     script = tmp_path / "hang.py"
     script.write_text(KILL_SCRIPT)
-    task = asyncio.ensure_future(run_check([sys.executable, str(script), str(pidfile)], tmp_path, timeout=60))
+    task = asyncio.ensure_future(
+        run_command([sys.executable, str(script), str(pidfile)], tmp_path, timeout=60)
+    )
     parent = int(await wait_for_file(pidfile))
     child = int(await wait_for_file(Path(f"{pidfile}.child")))
     task.cancel()
@@ -152,7 +154,7 @@ async def test_cancelling_the_caller_kills_the_group(tmp_path: Path) -> None:
 
 
 async def test_runs_in_its_own_session(tmp_path: Path) -> None:
-    result = await run_check(
+    result = await run_command(
         [sys.executable, "-c", "import os; print(os.getsid(0), os.getpid())"], tmp_path, timeout=10
     )
     child_sid, child_pid = (int(field) for field in result.output_tail.split())
