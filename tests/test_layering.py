@@ -106,6 +106,15 @@ THIRD_PARTY: dict[str, tuple[str, ...]] = {
     "ray": ("orchestrator.ray",),
 }
 
+PENDING: dict[tuple[str, str], str] = {
+    # Violations that other parts of issue #11 remove on their own branches, each named with its part.
+    # Tolerated until then, and only then: once one is gone, test_pending_violations_are_still_there
+    # asks for its line here to go.
+    ("orchestrator.hosts.attempt_host", "orchestrator.run.jobs"): "hosts: AttemptHosts moves into run",
+    ("orchestrator.run.scheduler", "orchestrator.ray.pool"): "runcore: the command line picks the executor",
+    ("orchestrator.results.store", "orchestrator.results.report"): "results: one aggregation, in summary",
+}
+
 PUBLIC_SURFACE = {("orchestrator.results", "load")}
 """Names a package ``__init__`` re-exports because README.md tells users to import them from there."""
 
@@ -240,26 +249,28 @@ def defines(module: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def layer_violations() -> list[str]:
-    problems = []
+def layer_violations() -> dict[tuple[str, str], str]:
+    """``(module, imported module) -> why it may not``, one entry per offending import."""
+    problems: dict[tuple[str, str], str] = {}
     for module in PROJECT.values():
         source = layer_of(module.name)
         if source is None:
-            problems.append(f"{module.name}: in no layer of LAYERS (decide where it belongs)")
+            problems[module.name, ""] = f"{module.name}: in no layer of LAYERS (decide where it belongs)"
             continue
         for imp in imports_of(module):
             top = imp.target.split(".")[0]
+            edge = (module.name, imp.target)
             if top in THIRD_PARTY and source not in THIRD_PARTY[top]:
-                problems.append(f"{imp.where()} imports {imp.target}: only {THIRD_PARTY[top]} may")
+                problems[edge] = f"{imp.where()} imports {imp.target}: only {THIRD_PARTY[top]} may"
             if not _project(imp.target):
                 continue
             target = layer_of(imp.target)
             if target != source and target not in LAYERS[source]:
-                problems.append(f"{imp.where()} imports {imp.target}: {source} may not import {target}")
+                problems[edge] = f"{imp.where()} imports {imp.target}: {source} may not import {target}"
             for (src, dst), why in FORBIDDEN.items():
                 if module.name == src and (imp.target == dst or imp.target.startswith(dst + ".")):
-                    problems.append(f"{imp.where()} imports {imp.target}: {why}")
-    return list(dict.fromkeys(problems))  # one line per import statement, not per name
+                    problems[edge] = f"{imp.where()} imports {imp.target}: {why}"
+    return problems
 
 
 def graph() -> dict[str, set[str]]:
@@ -341,6 +352,13 @@ def reexports() -> list[str]:
                         f"{module.name}:{node.lineno} reads {node.attr} off {target}, which defines it "
                         f"not (defined in {_definer(node.attr)})"
                     )
+        for node in ast.walk(module.tree):
+            if isinstance(node, ast.ImportFrom) and _project(_absolute(module, node)):
+                for alias in node.names:
+                    if alias.asname == alias.name:
+                        problems.append(
+                            f"{module.name}:{node.lineno} imports {alias.name} as {alias.name}: a re-export"
+                        )
         own = defines(module.name)
         for node in module.tree.body:
             if isinstance(node, ast.Assign) and any(
@@ -357,7 +375,18 @@ def reexports() -> list[str]:
 
 def test_every_import_follows_the_layers() -> None:
     problems = layer_violations()
-    assert not problems, "\n".join(problems)
+    unexpected = [why for edge, why in problems.items() if edge not in PENDING]
+    assert not unexpected, "\n".join(unexpected)
+
+
+def test_pending_violations_are_still_there() -> None:
+    """A violation that another part of the redesign removed must leave :data:`PENDING` too."""
+    gone = [
+        f"{src} -> {dst} ({who})"
+        for (src, dst), who in PENDING.items()
+        if (src, dst) not in layer_violations()
+    ]
+    assert not gone, "fixed: remove from PENDING:\n" + "\n".join(gone)
 
 
 def test_no_import_cycles() -> None:

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from ipc_bridge.log_limits import RateLimitedLog, sample
 from ipc_bridge.roo.protocol import QUERY_RESPONSES, StartNewTask
 from ipc_bridge.server.bad_input import RouterRejects
-from ipc_bridge.server.config import BridgeConfig as BridgeConfig
+from ipc_bridge.server.config import BridgeConfig
 from ipc_bridge.server.publisher import Publisher, SendWindow
 from ipc_bridge.server.replay_buffer import BufferedEvent
 from ipc_bridge.server.reply_cache import ReplyCache

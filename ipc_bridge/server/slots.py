@@ -35,8 +35,7 @@ from ipc_bridge.roo.extension import (
 from ipc_bridge.roo.protocol import QUERY_RESPONSES, StartNewTask, task_command_adapter
 from ipc_bridge.roo.shapes import ProtocolError
 from ipc_bridge.server.host_input import NO_PAYLOAD, HostInput
-from ipc_bridge.server.replay_buffer import BufferedEvent as BufferedEvent
-from ipc_bridge.server.replay_buffer import ReplayBuffer as ReplayBuffer
+from ipc_bridge.server.replay_buffer import BufferedEvent, ReplayBuffer
 from ipc_bridge.wire.messages import (
     BridgeStoppingContent,
     Content,
