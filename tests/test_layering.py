@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,9 @@ def _imports_of(name: str) -> list[Import]:
     return list(_imports(EVERYTHING[name]))
 
 
+_BY_NAME = re.compile(r"([A-Za-z_][\w.]*):([A-Za-z_]\w*)")
+
+
 def _imports(module: Module) -> Iterator[Import]:
     for node in ast.walk(module.tree):
         if isinstance(node, ast.Import):
@@ -203,6 +207,12 @@ def _imports(module: Module) -> Iterator[Import]:
                     yield Import(module.name, full, None, alias.asname or alias.name, node.lineno)
                 else:
                     yield Import(module.name, base, alias.name, alias.asname or alias.name, node.lineno)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            # "package.module:name", imported by name later (the command line's lazy commands, a
+            # process's entry point): a dependency all the same. Bound to no name here.
+            match = _BY_NAME.fullmatch(node.value)
+            if match and _project(match[1]):
+                yield Import(module.name, match[1], match[2], "", node.lineno)
 
 
 def _project(name: str) -> bool:
@@ -411,12 +421,14 @@ def test_checker_sees_imports_in_functions_and_type_checking_blocks() -> None:
         "ipc_bridge.wire.example",
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n    from ipc_bridge.client.types import BridgeLost\n"
-        "def f():\n    from ipc_bridge.server import bridge\n    import ray\n",
+        "def f():\n    from ipc_bridge.server import bridge\n    import ray\n"
+        'LAZY = {"bridge": "ipc_bridge.server.cli:bridge"}\n',
     )
     found = {(i.target, i.name) for i in imports_of(module)}
     assert ("ipc_bridge.client.types", "BridgeLost") in found
     assert ("ipc_bridge.server.bridge", None) in found
     assert ("ray", None) in found
+    assert ("ipc_bridge.server.cli", "bridge") in found
 
 
 def test_checker_finds_cycles() -> None:
