@@ -1,4 +1,4 @@
-"""The import graph keeps to the architecture (docs: shared/design/architecture.md, "Target layout").
+"""The import graph keeps to the architecture (../shared/design/architecture.md, "Target layout"; README, Layout).
 
 Every module of ``ipc_bridge`` and ``orchestrator`` is parsed with :mod:`ast` (nothing is imported), and
 the graph of its imports is checked against three rules:
@@ -10,7 +10,7 @@ the graph of its imports is checked against three rules:
 * no import cycles between modules;
 * each name has one import path: a name is imported from the module that defines it, never from one that
   merely imported it (a re-export), except the public surface that README.md names
-  (:data:`PUBLIC_SURFACE`). Tests, benchmarks and scripts are held to this rule as importers.
+  (:data:`PUBLIC_SURFACE`). Tests and benchmarks are held to this rule as importers.
 
 Which imports count: all of them. An import inside a function, and one under ``if TYPE_CHECKING:``,
 is still a dependency of the code (of its calls, or of its types), so it must follow the layers like any
@@ -50,6 +50,8 @@ IPC_ALL = (
 )
 ORCH_BASE = ("orchestrator", "orchestrator.status", "orchestrator.processes")
 """The package root (its version), the outcome's vocabulary, and the process helpers: leaves all may import."""
+BELOW = (*ORCH_BASE, "orchestrator.outcome")
+"""What every layer of the orchestrator may import (README, Layout): the leaves and the outcome rules."""
 
 LAYERS: dict[str, tuple[str, ...]] = {
     # layer: the other layers it may import (its own modules may always import each other)
@@ -64,20 +66,18 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "orchestrator.status": ("orchestrator",),
     "orchestrator.processes": ("orchestrator", *IPC_LEAVES),
     "orchestrator.outcome": (*ORCH_BASE, "ipc_bridge.roo"),
-    "orchestrator.suite": (*ORCH_BASE, *IPC_ALL),
-    "orchestrator.hosts": (*ORCH_BASE, "orchestrator.suite", *IPC_ALL),
-    "orchestrator.results": (*ORCH_BASE, "orchestrator.suite", *IPC_ALL),
+    "orchestrator.suite": (*BELOW, *IPC_ALL),
+    "orchestrator.hosts": (*BELOW, "orchestrator.suite", *IPC_ALL),
+    "orchestrator.results": (*BELOW, "orchestrator.suite", *IPC_ALL),
     "orchestrator.run": (
-        *ORCH_BASE,
-        "orchestrator.outcome",
+        *BELOW,
         "orchestrator.suite",
         "orchestrator.hosts",
         "orchestrator.results",
         *IPC_ALL,
     ),
     "orchestrator.ray": (
-        *ORCH_BASE,
-        "orchestrator.outcome",
+        *BELOW,
         "orchestrator.suite",
         "orchestrator.hosts",
         "orchestrator.results",
@@ -85,8 +85,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         *IPC_ALL,
     ),
     "orchestrator.cli": (
-        *ORCH_BASE,
-        "orchestrator.outcome",
+        *BELOW,
         "orchestrator.suite",
         "orchestrator.hosts",
         "orchestrator.results",
