@@ -219,12 +219,14 @@ def _project(name: str) -> bool:
 
 
 def layer_of(module: str) -> str | None:
+    """The layer of ``module``: the longest prefix named in :data:`LAYERS`. A package's root names only
+    itself (its ``__init__``), so that a new top-level module is in no layer until one is chosen for it."""
     parts = module.split(".")
-    for n in range(len(parts), 0, -1):
+    for n in range(len(parts), 1, -1):
         prefix = ".".join(parts[:n])
         if prefix in LAYERS:
             return prefix
-    return None
+    return module if module in LAYERS else None
 
 
 def _bound_at_top(body: list[ast.stmt]) -> Iterator[str]:
@@ -445,6 +447,12 @@ def test_checker_knows_definitions_from_imports() -> None:
         )
     )
     assert names == {"A", "B", "C", "d", "E", "F"}
+
+
+def test_a_new_top_level_module_is_in_no_layer() -> None:
+    assert layer_of("ipc_bridge.roo.framing") == "ipc_bridge.roo"
+    assert layer_of("orchestrator") == "orchestrator"
+    assert layer_of("orchestrator.newcomer") is None
 
 
 def test_every_layer_named_exists() -> None:
