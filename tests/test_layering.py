@@ -276,6 +276,8 @@ def layer_violations() -> dict[tuple[str, str], str]:
             if not _project(imp.target):
                 continue
             target = layer_of(imp.target)
+            if target is None:
+                continue  # reported as in no layer
             if target != source and target not in LAYERS[source]:
                 problems[edge] = f"{imp.where()} imports {imp.target}: {source} may not import {target}"
             for (src, dst), why in FORBIDDEN.items():
