@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from orchestrator.hosts.farm import SimulatorFarm
 from orchestrator.hosts.host import HostPlace
-from orchestrator.hosts.launched import LaunchedProvider
-from orchestrator.hosts.process import LaunchCommand, ProcessHost, launch_at
+from orchestrator.hosts.launched import ProcessProvider
+from orchestrator.hosts.process import LaunchCommand
 from orchestrator.suite.targets import CommandTarget
 
 
@@ -24,11 +23,8 @@ def fill_placeholders(argv: Sequence[str], values: Mapping[str, str]) -> list[st
 
 
 @dataclass(frozen=True)
-class CommandProvider(LaunchedProvider[CommandTarget]):
+class CommandProvider(ProcessProvider[CommandTarget]):
     def command(self, place: HostPlace) -> LaunchCommand:
         values = {"socket": place.socket_path, "workspace": str(place.workspace), "slot": place.slot}
         env = {k: fill_placeholders([v], values)[0] for k, v in self.target.env.items()}
         return LaunchCommand(fill_placeholders(self.target.argv, values), env)
-
-    async def open(self, place: HostPlace, farm: SimulatorFarm | None) -> tuple[ProcessHost, str]:
-        return await launch_at(place, self.command(place)), place.socket_path

@@ -3,11 +3,14 @@ target's own launch timeout, close grace and executor, the prelaunch rule, and n
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
 from orchestrator.hosts.farm import SimulatorFarm
+from orchestrator.hosts.host import HostPlace
+from orchestrator.hosts.process import LaunchCommand, ProcessHost, launch_at
 from orchestrator.suite.targets import CommandTarget, SimulatorTarget, VscodeTarget
 
 T = TypeVar("T", SimulatorTarget, VscodeTarget, CommandTarget)
@@ -70,3 +73,14 @@ class LaunchedProvider(Generic[T]):
 
     def farm(self, runtime_dir: Path, work_dir: Path, wid: int) -> SimulatorFarm | None:
         return None
+
+
+class ProcessProvider(LaunchedProvider[T], ABC):
+    """A provider whose hosts are processes of their own, one per attempt: it says how to launch one."""
+
+    @abstractmethod
+    def command(self, place: HostPlace) -> LaunchCommand:
+        """The host's command line and environment at ``place`` (what :meth:`open` launches)."""
+
+    async def open(self, place: HostPlace, farm: SimulatorFarm | None) -> tuple[ProcessHost, str]:
+        return await launch_at(place, self.command(place)), place.socket_path

@@ -6,10 +6,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from orchestrator.hosts.farm import SimulatorFarm
 from orchestrator.hosts.host import HostPlace
-from orchestrator.hosts.launched import LaunchedProvider
-from orchestrator.hosts.process import LaunchCommand, ProcessHost, launch_at
+from orchestrator.hosts.launched import ProcessProvider
+from orchestrator.hosts.process import LaunchCommand
 from orchestrator.hosts.simulated import host_params
 from orchestrator.suite.targets import SimulatorTarget
 
@@ -35,13 +34,10 @@ def simulator_argv(
 
 
 @dataclass(frozen=True)
-class SimulatorProcessProvider(LaunchedProvider[SimulatorTarget]):
+class SimulatorProcessProvider(ProcessProvider[SimulatorTarget]):
     def default_prelaunch(self) -> int:
         return self.target.slots  # a simulator process is small and starts in well under a second
 
     def command(self, place: HostPlace) -> LaunchCommand:
         argv = simulator_argv(**host_params(self.target, place))
         return LaunchCommand([*argv, "--workspace", str(place.workspace)])
-
-    async def open(self, place: HostPlace, farm: SimulatorFarm | None) -> tuple[ProcessHost, str]:
-        return await launch_at(place, self.command(place)), place.socket_path

@@ -9,10 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.hosts.farm import SimulatorFarm
 from orchestrator.hosts.host import HostError, HostPlace
-from orchestrator.hosts.launched import LaunchedProvider
-from orchestrator.hosts.process import LaunchCommand, ProcessHost, launch_at
+from orchestrator.hosts.launched import ProcessProvider
+from orchestrator.hosts.process import LaunchCommand
 from orchestrator.suite.targets import VscodeTarget
 
 
@@ -45,7 +44,7 @@ def xvfb_wrap(argv: list[str], mode: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class VscodeProvider(LaunchedProvider[VscodeTarget]):
+class VscodeProvider(ProcessProvider[VscodeTarget]):
     def command(self, place: HostPlace) -> LaunchCommand:
         target = self.target
         user_data = target.user_data_dir or place.work_dir / f"{place.slot}.vscode"
@@ -55,6 +54,3 @@ class VscodeProvider(LaunchedProvider[VscodeTarget]):
         xvfb = "auto" if target.xvfb == "auto" else ("on" if target.xvfb else "off")
         argv = xvfb_wrap(vscode_argv(target.code, place.workspace, user_data, extra), xvfb)
         return LaunchCommand(argv, dict(target.env))
-
-    async def open(self, place: HostPlace, farm: SimulatorFarm | None) -> tuple[ProcessHost, str]:
-        return await launch_at(place, self.command(place)), place.socket_path

@@ -152,7 +152,10 @@ def test_launched_hosts_lease_nothing() -> None:
 async def test_a_socket_job_attaches_to_the_socket_it_leased(tmp_path: Path) -> None:
     provider = host_provider(_sockets("a.sock"))
     assert provider.farm(tmp_path, tmp_path, 0) is None
-    assert await provider.open(_place(tmp_path, leased="/run/hosts/a.sock"), None) == (None, "/run/hosts/a.sock")
+    assert await provider.open(_place(tmp_path, leased="/run/hosts/a.sock"), None) == (
+        None,
+        "/run/hosts/a.sock",
+    )
     with pytest.raises(HostError, match="without a leased socket"):
         await provider.open(_place(tmp_path), None)
 
@@ -200,7 +203,11 @@ def test_vscode_runs_under_xvfb_when_asked_or_without_a_display(
     xvfb.chmod(0o755)
     monkeypatch.setenv("PATH", str(bindir))
     monkeypatch.setenv("DISPLAY", ":0")
-    assert VscodeProvider(VscodeTarget(code="/c", xvfb=True)).command(place).argv[:3] == [str(xvfb), "-a", "/c"]
+    assert VscodeProvider(VscodeTarget(code="/c", xvfb=True)).command(place).argv[:3] == [
+        str(xvfb),
+        "-a",
+        "/c",
+    ]
     assert VscodeProvider(VscodeTarget(code="/c")).command(place).argv[0] == "/c"  # auto, with a display
     monkeypatch.delenv("DISPLAY")
     assert VscodeProvider(VscodeTarget(code="/c")).command(place).argv[0] == str(xvfb)
@@ -260,7 +267,9 @@ def test_a_simulated_process_gets_the_suite_s_options_and_its_own_seed(tmp_path:
 
 def test_seeds_differ_between_tries_and_replay_for_the_same_one() -> None:
     assert host_seed(7, KEY, 1) == host_seed(7, KEY, 1)
-    assert len({host_seed(7, KEY, 1), host_seed(7, KEY, 2), host_seed(8, KEY, 1), host_seed(None, KEY, 1)}) == 4
+    assert (
+        len({host_seed(7, KEY, 1), host_seed(7, KEY, 2), host_seed(8, KEY, 1), host_seed(None, KEY, 1)}) == 4
+    )
 
 
 def test_a_worker_s_farm_is_made_only_for_farmed_simulator_hosts(tmp_path: Path) -> None:

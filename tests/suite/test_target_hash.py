@@ -57,10 +57,12 @@ def test_slots_beyond_the_sockets_listed_are_refused(tmp_path: Path) -> None:
     for name in ("a.sock", "b.sock"):
         (tmp_path / name).touch()
     path = tmp_path / "suite.yaml"
-    path.write_text("name: h\ntarget: {kind: socket, sockets: [a.sock, b.sock]}\ncases: [{id: a, prompt: x}]\n")
+    path.write_text(
+        "name: h\ntarget: {kind: socket, sockets: [a.sock, b.sock]}\ncases: [{id: a, prompt: x}]\n"
+    )
     suite = load_suite(path, env={})
     assert apply_overrides(suite, slots=2).target.slots == 2
-    with pytest.raises(SuiteError, match="--slots.*3 is more than the 2 sockets listed"):
+    with pytest.raises(SuiteError, match=r"--slots.*3 is more than the 2 sockets listed"):
         apply_overrides(suite, slots=3)
     launched = load_suite(_write(tmp_path, "{kind: command, argv: [x]}"), env={})
     assert apply_overrides(launched, slots=300).target.slots == 300
