@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from orchestrator.cli.main import main
 from orchestrator.hosts.command import CommandProvider
 from orchestrator.hosts.host import HostError, HostPlace
 from orchestrator.hosts.launched import Unleased
@@ -109,6 +111,24 @@ def test_windows_are_readied_ahead_only_when_asked_for() -> None:
 def test_nothing_is_readied_on_a_leased_host() -> None:
     provider = host_provider(_sockets("a.sock", "b.sock"))
     assert provider.prelaunch(budget=False) == 0
+
+
+def test_a_socket_target_is_refused_on_ray_and_beyond_its_sockets(tmp_path: Path) -> None:
+    for name in ("a.sock", "b.sock"):
+        (tmp_path / name).touch()
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(
+        "name: t\ntarget: {kind: socket, sockets: [a.sock, b.sock]}\ncases: [{id: a, prompt: x}]\n"
+    )
+    results = tmp_path / "results"
+    for args, line in (
+        (["--ray", "auto"], "--ray: a socket target attaches to hosts already running on this machine"),
+        (["--slots", "3"], "--slots: 3 is more than the 2 sockets listed"),
+    ):
+        res = CliRunner().invoke(main, ["run", str(suite), "--results", str(results), *args])
+        assert res.exit_code == 2, res.output
+        assert line in res.stderr
+    assert not results.exists()
 
 
 # ---------------------------------------------------------------------------------------- leases
