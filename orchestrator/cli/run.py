@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ipc_bridge.redaction import Redactor, redact_process_output
+from orchestrator.hosts.provider import host_provider
 from orchestrator.processes.child_env import withhold
 from orchestrator.results.store import (
     AttemptRecord,
@@ -24,7 +25,7 @@ from orchestrator.run.pool import ExecutorStartError
 from orchestrator.run.scheduler import Interrupted, RunOptions, Scheduler
 from orchestrator.run.supervisor import BridgeFailed
 from orchestrator.status import Status
-from orchestrator.suite.config import SocketTarget, Suite, SuiteError, apply_overrides, load_suite
+from orchestrator.suite.config import Suite, SuiteError, apply_overrides, load_suite
 from orchestrator.suite.plan import build_plan, pending, suite_hash
 
 EXIT_BAD_INPUT = 2
@@ -308,13 +309,9 @@ def run(
 
 def _on_ray(suite: Suite) -> Suite:
     """``--ray``: the suite with ``target.executor: ray`` (hosts launched on the nodes)."""
-    if isinstance(suite.target, SocketTarget):
-        raise SuiteError.single(
-            suite.source,
-            "--ray",
-            "a socket target attaches to hosts already running on this machine; use a simulator, "
-            "vscode or command target, whose hosts each node launches itself",
-        )
+    refusal = host_provider(suite.target).not_on_ray
+    if refusal is not None:
+        raise SuiteError.single(suite.source, "--ray", refusal)
     return suite.model_copy(update={"target": suite.target.model_copy(update={"executor": "ray"})})
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from orchestrator.hosts import marks as host_marks
 from orchestrator.hosts.logs import keep_log
+from orchestrator.hosts.provider import host_provider
 from orchestrator.processes import children, runtime_dir
 from orchestrator.results.record_queue import RecordQueue
 from orchestrator.results.store import AttemptRecord, ResultsWriter
@@ -31,7 +32,7 @@ from orchestrator.run.jobs import HOST_LOGS, Job, JobResult, WorkerConfig, new_r
 from orchestrator.run.pool import Executor, ExecutorStartError, Finished, Lost, Pool
 from orchestrator.run.supervisor import BridgeSupervisor
 from orchestrator.status import Status
-from orchestrator.suite.config import SocketTarget, Suite
+from orchestrator.suite.config import Suite
 from orchestrator.suite.plan import Attempt, AttemptKey
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,8 @@ class Scheduler:
             )
         self._stopping = ""
         self._interrupts = 0
-        self._free_sockets: list[str] = []
-        if isinstance(suite.target, SocketTarget):
-            self._free_sockets = [str(p) for p in suite.target.sockets]
-        self._leased: dict[str, str] = {}
+        self._hosts = host_provider(suite.target)
+        self._sockets = self._hosts.leases()
         self.skipped_budget = 0
         self._spent = writer.cost_usd
         """Cost of every record so far, those still being written included (the budget's measure)."""
@@ -189,7 +188,7 @@ class Scheduler:
                 redactor=self.suite.redactor(),
                 referenced_env=self.suite.referenced_env,
             )
-            if getattr(self.suite.target, "executor", "local") == "ray":
+            if self._hosts.executor == "ray":
                 # Ray is an optional extra: imported only when asked for. Every node runs its own
                 # bridge; nothing of the driver's runtime dir is used there.
                 try:
@@ -295,24 +294,15 @@ class Scheduler:
                 self._stopping = "budget"
                 pool.hold_all()  # readied attempts are not started either
                 return
-            if isinstance(self.suite.target, SocketTarget) and not self._free_sockets:
+            if not self._sockets.free:
                 return
             item = heapq.heappop(self._queue)
-            socket = self._free_sockets.pop(0) if isinstance(self.suite.target, SocketTarget) else None
             job_id = f"{item.attempt.key.slug}#{item.number}"
-            if socket is not None:
-                self._leased[job_id] = socket
-            pool.submit(job_id, Job(item.attempt, item.number, socket, tries=item.tries))
+            pool.submit(job_id, Job(item.attempt, item.number, self._sockets.take(job_id), tries=item.tries))
 
     def _spare(self) -> int:
-        """Attempts readied ahead. None by default under a budget: a readied attempt starts as soon as
-        a slot frees, before the cost of the attempt that freed it is known."""
-        target = self.suite.target
-        if isinstance(target, SocketTarget):
-            return 0
-        if self.suite.budget.max_cost_usd is not None and target.prelaunch is None:
-            return 0
-        return target.spare
+        """Attempts readied ahead (the target's ``prelaunch``, its default under a budget included)."""
+        return self._hosts.prelaunch(budget=self.suite.budget.max_cost_usd is not None)
 
     def _over_budget(self) -> bool:
         limit = self.suite.budget.max_cost_usd
@@ -376,9 +366,7 @@ class Scheduler:
         return float(base * self._rng.uniform(0.5, 1.5))
 
     def _release(self, job_id: str) -> None:
-        socket = self._leased.pop(job_id, None)
-        if socket is not None:
-            self._free_sockets.append(socket)
+        self._sockets.give_back(job_id)
 
     def _error_record(
         self, job: Job, status: Status, error_class: Any, reason: str, detail: str

@@ -15,10 +15,10 @@ from typing import Any
 
 from ipc_bridge.client.bridge_client import BridgeClient
 from ipc_bridge.redaction import redact_process_output
-from orchestrator.hosts.attempt_host import simulator_farm
-from orchestrator.hosts.providers import SimulatorFarm
+from orchestrator.hosts.farm import SimulatorFarm
 from orchestrator.processes.child_env import withhold
 from orchestrator.run.attempt import AttemptRunner
+from orchestrator.run.attempt_hosts import simulator_farm
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig
 from orchestrator.run.pool import receive, send
 
