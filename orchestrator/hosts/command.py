@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -13,13 +14,11 @@ from orchestrator.suite.targets import CommandTarget
 
 
 def fill_placeholders(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
-    """``{socket}``, ``{workspace}``, ``{slot}`` in a user's command line; other braces are left alone."""
-    out = []
-    for arg in argv:
-        for key, value in values.items():
-            arg = arg.replace("{" + key + "}", value)
-        out.append(arg)
-    return out
+    """``{socket}``, ``{workspace}``, ``{slot}`` in a user's command line, with ``{{`` and ``}}`` for
+    literal braces: the format-string grammar the suite's validator checked (it refused any other field,
+    so no attribute or index lookup reaches here)."""
+    formatter = string.Formatter()
+    return [formatter.vformat(arg, (), values) for arg in argv]
 
 
 @dataclass(frozen=True)
@@ -27,4 +26,4 @@ class CommandProvider(ProcessProvider[CommandTarget]):
     def command(self, place: HostPlace) -> LaunchCommand:
         values = {"socket": place.socket_path, "workspace": str(place.workspace), "slot": place.slot}
         env = {k: fill_placeholders([v], values)[0] for k, v in self.target.env.items()}
-        return LaunchCommand(fill_placeholders(self.target.argv, values), env)
+        return LaunchCommand(fill_placeholders(self.target.argv, values), env, cwd=self.target.cwd)

@@ -171,6 +171,7 @@ async def launch(
     socket_path: str,
     workspace: Path,
     env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
     log_path: Path | None = None,
     tmpdir: Path | None = None,
 ) -> ProcessHost:
@@ -196,7 +197,7 @@ async def launch(
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            cwd=str(workspace),
+            cwd=str(cwd or workspace),
             env=full_env,
             stdin=stdin_r,
             stdout=out,
@@ -231,6 +232,8 @@ class LaunchCommand:
 
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    """Where the host starts; the attempt's workspace unless the suite says otherwise."""
 
 
 async def launch_at(place: HostPlace, command: LaunchCommand) -> ProcessHost:
@@ -241,6 +244,7 @@ async def launch_at(place: HostPlace, command: LaunchCommand) -> ProcessHost:
         socket_path=place.socket_path,
         workspace=place.workspace,
         env=command.env,
+        cwd=command.cwd,
         log_path=place.log_path,
         tmpdir=place.tmpdir,
     )

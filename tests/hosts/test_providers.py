@@ -255,6 +255,23 @@ def test_a_command_gets_its_placeholders_filled_in(tmp_path: Path) -> None:
         "nw1-4",
     ]
     assert command.env == {"SLOT": "slot-w1-4", "WHERE": str(place.workspace), "PLAIN": "yes"}
+    assert command.cwd is None  # the workspace
+
+
+def test_doubled_braces_in_a_command_are_literal_braces(tmp_path: Path) -> None:
+    target = CommandTarget(
+        argv=["sh", "-c", "echo {{literal}} {{{socket}}}", '--json={{"slot": "{slot}"}}'],
+        env={"JSON": '{{"ws": "{workspace}"}}'},
+    )
+    place = _place(tmp_path, slot="w0-1")
+    command = CommandProvider(target).command(place)
+    assert command.argv == [
+        "sh",
+        "-c",
+        f"echo {{literal}} {{{place.socket_path}}}",
+        '--json={"slot": "w0-1"}',
+    ]
+    assert command.env == {"JSON": f'{{"ws": "{place.workspace}"}}'}
 
 
 def test_a_simulated_process_gets_the_suite_s_options_and_its_own_seed(tmp_path: Path) -> None:
@@ -333,9 +350,11 @@ print("reported")
 async def test_a_launched_command_host_gets_what_its_provider_decided(sockdir: Path) -> None:
     report, script = sockdir / "report.json", sockdir / "report.py"
     script.write_text(REPORT)
+    (sockdir / "elsewhere").mkdir()
     target = CommandTarget(
         argv=[sys.executable, str(script), str(report), "{socket}", "{workspace}"],
         env={"SLOT": "slot-{slot}"},
+        cwd=sockdir / "elsewhere",
     )
     place = _place(sockdir, slot="w0-7")
     host, socket_path = await host_provider(target).open(place, None)
@@ -347,7 +366,7 @@ async def test_a_launched_command_host_gets_what_its_provider_decided(sockdir: P
     assert socket_path == place.socket_path == str(sockdir / "w0-7.sock")
     seen = json.loads(report.read_text())
     assert seen["argv"] == [socket_path, str(place.workspace)]
-    assert seen["cwd"] == str(place.workspace)
+    assert seen["cwd"] == str(sockdir / "elsewhere")  # the suite's cwd, not the workspace
     assert seen["socket"] == socket_path
     assert seen["slot"] == "slot-w0-7"
     assert seen["tmpdir"] == str(place.tmpdir)
