@@ -47,9 +47,14 @@ class LiveResults:
         """Read what was appended since the last read: the new rows (final ones only, unless
         ``all_attempts``). Raises :class:`~orchestrator.results.records.ResultsError` for damage, as
         :func:`~orchestrator.results.store.load` would."""
-        with gc_paused():
-            new = [row for row in self._reader.read(flat_values) if self.all_attempts or row.final]
-        self._rows.extend(new)
+        new: list[Row] = []
+        try:
+            with gc_paused():
+                for row in self._reader.read(flat_values):
+                    if self.all_attempts or row.final:
+                        new.append(row)
+        finally:  # the rows read before damage are kept: the reader has moved past them
+            self._rows.extend(new)
         return new
 
     def frame(self) -> Any:

@@ -120,6 +120,19 @@ def test_live_never_reads_the_file_again_from_its_start(tmp_path: Path) -> None:
             reader.poll()
 
 
+def test_damage_stops_a_poll_but_keeps_the_rows_before_it(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    ResultsWriter.create(run, {"run_id": "r"}).close()
+    reader = live(run)
+    (run / RESULTS).write_bytes(line(rec("a")) + line(rec("b")) + b'{"note": 1}\n' + line(rec("c")))
+    with pytest.raises(ResultsError, match=":3: unreadable record"):
+        reader.poll()
+    assert cases_of(reader.rows) == [("a", 1), ("b", 1)]
+    with pytest.raises(ResultsError, match=":3: unreadable record"):
+        reader.poll()  # the damage stays where it is
+    assert cases_of(reader.rows) == [("a", 1), ("b", 1)]
+
+
 def test_the_live_frame_is_load_as_records_are_appended(tmp_path: Path) -> None:
     """Records with every optional field sometimes None, unicode, nested tool usage: after each append,
     the live frame equals load()'s (from results.jsonl, and from the columnar cache once written)."""
