@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.results.records import RESULTS, Row, iter_rows
+from orchestrator.results.records import RESULTS, Row, gc_paused, iter_rows
 from orchestrator.results.report import pct, pct_delta, read_manifest, secs, table, usd
 from orchestrator.results.summary import percentile
 
@@ -97,7 +97,8 @@ def build_comparison(run_a: Path, run_b: Path) -> dict[str, Any]:
     for label, run_dir in (("a", run_a), ("b", run_b)):
         manifest = read_manifest(run_dir)
         out[label] = {"run_id": manifest.get("run_id") or run_dir.name, "run_dir": str(run_dir)}
-    return {**out, **compare_rows(iter_rows(run_a / RESULTS), iter_rows(run_b / RESULTS))}
+    with gc_paused():  # the final rows pile up in a dict: no collector passes over them
+        return {**out, **compare_rows(iter_rows(run_a / RESULTS), iter_rows(run_b / RESULTS))}
 
 
 _COMPARE_HEADERS: tuple[str, ...] = ("", "paired", "pass A", "pass B", "delta", "cost A", "cost B", "delta")
