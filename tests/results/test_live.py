@@ -6,47 +6,26 @@ from __future__ import annotations
 import os
 import random
 import threading
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import orjson
 import pytest
 
-from orchestrator.outcome import Metrics, Status
 from orchestrator.results import live, load
 from orchestrator.results.columnar import write_cache
 from orchestrator.results.records import RESULTS, AttemptRecord, ResultsError, Row
 from orchestrator.results.store import ResultsWriter
 from tests.results.test_columnar import varied_record
+from tests.results.test_reading import line
+from tests.results.test_reading import rec as one_record
 from tests.runs import TWO_FER, running, simulator_suite
 
 pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow.parquet")
 assert_frame_equal = pd.testing.assert_frame_equal
 
-T0 = datetime(2026, 7, 8, 9, 10, 11, tzinfo=timezone.utc)
-
 
 def rec(case: str, *, attempt: int = 1, final: bool = True) -> AttemptRecord:
-    return AttemptRecord(
-        run_id="r",
-        case_id=case,
-        model_id="m",
-        repeat=0,
-        config_hash="h",
-        attempt=attempt,
-        final=final,
-        status=Status.COMPLETED if final else Status.INFRA_ERROR,
-        passed=True if final else None,
-        started_at=T0,
-        ended_at=T0 + timedelta(seconds=2),
-        duration_s=2.0,
-        metrics=Metrics(cost_usd=0.5),
-    )
-
-
-def line(record: AttemptRecord) -> bytes:
-    return orjson.dumps(record.model_dump(mode="json")) + b"\n"
+    return one_record("m", case=case, attempt=attempt, final=final)
 
 
 def append_raw(path: Path, data: bytes) -> None:

@@ -35,11 +35,11 @@ pytest.importorskip("pyarrow.parquet")
 T0 = datetime(2026, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
 
 
-def rec(model: str, *, final: bool = True, attempt: int = 1) -> AttemptRecord:
-    """One record per model, so that every reader's output names the records it read."""
+def rec(model: str, *, case: str = "c", final: bool = True, attempt: int = 1) -> AttemptRecord:
+    """A record; here one per model, so that every reader's output names the records it read."""
     return AttemptRecord(
         run_id="r",
-        case_id="c",
+        case_id=case,
         model_id=model,
         repeat=0,
         config_hash="h",
