@@ -51,6 +51,7 @@ class _Cell:
         self.by_status: dict[str, int] = {}
 
     def add(self, r: Row) -> None:
+        """One final row (for every row read: written out, not looped over names)."""
         self.attempts += 1
         if r.passed:
             self.passed += 1
@@ -64,22 +65,23 @@ class _Cell:
         self.durations.append(r.duration_s)
         self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
 
+    def merge(self, other: _Cell) -> None:
+        """Add another cell's sums (once per cell and group: few, so by name)."""
+        for name in _SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.durations.extend(other.durations)
+        for status, n in other.by_status.items():
+            self.by_status[status] = self.by_status.get(status, 0) + n
+
+
+_SUMS = ("attempts", "passed", "errors", "cost", "tokens_in", "tokens_out", "cache_reads", "cache_writes")
+
 
 def _group(cells: Iterable[_Cell]) -> dict[str, Any]:
     """The figures of one group (the totals, a model, a tag), merged from its cells."""
     total = _Cell()
     for c in cells:
-        total.attempts += c.attempts
-        total.passed += c.passed
-        total.errors += c.errors
-        total.cost += c.cost
-        total.tokens_in += c.tokens_in
-        total.tokens_out += c.tokens_out
-        total.cache_reads += c.cache_reads
-        total.cache_writes += c.cache_writes
-        total.durations.extend(c.durations)
-        for status, n in c.by_status.items():
-            total.by_status[status] = total.by_status.get(status, 0) + n
+        total.merge(c)
     durations = sorted(total.durations)
     n = total.attempts
     return {
