@@ -98,6 +98,9 @@ class Grants:
         """A worker gave ``job_id``'s slot to ``to_job_id``, readied there (no round trip through us)."""
         self._granted.discard(job_id)
         self._granted.add(to_job_id)
+        # It waits no more: granted again once its task is over, it would hold a slot through its
+        # teardown and check while another readied job waits for one.
+        self._ready = deque(entry for entry in self._ready if entry[1] != to_job_id)
 
     def hold(self) -> None:
         """No more grants: what waits is dropped (its worker ends it unstarted)."""
