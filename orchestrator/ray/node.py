@@ -38,6 +38,7 @@ from orchestrator.ray.events import Forwarder, ForwardingClient
 from orchestrator.run.attempt import AttemptRunner
 from orchestrator.run.executor import Crashed
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
+from orchestrator.run.local import new_runtime_dir
 from orchestrator.run.worker import hide_secrets, run_guarded
 from orchestrator.status import Status
 
@@ -120,9 +121,10 @@ class NodeRunner:
         return {"node_id": self.node_id, "hostname": socket.gethostname(), "pid": os.getpid()}
 
     def _start_bridge(self) -> WorkerConfig:
-        # Named after this actor's process, as a local run's is: if the actor is killed outright, the next
-        # run on this machine removes it. Not when it keeps workspaces: they are the user's then.
-        runtime = runtime_dir.create(runtime_dir.parent(), owned=not self._base.keep_workspaces)
+        # Made as a local run's is, named after this actor's process: if the actor is killed outright, the
+        # next run (or node actor) on this machine removes it and ends its hosts. Not when it keeps
+        # workspaces: they are the user's then.
+        runtime = new_runtime_dir(owned=not self._base.keep_workspaces)
         self._runtime = runtime
         work = runtime / "work"
         work.mkdir()

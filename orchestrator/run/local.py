@@ -87,11 +87,7 @@ class LocalExecutor:
     def start(cls, launch: Launch, *, workers: int | None, bridge_restarts: int) -> LocalExecutor:
         """Sweep what runs killed outright left, make the run's runtime dir, start the workers and the
         bridge (their start-ups overlap), and tell the workers where the bridge is."""
-        parent = runtime_dir.parent()
-        # What runs killed outright left: their hosts' processes (found by their mark), then their dirs.
-        host_marks.end_marked(host_marks.of_dead_runs(parent))
-        runtime_dir.sweep(parent)
-        runtime = runtime_dir.create(parent)
+        runtime = new_runtime_dir()
         work = runtime / "work"
         work.mkdir()
         config = dataclasses.replace(launch.config, runtime_dir=str(runtime), work_dir=str(work))
@@ -182,6 +178,16 @@ class LocalExecutor:
         # Kept workspaces and host logs are in the results directory, not here.
         _keep_host_logs(runtime / "work", config)
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+def new_runtime_dir(*, owned: bool = True) -> Path:
+    """This process's runtime directory (see :mod:`orchestrator.processes.runtime_dir`), made after
+    removing what runs killed outright left in the same place: their hosts' processes (found by their
+    mark), then their directories. A local run's, and a Ray node actor's."""
+    parent = runtime_dir.parent()
+    host_marks.end_marked(host_marks.of_dead_runs(parent))
+    runtime_dir.sweep(parent)
+    return runtime_dir.create(parent, owned=owned)
 
 
 def _keep_host_logs(work: Path, config: WorkerConfig) -> None:
