@@ -7,13 +7,30 @@ from __future__ import annotations
 import queue
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ipc_bridge.redaction import Redactor
-from orchestrator.run.executor import Assign, Crashed, Done, Finished, FromWorker, Go, Lost, ToWorker
+from orchestrator.run.executor import (
+    Assign,
+    Cancel,
+    Connect,
+    Crashed,
+    Done,
+    Finished,
+    FromWorker,
+    Go,
+    Handoff,
+    Hold,
+    Lost,
+    Ready,
+    Released,
+    Stop,
+    ToWorker,
+)
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig
 from orchestrator.run.local import LocalExecutor
 from orchestrator.run.pool import Grants, receive, send
@@ -34,24 +51,32 @@ def _job(tmp: Path) -> Job:
     return Job(build_plan(load_suite(_suite(tmp))).attempts[0], 1)
 
 
-def test_messages_cross_a_queue_as_themselves(tmp_path: Path) -> None:
+def test_every_message_crosses_a_queue_as_itself(tmp_path: Path) -> None:
     job = _job(tmp_path)
     sent: list[ToWorker | FromWorker] = [
+        Connect("/run/bridge/connection.json"),
         Assign("a#1", job),
         Go("a#1"),
+        Hold(),
+        Cancel(),
+        Stop(),
         Done(3, "a#1", JobResult({"status": "completed"}, [{"t": 0.5, "event": {"x": 1}}])),
         Done(3, "a#2", Crashed("KeyError: 'x'")),
+        Ready(3, "a#3"),
+        Released(3, "a#3"),
+        Handoff(3, "a#3", "a#4"),
     ]
+    assert {type(m) for m in sent} == set(get_args(ToWorker)) | set(get_args(FromWorker))
     q: queue.Queue[bytes] = queue.Queue()
     for msg in sent:
         send(q, msg)
     received = [receive(q.get_nowait()) for _ in sent]
     assert received == sent
-    match received[3]:
+    match received[7]:
         case Done(wid, job_id, Crashed(detail)):
             assert (wid, job_id, detail) == (3, "a#2", "KeyError: 'x'")
         case _:
-            pytest.fail(f"not a crash: {received[3]!r}")
+            pytest.fail(f"not a crash: {received[7]!r}")
 
 
 # ------------------------------------------------------------------------------------- grants
