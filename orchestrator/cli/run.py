@@ -20,8 +20,9 @@ from orchestrator.results.store import (
     ResultsWriter,
     build_manifest,
 )
+from orchestrator.run.executor import Executor, ExecutorFactory, ExecutorStartError, Launch
 from orchestrator.run.jobs import KEPT_WORKSPACES
-from orchestrator.run.pool import ExecutorStartError
+from orchestrator.run.local import LocalExecutor
 from orchestrator.run.scheduler import Interrupted, RunOptions, Scheduler
 from orchestrator.run.supervisor import BridgeFailed
 from orchestrator.status import Status
@@ -240,11 +241,9 @@ def run(
         todo,
         writer,
         run_id=run_id,
-        options=RunOptions(
-            workers=workers,
-            keep_workspaces=keep_workspaces,
-            bridge_restarts=max_bridge_restarts,
-            ray_address=ray_address,
+        options=RunOptions(keep_workspaces=keep_workspaces),
+        executor=_executor(
+            suite, workers=workers, bridge_restarts=max_bridge_restarts, ray_address=ray_address
         ),
         on_record=progress,
     )
@@ -305,6 +304,28 @@ def run(
         sys.exit(EXIT_CIRCUIT_BREAKER)
     if stop in ("interrupted", "killed"):
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _executor(
+    suite: Suite, *, workers: int | None, bridge_restarts: int, ray_address: str | None
+) -> ExecutorFactory:
+    """What runs the attempts: this machine's workers and bridge, or with ``target.executor: ray`` one
+    actor (and bridge) per Ray node."""
+    if getattr(suite.target, "executor", "local") != "ray":
+        return lambda launch: LocalExecutor.start(launch, workers=workers, bridge_restarts=bridge_restarts)
+
+    def start_ray(launch: Launch) -> Executor:
+        # Ray is an optional extra: imported only when asked for. Every node runs its own bridge and
+        # makes its own runtime dir.
+        try:
+            from orchestrator.ray.pool import RayPool
+        except ImportError as exc:
+            raise ExecutorStartError(
+                f"target.executor: ray needs Ray ({exc}): pip install '.[ray]'"
+            ) from None
+        return RayPool(launch.config, slots=launch.slots, address=ray_address)
+
+    return start_ray
 
 
 def _on_ray(suite: Suite) -> Suite:
