@@ -227,7 +227,8 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from orchestrator.results.report import read_rows, summarize_rows
+    from orchestrator.results.records import read_rows
+    from orchestrator.results.summary import summarize
 
     parent = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="report-speed-"))
     run_dir = parent / "bench-run"
@@ -281,10 +282,11 @@ def main() -> int:
             for _ in range(3)
         )
         t_rows = min(
-            timed("report: read_rows() (orjson, line by line)", lambda: read_rows(run_dir)) for _ in range(3)
+            timed("report: read_rows() (the one reader, flat rows)", lambda: read_rows(run_dir / RESULTS))
+            for _ in range(3)
         )
-        rows = read_rows(run_dir)
-        min(timed("report: summarize_rows() on the rows", lambda: summarize_rows(rows)) for _ in range(3))
+        rows = read_rows(run_dir / RESULTS)
+        min(timed("report: summarize() on the rows", lambda: summarize(rows)) for _ in range(3))
         command = [sys.executable, "-m", "orchestrator", "report", str(run_dir)]
         t_cmd = min(
             timed(

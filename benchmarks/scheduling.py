@@ -45,7 +45,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.hosts.providers import FORKED_FARM_NAME  # noqa: E402
+from orchestrator.hosts.farm import FORKED_FARM_NAME  # noqa: E402
 from orchestrator.results.records import AttemptRecord, read_records  # noqa: E402
 
 TARGET_RATIO = {32: 1.25, 8: 1.1}

@@ -60,9 +60,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ipc_bridge.simulator.script import chaos_outcome, parse_duration  # noqa: E402
-from orchestrator.hosts.providers import FORKED_FARM_NAME  # noqa: E402
+from orchestrator.hosts.farm import FORKED_FARM_NAME  # noqa: E402
+from orchestrator.hosts.simulated import host_seed  # noqa: E402
 from orchestrator.results.records import AttemptRecord, read_records  # noqa: E402
-from orchestrator.run.jobs import host_seed  # noqa: E402
 from orchestrator.suite.plan import AttemptKey  # noqa: E402
 
 CRASH_REASON = "extension host disconnected"

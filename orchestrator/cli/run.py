@@ -11,17 +11,18 @@ from typing import Any
 import click
 
 from ipc_bridge.redaction import Redactor, redact_process_output
+from orchestrator.hosts.provider import host_provider
 from orchestrator.processes.child_env import withhold
 from orchestrator.results.records import AttemptRecord, ResultsError, ResultsWriteError
 from orchestrator.results.store import ResultsWriter, build_manifest
+from orchestrator.run.executor import Executor, ExecutorFactory, ExecutorStartError, Launch
 from orchestrator.run.jobs import KEPT_WORKSPACES
-from orchestrator.run.pool import ExecutorStartError
+from orchestrator.run.local import LocalExecutor
 from orchestrator.run.scheduler import Interrupted, RunOptions, Scheduler
 from orchestrator.run.supervisor import BridgeFailed
 from orchestrator.status import Status
 from orchestrator.suite.config import Suite, apply_overrides, load_suite
 from orchestrator.suite.plan import build_plan, pending, suite_hash
-from orchestrator.suite.targets import SocketTarget
 from orchestrator.suite.yaml_loader import SuiteError
 
 EXIT_BAD_INPUT = 2
@@ -236,11 +237,9 @@ def run(
         todo,
         writer,
         run_id=run_id,
-        options=RunOptions(
-            workers=workers,
-            keep_workspaces=keep_workspaces,
-            bridge_restarts=max_bridge_restarts,
-            ray_address=ray_address,
+        options=RunOptions(keep_workspaces=keep_workspaces),
+        executor=_executor(
+            suite, workers=workers, bridge_restarts=max_bridge_restarts, ray_address=ray_address
         ),
         on_record=progress,
     )
@@ -303,15 +302,33 @@ def run(
         sys.exit(EXIT_INTERRUPTED)
 
 
+def _executor(
+    suite: Suite, *, workers: int | None, bridge_restarts: int, ray_address: str | None
+) -> ExecutorFactory:
+    """What runs the attempts: this machine's workers and bridge, or with ``target.executor: ray`` one
+    actor (and bridge) per Ray node."""
+    if getattr(suite.target, "executor", "local") != "ray":
+        return lambda launch: LocalExecutor.start(launch, workers=workers, bridge_restarts=bridge_restarts)
+
+    def start_ray(launch: Launch) -> Executor:
+        # Ray is an optional extra: imported only when asked for. Every node runs its own bridge and
+        # makes its own runtime dir.
+        try:
+            from orchestrator.ray.pool import RayPool
+        except ImportError as exc:
+            raise ExecutorStartError(
+                f"target.executor: ray needs Ray ({exc}): pip install '.[ray]'"
+            ) from None
+        return RayPool(launch.config, slots=launch.slots, address=ray_address)
+
+    return start_ray
+
+
 def _on_ray(suite: Suite) -> Suite:
     """``--ray``: the suite with ``target.executor: ray`` (hosts launched on the nodes)."""
-    if isinstance(suite.target, SocketTarget):
-        raise SuiteError.single(
-            suite.source,
-            "--ray",
-            "a socket target attaches to hosts already running on this machine; use a simulator, "
-            "vscode or command target, whose hosts each node launches itself",
-        )
+    refusal = host_provider(suite.target).not_on_ray
+    if refusal is not None:
+        raise SuiteError.single(suite.source, "--ray", refusal)
     return suite.model_copy(update={"target": suite.target.model_copy(update={"executor": "ray"})})
 
 

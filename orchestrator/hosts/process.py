@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ipc_bridge.lifeline import preexec_die_with_parent
 from orchestrator.hosts import marks as host_marks
-from orchestrator.hosts.providers import STOP_GRACE, Host, HostError, signal_group
+from orchestrator.hosts.host import STOP_GRACE, Host, HostError, HostPlace, signal_group
 from orchestrator.processes.child_env import service_env
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ async def launch(
     socket_path: str,
     workspace: Path,
     env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
     log_path: Path | None = None,
     tmpdir: Path | None = None,
 ) -> ProcessHost:
@@ -196,7 +197,7 @@ async def launch(
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            cwd=str(workspace),
+            cwd=str(cwd or workspace),
             env=full_env,
             stdin=stdin_r,
             stdout=out,
@@ -222,4 +223,28 @@ async def launch(
         log_path=log_path,
         tmpdir=tmpdir,
         stdin=stdin_w,
+    )
+
+
+@dataclass(frozen=True)
+class LaunchCommand:
+    """How a provider launches one host: its command line, and what it adds to its environment."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    """Where the host starts; the attempt's workspace unless the suite says otherwise."""
+
+
+async def launch_at(place: HostPlace, command: LaunchCommand) -> ProcessHost:
+    """:func:`launch` ``command`` as one attempt's host: on its own socket, in its workspace, with its log
+    and its private TMPDIR where ``place`` puts them."""
+    return await launch(
+        command.argv,
+        socket_path=place.socket_path,
+        workspace=place.workspace,
+        env=command.env,
+        cwd=command.cwd,
+        log_path=place.log_path,
+        tmpdir=place.tmpdir,
     )

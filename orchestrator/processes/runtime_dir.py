@@ -19,6 +19,16 @@ log = logging.getLogger(__name__)
 
 PREFIX = "orc-"
 OWNER = "owner"
+BRIDGE_LOG = "bridge.log"
+"""The bridge's log: in the results directory of a local run, in its runtime directory on a Ray node."""
+MAX_PARENT = 40
+"""Host sockets live below the runtime dir, and sun_path allows ~104 bytes."""
+
+
+def parent() -> str:
+    """Where runtime directories go: $TMPDIR when its path is short (:data:`MAX_PARENT`), else /tmp."""
+    tmp = tempfile.gettempdir()
+    return tmp if len(tmp) <= MAX_PARENT else "/tmp"
 
 
 def _start_time(pid: int) -> str | None:
@@ -51,11 +61,14 @@ def owner_alive(directory: Path) -> bool:
     return now is not None and (not now or not started or now == started.strip())
 
 
-def create(parent: str | Path) -> Path:
-    """A new private (0700) runtime directory under ``parent`` that names this process as its owner."""
+def create(parent: str | Path, *, owned: bool = True) -> Path:
+    """A new private (0700) runtime directory under ``parent`` that names this process as its owner.
+    ``owned=False``: it names none, so no sweep ever removes it (a Ray node keeping its workspaces
+    there for the user)."""
     path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=parent))
     path.chmod(0o700)
-    (path / OWNER).write_text(f"{os.getpid()} {_start_time(os.getpid()) or ''}")
+    if owned:
+        (path / OWNER).write_text(f"{os.getpid()} {_start_time(os.getpid()) or ''}")
     return path
 
 

@@ -32,16 +32,17 @@ from typing import Any
 
 from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
 from ipc_bridge.wire.connection_file import read_connection_file
+from orchestrator.processes import runtime_dir
 from orchestrator.processes.child_env import service_env
 from orchestrator.ray.events import Forwarder, ForwardingClient
 from orchestrator.run.attempt import AttemptRunner
+from orchestrator.run.executor import Crashed
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
+from orchestrator.run.local import new_runtime_dir
 from orchestrator.run.worker import hide_secrets, run_guarded
 from orchestrator.status import Status
 
 log = logging.getLogger(__name__)
-
-BRIDGE_LOG = "bridge.log"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,12 +82,6 @@ def unpack_template(data: bytes, dest: Path) -> None:
         raise
 
 
-def _runtime_parent() -> str:
-    # Host sockets live below the runtime dir, and sun_path allows ~104 bytes.
-    tmp = tempfile.gettempdir()
-    return tmp if len(tmp) <= 40 else "/tmp"
-
-
 class NodeRunner:
     """A Ray async actor (wrapped with ``ray.remote`` by :mod:`orchestrator.ray.pool`)."""
 
@@ -108,7 +103,7 @@ class NodeRunner:
         self._client: ForwardingClient | None = None
         self._runner: AttemptRunner | None = None
         self._forwarder: Forwarder | None = None
-        self._running: dict[str, asyncio.Task[JobResult]] = {}
+        self._running: dict[str, asyncio.Task[JobResult | Crashed]] = {}
         self._templates: dict[str, Path] = {}
         self._unpacking: dict[str, asyncio.Lock] = {}
 
@@ -126,13 +121,15 @@ class NodeRunner:
         return {"node_id": self.node_id, "hostname": socket.gethostname(), "pid": os.getpid()}
 
     def _start_bridge(self) -> WorkerConfig:
-        runtime = Path(tempfile.mkdtemp(prefix="orc-ray-", dir=_runtime_parent()))
+        # Made as a local run's is, named after this actor's process: if the actor is killed outright, the
+        # next run (or node actor) on this machine removes it and ends its hosts. Not when it keeps
+        # workspaces: they are the user's then.
+        runtime = new_runtime_dir(owned=not self._base.keep_workspaces)
         self._runtime = runtime
-        runtime.chmod(0o700)
         work = runtime / "work"
         work.mkdir()
         (runtime / "templates").mkdir()
-        with open(runtime / BRIDGE_LOG, "ab") as bridge_log:
+        with open(runtime / runtime_dir.BRIDGE_LOG, "ab") as bridge_log:
             self._bridge = start_bridge_process(
                 runtime / "bridge", stderr=bridge_log, env=service_env(), secrets=self._base.redactor.values
             )
@@ -145,8 +142,8 @@ class NodeRunner:
             node=self.node_id,
         )
 
-    async def run(self, job_id: str, job: Job, shipped: Shipped | None) -> JobResult:
-        """Run one job to its record (a crash in the runner is a ``crash`` result, never an exception)."""
+    async def run(self, job_id: str, job: Job, shipped: Shipped | None) -> JobResult | Crashed:
+        """Run one job to its record (a crash in the runner is :class:`Crashed`, never an exception)."""
         if self._runner is None:
             raise RuntimeError("NodeRunner.start() was not called")
         task = asyncio.ensure_future(self._run(self._runner, job_id, job, shipped))
@@ -156,7 +153,9 @@ class NodeRunner:
         finally:
             self._running.pop(job_id, None)
 
-    async def _run(self, runner: AttemptRunner, job_id: str, job: Job, shipped: Shipped | None) -> JobResult:
+    async def _run(
+        self, runner: AttemptRunner, job_id: str, job: Job, shipped: Shipped | None
+    ) -> JobResult | Crashed:
         if shipped is not None:
             started = datetime.now(timezone.utc)
             try:
@@ -176,7 +175,7 @@ class NodeRunner:
                 return JobResult(record.model_dump(mode="json"))
             except Exception as exc:
                 log.error("attempt %s: cannot unpack its workspace template: %s", job_id, exc)
-                return JobResult(record={"crash": f"workspace template not unpacked: {exc}"})
+                return Crashed(f"workspace template not unpacked: {exc}")
             case = job.attempt.case.model_copy(update={"workspace": local})
             job = dataclasses.replace(job, attempt=dataclasses.replace(job.attempt, case=case))
         return await run_guarded(runner, job_id, job)

@@ -1,7 +1,8 @@
 """The Ray executor's driver side: :class:`RayPool`, the scheduler's pool when ``target.executor: ray``.
 
-It has the interface of :class:`orchestrator.run.pool.Pool`, so the scheduler, the one writer of the result
-files, stays one code path: results, resume, budget, retries and progress behave as in a local run.
+It implements :class:`orchestrator.run.executor.Executor`, as the local executor does, so the scheduler,
+the one writer of the result files, stays one code path: results, resume, budget, retries and progress
+behave as in a local run.
 
 * Every alive node that offers the custom resource ``roo_slots`` (``ray start --resources='{"roo_slots":
   8}'``) gets one :class:`orchestrator.ray.node.NodeRunner` actor, pinned to it, holding
@@ -39,8 +40,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.ray.events import NAMESPACE, EventHub, hub_name
 from orchestrator.ray.node import NodeRunner, Shipped, pack_template
+from orchestrator.run.executor import Crashed, ExecutorStartError, Finished, Lost
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
-from orchestrator.run.pool import ExecutorStartError, Finished, Lost
 from orchestrator.status import Status
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class _Node:
     capacity: int
     ready: bool = False
     info: dict[str, Any] = field(default_factory=dict)
-    jobs: dict[str, Any] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
@@ -102,7 +103,7 @@ class RayPool:
         self._nodes: dict[int, _Node] = {}
         self._runs: dict[Any, tuple[int, str]] = {}  # run ObjectRef -> (node index, job id)
         self._starts: dict[Any, int] = {}  # start ObjectRef -> node index
-        self._pending: collections.deque[tuple[str, Any]] = collections.deque()
+        self._pending: collections.deque[tuple[str, Job]] = collections.deque()
         self._out: list[Finished | Lost] = []
         self._failures: collections.Counter[str] = collections.Counter()
         self._shipped: dict[Path, Shipped] = {}
@@ -128,7 +129,7 @@ class RayPool:
             )
             self._wait_for_nodes(start_timeout)
         except BaseException:
-            self.close(timeout=5.0)
+            self._close(timeout=5.0)
             raise
 
     # -------------------------------------------------------------------------------- set-up
@@ -229,6 +230,11 @@ class RayPool:
     # ---------------------------------------------------------------------------- pool interface
 
     @property
+    def capacity(self) -> int:
+        """Ray nodes ready no attempt ahead of a free slot (``prelaunch`` is 0)."""
+        return self._slots
+
+    @property
     def in_flight(self) -> int:
         """Jobs submitted and not yet returned by :meth:`poll` (running, waiting, or to be reported)."""
         undelivered = sum(len(i.jobs) if isinstance(i, Lost) else 1 for i in self._out)
@@ -245,12 +251,10 @@ class RayPool:
         """Ready nodes and their slots."""
         return {n.node_id: n.capacity for n in self._nodes.values() if n.ready}
 
-    def submit(self, job_id: str, payload: Any) -> int:
-        """Queue a job; it starts at once if a node has a free slot. Returns the node index, or -1 while
-        it waits."""
-        self._pending.append((job_id, payload))
-        placed = self._dispatch()
-        return placed.get(job_id, -1)
+    def submit(self, job_id: str, job: Job) -> None:
+        """Queue a job; it starts at once if a node has a free slot."""
+        self._pending.append((job_id, job))
+        self._dispatch()
 
     def poll(self, timeout: float) -> list[Finished | Lost]:
         """Results that arrived within ``timeout``, and jobs lost with a dead node."""
@@ -297,9 +301,12 @@ class RayPool:
             if node.ready and node.jobs:
                 node.actor.cancel_all.remote()
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, *, kill: bool = False) -> None:
         """Stop the node actors (their hosts and bridges), let a subscriber read the last events, stop
-        the hub, and shut Ray down if this pool connected it."""
+        the hub, and shut Ray down if this pool connected it. ``kill``: give the nodes less time."""
+        self._close(timeout=2.0 if kill else 10.0)
+
+    def _close(self, timeout: float) -> None:
         self._closing = True
         nodes = list(self._nodes.values())
         stops = [n.actor.stop.remote() for n in nodes if n.ready]
@@ -329,8 +336,7 @@ class RayPool:
 
     # ------------------------------------------------------------------------------- internals
 
-    def _dispatch(self) -> dict[str, int]:
-        placed: dict[str, int] = {}
+    def _dispatch(self) -> None:
         while self._pending:
             running = sum(len(n.jobs) for n in self._nodes.values())
             candidates = [n for n in self._nodes.values() if n.ready and n.free > 0]
@@ -341,8 +347,6 @@ class RayPool:
             ref = node.actor.run.remote(job_id, job, self._shipped_template(job))
             node.jobs[job_id] = job
             self._runs[ref] = (node.index, job_id)
-            placed[job_id] = node.index
-        return placed
 
     def _shipped_template(self, job: Job) -> Shipped | None:
         path = job.attempt.case.workspace
@@ -374,13 +378,12 @@ class RayPool:
         try:
             result = ray.get(ref)
         except RayTaskError as exc:
-            payload = node.jobs.pop(job_id, None)
+            job = node.jobs.pop(job_id)
             log.error("attempt %s failed on node %s: %s", job_id, node.node_id, exc)
-            crash = JobResult(record={"crash": f"{type(exc).__name__}: {exc}"})
-            return [Finished(job_id, payload, crash)]
+            return [Finished(job_id, job, Crashed(f"{type(exc).__name__}: {exc}"))]
         except RayError as exc:
             return list(self._node_died(index, f"{type(exc).__name__}: {exc}"))
-        return [Finished(job_id, node.jobs.pop(job_id, None), result)]
+        return [Finished(job_id, node.jobs.pop(job_id), result)]
 
     def _node_died(self, index: int, reason: str) -> list[Lost]:
         node = self._nodes.pop(index, None)

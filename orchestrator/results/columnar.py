@@ -19,20 +19,29 @@ either way. The cache is an ordinary parquet file: other tools can read it (JSON
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import importlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from orchestrator.results.records import COLUMNS, RESULTS, SCHEMA_VERSION, ResultsError, flat_values
+from orchestrator.results.records import (
+    COLUMNS,
+    RESULTS,
+    SCHEMA_VERSION,
+    RecordReader,
+    ResultsError,
+    Row,
+    flat_values,
+    gc_paused,
+    read_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,48 +53,6 @@ _TAIL = 64 * 1024
 _CHUNK = 16_384
 """Lines flattened at a time when the cache is built: the whole file never sits in memory as rows."""
 _ARROW_KINDS = {str: "string", int: "int64", float: "float64", bool: "bool_"}
-_ROW_ERRORS = (orjson.JSONDecodeError, KeyError, TypeError, AttributeError)
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Millions of small containers, none of them cyclic: the collector's passes only cost time (~3x)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def flat_rows(path: Path) -> list[tuple[Any, ...]]:
-    """Flat rows (:func:`~orchestrator.results.records.flat_values`) of a results.jsonl, read-only, with the same
-    torn-last-line rule as :func:`~orchestrator.results.records.read_records` (the writer validated every record;
-    a line that is not one is an error unless it is the last)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    lines = data[: data.rfind(b"\n") + 1].split(b"\n")[:-1]
-    rows: list[tuple[Any, ...]] = []
-    loads = orjson.loads
-    with gc_paused():
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(flat_values(loads(line)))
-            except _ROW_ERRORS as exc:
-                if number == len(lines):
-                    log.warning("%s: skipping a torn last line left by an interrupted run", path)
-                    break
-                raise ResultsError(
-                    f"{path}:{number}: unreadable record ({exc!r}); fix or remove the line"
-                ) from None
-    if len(data) and not data.endswith(b"\n"):
-        log.warning("%s: skipping a torn last line left by an interrupted run", path)
-    return rows
 
 
 def _arrow() -> Any:
@@ -137,7 +104,7 @@ def _column(pa: Any, values: Sequence[Any]) -> tuple[Any, bool]:
     return pa.array(list(map(orjson.dumps, values)), type=pa.string()), True
 
 
-def _piece(pa: Any, rows: Sequence[tuple[Any, ...]]) -> _Piece:
+def _piece(pa: Any, rows: Sequence[Row]) -> _Piece:
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in COLUMNS]
     arrays, json = [], set()
     for name, values in zip(COLUMNS, columns, strict=True):
@@ -253,23 +220,21 @@ def _build(pa: Any, results: Path) -> _Piece | None:
     """All of results.jsonl as one piece, read a chunk at a time; None (logged) unless every line is a
     complete record: a torn or damaged file is left to load()'s reading of results.jsonl, which says so."""
     pieces: list[_Piece] = []
-    rows: list[tuple[Any, ...]] = []
-    loads = orjson.loads
-    with gc_paused(), open(results, "rb") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.endswith(b"\n"):
-                log.warning("%s: a torn last line: no %s", results, CACHE)
-                return None
-            if not line.strip():
-                continue
-            try:
-                rows.append(flat_values(loads(line)))
-            except _ROW_ERRORS as exc:
-                log.warning("%s:%d: not a record (%r): no %s", results, number, exc, CACHE)
-                return None
-            if len(rows) == _CHUNK:
-                pieces.append(_piece(pa, rows))
-                rows = []
+    rows: list[Row] = []
+    reader = RecordReader(results)
+    with gc_paused():
+        try:
+            for row in reader.read(flat_values):
+                rows.append(row)
+                if len(rows) == _CHUNK:
+                    pieces.append(_piece(pa, rows))
+                    rows = []
+        except ResultsError as exc:
+            log.warning("%s (no %s)", exc, CACHE)
+            return None
+        if reader.torn:
+            log.warning("%s: a torn last line: no %s", results, CACHE)
+            return None
         pieces.append(_piece(pa, rows))
         whole = _concat(pa, pieces)
     return pieces[-1] if whole is None else whole  # no row: the empty piece still makes a cache
@@ -314,20 +279,29 @@ def frame(run_dirs: Sequence[Path], *, all_attempts: bool = False) -> Any:
         out = _cached_frame(pd, run_dirs, all_attempts)
         if out is None:
             out = _jsonl_frame(pd, run_dirs, all_attempts)
-    for column in ("started_at", "ended_at"):
-        out[column] = pd.to_datetime(out[column], utc=True, format="ISO8601")
-    return out
+    return finish_frame(pd, out)
 
 
 def _jsonl_frame(pd: Any, run_dirs: Sequence[Path], all_attempts: bool) -> Any:
-    final = COLUMNS.index("final")
-    rows = [row for run_dir in run_dirs for row in flat_rows(run_dir / RESULTS)]
+    return rows_frame(pd, [row for run_dir in run_dirs for row in read_rows(run_dir / RESULTS)], all_attempts)
+
+
+def rows_frame(pd: Any, rows: Sequence[Row], all_attempts: bool) -> Any:
+    """The DataFrame of flat rows as :func:`frame` makes it from results.jsonl, before its datetime
+    columns are converted (:func:`finish_frame`)."""
     if not all_attempts:
-        rows = [row for row in rows if row[final]]
-    # Transposed in C; the rows are dropped while the collector is off, so that it never walks them.
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in COLUMNS]
-    del rows
-    return pd.DataFrame(dict(zip(COLUMNS, columns, strict=True)), columns=COLUMNS)
+        rows = [row for row in rows if row.final]
+    # Transposed in C, while the collector is off, so that it never walks the rows.
+    with gc_paused():
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in COLUMNS]
+        return pd.DataFrame(dict(zip(COLUMNS, columns, strict=True)), columns=COLUMNS)
+
+
+def finish_frame(pd: Any, out: Any) -> Any:
+    """``started_at``/``ended_at`` as UTC datetimes: the last step of every frame."""
+    for column in ("started_at", "ended_at"):
+        out[column] = pd.to_datetime(out[column], utc=True, format="ISO8601")
+    return out
 
 
 def _cached_frame(pd: Any, run_dirs: Sequence[Path], all_attempts: bool) -> Any:
@@ -340,7 +314,7 @@ def _cached_frame(pd: Any, run_dirs: Sequence[Path], all_attempts: bool) -> Any:
         return None
     try:
         pieces = [
-            piece if piece is not None else _piece(pa, flat_rows(run_dir / RESULTS))
+            piece if piece is not None else _piece(pa, read_rows(run_dir / RESULTS))
             for run_dir, piece in zip(run_dirs, cached, strict=True)
         ]
         return _to_pandas(pd, pa, _concat(pa, pieces), all_attempts)

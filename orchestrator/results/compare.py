@@ -1,5 +1,5 @@
 """``orchestrate compare``: two runs side by side, paired by (case, model, repeat), as pure functions over
-their rows (:mod:`.report` reads them)."""
+their flat rows (:func:`~orchestrator.results.records.iter_rows` reads them)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.results.report import Row, pct, pct_delta, read_manifest, read_rows, secs, table, usd
-from orchestrator.results.summary import _percentile
+from orchestrator.results.records import RESULTS, Row, gc_paused, iter_rows
+from orchestrator.results.report import pct, pct_delta, read_manifest, secs, table, usd
+from orchestrator.results.summary import percentile
 
 
 def final_rows(rows: Iterable[Row]) -> dict[tuple[str, str, int], Row]:
@@ -27,7 +28,7 @@ def _side(rows: Sequence[Row]) -> dict[str, Any]:
     return {
         "pass_rate": sum(1 for r in rows if r.passed) / n if n else None,
         "cost_usd": sum(r.cost_usd for r in rows),
-        "duration_p50": _percentile(durations, 0.5),
+        "duration_p50": percentile(durations, 0.5),
     }
 
 
@@ -69,8 +70,8 @@ def compare_rows(rows_a: Iterable[Row], rows_b: Iterable[Row]) -> dict[str, Any]
             "change": f"{ra.outcome}->{rb.outcome}",
             "status_a": ra.status,
             "status_b": rb.status,
-            "error_a": ra.error_message,
-            "error_b": rb.error_message,
+            "error_a": ra.error,
+            "error_b": rb.error,
             "config": "same" if ra.config_hash == rb.config_hash else "changed",
             "cost_delta": rb.cost_usd - ra.cost_usd,
             "duration_delta": rb.duration_s - ra.duration_s,
@@ -93,12 +94,11 @@ def compare_rows(rows_a: Iterable[Row], rows_b: Iterable[Row]) -> dict[str, Any]
 def build_comparison(run_a: Path, run_b: Path) -> dict[str, Any]:
     """What ``orchestrate compare`` shows: both runs' identities plus :func:`compare_rows`."""
     out: dict[str, Any] = {}
-    rows: list[list[Row]] = []
     for label, run_dir in (("a", run_a), ("b", run_b)):
         manifest = read_manifest(run_dir)
         out[label] = {"run_id": manifest.get("run_id") or run_dir.name, "run_dir": str(run_dir)}
-        rows.append(read_rows(run_dir))
-    return {**out, **compare_rows(rows[0], rows[1])}
+    with gc_paused():  # the final rows pile up in a dict: no collector passes over them
+        return {**out, **compare_rows(iter_rows(run_a / RESULTS), iter_rows(run_b / RESULTS))}
 
 
 _COMPARE_HEADERS: tuple[str, ...] = ("", "paired", "pass A", "pass B", "delta", "cost A", "cost B", "delta")

@@ -1,65 +1,21 @@
-"""``orchestrate report``: the tables, as pure functions over a run's records (``compare``: :mod:`.compare`).
-
-A run's results.jsonl is read with orjson one line at a time into slim :class:`Row` tuples rather than
-validated :class:`~orchestrator.results.store.AttemptRecord` models: on a 100,000-attempt run pydantic
-validation plus :func:`~orchestrator.results.summary.summarize` take well over the 2 s a report may take.
-:func:`summarize_rows` therefore aggregates in one pass, and returns exactly what ``summarize`` returns
-for the same records (same keys, same definitions; the tests hold the two together), so a report and
-the run's summary.json always agree.
-
-Torn lines are handled like :func:`~orchestrator.results.store.read_records` does: a torn last line is
-skipped (never repaired here: reading is read-only), damage before it is an error.
+"""``orchestrate report``: a run's identity and its totals (:mod:`.summary`) as a table (``compare``:
+:mod:`.compare`). The records are read by the one reader (:func:`~orchestrator.results.records.iter_rows`):
+a torn last line is skipped (never repaired here: reading is read-only), damage before it is an error.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
-from orchestrator.results.records import MANIFEST, RESULTS, ResultsError
-from orchestrator.results.summary import _percentile
-from orchestrator.status import Status
+from orchestrator.results.records import MANIFEST, RESULTS, ResultsError, iter_rows
+from orchestrator.results.summary import summarize
 
 log = logging.getLogger(__name__)
-
-_INFRA = frozenset(s.value for s in Status if s.is_infra)
-_STATUSES = frozenset(s.value for s in Status)
-_CANCELLED = Status.CANCELLED.value
-
-
-class Row(NamedTuple):
-    """What the report and compare need of one results.jsonl line."""
-
-    case_id: str
-    model_id: str
-    repeat: int
-    config_hash: str
-    attempt: int
-    final: bool
-    status: str
-    passed: bool | None
-    error: bool
-    """An error in summarize's sense: an infrastructure status or an ``error_class``."""
-    error_message: str | None
-    duration_s: float
-    cost_usd: float
-    tokens_in: int
-    tokens_out: int
-    cache_reads: int
-    cache_writes: int
-    tags: tuple[str, ...]
-
-    @property
-    def outcome(self) -> str:
-        """``error``, ``pass`` or ``fail``: the class a compare flip is made of."""
-        if self.error:
-            return "error"
-        return "pass" if self.passed else "fail"
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -79,73 +35,6 @@ def resolve_run(run: str | Path, results_dir: Path) -> Path:
     raise ResultsError(f"no run {str(run)!r}: {looked} is not a run directory (no {RESULTS} or {MANIFEST})")
 
 
-def _row(data: Any) -> Row:
-    status = data["status"]
-    if status not in _STATUSES:
-        raise ValueError(f"unknown status {status!r}")
-    metrics = data["metrics"]
-    passed = data["passed"]
-    return Row(
-        str(data["case_id"]),
-        str(data["model_id"]),
-        int(data["repeat"]),
-        str(data["config_hash"]),
-        int(data["attempt"]),
-        bool(data["final"]),
-        status,
-        None if passed is None else bool(passed),
-        status in _INFRA or data.get("error_class") is not None,
-        data.get("error"),
-        float(data["duration_s"]),
-        float(metrics["cost_usd"]),
-        int(metrics["tokens_in"]),
-        int(metrics["tokens_out"]),
-        int(metrics["cache_reads"]),
-        int(metrics["cache_writes"]),
-        tuple(data["tags"]),
-    )
-
-
-def read_rows(run_dir: Path) -> list[Row]:
-    """Every record of a run (retried ones included), in file order."""
-    path = run_dir / RESULTS
-    rows: list[Row] = []
-    if not path.is_file():
-        return rows  # a run that has not finished an attempt yet
-    # Rows hold no reference cycles, yet the cyclic GC would rescan every live row many times as they
-    # pile up: 3x the read time on 100,000 records, more in a notebook full of objects.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with path.open("rb") as fh:
-            _read_lines(path, fh, rows)
-    finally:
-        if enabled:
-            gc.enable()
-    return rows
-
-
-def _read_lines(path: Path, lines: Iterable[bytes], rows: list[Row]) -> None:
-    bad: tuple[int, Exception] | None = None
-    dropped = 0
-    for number, line in enumerate(lines, start=1):
-        if not line.endswith(b"\n"):
-            # The writer emits whole lines, so one without a newline is the end of a hard kill.
-            dropped += len(line)
-            break
-        if bad is not None:
-            raise ResultsError(f"{path}:{bad[0]}: unreadable record ({bad[1]}); fix or remove the line")
-        if not line.strip():
-            continue
-        try:
-            rows.append(_row(orjson.loads(line)))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            bad = (number, exc)
-            dropped += len(line)
-    if dropped:
-        log.warning("%s: ignoring a torn last line (%d bytes) left by an interrupted run", path, dropped)
-
-
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The manifest, or ``{}`` when it is missing or unreadable (a report still works from the records)."""
     try:
@@ -156,118 +45,11 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-# ---------------------------------------------------------------------------------- aggregating
-
-
-class _Cell:
-    """Sums over the final rows sharing one (model, tags): few cells, so per-row work stays small."""
-
-    __slots__ = (
-        "attempts",
-        "by_status",
-        "cache_reads",
-        "cache_writes",
-        "cost",
-        "durations",
-        "errors",
-        "passed",
-        "tokens_in",
-        "tokens_out",
-    )
-
-    def __init__(self) -> None:
-        self.attempts = self.passed = self.errors = 0
-        self.tokens_in = self.tokens_out = self.cache_reads = self.cache_writes = 0
-        self.cost = 0.0
-        self.durations: list[float] = []
-        self.by_status: dict[str, int] = {}
-
-    def add(self, r: Row) -> None:
-        self.attempts += 1
-        if r.passed:
-            self.passed += 1
-        if r.error:
-            self.errors += 1
-        self.cost += r.cost_usd
-        self.tokens_in += r.tokens_in
-        self.tokens_out += r.tokens_out
-        self.cache_reads += r.cache_reads
-        self.cache_writes += r.cache_writes
-        self.durations.append(r.duration_s)
-        self.by_status[r.status] = self.by_status.get(r.status, 0) + 1
-
-
-def _group(cells: Iterable[_Cell]) -> dict[str, Any]:
-    """summary._group's figures, merged from cells."""
-    total = _Cell()
-    for c in cells:
-        total.attempts += c.attempts
-        total.passed += c.passed
-        total.errors += c.errors
-        total.cost += c.cost
-        total.tokens_in += c.tokens_in
-        total.tokens_out += c.tokens_out
-        total.cache_reads += c.cache_reads
-        total.cache_writes += c.cache_writes
-        total.durations.extend(c.durations)
-        for status, n in c.by_status.items():
-            total.by_status[status] = total.by_status.get(status, 0) + n
-    durations = sorted(total.durations)
-    n = total.attempts
-    return {
-        "attempts": n,
-        "passed": total.passed,
-        "failed": n - total.passed - total.errors,
-        "errors": total.errors,
-        "pass_rate": total.passed / n if n else None,
-        "cost_usd": total.cost,
-        "tokens_in": total.tokens_in,
-        "tokens_out": total.tokens_out,
-        "cache_reads": total.cache_reads,
-        "cache_writes": total.cache_writes,
-        "duration_s": {
-            "p50": _percentile(durations, 0.5),
-            "p90": _percentile(durations, 0.9),
-            "max": durations[-1] if durations else None,
-        },
-        "by_status": dict(sorted(total.by_status.items())),
-    }
-
-
-def summarize_rows(rows: Iterable[Row]) -> dict[str, Any]:
-    """:func:`orchestrator.results.summary.summarize` over rows, in one pass: totals, ``by_model``, ``by_tag``."""
-    cells: dict[tuple[str, tuple[str, ...]], _Cell] = {}
-    retried = cancelled = 0
-    cost_all = 0.0
-    for r in rows:
-        cost_all += r.cost_usd
-        if not r.final:
-            if r.status == _CANCELLED:
-                cancelled += 1
-            else:
-                retried += 1
-            continue
-        cell = cells.get((r.model_id, r.tags))
-        if cell is None:
-            cell = cells[(r.model_id, r.tags)] = _Cell()
-        cell.add(r)
-    totals = _group(cells.values())
-    totals["retried"] = retried
-    totals["cancelled"] = cancelled
-    totals["cost_usd_all_attempts"] = cost_all
-    models = sorted({m for m, _ in cells})
-    tags = sorted({t for _, ts in cells for t in ts})
-    return {
-        "totals": totals,
-        "by_model": {m: _group(c for (cm, _), c in cells.items() if cm == m) for m in models},
-        "by_tag": {t: _group(c for (_, ts), c in cells.items() if t in ts) for t in tags},
-    }
-
-
 def build_report(run_dir: Path) -> dict[str, Any]:
-    """What ``orchestrate report`` shows: the run's identity plus :func:`summarize_rows` of its records."""
+    """What ``orchestrate report`` shows: the run's identity plus :func:`~.summary.summarize` of its
+    records (summary.json's figures)."""
     manifest = read_manifest(run_dir)
-    rows = read_rows(run_dir)
+    totals = summarize(iter_rows(run_dir / RESULTS))
     return {
         "run_id": manifest.get("run_id") or run_dir.name,
         "run_dir": str(run_dir),
@@ -275,7 +57,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "started_at": manifest.get("started_at"),
         "ended_at": manifest.get("ended_at"),
         "attempts_planned": manifest.get("attempts_planned"),
-        **summarize_rows(rows),
+        **totals,
     }
 
 

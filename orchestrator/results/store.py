@@ -44,10 +44,11 @@ from orchestrator.results.records import (
     ResultsError,
     ResultsWriteError,
     is_partial_message,
+    iter_rows,
     read_records,
 )
-from orchestrator.results.report import read_rows, summarize_rows
 from orchestrator.results.run_lock import RunInProgressError, RunLock
+from orchestrator.results.summary import summarize
 from orchestrator.status import Status
 from orchestrator.suite.config import Suite
 from orchestrator.suite.plan import AttemptKey
@@ -381,8 +382,8 @@ class ResultsWriter:
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         """Totals rebuilt from results.jsonl (``extra`` adds top-level fields, e.g. the stop reason). Read
-        as compact rows in one pass: a long run's records never all sit in memory as models."""
-        return {"schema_version": SCHEMA_VERSION, **summarize_rows(read_rows(self.run_dir)), **extra}
+        as flat rows in one pass: a long run's records never all sit in memory."""
+        return {"schema_version": SCHEMA_VERSION, **summarize(iter_rows(self.results_path)), **extra}
 
     def write_columnar(self) -> Path | None:
         """At the end of a run: results.parquet, the columnar cache that :func:`load` reads instead of

@@ -21,10 +21,11 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from ipc_bridge.client.bridge_client import BridgeClient
 from ipc_bridge.client.types import BridgeError, BridgeRestarted, Event
-from orchestrator.hosts.attempt_host import AttemptHosts
-from orchestrator.hosts.providers import Host, HostError, HostExited, SimulatorFarm
+from orchestrator.hosts.farm import SimulatorFarm
+from orchestrator.hosts.host import Host, HostError, HostExited
 from orchestrator.outcome import OutcomeTracker
 from orchestrator.results.records import CheckResult, Timings
+from orchestrator.run.attempt_hosts import AttemptHosts
 from orchestrator.run.grading import run_command
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
 from orchestrator.status import Status
@@ -427,7 +428,7 @@ class AttemptRunner:
                 except (BridgeError, asyncio.TimeoutError):
                     pass  # the host never got it (bridge restarted, host gone): no grace to wait for
                 else:
-                    await host.wait(float(getattr(self.config.target, "close_grace", 10.0)))
+                    await host.wait(self._hosts.close_grace)
                 await host.stop(grace=2.0)
         with contextlib.suppress(BridgeError, asyncio.TimeoutError):
             await asyncio.wait_for(self.client.detach(slot), 5)

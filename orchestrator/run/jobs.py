@@ -4,7 +4,6 @@ machinery, so the main process stays light to import."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 from ipc_bridge.redaction import Redactor
 from orchestrator.results.records import AttemptRecord, final_for
 from orchestrator.status import Status
-from orchestrator.suite.plan import Attempt, AttemptKey
+from orchestrator.suite.plan import Attempt
 from orchestrator.suite.targets import Target
 
 HOST_LOGS = "hosts"
@@ -33,7 +32,7 @@ class WorkerConfig:
     keep_workspaces: bool = False
     results_dir: str = ""
     """The run's results directory: host logs and kept workspaces go there (see
-    :mod:`orchestrator.hosts.attempt_host`); empty on a Ray node, which keeps them in its work directory."""
+    :mod:`orchestrator.run.attempt_hosts`); empty on a Ray node, which keeps them in its work directory."""
     redactor: Redactor = field(default_factory=Redactor)
     """The suite's secrets: redacted from everything the worker writes (its log, its children's, what
     the records carry from a host's output)."""
@@ -62,14 +61,6 @@ class JobResult:
     unstarted: bool = False
     """The job was readied (``prelaunch``) but its task never started: held back by a budget or a stop.
     It has no record; the scheduler queues it again."""
-
-
-def host_seed(base: Any, key: AttemptKey, number: int) -> int:
-    """A simulated host's seed: a pure function of the suite's seed (``target.options.seed``), the attempt
-    key and the try number, so an attempt replays identically while task ids differ between attempts (as
-    real UUIDv7s do), and whoever reads the results can recompute it (the simulator's ``chaos`` draw)."""
-    text = f"{base or 0}/{key.slug}/{key.config_hash}/{number}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:6], "big")
 
 
 def new_record(

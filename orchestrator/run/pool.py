@@ -19,23 +19,34 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import multiprocess as mp
 
 from ipc_bridge.lifeline import die_with_parent
+from orchestrator.run.executor import (
+    Assign,
+    Cancel,
+    Connect,
+    Done,
+    Finished,
+    FromWorker,
+    Go,
+    Handoff,
+    Hold,
+    Lost,
+    Ready,
+    Released,
+    Stop,
+    ToWorker,
+)
+from orchestrator.run.jobs import Job
 
 log = logging.getLogger(__name__)
 
-# Messages worker -> main: ("done", wid, job_id, result) | ("ready", wid, job_id) | ("released", wid, job_id)
-#   | ("handoff", wid, job_id, to_job_id)
-# Messages main -> worker: ("connect", connection_file) | ("job", job_id, payload) | ("go", job_id)
-#   | ("hold",) | ("cancel",) | ("stop",)
-# "ready"/"go"/"released" exist only with spare capacity (``prelaunch``): a readied job asks for one of the
-# run's slots, and gives it back as soon as its task is over (before its teardown and check), or hands it
-# to a job readied on the same worker.
-# They cross the queues as stdlib pickles (see send/receive): multiprocess would pickle them with dill's
-# pure-Python pickler, ~20x slower per Job, and that was most of the main process's CPU per attempt.
+# The messages (orchestrator.run.executor) cross the queues as stdlib pickles (see send/receive):
+# multiprocess would pickle them with dill's pure-Python pickler, ~20x slower per Job, and that was most
+# of the main process's CPU per attempt.
 WorkerMain = Callable[[int, Any, Any, Any, bool], None] | str
 """The worker's entry point, or ``"module:function"`` naming it: then the main process need not import
 the worker's machinery at all (it is imported in the worker)."""
@@ -49,49 +60,11 @@ class WorkerHandle:
     process: Any
     inbox: Any
     capacity: int
-    jobs: dict[str, Any] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
 
     @property
     def free(self) -> int:
         return self.capacity - len(self.jobs)
-
-
-@dataclass
-class Finished:
-    job_id: str
-    payload: Any
-    result: Any
-
-
-@dataclass
-class Lost:
-    """Jobs that were in flight on a worker that died."""
-
-    wid: int
-    exitcode: int | None
-    jobs: dict[str, Any]
-
-
-class ExecutorStartError(RuntimeError):
-    """The pool could not start (Ray not installed, the cluster unreachable, no node offering slots):
-    the user's set-up, reported as one message before any attempt runs."""
-
-
-class Executor(Protocol):
-    """What the scheduler needs of a pool: the local :class:`Pool` or ``RayPool`` (one per node)."""
-
-    @property
-    def in_flight(self) -> int: ...
-
-    def submit(self, job_id: str, payload: Any) -> int: ...
-
-    def poll(self, timeout: float) -> list[Finished | Lost]: ...
-
-    def hold_all(self) -> None: ...
-
-    def cancel_all(self) -> None: ...
-
-    def close(self, timeout: float = 10.0) -> None: ...
 
 
 def share(total: int, parts: int, index: int) -> int:
@@ -99,13 +72,62 @@ def share(total: int, parts: int, index: int) -> int:
     return total // parts + (1 if index < total % parts else 0)
 
 
+class Grants:
+    """The run's slots when jobs are readied ahead (``prelaunch``): a readied job waits here for one, in
+    the order the jobs became ready, and never more than ``slots`` are held at once. No processes: the
+    pool feeds it what its workers say."""
+
+    def __init__(self, slots: int) -> None:
+        self._slots = slots
+        self._ready: deque[tuple[int, str]] = deque()
+        """(wid, job_id) of readied jobs waiting for a slot, oldest first."""
+        self._granted: set[str] = set()
+        self._held = False
+
+    @property
+    def granted(self) -> int:
+        return len(self._granted)
+
+    def ready(self, wid: int, job_id: str) -> None:
+        self._ready.append((wid, job_id))
+
+    def release(self, job_id: str) -> None:
+        """``job_id``'s task is over (or the job is done, or lost): its slot, if it held one, is free."""
+        self._granted.discard(job_id)
+
+    def hand_off(self, job_id: str, to_job_id: str) -> None:
+        """A worker gave ``job_id``'s slot to ``to_job_id``, readied there (no round trip through us)."""
+        self._granted.discard(job_id)
+        self._granted.add(to_job_id)
+        # It waits no more: granted again once its task is over, it would hold a slot through its
+        # teardown and check while another readied job waits for one.
+        self._ready = deque(entry for entry in self._ready if entry[1] != to_job_id)
+
+    def hold(self) -> None:
+        """No more grants: what waits is dropped (its worker ends it unstarted)."""
+        self._held = True
+        self._ready.clear()
+
+    def grant(self, waiting: Callable[[int, str], bool]) -> list[tuple[int, str]]:
+        """The readied jobs that get a slot now, oldest first; ``waiting(wid, job_id)`` says whether
+        one still waits (not done meanwhile, nor lost with its worker)."""
+        out: list[tuple[int, str]] = []
+        while self._ready and len(self._granted) < self._slots and not self._held:
+            wid, job_id = self._ready.popleft()
+            if job_id in self._granted or not waiting(wid, job_id):
+                continue  # handed a slot on its worker; cancelled while it waited; lost
+            self._granted.add(job_id)
+            out.append((wid, job_id))
+        return out
+
+
 class Pool:
     """``workers`` processes running up to ``slots`` tasks at once between them, and holding ``spare``
     more jobs, readied (set up, host attached) while every slot is busy.
 
-    With spare capacity the slots are granted here, one run-wide pool of them, in the order the jobs
-    became ready: a readied job never waits behind a long task of its own worker while another
-    worker's slot is free."""
+    With spare capacity the slots are granted here (:class:`Grants`), one run-wide pool of them, in the
+    order the jobs became ready: a readied job never waits behind a long task of its own worker while
+    another worker's slot is free."""
 
     def __init__(
         self,
@@ -122,15 +144,12 @@ class Pool:
         self._seats = workers
         self._slots = slots
         self._spare = spare
-        self._ready: deque[tuple[int, str]] = deque()
-        """(wid, job_id) of readied jobs waiting for a slot, oldest first."""
-        self._granted: set[str] = set()
-        self._held = False
+        self._grants = Grants(slots)
         self._outbox = self._ctx.Queue()
         self._workers: dict[int, WorkerHandle] = {}
         self._next_wid = 0
         self._closing = False
-        self._announcement: tuple[Any, ...] | None = None
+        self._announcement: ToWorker | None = None
         for seat in range(workers):
             self._start_worker(seat)
 
@@ -152,6 +171,10 @@ class Pool:
         return handle
 
     @property
+    def capacity(self) -> int:
+        return self._slots + self._spare
+
+    @property
     def free_slots(self) -> int:
         return sum(w.free for w in self._workers.values() if w.process.is_alive())
 
@@ -159,7 +182,7 @@ class Pool:
     def in_flight(self) -> int:
         return sum(len(w.jobs) for w in self._workers.values())
 
-    def announce(self, msg: tuple[Any, ...]) -> None:
+    def announce(self, msg: ToWorker) -> None:
         """Send ``msg`` to every worker before any job, and to every worker started later (a dead
         worker's replacement) first thing."""
         self._announcement = msg
@@ -167,15 +190,14 @@ class Pool:
             if worker.process.is_alive():
                 send(worker.inbox, msg)
 
-    def submit(self, job_id: str, payload: Any) -> int:
-        """Give a job to the least loaded live worker. Returns its worker id."""
+    def submit(self, job_id: str, job: Job) -> None:
+        """Give a job to the least loaded live worker."""
         live = [w for w in self._workers.values() if w.process.is_alive() and w.free > 0]
         if not live:
             raise RuntimeError("no free worker slot")
         worker = max(live, key=lambda w: w.free)
-        worker.jobs[job_id] = payload
-        send(worker.inbox, ("job", job_id, payload))
-        return worker.wid
+        worker.jobs[job_id] = job
+        send(worker.inbox, Assign(job_id, job))
 
     def poll(self, timeout: float) -> list[Finished | Lost]:
         """Results that arrived within ``timeout``, and jobs lost with a dead worker (then replaced)."""
@@ -184,36 +206,35 @@ class Pool:
         while True:
             remaining = deadline - time.monotonic()
             try:
-                msg = receive(
-                    self._outbox.get(timeout=max(0.0, remaining)) if not out else self._outbox.get_nowait()
-                )
+                raw = self._outbox.get(timeout=max(0.0, remaining)) if not out else self._outbox.get_nowait()
             except queue.Empty:
                 break
-            if msg[0] == "done":
-                _, wid, job_id, result = msg
-                payload = self._workers[wid].jobs.pop(job_id, None) if wid in self._workers else None
-                self._granted.discard(job_id)
-                out.append(Finished(job_id, payload, result))
-            elif msg[0] == "ready":
-                self._ready.append((msg[1], msg[2]))
-            elif msg[0] == "released":
-                self._granted.discard(msg[2])
-            elif msg[0] == "handoff":
-                self._granted.discard(msg[2])
-                self._granted.add(msg[3])
+            match receive(raw):
+                case Done(wid, job_id, result):
+                    job = self._workers[wid].jobs.pop(job_id, None) if wid in self._workers else None
+                    self._grants.release(job_id)
+                    if job is not None:  # else lost with its worker already, and reported so
+                        out.append(Finished(job_id, job, result))
+                case Ready(wid, job_id):
+                    self._grants.ready(wid, job_id)
+                case Released(_, job_id):
+                    self._grants.release(job_id)
+                case Handoff(_, job_id, to_job_id):
+                    self._grants.hand_off(job_id, to_job_id)
+                case other:
+                    log.error("unexpected message from a worker: %r", other)
             self._grant()
         out.extend(self._reap())
         self._grant()
         return out
 
     def _grant(self) -> None:
-        while self._ready and len(self._granted) < self._slots and not self._held:
-            wid, job_id = self._ready.popleft()
-            worker = self._workers.get(wid)
-            if worker is None or job_id not in worker.jobs or job_id in self._granted:
-                continue  # done meanwhile (cancelled while it waited), lost with its worker, handed a slot
-            self._granted.add(job_id)
-            send(worker.inbox, ("go", job_id))
+        for wid, job_id in self._grants.grant(self._waiting):
+            send(self._workers[wid].inbox, Go(job_id))
+
+    def _waiting(self, wid: int, job_id: str) -> bool:
+        worker = self._workers.get(wid)
+        return worker is not None and job_id in worker.jobs
 
     def _reap(self) -> list[Lost]:
         lost: list[Lost] = []
@@ -229,32 +250,31 @@ class Pool:
                     len(worker.jobs),
                 )
                 lost.append(Lost(wid, worker.process.exitcode, dict(worker.jobs)))
-                self._granted.difference_update(worker.jobs)
+                for job_id in worker.jobs:
+                    self._grants.release(job_id)
             if not self._closing:
                 self._start_worker(worker.seat)
         return lost
 
     def hold_all(self) -> None:
         """Start no more tasks: jobs readied ahead come back unstarted (``JobResult.unstarted``)."""
-        self._held = True
-        self._ready.clear()
-        for worker in self._workers.values():
-            if worker.process.is_alive():
-                send(worker.inbox, ("hold",))
+        self._grants.hold()
+        self._broadcast(Hold())
 
     def cancel_all(self) -> None:
         """Ask every worker to cancel its in-flight jobs; they still report them as done (those whose
         task had not started, unstarted)."""
+        self._broadcast(Cancel())
+
+    def _broadcast(self, msg: ToWorker) -> None:
         for worker in self._workers.values():
             if worker.process.is_alive():
-                send(worker.inbox, ("cancel",))
+                send(worker.inbox, msg)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the workers: ask, then terminate, then kill."""
         self._closing = True
-        for worker in self._workers.values():
-            if worker.process.is_alive():
-                send(worker.inbox, ("stop",))
+        self._broadcast(Stop())
         deadline = time.monotonic() + timeout / 2
         for worker in self._workers.values():
             worker.process.join(max(0.0, deadline - time.monotonic()))
@@ -279,13 +299,32 @@ class Pool:
         self._outbox = None
 
 
-def send(q: Any, msg: tuple[Any, ...]) -> None:
-    """Put a message on a pool queue (a stdlib pickle: the C pickler, protocol 5)."""
-    q.put(pickle.dumps(msg, protocol=5))
+_WIRE: tuple[type[ToWorker | FromWorker], ...] = (
+    Connect,
+    Assign,
+    Go,
+    Hold,
+    Cancel,
+    Stop,
+    Done,
+    Ready,
+    Released,
+    Handoff,
+)
+"""Every message type, numbered by its place here on the wire."""
+_TAG = {kind: tag for tag, kind in enumerate(_WIRE)}
 
 
-def receive(raw: bytes) -> tuple[Any, ...]:
-    msg: tuple[Any, ...] = pickle.loads(raw)
+def send(q: Any, msg: ToWorker | FromWorker) -> None:
+    """Put a message on a pool queue: a stdlib pickle (the C pickler, protocol 5) of a tuple, its type's
+    number then its fields. Pickling the dataclass itself names its class, which costs an import
+    look-up each way: 3-5x the time of the tuple, on every message of every attempt."""
+    q.put(pickle.dumps((_TAG[type(msg)], *msg.__dict__.values()), protocol=5))
+
+
+def receive(raw: bytes) -> ToWorker | FromWorker:
+    tag, *fields = pickle.loads(raw)
+    msg: ToWorker | FromWorker = _WIRE[tag](*fields)
     return msg
 
 

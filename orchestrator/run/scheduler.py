@@ -10,43 +10,32 @@ from __future__ import annotations
 import heapq
 import logging
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from orchestrator.hosts import marks as host_marks
-from orchestrator.hosts.logs import keep_log
-from orchestrator.processes import children, runtime_dir
+from orchestrator.hosts.provider import host_provider
 from orchestrator.results.record_queue import RecordQueue
 from orchestrator.results.records import AttemptRecord
 from orchestrator.results.store import ResultsWriter
-from orchestrator.run.jobs import HOST_LOGS, Job, JobResult, WorkerConfig, new_record
-from orchestrator.run.pool import Executor, ExecutorStartError, Finished, Lost, Pool
-from orchestrator.run.supervisor import BridgeSupervisor
+from orchestrator.run.executor import Crashed, Executor, ExecutorFactory, Finished, Launch, Lost
+from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
 from orchestrator.status import Status
 from orchestrator.suite.config import Suite
 from orchestrator.suite.plan import Attempt, AttemptKey
-from orchestrator.suite.targets import SocketTarget
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
-WORKER_MAIN = "orchestrator.run.worker:worker_main"  # by name: the main process never imports the worker
-BRIDGE_LOG = "bridge.log"
 CANCEL_WAIT = 8.0
 BREAKER_FACTOR = 2
 """The circuit breaker trips when the first tries of the first ``BREAKER_FACTOR x slots`` keys all fail
 alike."""
-REAP_INTERVAL = 10.0
-"""How often orphans of the run's processes, adopted by this one, are reaped while it runs."""
 
 
 @dataclass(order=True)
@@ -61,19 +50,9 @@ class _Queued:
 
 @dataclass
 class RunOptions:
-    workers: int | None = None
     keep_workspaces: bool = False
     seed: int | None = None
-    ray_address: str | None = None
-    bridge_restarts: int = 10
-    """How often the bridge may die within a minute before the run stops."""
-    """With ``target.executor: ray``: the cluster to join (``auto``, an address); None starts a local one."""
-
-
-def _runtime_parent() -> str:
-    """$TMPDIR when its path is short: host sockets live below it and sun_path allows ~104 bytes."""
-    tmp = tempfile.gettempdir()
-    return tmp if len(tmp) <= 40 else "/tmp"
+    """Seeds the retries' jitter."""
 
 
 class Interrupted(Exception):
@@ -121,7 +100,9 @@ class _Breaker:
 
 
 class Scheduler:
-    """Runs ``attempts`` of ``suite`` and writes every outcome through ``writer``."""
+    """Runs ``attempts`` of ``suite`` on the executor that ``executor`` starts, and writes every outcome
+    through ``writer``. ``clock``: the monotonic clock of retries' backoff and of the stop's wait (the
+    executor's :meth:`~orchestrator.run.executor.Executor.poll` is where the scheduler waits)."""
 
     def __init__(
         self,
@@ -131,13 +112,17 @@ class Scheduler:
         *,
         run_id: str,
         options: RunOptions,
+        executor: ExecutorFactory,
         on_record: Callable[[AttemptRecord], None] = lambda r: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.suite = suite
         self.writer = writer
         self.run_id = run_id
         self.options = options
         self.on_record = on_record
+        self._start_executor = executor
+        self._clock = clock
         self._rng = random.Random(options.seed)
         self._queue: list[_Queued] = []
         for a in attempts:
@@ -146,124 +131,73 @@ class Scheduler:
             )
         self._stopping = ""
         self._interrupts = 0
-        self._free_sockets: list[str] = []
-        if isinstance(suite.target, SocketTarget):
-            self._free_sockets = [str(p) for p in suite.target.sockets]
-        self._leased: dict[str, str] = {}
+        self._hosts = host_provider(suite.target)
+        self._sockets = self._hosts.leases()
         self.skipped_budget = 0
         self._spent = writer.cost_usd
         """Cost of every record so far, those still being written included (the budget's measure)."""
         self._records: RecordQueue | None = None
-        self._supervisor: BridgeSupervisor | None = None
+        self._capacity = 0
         self._breaker = _Breaker(BREAKER_FACTOR * suite.target.slots)
         self._tried: set[AttemptKey] = set()
         """Keys with a real try recorded by this process (the breaker's first tries)."""
-        self._adoptions: children.Adoptions | None = None
-        self._runtime: Path | None = None
-        self._next_reap = 0.0
 
     # ------------------------------------------------------------------------------------- run
 
     def run(self) -> str:
         """Run to the end (or until stopped); returns why it stopped: ``finished``, ``interrupted``,
         ``budget``, ``circuit_breaker`` (see :attr:`tripped`)."""
-        parent = _runtime_parent()
-        # What runs killed outright left: their hosts' processes (found by their mark), then their dirs.
-        host_marks.end_marked(host_marks.of_dead_runs(parent))
-        runtime_dir.sweep(parent)
-        runtime = self._runtime = runtime_dir.create(parent)
-        work = runtime / "work"
-        work.mkdir()
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
-        pool: Executor | None = None
+        executor: Executor | None = None
         records = self._records = RecordQueue(self.writer)
         try:
-            slots = self.suite.target.slots
             config = WorkerConfig(
                 run_id=self.run_id,
-                connection_file="",
-                runtime_dir=str(runtime),
-                work_dir=str(work),
+                connection_file="",  # the executor's bridge, and its runtime dir: filled in by it
+                runtime_dir="",
+                work_dir="",
                 target=self.suite.target,
                 keep_workspaces=self.options.keep_workspaces,
                 results_dir=str(self.writer.run_dir.resolve()),
                 redactor=self.suite.redactor(),
                 referenced_env=self.suite.referenced_env,
             )
-            if getattr(self.suite.target, "executor", "local") == "ray":
-                # Ray is an optional extra: imported only when asked for. Every node runs its own
-                # bridge; nothing of the driver's runtime dir is used there.
-                try:
-                    from orchestrator.ray.pool import RayPool
-                except ImportError as exc:
-                    raise ExecutorStartError(
-                        f"target.executor: ray needs Ray ({exc}): pip install '.[ray]'"
-                    ) from None
-                pool = RayPool(config, slots=slots, address=self.options.ray_address)
-            else:
-                # Before the first child: what the run starts never outlives it (orchestrator.processes.children).
-                self._adoptions = children.Adoptions()
-                self._supervisor = BridgeSupervisor(
-                    runtime / "bridge",
-                    self.writer.run_dir / BRIDGE_LOG,
-                    max_restarts=self.options.bridge_restarts,
-                    secrets=self.suite.secret_values,
-                )
-                # A worker with no slot of its own would hold readied jobs it can never start.
-                workers = min(self.options.workers or 2, slots)
-                spare = self._spare()
-                # The workers spawn and import while the bridge starts; then they are told where it is.
-                pool = Pool(WORKER_MAIN, config, workers=workers, slots=slots, spare=spare)
-                pool.announce(("connect", str(self._supervisor.start().connection_file)))
-                slots += spare
-            self._capacity = slots
-            return self._loop(pool)
+            executor = self._start_executor(Launch(config, self.suite.target.slots, self._spare()))
+            self._capacity = executor.capacity
+            return self._loop(executor)
         finally:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
-            if pool is not None:
-                pool.close(timeout=2.0 if self._interrupts > 1 else 10.0)
-            if self._supervisor is not None:
-                self._supervisor.stop(kill=self._interrupts > 1)
-            if self._adoptions is not None:
-                self._adoptions.close()
-                # Whatever carries the mark of one of this run's hosts and escaped adoption.
-                host_marks.end_marked(host_marks.of_run(runtime))
-                pool = None  # its queues go, and the resource tracker with them
-                children.stop_resource_tracker()
-            # Kept workspaces and host logs are in the results directory, not here.
-            self._keep_host_logs(runtime / "work")
-            shutil.rmtree(runtime, ignore_errors=True)
-            self._report(records.close())  # after the pool: no record can come after this
+            if executor is not None:
+                executor.close(kill=self._interrupts > 1)
+            self._report(records.close())  # after the executor: no record can come after this
             if records.error is not None and sys.exc_info()[0] is None:
                 raise records.error
 
-    def _loop(self, pool: Executor) -> str:
+    def _loop(self, executor: Executor) -> str:
         cancel_deadline: float | None = None
         while True:
             # A spent budget only stops new starts: what runs has been paid for, and ends by itself.
             if self._stopping in ("interrupted", "circuit_breaker") and cancel_deadline is None:
-                pool.cancel_all()
-                cancel_deadline = time.monotonic() + CANCEL_WAIT
+                executor.cancel_all()
+                cancel_deadline = self._clock() + CANCEL_WAIT
             if not self._stopping:
-                self._start_ready(pool)
-            if pool.in_flight == 0 and (self._stopping or not self._queue):
+                self._start_ready(executor)
+            if executor.in_flight == 0 and (self._stopping or not self._queue):
                 break
-            if cancel_deadline is not None and time.monotonic() > cancel_deadline:
+            if cancel_deadline is not None and self._clock() > cancel_deadline:
                 log.error("in-flight attempts did not finish within %.0fs of the stop", CANCEL_WAIT)
                 break
             if self._interrupts > 1:
                 raise Interrupted
-            items = pool.poll(POLL_INTERVAL)
-            if self._supervisor is not None:
-                self._supervisor.check()
-            self._reap()
-            for item in items:  # records go to the writing thread: nothing here waits for a disk
-                if isinstance(item, Finished):
-                    self._finished(item)
-                else:
-                    self._lost(item)
+            # Records go to the writing thread: nothing here waits for a disk.
+            for item in executor.poll(POLL_INTERVAL):
+                match item:
+                    case Finished():
+                        self._finished(item)
+                    case Lost():
+                        self._lost(item)
             assert self._records is not None
             self._report(self._records.written())
             if self._records.error is not None:
@@ -272,49 +206,24 @@ class Scheduler:
             self.skipped_budget = len(self._queue)
         return self._stopping or "finished"
 
-    def _keep_host_logs(self, work: Path) -> None:
-        """Keep the logs that workers could not (a worker that died with hosts running, or was
-        terminated at a stop): ``hosts/w<worker>-<n>.host.log``, ``hosts/farm-w<worker>.log``."""
-        redact = self.suite.redactor().text
-        for raw in work.glob("*.log"):
-            try:
-                keep_log(raw, self.writer.run_dir / HOST_LOGS / raw.name, redact)
-            except OSError as exc:  # the records matter more: a run never fails over a log
-                log.warning("cannot keep %s: %s", raw.name, exc)
-
-    def _reap(self) -> None:
-        now = time.monotonic()
-        if self._adoptions is None or now < self._next_reap:
-            return
-        self._next_reap = now + REAP_INTERVAL
-        bridge = self._supervisor.bridge.pid if self._supervisor is not None else None
-        self._adoptions.reap(keep=() if bridge is None else (bridge,))
-
-    def _start_ready(self, pool: Executor) -> None:
-        now = time.monotonic()
-        while self._queue and self._queue[0].not_before <= now and pool.in_flight < self._capacity:
+    def _start_ready(self, executor: Executor) -> None:
+        now = self._clock()
+        while self._queue and self._queue[0].not_before <= now and executor.in_flight < self._capacity:
             if self._over_budget():
                 self._stopping = "budget"
-                pool.hold_all()  # readied attempts are not started either
+                executor.hold_all()  # readied attempts are not started either
                 return
-            if isinstance(self.suite.target, SocketTarget) and not self._free_sockets:
+            if not self._sockets.free:
                 return
             item = heapq.heappop(self._queue)
-            socket = self._free_sockets.pop(0) if isinstance(self.suite.target, SocketTarget) else None
             job_id = f"{item.attempt.key.slug}#{item.number}"
-            if socket is not None:
-                self._leased[job_id] = socket
-            pool.submit(job_id, Job(item.attempt, item.number, socket, tries=item.tries))
+            executor.submit(
+                job_id, Job(item.attempt, item.number, self._sockets.take(job_id), tries=item.tries)
+            )
 
     def _spare(self) -> int:
-        """Attempts readied ahead. None by default under a budget: a readied attempt starts as soon as
-        a slot frees, before the cost of the attempt that freed it is known."""
-        target = self.suite.target
-        if isinstance(target, SocketTarget):
-            return 0
-        if self.suite.budget.max_cost_usd is not None and target.prelaunch is None:
-            return 0
-        return target.spare
+        """Attempts readied ahead (the target's ``prelaunch``, its default under a budget included)."""
+        return self._hosts.prelaunch(budget=self.suite.budget.max_cost_usd is not None)
 
     def _over_budget(self) -> bool:
         limit = self.suite.budget.max_cost_usd
@@ -323,25 +232,22 @@ class Scheduler:
     # --------------------------------------------------------------------------------- results
 
     def _finished(self, item: Finished) -> None:
-        job: Job = item.payload
-        result: JobResult = item.result
+        job = item.job
         self._release(item.job_id)
-        if result.unstarted:
-            # Held back before its task started: it is still to run (skipped now, or on resume).
-            heapq.heappush(self._queue, _Queued(0.0, job.attempt.index, job.number, job.attempt, job.tries))
-            return
-        if "crash" in result.record:
-            record = self._error_record(
-                job, Status.INFRA_ERROR, "harness", "worker error", result.record["crash"]
-            )
-        else:
-            record = AttemptRecord.model_validate(result.record)
-        self._record(job, record, result.transcript)
+        match item.result:
+            case Crashed(detail):
+                self._record(
+                    job, self._error_record(job, Status.INFRA_ERROR, "harness", "worker error", detail)
+                )
+            case JobResult(unstarted=True):
+                # Held back before its task started: it is still to run (skipped now, or on resume).
+                heapq.heappush(
+                    self._queue, _Queued(0.0, job.attempt.index, job.number, job.attempt, job.tries)
+                )
+            case JobResult(record=record, transcript=transcript):
+                self._record(job, AttemptRecord.model_validate(record), transcript)
 
     def _lost(self, lost: Lost) -> None:
-        # Its hosts died with it (PR_SET_PDEATHSIG); what they started detached did not.
-        if self._runtime is not None:
-            host_marks.end_marked(host_marks.of_worker(self._runtime, lost.wid))
         for job_id, job in lost.jobs.items():
             self._release(job_id)
             detail = f"worker process {lost.wid} died (exit code {lost.exitcode})"
@@ -364,7 +270,7 @@ class Scheduler:
         if not record.final and record.status is not Status.CANCELLED and not self._stopping:
             delay = self._backoff(job.tries + 1)
             retry = _Queued(
-                time.monotonic() + delay, job.attempt.index, job.number + 1, job.attempt, job.tries + 1
+                self._clock() + delay, job.attempt.index, job.number + 1, job.attempt, job.tries + 1
             )
             heapq.heappush(self._queue, retry)
 
@@ -378,9 +284,7 @@ class Scheduler:
         return float(base * self._rng.uniform(0.5, 1.5))
 
     def _release(self, job_id: str) -> None:
-        socket = self._leased.pop(job_id, None)
-        if socket is not None:
-            self._free_sockets.append(socket)
+        self._sockets.give_back(job_id)
 
     def _error_record(
         self, job: Job, status: Status, error_class: Any, reason: str, detail: str

@@ -53,6 +53,10 @@ class BridgeSupervisor:
             raise RuntimeError("the bridge was not started")
         return self._bridge
 
+    def bridge_pid(self) -> int | None:
+        """The running bridge's pid (None before it started)."""
+        return self._bridge.pid if self._bridge is not None else None
+
     @property
     def connection_file(self) -> Path:
         return self.bridge.connection_file

@@ -1,7 +1,7 @@
 """A worker process: one event loop, one bridge client, several attempts at once.
 
 The inbox is a multiprocess queue read by a thread (its ``get`` blocks) and handed to the loop; the
-loop never blocks on it. Messages are described in :mod:`orchestrator.run.pool`.
+loop never blocks on it. Messages are described in :mod:`orchestrator.run.executor`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,24 @@ from typing import Any
 
 from ipc_bridge.client.bridge_client import BridgeClient
 from ipc_bridge.redaction import redact_process_output
-from orchestrator.hosts.attempt_host import simulator_farm
-from orchestrator.hosts.providers import SimulatorFarm
+from orchestrator.hosts.farm import SimulatorFarm
 from orchestrator.processes.child_env import withhold
 from orchestrator.run.attempt import AttemptRunner
+from orchestrator.run.attempt_hosts import simulator_farm
+from orchestrator.run.executor import (
+    Assign,
+    Cancel,
+    Connect,
+    Crashed,
+    Done,
+    Go,
+    Handoff,
+    Hold,
+    Ready,
+    Released,
+    Stop,
+    ToWorker,
+)
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig
 from orchestrator.run.pool import receive, send
 
@@ -40,7 +54,7 @@ class Gate:
             return False
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting[ticket] = future
-        send(self._outbox, ("ready", self._wid, ticket))
+        send(self._outbox, Ready(self._wid, ticket))
         try:
             return await future
         finally:
@@ -51,9 +65,9 @@ class Gate:
         for waiting, future in self._waiting.items():
             if not future.done():
                 future.set_result(True)
-                send(self._outbox, ("handoff", self._wid, ticket, waiting))
+                send(self._outbox, Handoff(self._wid, ticket, waiting))
                 return
-        send(self._outbox, ("released", self._wid, ticket))
+        send(self._outbox, Released(self._wid, ticket))
 
     def go(self, ticket: str) -> None:
         future = self._waiting.get(ticket)
@@ -68,15 +82,15 @@ class Gate:
                 future.set_result(False)
 
 
-async def run_guarded(runner: AttemptRunner, job_id: str, job: Job) -> JobResult:
-    """One job's result, whatever happens: a bug in the runner becomes a ``crash`` result (the scheduler
+async def run_guarded(runner: AttemptRunner, job_id: str, job: Job) -> JobResult | Crashed:
+    """One job's result, whatever happens: a bug in the runner becomes :class:`Crashed` (the scheduler
     records it as a harness error) instead of a job that never reports back. Shared with the Ray
     executor's node actors."""
     try:
         return await runner.run(job, job_id)
     except Exception as exc:
         log.error("attempt %s crashed: %s", job_id, traceback.format_exc())
-        return JobResult(record={"crash": f"{type(exc).__name__}: {exc}"})
+        return Crashed(f"{type(exc).__name__}: {exc}")
 
 
 def hide_secrets(config: WorkerConfig) -> None:
@@ -107,13 +121,16 @@ async def _serve(
     wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: bool, farm: SimulatorFarm | None
 ) -> None:
     loop = asyncio.get_running_loop()
-    messages: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+    messages: asyncio.Queue[ToWorker] = asyncio.Queue()
 
     def read_inbox() -> None:
         while True:
             msg = receive(inbox.get())
+            if not isinstance(msg, ToWorker):
+                log.error("unexpected message from the main process: %r", msg)
+                continue
             loop.call_soon_threadsafe(messages.put_nowait, msg)
-            if msg[0] == "stop":
+            if isinstance(msg, Stop):
                 return
 
     threading.Thread(target=read_inbox, name="inbox", daemon=True).start()
@@ -126,9 +143,11 @@ async def _serve(
         if not connection:
             # The pool starts while the bridge does (their start-ups overlap): the scheduler then says
             # where the bridge is, before any job.
-            msg = await messages.get()
-            if msg[0] == "connect":
-                connection = msg[1]
+            match await messages.get():
+                case Connect(connection_file):
+                    connection = connection_file
+                case _:
+                    pass  # a stop before the bridge was ever up
         if connection:
             client = await BridgeClient.connect(connection)
     finally:
@@ -148,25 +167,28 @@ async def _serve(
             result = await run_guarded(runner, job_id, job)
         finally:
             tasks.pop(job_id, None)
-        send(outbox, ("done", wid, job_id, result))
+        send(outbox, Done(wid, job_id, result))
 
     try:
         while True:
-            msg = await messages.get()
-            if msg[0] == "job":
-                _, job_id, job = msg
-                tasks[job_id] = asyncio.ensure_future(run_job(job_id, job))
-            elif msg[0] == "go" and gate is not None:
-                gate.go(msg[1])
-            elif msg[0] == "hold" and gate is not None:
-                gate.hold()
-            elif msg[0] == "cancel":
-                if gate is not None:
-                    gate.hold()  # what has not started yet ends without a record
-                for task in list(tasks.values()):
-                    task.cancel()
-            elif msg[0] == "stop":
-                break
+            match await messages.get():
+                case Assign(job_id, job):
+                    tasks[job_id] = asyncio.ensure_future(run_job(job_id, job))
+                case Go(job_id):
+                    if gate is not None:
+                        gate.go(job_id)
+                case Hold():
+                    if gate is not None:
+                        gate.hold()
+                case Cancel():
+                    if gate is not None:
+                        gate.hold()  # what has not started yet ends without a record
+                    for task in list(tasks.values()):
+                        task.cancel()
+                case Stop():
+                    break
+                case Connect():
+                    pass  # already connected: a replacement worker is told first thing, once
         if tasks:
             await asyncio.gather(*tasks.values(), return_exceptions=True)
     finally:

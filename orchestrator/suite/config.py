@@ -42,7 +42,6 @@ from orchestrator.suite.reader import MarkedDict, load_marked_yaml
 from orchestrator.suite.targets import (
     MAX_SLOTS,
     SimulatorTarget,
-    SocketTarget,
     Target,
 )
 from orchestrator.suite.types import (
@@ -425,10 +424,9 @@ def apply_overrides(
             raise _override_error(suite, "--slots", f"must be at least 1, got {slots}")
         if slots > MAX_SLOTS:
             raise _override_error(suite, "--slots", f"must be at most {MAX_SLOTS}, got {slots}")
-        if isinstance(suite.target, SocketTarget) and slots > len(suite.target.sockets):
-            raise _override_error(
-                suite, "--slots", f"{slots} is more than the {len(suite.target.sockets)} sockets listed"
-            )
+        too_many = suite.target.too_many_slots(slots)
+        if too_many is not None:
+            raise _override_error(suite, "--slots", too_many)
         update["target"] = suite.target.model_copy(update={"slots": slots})
     return suite.model_copy(update=update)
 

@@ -27,11 +27,6 @@ HASH_LENGTH = 16
 
 _SKIP_DIRS = frozenset({".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv"})
 _SKIP_SUFFIXES = (".pyc", ".pyo")
-# target fields that say where hosts are or how fast they start, not how the agent behaves
-# where and how many hosts run does not change what an attempt is: a Ray run resumes a local one
-_TARGET_NOT_HASHED = frozenset(
-    {"slots", "launch_timeout", "close_grace", "connect_timeout", "sockets", "executor", "prelaunch"}
-)
 # where the files are does not matter, what they hold does (the prompt text and the workspace digest)
 _CASE_NOT_HASHED = frozenset({"tags", "description", "workspace", "prompt_file"})
 
@@ -132,7 +127,9 @@ def attempt_hash(suite: Suite, case: Case, model: ModelSpec, *, workspace: str |
     """The config hash of one (case, model) pair; ``workspace`` is a precomputed
     :func:`workspace_digest` of the case's template."""
     redact = suite.redactor()
-    target = {k: v for k, v in suite.target.model_dump(mode="json").items() if k not in _TARGET_NOT_HASHED}
+    # each target kind names its fields that say where hosts are or how fast they start (not_hashed)
+    not_hashed = suite.target.not_hashed
+    target = {k: v for k, v in suite.target.model_dump(mode="json").items() if k not in not_hashed}
     payload = {
         "target": target,
         "case": {k: v for k, v in case.model_dump(mode="json").items() if k not in _CASE_NOT_HASHED},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -39,6 +39,12 @@ def _slots_not_bool(cls: Any, value: Any) -> Any:
 
 
 class _Launched(Strict):
+    not_hashed: ClassVar[frozenset[str]] = frozenset(
+        {"slots", "launch_timeout", "close_grace", "executor", "prelaunch"}
+    )
+    """Fields that say where hosts run, how many and how fast they start, not how the agent behaves: not
+    in an attempt's config hash (a Ray run resumes a local one)."""
+
     slots: int = Field(default=4, ge=1, le=MAX_SLOTS)
     """Extension hosts used at once."""
     executor: Literal["local", "ray"] = "local"
@@ -56,18 +62,14 @@ class _Launched(Strict):
     for vscode and command (each readied host is a whole window), and 0 under a ``budget`` (a readied
     attempt starts as soon as a slot frees, before the cost of the one that freed it is known: set
     ``prelaunch`` with a budget and the run may overshoot the budget by that many attempts more). With
-    ``executor: ray`` it is 0."""
-
-    @property
-    def spare(self) -> int:
-        """How many attempts may be readied ahead (``prelaunch`` with its default filled in)."""
-        if self.executor == "ray":
-            return 0
-        if self.prelaunch is not None:
-            return self.prelaunch
-        return self.slots if isinstance(self, SimulatorTarget) else 0
+    ``executor: ray`` it is 0 (the rule: :mod:`orchestrator.hosts.launched`)."""
 
     _prelaunch = field_validator("prelaunch", mode="before")(_slots_not_bool)
+
+    def too_many_slots(self, slots: int) -> str | None:
+        """Why ``slots`` hosts at once are more than the target has (``--slots``), or None: a launched
+        target launches as many as it is asked for (up to ``MAX_SLOTS``)."""
+        return None
 
 
 class SimulatorOptions(HostOptions):
@@ -98,6 +100,9 @@ class SimulatorTarget(_Launched):
 
 
 class SocketTarget(Strict):
+    not_hashed: ClassVar[frozenset[str]] = frozenset({"slots", "connect_timeout", "sockets"})
+    """Which hosts serve the attempts, how many at once and how fast they answer: not in the config hash."""
+
     kind: Literal["socket"] = "socket"
     sockets: list[PathText] = Field(min_length=1)
     """Sockets of hosts that already run; attached, never launched or closed."""
@@ -130,6 +135,12 @@ class SocketTarget(Strict):
                 "lower slots or list more sockets"
             )
         return self
+
+    def too_many_slots(self, slots: int) -> str | None:
+        """Why ``slots`` hosts at once are more than the target has (``--slots``), or None."""
+        if slots > len(self.sockets):
+            return f"{slots} is more than the {len(self.sockets)} sockets listed"
+        return None
 
 
 def _xvfb(value: Any) -> Any:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.hosts.providers import FORKED_FARM_NAME
+from orchestrator.hosts.farm import FORKED_FARM_NAME
 from orchestrator.results.records import read_records
 from tests.runs import (
     EXERCISES,

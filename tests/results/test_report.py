@@ -15,15 +15,15 @@ from click.testing import CliRunner, Result
 
 from orchestrator.cli.main import main
 from orchestrator.results.compare import build_comparison, compare_rows, format_comparison
-from orchestrator.results.records import RESULTS, AttemptRecord, CheckResult, ResultsError, read_records
-from orchestrator.results.report import (
-    build_report,
-    format_report,
+from orchestrator.results.records import (
+    RESULTS,
+    AttemptRecord,
+    CheckResult,
+    ResultsError,
+    read_records,
     read_rows,
-    resolve_run,
-    summarize_rows,
-    table,
 )
+from orchestrator.results.report import build_report, format_report, resolve_run, table
 from orchestrator.results.store import ResultsWriter
 from orchestrator.results.summary import summarize
 from orchestrator.status import Metrics, Status
@@ -201,8 +201,62 @@ def test_report_figures_over_final_records(run_a: Path) -> None:
     assert figures(report["by_tag"]["python"]) == group(4, 2, 2, 0, 1.2, 30.0, 47.0)
 
 
-def test_summarize_rows_agrees_with_summarize(results: Path) -> None:
-    """The report's one-pass aggregation and summary.json's summarize give the same figures."""
+def by_the_definition(records: Sequence[AttemptRecord]) -> dict[str, Any]:
+    """summary.json's figures computed record by record, straight from their definitions (README, "Result
+    files"): the oracle that the one-pass aggregation over rows is held to."""
+
+    def quantile(values: list[float], q: float) -> float | None:
+        values = sorted(values)
+        if not values:
+            return None
+        pos = (len(values) - 1) * q
+        lo, hi = int(pos), min(int(pos) + 1, len(values) - 1)
+        return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+
+    def group(rs: list[AttemptRecord]) -> dict[str, Any]:
+        passed = sum(1 for r in rs if r.passed)
+        errors = sum(1 for r in rs if r.status.is_infra or r.error_class is not None)
+        durations = [r.duration_s for r in rs]
+        statuses = sorted({r.status.value for r in rs})
+        return {
+            "attempts": len(rs),
+            "passed": passed,
+            "failed": len(rs) - passed - errors,
+            "errors": errors,
+            "pass_rate": passed / len(rs) if rs else None,
+            "cost_usd": sum(r.metrics.cost_usd for r in rs),
+            "tokens_in": sum(r.metrics.tokens_in for r in rs),
+            "tokens_out": sum(r.metrics.tokens_out for r in rs),
+            "cache_reads": sum(r.metrics.cache_reads for r in rs),
+            "cache_writes": sum(r.metrics.cache_writes for r in rs),
+            "duration_s": {
+                "p50": quantile(durations, 0.5),
+                "p90": quantile(durations, 0.9),
+                "max": max(durations) if durations else None,
+            },
+            "by_status": {s: sum(1 for r in rs if r.status.value == s) for s in statuses},
+        }
+
+    final = [r for r in records if r.final]
+    cancelled = sum(1 for r in records if not r.final and r.status is Status.CANCELLED)
+    totals = group(final)
+    totals["retried"] = len(records) - len(final) - cancelled
+    totals["cancelled"] = cancelled
+    totals["cost_usd_all_attempts"] = sum(r.metrics.cost_usd for r in records)
+    return {
+        "totals": totals,
+        "by_model": {
+            m: group([r for r in final if r.model_id == m]) for m in sorted({r.model_id for r in final})
+        },
+        "by_tag": {
+            t: group([r for r in final if t in r.tags]) for t in sorted({t for r in final for t in r.tags})
+        },
+    }
+
+
+def test_one_aggregation_for_summary_json_and_report(results: Path) -> None:
+    """summary.json, ``orchestrate report`` and summarize() give the same figures, those of the
+    definitions computed record by record."""
     rng = random.Random(7)
     records = []
     statuses = list(Status)
@@ -243,11 +297,15 @@ def test_summarize_rows_agrees_with_summarize(results: Path) -> None:
             finals.add((r.case_id, r.model_id, r.repeat, r.config_hash))
         unique.append(r)
     run = make_run(results, "run-r", unique)
-    expected = summarize(read_records(run / RESULTS))
-    got = summarize_rows(read_rows(run))
+    expected = by_the_definition(read_records(run / RESULTS))
     assert expected["totals"]["attempts"] > 50 and expected["totals"]["retried"] > 3
     assert len(expected["by_tag"]) == 4 and len(expected["totals"]["by_status"]) == len(Status)
-    assert_same(got, expected)
+    assert_same(summarize(read_rows(run / RESULTS)), expected)
+    with ResultsWriter.resume(run) as writer:
+        summary_json = json.loads(writer.write_summary().read_text())
+    report = json.loads(invoke("report", str(run), "--json").stdout)
+    for got in (summary_json, report):
+        assert_same({k: got[k] for k in expected}, json.loads(json.dumps(expected)))
 
 
 def assert_same(got: Any, expected: Any) -> None:
@@ -429,19 +487,13 @@ def test_compare_same_run_has_no_flips(run_a: Path) -> None:
 
 def test_compare_takes_the_last_final_of_a_forced_resume(results: Path) -> None:
     """A resumed run with a changed suite holds finals under two config hashes: the newest counts."""
-    a = compare_rows(
-        read_rows(make_run(results, "old", [rec("old", "c1", "m1", passed=True)])),
-        read_rows(
-            make_run(
-                results,
-                "new",
-                [
-                    rec("new", "c1", "m1", passed=True),
-                    rec("new", "c1", "m1", attempt=2, passed=False, config_hash=G),
-                ],
-            )
-        ),
+    old = make_run(results, "old", [rec("old", "c1", "m1", passed=True)])
+    new = make_run(
+        results,
+        "new",
+        [rec("new", "c1", "m1", passed=True), rec("new", "c1", "m1", attempt=2, passed=False, config_hash=G)],
     )
+    a = compare_rows(read_rows(old / RESULTS), read_rows(new / RESULTS))
     assert [(c["change"], c["config"]) for c in a["changes"]] == [("pass->fail", "changed")]
 
 
@@ -489,7 +541,7 @@ def test_cancelled_attempts_are_counted_apart_from_retried_ones(results: Path) -
     totals = report["totals"]
     assert (totals["attempts"], totals["retried"], totals["cancelled"]) == (1, 1, 2)
     assert totals["cost_usd_all_attempts"] == pytest.approx(0.5)
-    assert_same(summarize_rows(read_rows(run)), summarize(read_records(run / RESULTS)))
+    assert_same(summarize(read_rows(run / RESULTS)), by_the_definition(read_records(run / RESULTS)))
     text = invoke("report", str(run))
     assert text.exit_code == 0, text.output
     assert "1 retried attempts, 2 cancelled" in text.stdout.splitlines()[2]

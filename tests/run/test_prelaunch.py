@@ -12,7 +12,6 @@ import pytest
 
 from orchestrator.results.records import AttemptRecord, read_records
 from orchestrator.run.pool import share
-from orchestrator.suite.targets import CommandTarget, SimulatorTarget, VscodeTarget
 from tests.runs import orchestrate
 
 # Timings are rounded to 0.1 ms and summed: a task that starts as the one before it ends may seem to
@@ -130,15 +129,6 @@ def test_without_prelaunch_an_attempt_starts_only_when_one_ended(tmp_path: Path)
     target = "{kind: simulator, slots: 2, prelaunch: 0, options: {time_scale: 1.0, status_delay: 0.02}}"
     records = _run(tmp_path, target, 5)
     assert _most_at_once([_life(r) for r in records]) <= 2
-
-
-def test_defaults() -> None:
-    assert SimulatorTarget(slots=8).spare == 8
-    assert SimulatorTarget(slots=8, prelaunch=3).spare == 3
-    assert SimulatorTarget(slots=8, executor="ray").spare == 0
-    assert VscodeTarget(slots=4).spare == 0
-    assert VscodeTarget(slots=4, prelaunch=2).spare == 2
-    assert CommandTarget(slots=4, argv=["x", "{socket}"]).spare == 0
 
 
 @pytest.mark.parametrize(("total", "parts"), [(8, 2), (3, 2), (1, 1), (7, 3), (0, 2), (2, 5)])

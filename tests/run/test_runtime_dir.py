@@ -4,11 +4,16 @@ live runs, and those that name no owner, are left alone."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
+
 from orchestrator.processes import runtime_dir
+from orchestrator.run.local import new_runtime_dir
 
 
 def _dead_pid() -> int:
@@ -47,3 +52,36 @@ def test_sweep_removes_only_directories_whose_owner_is_gone(tmp_path: Path) -> N
 
 def test_sweep_of_a_missing_parent_is_nothing(tmp_path: Path) -> None:
     assert runtime_dir.sweep(tmp_path / "missing") == 0
+
+
+def test_the_parent_is_tmpdir_unless_its_path_is_too_long_for_sockets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short = tempfile.mkdtemp(prefix="rd", dir="/tmp")
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", short)
+        assert runtime_dir.parent() == short
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / ("x" * runtime_dir.MAX_PARENT)))
+        assert runtime_dir.parent() == "/tmp"
+    finally:
+        shutil.rmtree(short)
+
+
+def test_a_new_runtime_dir_sweeps_first_and_one_kept_for_its_workspaces_is_never_swept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a local run and a Ray node actor both do at their start (a killed actor's dir included)."""
+    short = tempfile.mkdtemp(prefix="rd", dir="/tmp")
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", short)
+        dead = runtime_dir.create(short)
+        (dead / runtime_dir.OWNER).write_text(f"{_dead_pid()} 123")
+        kept = new_runtime_dir(owned=False)
+        assert not dead.exists()
+        assert not (kept / runtime_dir.OWNER).exists()
+        (kept / "work").mkdir()
+        mine = new_runtime_dir()
+        assert kept.exists() and runtime_dir.owner_alive(mine)
+        assert sorted(p.name for p in Path(short).iterdir()) == sorted([kept.name, mine.name])
+    finally:
+        shutil.rmtree(short)

@@ -1,7 +1,7 @@
 """The simulator farm: many simulated hosts in one process, opened and closed over a control socket.
 
 In-process farms (``ipc_bridge.simulator.farm.SimulatorFarm``) test the protocol; ``orchestrate simulate
---farm`` subprocesses test the CLI and how a farm ends; ``orchestrator.hosts.providers.SimulatorFarm`` is the
+--farm`` subprocesses test the CLI and how a farm ends; ``orchestrator.hosts.farm.SimulatorFarm`` is the
 worker's side (lazy start, restart, the ``Host`` contract); ``orchestrate run`` compares the farm with
 process-per-host hosts on a small suite.
 """
@@ -26,7 +26,8 @@ from ipc_bridge.roo.extension import ConnectTimeout, ExtensionConnection, connec
 from ipc_bridge.roo.protocol import CloseTask, GetModes, StartNewTask, StartNewTaskData
 from ipc_bridge.simulator.farm import FarmClient, FarmError
 from ipc_bridge.simulator.farm import SimulatorFarm as Farm
-from orchestrator.hosts.providers import FORKED_FARM_NAME, HostError, SimulatorFarm
+from orchestrator.hosts.farm import FORKED_FARM_NAME, SimulatorFarm
+from orchestrator.hosts.host import HostError
 from orchestrator.results.records import read_records
 from tests.ipc_waits import until_disconnected, until_event
 from tests.run.test_run import EXERCISES, orchestrate
@@ -349,7 +350,7 @@ def test_farm_and_process_per_host_give_the_same_outcomes(tmp_path: Path) -> Non
 PREFORK = """
 import asyncio, json, os, signal, sys
 from pathlib import Path
-from orchestrator.hosts.providers import SimulatorFarm
+from orchestrator.hosts.farm import SimulatorFarm
 from ipc_bridge.roo.extension import connect
 from ipc_bridge.roo.protocol import GetModes
 

@@ -1,9 +1,5 @@
-"""Extension hosts: where an attempt's Roo Code runs.
-
-Launched hosts (vscode, command, and simulator with ``process_per_host``) get a fresh process per attempt
-(:mod:`orchestrator.hosts.process`). Simulated hosts otherwise live in a :class:`SimulatorFarm` (one
-process per worker, started on first use): a new Python process per attempt would cost more CPU than the
-attempt itself. Attached hosts (socket) are already running; the orchestrator only leases them.
+"""A worker's simulator farm: the one process that serves every simulated host of the worker (a new
+Python process per attempt would cost more CPU than the attempt itself), and the hosts it serves.
 """
 
 from __future__ import annotations
@@ -12,13 +8,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import sys
 import threading
 import traceback
-from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,115 +19,14 @@ import orjson
 
 from ipc_bridge.lifeline import preexec_die_with_parent, set_process_name
 from ipc_bridge.simulator.farm import FarmClient, FarmError
+from orchestrator.hosts.host import STOP_GRACE, Host, HostError, signal_group
 from orchestrator.processes.child_env import service_env
 
 log = logging.getLogger(__name__)
 
-SOCKET_ENV = "ROO_CODE_IPC_SOCKET_PATH"
 FORKED_FARM_NAME = "orc-sim-farm"
 """The process name (``/proc/PID/comm``, what ``ps`` and ``top`` show) of a farm :meth:`SimulatorFarm.prefork`
 started: its command line is its worker's."""
-SUN_PATH_MAX = 104  # macOS limit; Linux allows 107
-STOP_GRACE = 5.0
-
-
-class HostError(Exception):
-    """A host could not be launched."""
-
-
-class HostExited(HostError):
-    """A host ended by itself before it listened on its socket; the message says how."""
-
-
-class Host(ABC):
-    """One extension host in use by one attempt."""
-
-    socket_path: str
-    workspace: Path
-    log_path: Path | None = None
-    """Its own output (stdout and stderr), when it has a log of its own."""
-    killed: list[str] = []  # never mutated: a stop assigns a list of its own
-    """What its stop had to end besides the host's own process (``code (pid 123)``): processes it left
-    behind, detached ones included (see :mod:`orchestrator.hosts.marks`)."""
-
-    async def hand_off(self) -> bool:
-        """Called when the host's process ended before it listened: whether that was a launcher handing
-        the host over to processes it started (they are the host from now on)."""
-        return False
-
-    @property
-    @abstractmethod
-    def pid(self) -> int | None:
-        """The process serving the host (a farm's for a farmed host)."""
-
-    @property
-    @abstractmethod
-    def alive(self) -> bool: ...
-
-    @property
-    @abstractmethod
-    def ended_by_itself(self) -> str | None:
-        """How the host ended before it was stopped (``exited with code 1``, ``killed by SIGSEGV``);
-        None while it runs, or when the orchestrator ended it."""
-
-    @abstractmethod
-    async def wait(self, timeout: float | None) -> bool:
-        """Until the host ends by itself (after CloseTask, or a crash); False if it still runs after
-        ``timeout`` (None: no limit)."""
-
-    @abstractmethod
-    async def stop(self, grace: float = STOP_GRACE) -> int | None:
-        """End the host (idempotent); its exit status, 0 for a clean end."""
-
-    @abstractmethod
-    async def kill(self) -> None:
-        """End a host that no longer answers at once, without asking it first (idempotent)."""
-
-
-def signal_group(pid: int, sig: signal.Signals) -> None:
-    """Signal a host's whole process group (it leads one: launched in a session of its own)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-def socket_path_for(runtime_dir: str | Path, name: str) -> str:
-    """A socket path in the private runtime dir, short enough for every platform's sun_path."""
-    path = os.path.join(runtime_dir, f"{name}.sock")
-    if len(path.encode()) >= SUN_PATH_MAX:
-        raise HostError(
-            f"socket path {path!r} is longer than {SUN_PATH_MAX - 1} bytes; use a shorter runtime dir"
-        )
-    return path
-
-
-def fill_placeholders(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
-    """``{socket}``, ``{workspace}``, ``{slot}`` in a user's command line; other braces are left alone."""
-    out = []
-    for arg in argv:
-        for key, value in values.items():
-            arg = arg.replace("{" + key + "}", value)
-        out.append(arg)
-    return out
-
-
-def simulator_argv(
-    *,
-    engine: str | None = None,
-    time_scale: float | None = None,
-    status_delay: float | None = None,
-    seed: int | None = None,
-) -> list[str]:
-    """The command line of a simulated host (the socket comes from the environment)."""
-    argv = [sys.executable, "-m", "orchestrator", "simulate"]
-    if engine:
-        argv += ["--engine", engine]
-    if time_scale is not None:
-        argv += ["--time-scale", repr(time_scale)]
-    if status_delay is not None:
-        argv += ["--status-delay", repr(status_delay)]
-    if seed is not None:
-        argv += ["--seed", str(seed)]
-    return argv
 
 
 class FarmHost(Host):
@@ -419,31 +311,3 @@ class _ForkedProcess:
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
-
-
-def vscode_argv(code: str, workspace: Path, user_data_dir: Path, extra: Sequence[str] = ()) -> list[str]:
-    """``code -n WORKSPACE`` as Roo's own runner launches it (protocol 4), one user-data-dir per host."""
-    exe = shutil.which(code) or code
-    return [
-        exe,
-        "--wait",
-        "--disable-workspace-trust",
-        "--disable-gpu",
-        "--no-sandbox",
-        "--password-store=basic",
-        f"--user-data-dir={user_data_dir}",
-        *extra,
-        "-n",
-        str(workspace),
-    ]
-
-
-def xvfb_wrap(argv: list[str], mode: str) -> list[str]:
-    """Wrap in ``xvfb-run -a`` when there is no display (``auto``), always (``on``) or never (``off``)."""
-    want = mode == "on" or (mode == "auto" and not os.environ.get("DISPLAY"))
-    if not want:
-        return argv
-    xvfb = shutil.which("xvfb-run")
-    if xvfb is None:
-        raise HostError("no DISPLAY and xvfb-run is not installed (apt-get install xvfb), or set xvfb: off")
-    return [xvfb, "-a", *argv]

@@ -1,5 +1,6 @@
 """Where an attempt's extension host comes from, and where what it leaves is kept.
 
+The host itself comes from the target's provider (:func:`orchestrator.hosts.provider.host_provider`).
 A launched host's output goes to the run's results directory (``hosts/``), as does a workspace that
 ``--keep-workspaces`` keeps (``workspaces/``): no sweep of runtime directories reaches them there, and a
 record names them relative to the run directory. A Ray node, which may not see the driver's results
@@ -11,34 +12,17 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from pathlib import Path
-from typing import Any
 
+from orchestrator.hosts.farm import SimulatorFarm
+from orchestrator.hosts.host import Host, HostPlace
 from orchestrator.hosts.logs import keep_log, output_tail
-from orchestrator.hosts.process import launch
-from orchestrator.hosts.providers import (
-    Host,
-    HostError,
-    SimulatorFarm,
-    fill_placeholders,
-    simulator_argv,
-    socket_path_for,
-    vscode_argv,
-    xvfb_wrap,
-)
-from orchestrator.run.jobs import HOST_LOGS, KEPT_WORKSPACES, Job, WorkerConfig, host_seed
-from orchestrator.suite.targets import CommandTarget, SimulatorTarget, SocketTarget, VscodeTarget
+from orchestrator.hosts.provider import host_provider
+from orchestrator.run.jobs import HOST_LOGS, KEPT_WORKSPACES, Job, WorkerConfig
 
 
 def simulator_farm(config: WorkerConfig, wid: int) -> SimulatorFarm | None:
     """The simulator farm of worker ``wid``, not started yet; None when its target has no farm."""
-    target = config.target
-    if not isinstance(target, SimulatorTarget) or target.options.get("process_per_host"):
-        return None
-    return SimulatorFarm(
-        socket_path_for(config.runtime_dir, f"farm-w{wid}"),
-        log_path=Path(config.work_dir) / f"farm-w{wid}.log",
-        ready_timeout=float(target.launch_timeout),
-    )
+    return host_provider(config.target).farm(Path(config.runtime_dir), Path(config.work_dir), wid)
 
 
 def kept(config: WorkerConfig, name: str) -> Path:
@@ -54,16 +38,13 @@ def _attempt_name(job: Job) -> str:
     return f"{job.attempt.key.slug}__{job.number}"
 
 
-def _host_seed(base: Any, job: Job) -> int:
-    return host_seed(base, job.attempt.key, job.number)
-
-
 class AttemptHosts:
     """One worker's hosts and workspaces (its simulator farm, started on first use, included)."""
 
     def __init__(self, config: WorkerConfig, wid: int, farm: SimulatorFarm | None = None) -> None:
         self.config = config
         self.wid = wid
+        self.provider = host_provider(config.target)
         self._farm = farm
 
     async def close(self) -> None:
@@ -104,65 +85,26 @@ class AttemptHosts:
         return self.in_results(dest), (await asyncio.to_thread(output_tail, dest) if tail else None)
 
     def launch_timeout(self) -> float:
-        target = self.config.target
-        if isinstance(target, SocketTarget):
-            return float(target.connect_timeout)
-        return float(target.launch_timeout)
+        return self.provider.launch_timeout
+
+    @property
+    def close_grace(self) -> float:
+        return self.provider.close_grace
 
     async def host(self, job: Job, workspace: Path, slot: str) -> tuple[Host | None, str]:
-        target = self.config.target
-        if isinstance(target, SocketTarget):
-            if job.socket is None:
-                raise HostError("socket target without a leased socket")
-            return None, job.socket
-        socket_path = socket_path_for(self.config.runtime_dir, slot)
-        if isinstance(target, SimulatorTarget) and not target.options.get("process_per_host"):
-            return await self._farm_host(target, job, workspace, socket_path), socket_path
-        log_path = Path(self.config.work_dir) / f"{slot}.host.log"
-        if isinstance(target, SimulatorTarget):
-            opts = target.options
-            argv = [
-                *simulator_argv(
-                    engine=target.engine,
-                    time_scale=opts.get("time_scale"),
-                    status_delay=opts.get("status_delay"),
-                    seed=_host_seed(opts.get("seed"), job),
-                ),
-                "--workspace",
-                str(workspace),
-            ]
-            env: dict[str, str] = {}
-        elif isinstance(target, VscodeTarget):
-            user_data = target.user_data_dir or Path(self.config.work_dir) / f"{slot}.vscode"
-            extra = list(target.args)
-            if target.extensions_dir:
-                extra.append(f"--extensions-dir={target.extensions_dir}")
-            xvfb = "auto" if target.xvfb == "auto" else ("on" if target.xvfb else "off")
-            argv = xvfb_wrap(vscode_argv(target.code, workspace, user_data, extra), xvfb)
-            env = dict(target.env)
-        elif isinstance(target, CommandTarget):
-            values = {"socket": socket_path, "workspace": str(workspace), "slot": slot}
-            argv = fill_placeholders(target.argv, values)
-            env = {k: fill_placeholders([v], values)[0] for k, v in target.env.items()}
-        else:  # pragma: no cover - the config union is exhaustive
-            raise HostError(f"unknown target {target!r}")
-        host = await launch(
-            argv,
-            socket_path=socket_path,
-            workspace=workspace,
-            env=env,
-            log_path=log_path,
-            tmpdir=Path(self.config.runtime_dir) / f"{slot}.tmp",
-        )
-        return host, socket_path
-
-    async def _farm_host(self, target: SimulatorTarget, job: Job, workspace: Path, socket_path: str) -> Host:
+        """``job``'s host in ``slot`` and the socket to attach to (None: a leased host, not ours)."""
         if self._farm is None:
-            self._farm = simulator_farm(self.config, self.wid)
-        assert self._farm is not None
-        opts = target.options
-        params = {k: opts[k] for k in ("time_scale", "status_delay") if opts.get(k) is not None}
-        params["seed"] = _host_seed(opts.get("seed"), job)
-        if target.engine:
-            params["engine"] = target.engine
-        return await self._farm.host(socket_path, workspace, timeout=float(target.launch_timeout), **params)
+            # a Ray node's farm, on its first attempt (a worker's was made when it started)
+            self._farm = self.provider.farm(
+                Path(self.config.runtime_dir), Path(self.config.work_dir), self.wid
+            )
+        place = HostPlace(
+            slot=slot,
+            workspace=workspace,
+            runtime_dir=Path(self.config.runtime_dir),
+            work_dir=Path(self.config.work_dir),
+            key=job.attempt.key,
+            number=job.number,
+            leased=job.socket,
+        )
+        return await self.provider.open(place, self._farm)
