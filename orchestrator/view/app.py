@@ -31,13 +31,22 @@ from orchestrator.results.compare import compare_rows
 from orchestrator.results.report import read_manifest
 from orchestrator.view.attempts import AttemptIndex, Filters, as_json
 from orchestrator.view.auth import AccessMiddleware
-from orchestrator.view.runs import Sources, UnknownRunError, list_runs, run_info
+from orchestrator.view.runs import (
+    Sources,
+    UnknownRunError,
+    list_runs,
+    read_summary,
+    run_info,
+    summary_choices,
+)
 from orchestrator.view.search import MAX_HITS, events_path, search_file
 from orchestrator.view.transcript import TranscriptCache, page
 
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 500
+_STEP = 2000
+"""Records the background indexer reads at a time."""
 LIVE_POLL_S = 0.25
 """How often the live stream looks at a run's results.jsonl: well within the 1 s a new attempt may take
 to appear."""
@@ -67,6 +76,7 @@ class Viewer:
         self._indexes: OrderedDict[Path, AttemptIndex] = OrderedDict()
         self._max_runs = max_runs
         self._lock = threading.Lock()
+        self._building: set[Path] = set()
         self.transcripts = TranscriptCache()
 
     def run_dir(self, name: str) -> Path:
@@ -75,8 +85,9 @@ class Viewer:
         except UnknownRunError:
             raise NotFound(f"no run {name!r}") from None
 
-    def index(self, name: str) -> AttemptIndex:
-        """The run's attempt index, brought up to date with results.jsonl."""
+    def index(self, name: str, until: int | None = None) -> AttemptIndex:
+        """The run's attempt index, brought up to date with results.jsonl; with ``until``, only as far
+        as ``until`` entries, the rest read by a background thread (a first page waits for no more)."""
         run_dir = self.run_dir(name)
         with self._lock:
             index = self._indexes.get(run_dir)
@@ -85,8 +96,23 @@ class Viewer:
             self._indexes.move_to_end(run_dir)
             while len(self._indexes) > self._max_runs:
                 self._indexes.popitem(last=False)
-        index.refresh()
+        if until is None or not index.opened or len(index.entries) < until:
+            index.refresh(until)
+        if until is not None and not index.complete:
+            with self._lock:
+                if run_dir not in self._building:
+                    self._building.add(run_dir)
+                    threading.Thread(target=self._complete, args=(run_dir, index), daemon=True).start()
         return index
+
+    def _complete(self, run_dir: Path, index: AttemptIndex) -> None:
+        try:
+            # In steps, so that a page's request waits for one step at most, not for the whole file.
+            while index.refresh(until=len(index.entries) + _STEP):
+                pass
+        finally:
+            with self._lock:
+                self._building.discard(run_dir)
 
 
 def _int(request: Request, name: str, default: int, low: int = 0, high: int = 1 << 62) -> int:
@@ -134,24 +160,41 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
 
     def api_run(request: Request) -> JSON:
         name = request.path_params["run"]
-        index = viewer.index(name)
+        run_dir = viewer.run_dir(name)
+        info = run_info(run_dir)
+        written = read_summary(run_dir) if info["state"] != "running" else {}
+        if written.get("totals"):
+            # An ended run's summary.json has the figures already (the same definitions): the page
+            # needs no read of results.jsonl, whose index is built in the background for the filters.
+            index = viewer.index(name, until=0)
+            summary = written
+            choices = index.choices() if index.complete else summary_choices(written)
+        else:
+            index = viewer.index(name)
+            summary = index.summary()
+            choices = index.choices()
         return JSON(
             {
-                "info": run_info(viewer.run_dir(name)),
-                "summary": index.summary(),
-                "choices": index.choices(),
-                "offset": index.offset,
+                "info": info,
+                "summary": summary,
+                "choices": choices,
+                "count": index.estimated_total(),
                 # 95% intervals come from orchestrator.analysis once it exists (issue #12 / analysis).
                 "intervals": None,
             }
         )
 
     def api_attempts(request: Request) -> JSON:
-        index = viewer.index(request.path_params["run"])
         start = _int(request, "start", 0)
         limit = _int(request, "limit", 100, 1, PAGE_LIMIT)
-        total, entries = index.page(_filters(request), start, limit)
-        return JSON({"total": total, "start": start, "rows": [as_json(e) for e in entries]})
+        filters = _filters(request)
+        unfiltered = filters == Filters()
+        index = viewer.index(request.path_params["run"], until=start + limit if unfiltered else None)
+        total, entries = index.page(filters, start, limit)
+        if unfiltered:
+            total = index.estimated_total()
+        rows = [as_json(e) for e in entries]
+        return JSON({"total": total, "estimated": not index.complete, "start": start, "rows": rows})
 
     def api_attempt(request: Request) -> JSON:
         run_dir, _, number, record = _attempt(viewer, request)

@@ -10,6 +10,7 @@ appended since the last offset, and leaves a line still being written for the ne
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -88,6 +89,7 @@ class AttemptIndex:
         self.path = run_dir / RESULTS
         self.entries: list[Entry] = []
         self._offset = 0
+        self._size: int | None = None
         self._lock = threading.Lock()
         self._summary: tuple[int, dict[str, Any]] | None = None
 
@@ -96,27 +98,49 @@ class AttemptIndex:
         """How far results.jsonl has been read: every complete line before it is indexed."""
         return self._offset
 
-    def refresh(self) -> int:
-        """Index the lines appended since the last call; returns how many were added."""
+    def refresh(self, until: int | None = None) -> int:
+        """Index the lines appended since the last call (only until ``until`` entries are indexed, when
+        given: a first page needs no more); returns how many were added."""
         with self._lock:
             try:
                 fh = self.path.open("rb")
             except FileNotFoundError:
+                self._size = 0
                 return 0
             enabled = gc.isenabled()
             gc.disable()  # many small objects with no cycles: the cyclic GC would only slow the read
             try:
                 with fh:
+                    self._size = os.fstat(fh.fileno()).st_size
                     fh.seek(self._offset)
-                    return self._read(fh)
+                    return self._read(fh, until)
             finally:
                 if enabled:
                     gc.enable()
 
-    def _read(self, lines: Iterable[bytes]) -> int:
+    @property
+    def opened(self) -> bool:
+        """Whether results.jsonl has been looked at (its size is known)."""
+        return self._size is not None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every line results.jsonl held at the last refresh is indexed."""
+        return self._size is not None and self._offset >= self._size
+
+    def estimated_total(self) -> int:
+        """How many records results.jsonl holds: exact once complete, else from the bytes per record
+        indexed so far."""
+        if self.complete or not self.entries or self._size is None or self._offset <= 0:
+            return len(self.entries)
+        return round(len(self.entries) * self._size / self._offset)
+
+    def _read(self, lines: Iterable[bytes], until: int | None) -> int:
         added = 0
         offset = self._offset
         for line in lines:
+            if until is not None and len(self.entries) >= until:
+                break
             if not line.endswith(b"\n"):
                 break  # being written (or torn by a kill): read again on the next refresh
             start = offset
@@ -130,6 +154,7 @@ class AttemptIndex:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue  # the report names a damaged line; the viewer shows the others
             self.entries.append(entry)
+            self._offset = offset  # as each entry lands: pages read the index while it grows
             added += 1
         self._offset = offset
         return added

@@ -89,6 +89,21 @@ def _json_file(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json as ``orchestrate run`` wrote it at the end of its session (``{}`` if none)."""
+    return _json_file(run_dir / SUMMARY)
+
+
+def summary_choices(summary: dict[str, Any]) -> dict[str, list[str]]:
+    """The values the attempts table's filters offer, from a summary (before the index is whole)."""
+    totals = summary.get("totals") or {}
+    return {
+        "status": sorted(totals.get("by_status") or {}),
+        "model": sorted(summary.get("by_model") or {}),
+        "tag": sorted(summary.get("by_tag") or {}),
+    }
+
+
 def _estimated_lines(path: Path) -> int:
     """How many records results.jsonl holds, from its size and its first line's length (records of
     one run are of similar size): a listing must not read every line."""
@@ -115,14 +130,41 @@ def run_state(owner: str | None, summary: dict[str, Any]) -> str:
     return "finished"
 
 
+_MANIFEST_FIELDS = ("run_id", "suite_name", "started_at", "ended_at", "attempts_planned")
+_SUMMARY_FIELDS = ("stop_reason", "pending")
+_TOTALS_FIELDS = ("attempts", "pass_rate", "cost_usd", "cost_usd_all_attempts")
+_memo: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+
+def _fields(path: Path, names: tuple[str, ...]) -> dict[str, Any]:
+    """The named top-level fields of a JSON file (and its ``totals``), parsed again only when the file
+    changed: listing 1,000 runs a second time reads no file. Keeps a few fields a run, not the files."""
+    try:
+        st = path.stat()
+    except OSError:
+        _memo.pop(path, None)
+        return {}
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _memo.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    data = _json_file(path)
+    fields = {k: data[k] for k in names if k in data}
+    totals = data.get("totals")
+    if isinstance(totals, dict):
+        fields["totals"] = {k: totals.get(k) for k in _TOTALS_FIELDS}
+    _memo[path] = (stamp, fields)
+    return fields
+
+
 def run_info(run_dir: Path) -> dict[str, Any]:
     """One row of the runs page."""
-    manifest = _json_file(run_dir / MANIFEST)
+    manifest = _fields(run_dir / MANIFEST, _MANIFEST_FIELDS)
     owner = RunLock.held(run_dir)
     # A running run's summary.json (if any) is the previous session's: its figures are stale.
-    summary = _json_file(run_dir / SUMMARY) if owner is None else {}
+    summary = _fields(run_dir / SUMMARY, _SUMMARY_FIELDS) if owner is None else {}
     totals = summary.get("totals") or {}
-    estimated = summary == {}
+    estimated = "totals" not in summary
     done = _estimated_lines(run_dir / RESULTS) if estimated else totals.get("attempts", 0)
     return {
         "name": run_dir.name,

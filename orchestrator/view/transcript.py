@@ -20,11 +20,18 @@ from typing import Any
 import orjson
 
 _CHUNK = 1 << 22
-_EVENT_NAME = re.compile(rb'"eventName":"([A-Za-z]+)"')
+_LINE = re.compile(
+    rb'(?:[^\n]*?"eventName":"([A-Za-z]+)"'
+    rb'(?:,"payload":\[\{"taskId":"([^"\n]*)","action":"[a-z]+","message":\{"ts":(\d+))?)?[^\n]*\n'
+)
+"""One transcript line: its event name and, written in the engine's key order, a message's task id and
+``ts`` (the key its updates share)."""
+_SPECIAL = frozenset({b"taskSpawned", b"taskTokenUsageUpdated", b"taskCreated"})
 _TASK_ID = re.compile(rb'"taskId":"([^"]*)"')
 _TS = re.compile(rb'"ts":(\d+)')
 _NEW_TASK = b'\\"tool\\":\\"newTask\\"'
 """A ``newTask`` tool ask, as its JSON text appears escaped inside a transcript line."""
+_DELEGATION = re.compile(re.escape(_NEW_TASK))
 _HIDDEN = frozenset(
     {
         b"taskCreated",
@@ -54,7 +61,6 @@ class TranscriptIndex:
     """Child task id -> parent task id (``taskSpawned``)."""
     prompts: dict[int, str] = field(default_factory=dict)
     """Offset of each task's first ``say: text`` message (its prompt) -> task id."""
-    prompted: set[str] = field(default_factory=set)
     tasks: set[str] = field(default_factory=set)
     """Task ids created so far (while indexing)."""
     delegating: str | None = None
@@ -83,11 +89,7 @@ def _event(row: Any) -> Mapping[str, Any]:
 
 def build_index(path: Path) -> TranscriptIndex:
     st = path.stat()
-    index = TranscriptIndex(path, st.st_size, st.st_mtime_ns)
-    offsets: list[int] = []
-    keys: dict[bytes, int] = {}  # message key -> position in offsets of its latest line
-    shown: list[bool] = []
-    usage: list[tuple[float, float, int]] = []
+    indexer = _Indexer(TranscriptIndex(path, st.st_size, st.st_mtime_ns))
     with path.open("rb") as fh:
         base = 0
         rest = b""
@@ -96,58 +98,73 @@ def build_index(path: Path) -> TranscriptIndex:
             if not chunk:
                 break
             data = rest + chunk
-            start = 0
-            while True:
-                end = data.find(b"\n", start)
-                if end < 0:
-                    break
-                _index_line(data, start, end, base + start, offsets, keys, shown, usage, index)
-                start = end + 1
-            rest = data[start:]
-            base += start
-    index.lines = len(offsets)
-    index.visible = [o for o, s in zip(offsets, shown, strict=True) if s]
-    step = max(1, len(usage) // _MAX_POINTS)
-    index.usage = usage[::step]
-    return index
+            cut = data.rfind(b"\n") + 1  # whole lines only; the rest waits for the next chunk
+            indexer.lines(data, cut, base)
+            rest = data[cut:]
+            base += cut
+    return indexer.done()
 
 
-def _index_line(
-    data: bytes,
-    start: int,
-    end: int,
-    offset: int,
-    offsets: list[int],
-    keys: dict[bytes, int],
-    shown: list[bool],
-    usage: list[tuple[float, float, int]],
-    index: TranscriptIndex,
-) -> None:
-    m = _EVENT_NAME.search(data, start, end)
-    name = m.group(1) if m else b""
-    visible = name not in _HIDDEN
-    if name == b"message":
-        task = _TASK_ID.search(data, start, end)
-        ts = _TS.search(data, start, end)
-        if task and ts:
-            key = task.group(1) + b"/" + ts.group(1)
-            earlier = keys.get(key)
-            if earlier is not None:
-                shown[earlier] = False  # superseded by this later state of the same message
-                if offsets[earlier] in index.prompts:
-                    index.prompts[offset] = index.prompts.pop(offsets[earlier])
-            else:
-                tid = task.group(1).decode(errors="replace")
-                if tid not in index.prompted and data.find(b'"say":"text"', start, end) >= 0:
-                    index.prompted.add(tid)
-                    index.prompts[offset] = tid
-            keys[key] = len(offsets)
-        if task and data.find(_NEW_TASK, start, end) >= 0:
-            index.delegating = task.group(1).decode(errors="replace")
-    elif name in (b"taskSpawned", b"taskTokenUsageUpdated", b"taskCreated"):
-        _parse_special(name, data[start:end], index, usage)
-    offsets.append(offset)
-    shown.append(visible)
+class _Indexer:
+    """One pass over a transcript's lines: one regex match a line finds its event name and, for a
+    message, its key; only the rare lines that need more (spawns, token usage) are parsed."""
+
+    def __init__(self, index: TranscriptIndex) -> None:
+        self.index = index
+        self.offsets: list[int] = []
+        self.shown: list[bool] = []
+        self.keys: dict[bytes, int] = {}  # message key -> position in offsets of its latest line
+        self.prompted: set[bytes] = set()
+        self.usage: list[tuple[float, float, int]] = []
+
+    def lines(self, data: bytes, cut: int, base: int) -> None:
+        offsets, shown = self.offsets, self.shown
+        delegations = [m.start() for m in _DELEGATION.finditer(data, 0, cut)]
+        delegations.append(cut + 1)
+        next_delegation = 0
+        for m in _LINE.finditer(data, 0, cut):
+            name, task, ts = m.groups()
+            offsets.append(base + m.start())
+            shown.append(name not in _HIDDEN)
+            if name == b"message":
+                if task is None or ts is None:  # keys in another order than the engine's
+                    task, ts = _slow_key(data, m.start(), m.end())
+                if task is not None and ts is not None:
+                    self._message(data, m.start(), m.end(), task, ts)
+                    if delegations[next_delegation] < m.end():
+                        self.index.delegating = task.decode(errors="replace")
+            elif name in _SPECIAL:
+                _parse_special(name, data[m.start() : m.end()], self.index, self.usage)
+            while delegations[next_delegation] < m.end():
+                next_delegation += 1
+
+    def _message(self, data: bytes, start: int, end: int, task: bytes, ts: bytes) -> None:
+        key = task + b"/" + ts
+        position = len(self.offsets) - 1
+        earlier = self.keys.get(key)
+        prompts = self.index.prompts
+        if earlier is not None:
+            self.shown[earlier] = False  # superseded by this later state of the same message
+            if self.offsets[earlier] in prompts:
+                prompts[self.offsets[position]] = prompts.pop(self.offsets[earlier])
+        elif task not in self.prompted and data.find(b'"say":"text"', start, end) >= 0:
+            self.prompted.add(task)
+            prompts[self.offsets[position]] = task.decode(errors="replace")
+        self.keys[key] = position
+
+    def done(self) -> TranscriptIndex:
+        index = self.index
+        index.lines = len(self.offsets)
+        index.visible = [o for o, s in zip(self.offsets, self.shown, strict=True) if s]
+        step = max(1, len(self.usage) // _MAX_POINTS)
+        index.usage = self.usage[::step]
+        return index
+
+
+def _slow_key(data: bytes, start: int, end: int) -> tuple[bytes | None, bytes | None]:
+    task = _TASK_ID.search(data, start, end)
+    ts = _TS.search(data, start, end)
+    return (task.group(1) if task else None), (ts.group(1) if ts else None)
 
 
 def _parse_special(

@@ -162,7 +162,7 @@ async function runPage(name) {
       h("td", { text: r.model_id }), h("td", { class: "num", text: r.repeat }), h("td", { class: "num", text: r.attempt + (r.final ? "" : " (retried)") }),
       h("td", { text: r.status }), h("td", {}, outcome(r)), h("td", { class: "num", text: usd(r.cost_usd) }),
       h("td", { class: "num", text: secs(r.duration_s) }), h("td", { class: "muted", text: r.reason }))));
-    pageInfo.textContent = total ? `${num(page.start + 1)}–${num(page.start + page.rows.length)} of ${num(total)}` : "no attempt matches";
+    pageInfo.textContent = total ? `${num(page.start + 1)}–${num(page.start + page.rows.length)} of ${page.estimated ? "~" : ""}${num(total)}` : "no attempt matches";
     prev.disabled = state.start === 0;
     next.disabled = state.start + state.limit >= total;
   }
@@ -193,7 +193,7 @@ async function runPage(name) {
   await load();
   document.body.dataset.ready = "1";
   if (run.info.state === "running" && window.EventSource) {
-    const es = new EventSource(`${base}/live?from=${run.summary.totals.attempts + run.summary.totals.retried + run.summary.totals.cancelled}`);
+    const es = new EventSource(`${base}/live?from=${run.count}`);
     setLive(true);
     es.addEventListener("attempts", (e) => { const d = JSON.parse(e.data); drawSummary(d.summary); load(); });
     es.addEventListener("state", (e) => { const info = JSON.parse(e.data); if (info.state !== "running") { setLive(false); es.close(); } });
