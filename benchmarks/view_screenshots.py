@@ -32,7 +32,12 @@ def main() -> None:
         if len(runs) >= 2:
             pages["compare"] = f"compare?a={runs[0]}&b={runs[1]}"
         for name, path in pages.items():
-            screenshot(chromium, url + path, out / f"{name}.png")
+            screenshot(
+                chromium,
+                url + path,
+                out / f"{name}.png",
+                size="1400,2400" if name == "attempt" else "1400,1000",
+            )
             print(out / f"{name}.png")
 
 

@@ -9,7 +9,6 @@ were redacted when they were written; the hosts' raw logs are not served.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import threading
 from collections import OrderedDict
@@ -202,7 +201,7 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
         transcript = None
         if path is not None:
             t = viewer.transcripts.get(path)
-            transcript = {"lines": t.lines, "items": len(t.visible), "usage": t.usage, "bytes": t.size}
+            transcript = {"usage": t.usage, "bytes": t.size}
         cases = (read_manifest(run_dir).get("suite") or {}).get("cases") or []
         case = next((c for c in cases if isinstance(c, dict) and c.get("id") == record.get("case_id")), {})
         check = {"command": case.get("check"), **(record.get("check") or {})}
@@ -220,13 +219,10 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
         run_dir, _, _, record = _attempt(viewer, request)
         path = events_path(run_dir, record.get("events_file"))
         if path is None:
-            return JSON({"total": 0, "start": 0, "items": []})
+            return JSON({"items": [], "next": None, "bytes": 0})
         t = viewer.transcripts.get(path)
-        start = _int(request, "start", 0)
-        if "at" in request.query_params:  # a search hit's byte offset: the page that shows it
-            start = bisect.bisect_left(t.visible, _int(request, "at", 0))
-        limit = _int(request, "limit", 200, 1, PAGE_LIMIT)
-        return JSON({"total": len(t.visible), "start": start, "items": page(t, start, limit)})
+        items, after = page(t, _int(request, "at", 0), _int(request, "limit", 200, 1, PAGE_LIMIT))
+        return JSON({"items": items, "next": after, "bytes": t.size})
 
     def api_search(request: Request) -> JSON:
         name = request.path_params["run"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from orchestrator.status import Status
 _INFRA = frozenset(s.value for s in Status if s.is_infra)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One results.jsonl line: where it is, and what the table filters and shows."""
 
@@ -39,14 +40,16 @@ class Entry:
 
 def _row(data: dict[str, Any]) -> Row:
     # The same reading of a record as orchestrate report's (report.Row's fields, its error definition).
+    # The values shared by many records (model, hash, status, tags) are interned: one string each, not
+    # one per record, in an index of 100,000 entries.
     metrics = data.get("metrics") or {}
     passed = data.get("passed")
-    status = str(data["status"])
+    status = sys.intern(str(data["status"]))
     return Row(
         str(data["case_id"]),
-        str(data["model_id"]),
+        sys.intern(str(data["model_id"])),
         int(data["repeat"]),
-        str(data["config_hash"]),
+        sys.intern(str(data["config_hash"])),
         int(data["attempt"]),
         bool(data["final"]),
         status,
@@ -59,7 +62,7 @@ def _row(data: dict[str, Any]) -> Row:
         int(metrics.get("tokens_out", 0)),
         int(metrics.get("cache_reads", 0)),
         int(metrics.get("cache_writes", 0)),
-        tuple(data.get("tags") or ()),
+        tuple(sys.intern(str(t)) for t in data.get("tags") or ()),
     )
 
 
@@ -149,7 +152,7 @@ class AttemptIndex:
                 continue
             try:
                 data = orjson.loads(line)
-                reason = str(data.get("reason") or "")
+                reason = sys.intern(str(data.get("reason") or ""))
                 entry = Entry(len(self.entries), start, _row(data), reason, data.get("events_file"))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 continue  # the report names a damaged line; the viewer shows the others

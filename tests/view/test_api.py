@@ -24,11 +24,13 @@ def client(*paths: Path) -> TestClient:
 
 def transcript(c: TestClient, run: str, index: int) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
-    while True:
-        page = c.get(f"/api/runs/{run}/attempts/{index}/transcript?start={len(items)}&limit=7").json()
+    at = 0
+    while True:  # small pages: the items come whole across page boundaries
+        page = c.get(f"/api/runs/{run}/attempts/{index}/transcript?at={at}&limit=7").json()
         items += page["items"]
-        if len(items) >= page["total"]:
+        if page["next"] is None:
             return items
+        at = page["next"]
 
 
 def attempt_index(c: TestClient, case: str, model: str) -> int:

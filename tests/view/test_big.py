@@ -45,12 +45,23 @@ def test_a_big_transcript_collapses_updates_and_pages_by_offset(tmp_path: Path) 
     path = tmp_path / "t.jsonl"
     turns = write_transcript(path, 3 * 1024 * 1024)
     index = build_index(path)
-    # Each turn: one streamed text (3 states, shown once), a tool call and an output; plus the prompt.
-    assert index.lines == 1 + 5 * turns
-    assert len(index.visible) == 1 + 3 * turns
-    items = page(index, 0, 4)
+    items, after = page(index, 0, 4)
     assert [i["kind"] for i in items] == ["prompt", "assistant", "tool", "output"]
+    # The streamed text (three states of one message) shows once, in its last state.
     assert items[1]["text"].startswith("turn 0: ") and items[1]["text"].endswith("about the code ")
-    tail = page(index, len(index.visible) - 3, 10)
-    assert [i["kind"] for i in tail] == ["assistant", "tool", "output"]
-    assert tail[1]["params"]["path"] == f"f{turns - 1}.py"
+    assert (
+        after is not None
+        and after == items[3]["at"] + len(path.read_bytes()[items[3]["at"] :].split(b"\n")[0]) + 1
+    )
+    # Every page, one after the other: each turn once (text, tool, output), nothing else, to the end.
+    kinds: list[str] = []
+    at: int | None = 0
+    while at is not None:
+        chunk, at = page(index, at, 500)
+        kinds += [i["kind"] for i in chunk]
+    assert kinds == ["prompt"] + ["assistant", "tool", "output"] * turns
+    # A page may start anywhere: it begins at the next whole line.
+    middle, _ = page(index, index.size // 2, 3)
+    assert len(middle) == 3 and all(i["at"] >= index.size // 2 for i in middle)
+    last, end = page(index, middle[0]["at"], 10**6)
+    assert end is None and last[-1]["kind"] == "output"

@@ -3,6 +3,8 @@
 "use strict";
 
 const $main = () => document.getElementById("main");
+// Puts a page's parts in <main>, leaving out the parts a page does not have (null/false).
+const show = (...parts) => $main().replaceChildren(...parts.flat().filter((p) => p !== null && p !== undefined && p !== false));
 
 function h(tag, attrs, ...children) {
   const svg = ["svg", "rect", "text", "line", "polyline", "g", "title"].includes(tag);
@@ -112,7 +114,7 @@ async function runsPage() {
       h("td", { class: "num", text: pct(r.pass_rate) }), h("td", { class: "num", text: usd(r.cost_usd) }))));
     count.textContent = `${rows.length} of ${runs.length} runs`;
   }
-  $main().replaceChildren(
+  show(
     h("h1", { text: "Runs" }),
     h("div", { class: "bar" },
       h("input", { type: "search", placeholder: "filter by run or suite", oninput: (e) => { filter = e.target.value; draw(); } }),
@@ -178,7 +180,7 @@ async function runPage(name) {
   }
 
   const c = run.choices;
-  $main().replaceChildren(
+  show(
     h("h1", { text: `Run ${run.info.run_id}` }, " ", h("span", { class: "pill " + run.info.state, text: run.info.state })),
     h("p", { class: "muted", text: `suite ${run.info.suite || "–"} · started ${when(run.info.started_at)} · ended ${when(run.info.ended_at)} · ${num(run.info.attempts_planned)} planned` }),
     stats, charts,
@@ -213,7 +215,7 @@ function itemView(it) {
     it = { ...it, params: null };
   }
   const head = h("div", { class: "head" }, h("b", { text: title }), it.t !== null && it.t !== undefined ? h("span", { text: secs(it.t) }) : null);
-  const el = h("div", { class: `item ${it.kind}`, "data-n": it.n }, head);
+  const el = h("div", { class: `item ${it.kind}`, "data-at": it.at }, head);
   if (it.depth) el.classList.add("nested"), (el.style.marginLeft = `${it.depth * 28}px`);
   if (it.params && Object.keys(it.params).length) {
     el.append(h("dl", { class: "params" }, ...Object.entries(it.params).flatMap(([k, v]) => [h("dt", { text: k }),
@@ -231,22 +233,22 @@ async function attemptPage(name, n) {
   const list = h("div", { id: "transcript" });
   const more = h("button", {}, "show more");
   const info = h("span", { class: "muted" });
-  const at = new URLSearchParams(location.search).get("at");
-  let start = 0, total = 0;
+  // Pages by byte offset: a search hit opens the transcript where the hit is.
+  let at = Number(new URLSearchParams(location.search).get("at") || 0), shown = 0;
   async function loadMore() {
-    const page = await api(`${base}/transcript?start=${start}&limit=200${at !== null && start === 0 ? "&at=" + enc(at) : ""}`);
-    total = page.total;
-    start = page.start;
+    const page = await api(`${base}/transcript?at=${at}&limit=200`);
     list.append(...page.items.map(itemView));
-    start += page.items.length;
-    info.textContent = `${num(start)} of ${num(total)} messages shown`;
-    more.hidden = start >= total;
+    shown += page.items.length;
+    const read = page.next === null ? page.bytes : page.next;
+    info.textContent = `${num(shown)} messages shown · ${page.bytes ? Math.round((100 * read) / page.bytes) : 100}% of the transcript read`;
+    more.hidden = page.next === null;
+    if (page.next !== null) at = page.next;
   }
   more.addEventListener("click", () => loadMore().catch(fail));
   const card = (v, label) => h("div", { class: "card" }, h("b", { text: v }), h("span", { text: label }));
   const chk = a.check || {};
   const usage = a.transcript ? a.transcript.usage : [];
-  $main().replaceChildren(
+  show(
     h("h1", { text: `${r.case_id} · ${r.model_id} · repeat ${r.repeat} · attempt ${r.attempt}` }),
     h("div", { class: "cards" }, card(r.status, "status"), card(r.passed === null ? "–" : r.passed ? "passed" : "failed", "check"),
       card(usd(m.cost_usd), "cost"), card(`${num(m.tokens_in)} / ${num(m.tokens_out)}`, "tokens in / out"), card(secs(r.duration_s), "duration"),
@@ -259,9 +261,9 @@ async function attemptPage(name, n) {
     h("h2", { text: "Check" }),
     h("table", { id: "check" }, h("tbody", {},
       h("tr", {}, h("th", { text: "command" }), h("td", {}, h("code", { text: typeof chk.command === "string" ? chk.command : JSON.stringify(chk.command ?? null) }))),
-      h("tr", {}, h("th", { text: "exit code" }), h("td", { text: chk.exit_code ?? "–" })),
-      h("tr", {}, h("th", { text: "passed" }), h("td", { text: chk.passed ?? "–" })),
-      h("tr", {}, h("th", { text: "timed out" }), h("td", { text: chk.timed_out ?? "–" })),
+      h("tr", {}, h("th", { text: "exit code" }), h("td", { text: String(chk.exit_code ?? "–") })),
+      h("tr", {}, h("th", { text: "passed" }), h("td", { text: String(chk.passed ?? "–") })),
+      h("tr", {}, h("th", { text: "timed out" }), h("td", { text: String(chk.timed_out ?? "–") })),
       h("tr", {}, h("th", { text: "duration" }), h("td", { text: secs(chk.duration) })))),
     h("h2", { text: "Check output (tail)" }), h("pre", { class: "out", id: "check-output", text: chk.output_tail || "(none)" }),
     r.host_output_tail ? h("div", {}, h("h2", { text: "Host output (tail)" }), h("pre", { class: "out", text: r.host_output_tail })) : null);
@@ -283,7 +285,7 @@ async function comparePage() {
     h("td", { class: "num", text: secs(g.duration_p50_a) }), h("td", { class: "num", text: secs(g.duration_p50_b) }),
     h("td", { text: Object.entries(g.flips).map(([k, v]) => `${k} ${v}`).join(", ") || "–" }));
   const heads = ["", "paired", "pass A", "pass B", "delta", "cost A", "cost B", "delta", "p50 A", "p50 B", "flips"];
-  $main().replaceChildren(
+  show(
     h("h1", { text: "Compare" }),
     h("p", {}, "A: ", h("a", { href: `/run/${enc(a)}`, text: c.a.run_id }), " · B: ", h("a", { href: `/run/${enc(b)}`, text: c.b.run_id })),
     h("table", { id: "compare" }, h("thead", {}, h("tr", {}, ...heads.map((x) => h("th", { text: x })))),
