@@ -109,9 +109,9 @@ def measure(results: Path) -> None:
             "attempt page, 100 MB transcript (cold)", 1.0, big + "/attempts/0", big + "/attempts/0/transcript"
         )
         timed(
-            "attempt page, 100 MB transcript, page 200 (warm)",
+            "attempt page, 100 MB transcript, a page at 50 MB (warm)",
             1.0,
-            big + "/attempts/0/transcript?start=40000",
+            big + f"/attempts/0/transcript?at={50 * 1024 * 1024}",
         )
         timed("search a 100,000-attempt run (one 100 MB transcript)", None, big + "/search?q=f99999.py")
         print(
