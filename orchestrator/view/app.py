@@ -145,6 +145,26 @@ def _attempt(viewer: Viewer, request: Request) -> tuple[Path, AttemptIndex, int,
     return viewer.run_dir(name), index, number, record
 
 
+def attempt_detail(viewer: Viewer, run_dir: Path, number: int, record: dict[str, Any]) -> dict[str, Any]:
+    """The attempt page's head: the record, the case's prompt and check command, the transcript's size
+    and token usage over time."""
+    path = events_path(run_dir, record.get("events_file"))
+    transcript = None
+    if path is not None:
+        t = viewer.transcripts.get(path)
+        transcript = {"usage": t.usage, "bytes": t.size}
+    cases = (read_manifest(run_dir).get("suite") or {}).get("cases") or []
+    case = next((c for c in cases if isinstance(c, dict) and c.get("id") == record.get("case_id")), {})
+    check = {"command": case.get("check"), **(record.get("check") or {})}
+    return {
+        "index": number,
+        "record": record,
+        "prompt": case.get("prompt"),
+        "check": check,
+        "transcript": transcript,
+    }
+
+
 def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool = True) -> Starlette:
     """The app serving ``sources``. ``token``: required on every request when set;
     ``loopback_only``: refuse requests whose Host header is not a loopback name."""
@@ -197,23 +217,7 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
 
     def api_attempt(request: Request) -> JSON:
         run_dir, _, number, record = _attempt(viewer, request)
-        path = events_path(run_dir, record.get("events_file"))
-        transcript = None
-        if path is not None:
-            t = viewer.transcripts.get(path)
-            transcript = {"usage": t.usage, "bytes": t.size}
-        cases = (read_manifest(run_dir).get("suite") or {}).get("cases") or []
-        case = next((c for c in cases if isinstance(c, dict) and c.get("id") == record.get("case_id")), {})
-        check = {"command": case.get("check"), **(record.get("check") or {})}
-        return JSON(
-            {
-                "index": number,
-                "record": record,
-                "prompt": case.get("prompt"),
-                "check": check,
-                "transcript": transcript,
-            }
-        )
+        return JSON(attempt_detail(viewer, run_dir, number, record))
 
     def api_transcript(request: Request) -> JSON:
         run_dir, _, _, record = _attempt(viewer, request)

@@ -38,9 +38,18 @@ def _url(host: str, port: int, token: str | None) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=0, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
 @click.option("--no-open", is_flag=True, help="Do not open the URL in a browser.")
-def view(paths: tuple[Path, ...], host: str, port: int, no_open: bool) -> None:
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    help="Write RUN_DIR as a static directory at this path (opens from file://, no server) and exit.",
+)
+def view(paths: tuple[Path, ...], host: str, port: int, no_open: bool, bundle: Path | None) -> None:
     """Serve a web viewer of runs: the runs under each RESULTS_DIR (default ./results) or each RUN_DIR,
     live while they run. Prints the URL; stops on Ctrl-C.
+
+    \b
+    With --bundle OUT RUN_DIR: write one run as a directory that a browser opens from file:// (its
+    index.html), with no server; search and compare need the server.
 
     \b
     On loopback (the default) the viewer needs no token. On any other --host it requires the token
@@ -59,6 +68,9 @@ def view(paths: tuple[Path, ...], host: str, port: int, no_open: bool) -> None:
             err=True,
         )
         sys.exit(EXIT_BAD_INPUT)
+    if bundle is not None:
+        _bundle(paths, bundle)
+        return
     sources = Sources.from_paths(list(paths) or [Path("results")])
     loopback = is_loopback(host)
     token = None if loopback else new_token()
@@ -80,3 +92,17 @@ def view(paths: tuple[Path, ...], host: str, port: int, no_open: bool) -> None:
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+def _bundle(paths: tuple[Path, ...], out: Path) -> None:
+    from orchestrator.view.bundle import write_bundle
+    from orchestrator.view.runs import is_run_dir
+
+    if len(paths) != 1 or not is_run_dir(paths[0]):
+        click.echo("error: --bundle OUT takes exactly one RUN_DIR (a directory with manifest.json)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if out.exists():
+        click.echo(f"error: {out} exists: choose a new directory for the bundle", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    index = write_bundle(paths[0], out)
+    click.echo(f"orchestrate view: wrote {index.resolve().as_uri()}")

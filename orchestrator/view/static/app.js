@@ -22,7 +22,45 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// A bundle (orchestrate view --bundle) opens from file://: its data are scripts, not a server.
+const BUNDLE = window.BUNDLE || null;
+const link = (path) => (BUNDLE ? "#" + path : path);
+const loaded = new Map();
+
+function loadAttempt(n) {
+  if (!loaded.has(n)) {
+    loaded.set(n, new Promise((resolve, reject) => {
+      const s = document.createElement("script");
+      s.src = `data/attempt-${n}.js`;
+      s.onload = () => { resolve(window.BUNDLE_ATTEMPT); delete window.BUNDLE_ATTEMPT; };
+      s.onerror = () => reject(new Error(`attempt ${n} is not in this bundle`));
+      document.head.append(s);
+    }));
+  }
+  return loaded.get(n);
+}
+
+async function bundleApi(path) {
+  const u = new URL(path, "http://bundle/"), q = u.searchParams;
+  const parts = u.pathname.split("/").filter(Boolean).map(decodeURIComponent);  // api, runs, name, ...
+  if (u.pathname === "/api/runs") return { runs: BUNDLE.runs };
+  if (parts[1] !== "runs" || parts[2] !== BUNDLE.name) throw new Error("not in this bundle");
+  if (parts.length === 3) return BUNDLE.run;
+  if (parts[3] === "search") return { hits: [], truncated: false, query: q.get("q") };
+  if (parts.length === 4) {
+    const passed = q.get("passed");
+    const rows = BUNDLE.rows.filter((r) => (!q.get("status") || r.status === q.get("status")) && (!q.get("model") || r.model_id === q.get("model"))
+      && (!q.get("tag") || r.tags.includes(q.get("tag"))) && (!passed || Boolean(r.passed) === (passed === "true")) && (q.get("final") !== "true" || r.final));
+    const start = Number(q.get("start") || 0), limit = Number(q.get("limit") || 100);
+    return { total: rows.length, estimated: false, start, rows: rows.slice(start, start + limit) };
+  }
+  const a = await loadAttempt(Number(parts[4]));
+  if (parts.length === 5) return a;
+  return { items: a.items, next: null, bytes: a.transcript ? a.transcript.bytes : 0 };
+}
+
 async function api(path) {
+  if (BUNDLE) return bundleApi(path);
   const res = await fetch(path, { credentials: "same-origin" });
   const body = await res.json().catch(() => ({ error: res.statusText }));
   if (!res.ok) throw new Error(body.error || res.statusText);
@@ -106,7 +144,7 @@ async function runsPage() {
     rows.sort((a, b) => { const x = a[sortKey] ?? "", y = b[sortKey] ?? ""; return (x < y ? -1 : x > y ? 1 : 0) * (desc ? -1 : 1); });
     tbody.replaceChildren(...rows.map((r) => h("tr", {},
       h("td", {}, h("input", { type: "checkbox", checked: picked.has(r.name), onchange: (e) => { e.target.checked ? picked.add(r.name) : picked.delete(r.name); compareBtn.disabled = picked.size !== 2; } })),
-      h("td", {}, h("a", { href: `/run/${enc(r.name)}`, text: r.run_id })),
+      h("td", {}, h("a", { href: link(`/run/${enc(r.name)}`), text: r.run_id })),
       h("td", { text: r.suite || "–" }),
       h("td", {}, h("span", { class: "pill " + r.state, text: r.state }), r.stop_reason && r.state !== "finished" ? h("span", { class: "muted", text: " " + r.stop_reason }) : null),
       h("td", { text: when(r.started_at) }), h("td", { text: when(r.ended_at) }),
@@ -119,7 +157,7 @@ async function runsPage() {
     h("div", { class: "bar" },
       h("input", { type: "search", placeholder: "filter by run or suite", oninput: (e) => { filter = e.target.value; draw(); } }),
       h("select", { onchange: (e) => { state = e.target.value; draw(); } }, ...["", "running", "finished", "interrupted"].map((s) => h("option", { value: s, text: s || "any state" }))),
-      compareBtn, count),
+      BUNDLE ? null : compareBtn, count),
     h("table", { id: "runs" }, h("thead", {}, head), tbody));
   draw();
   document.body.dataset.ready = String(Math.round(performance.now() - t0));
@@ -129,7 +167,7 @@ async function runsPage() {
 
 async function runPage(name) {
   const base = `/api/runs/${enc(name)}`;
-  crumbs(h("a", { href: location.pathname, text: "/ " + name }));
+  crumbs(h("a", { href: link(`/run/${enc(name)}`), text: "/ " + name }));
   const run = await api(base);
   const state = { status: "", model: "", tag: "", passed: "", final: "", start: 0, limit: 100 };
   const stats = h("div", { class: "cards" });
@@ -160,7 +198,7 @@ async function runPage(name) {
     const page = await api(`${base}/attempts?${q}`);
     total = page.total;
     tbody.replaceChildren(...page.rows.map((r) => h("tr", {},
-      h("td", {}, h("a", { href: `/run/${enc(name)}/attempt/${r.index}`, text: r.case_id })),
+      h("td", {}, h("a", { href: link(`/run/${enc(name)}/attempt/${r.index}`), text: r.case_id })),
       h("td", { text: r.model_id }), h("td", { class: "num", text: r.repeat }), h("td", { class: "num", text: r.attempt + (r.final ? "" : " (retried)") }),
       h("td", { text: r.status }), h("td", {}, outcome(r)), h("td", { class: "num", text: usd(r.cost_usd) }),
       h("td", { class: "num", text: secs(r.duration_s) }), h("td", { class: "muted", text: r.reason }))));
@@ -175,7 +213,7 @@ async function runPage(name) {
     const res = await api(`${base}/search?q=${enc(q)}`);
     hits.replaceChildren(h("p", { class: "muted", text: `${res.hits.length}${res.truncated ? "+" : ""} match(es) for “${q}”` }),
       ...res.hits.map((x) => h("div", { class: "hit" },
-        h("a", { href: `/run/${enc(name)}/attempt/${x.index}?at=${x.offset}`, text: `${x.case_id} · ${x.model_id} · #${x.repeat}/${x.attempt}` }),
+        h("a", { href: link(`/run/${enc(name)}/attempt/${x.index}`) + `?at=${x.offset}`, text: `${x.case_id} · ${x.model_id} · #${x.repeat}/${x.attempt}` }),
         " ", h("code", { text: x.snippet }))));
   }
 
@@ -184,8 +222,8 @@ async function runPage(name) {
     h("h1", { text: `Run ${run.info.run_id}` }, " ", h("span", { class: "pill " + run.info.state, text: run.info.state })),
     h("p", { class: "muted", text: `suite ${run.info.suite || "–"} · started ${when(run.info.started_at)} · ended ${when(run.info.ended_at)} · ${num(run.info.attempts_planned)} planned` }),
     stats, charts,
-    h("h2", { text: "Search the transcripts" }),
-    h("div", { class: "bar" }, h("input", { type: "search", id: "search", placeholder: "text in any message, tool call or output", size: 50, onchange: (e) => search(e.target.value).catch(fail) })),
+    BUNDLE ? null : h("h2", { text: "Search the transcripts" }),
+    BUNDLE ? null : h("div", { class: "bar" }, h("input", { type: "search", id: "search", placeholder: "text in any message, tool call or output", size: 50, onchange: (e) => search(e.target.value).catch(fail) })),
     hits,
     h("h2", { text: "Attempts" }),
     h("div", { class: "bar" }, select("status", c.status, "any status"), select("model", c.model, "any model"), select("tag", c.tag, "any tag"),
@@ -194,7 +232,7 @@ async function runPage(name) {
   drawSummary(run.summary);
   await load();
   document.body.dataset.ready = "1";
-  if (run.info.state === "running" && window.EventSource) {
+  if (run.info.state === "running" && window.EventSource && !BUNDLE) {
     const es = new EventSource(`${base}/live?from=${run.count}`);
     setLive(true);
     es.addEventListener("attempts", (e) => { const d = JSON.parse(e.data); drawSummary(d.summary); load(); });
@@ -227,14 +265,14 @@ function itemView(it) {
 
 async function attemptPage(name, n) {
   const base = `/api/runs/${enc(name)}/attempts/${n}`;
-  crumbs(h("a", { href: `/run/${enc(name)}`, text: "/ " + name }), `attempt ${n}`);
+  crumbs(h("a", { href: link(`/run/${enc(name)}`), text: "/ " + name }), `attempt ${n}`);
   const a = await api(base);
   const r = a.record, m = r.metrics || {};
   const list = h("div", { id: "transcript" });
   const more = h("button", {}, "show more");
   const info = h("span", { class: "muted" });
   // Pages by byte offset: a search hit opens the transcript where the hit is.
-  let at = Number(new URLSearchParams(location.search).get("at") || 0), shown = 0;
+  let at = Number(new URLSearchParams(BUNDLE ? "" : location.search).get("at") || 0), shown = 0;
   async function loadMore() {
     const page = await api(`${base}/transcript?at=${at}&limit=200`);
     list.append(...page.items.map(itemView));
@@ -287,7 +325,7 @@ async function comparePage() {
   const heads = ["", "paired", "pass A", "pass B", "delta", "cost A", "cost B", "delta", "p50 A", "p50 B", "flips"];
   show(
     h("h1", { text: "Compare" }),
-    h("p", {}, "A: ", h("a", { href: `/run/${enc(a)}`, text: c.a.run_id }), " · B: ", h("a", { href: `/run/${enc(b)}`, text: c.b.run_id })),
+    h("p", {}, "A: ", h("a", { href: link(`/run/${enc(a)}`), text: c.a.run_id }), " · B: ", h("a", { href: link(`/run/${enc(b)}`), text: c.b.run_id })),
     h("table", { id: "compare" }, h("thead", {}, h("tr", {}, ...heads.map((x) => h("th", { text: x })))),
       h("tbody", {}, line("total", c.totals), ...Object.entries(c.by_model).map(([m, g]) => line(`model ${m}`, g)))),
     h("h2", { text: `${c.changes.length} changed outcome(s)` }),
@@ -302,7 +340,8 @@ async function comparePage() {
 // ------------------------------------------------------------------------------------------ router
 
 function route() {
-  const p = location.pathname.split("/").filter(Boolean).map(decodeURIComponent);
+  const path = BUNDLE ? location.hash.slice(1) || "/" : location.pathname;
+  const p = path.split("/").filter(Boolean).map(decodeURIComponent);
   if (p.length === 0) return runsPage();
   if (p[0] === "compare") return comparePage();
   if (p[0] === "run" && p.length === 2) return runPage(p[1]);
@@ -310,4 +349,8 @@ function route() {
   throw new Error("no such page");
 }
 
-window.addEventListener("DOMContentLoaded", () => route().catch(fail));
+window.addEventListener("DOMContentLoaded", () => {
+  if (BUNDLE) document.querySelector(".brand").setAttribute("href", "#/");
+  route().catch(fail);
+});
+window.addEventListener("hashchange", () => { if (BUNDLE) route().catch(fail); });
