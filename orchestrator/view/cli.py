@@ -85,7 +85,9 @@ def view(paths: tuple[Path, ...], host: str, port: int, no_open: bool, bundle: P
     click.echo(f"orchestrate view: {url}")
     sys.stdout.flush()
     app = build_app(sources, token=token, loopback_only=loopback)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    # An open live stream (SSE) must not hold Ctrl-C up: connections get 2 s to finish.
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
     if not no_open:
         webbrowser.open(url)
     try:

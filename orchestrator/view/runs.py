@@ -63,7 +63,10 @@ class Sources:
             except OSError as exc:
                 log.warning("%s: cannot list (%s)", root, exc)
                 continue
-            out.extend(Path(e.path) for e in entries if e.is_dir() and is_run_dir(Path(e.path)))
+            # Symlinks are not followed: a run must lie in its root, as resolve() demands.
+            out.extend(
+                Path(e.path) for e in entries if e.is_dir(follow_symlinks=False) and is_run_dir(Path(e.path))
+            )
         return out
 
     def resolve(self, name: str) -> Path:
@@ -75,8 +78,14 @@ class Sources:
             if run.name == name:
                 return run
         for root in self.roots:
-            candidate = (root / name).resolve()
-            if candidate.parent == root and candidate.is_dir() and is_run_dir(candidate):
+            path = root / name
+            candidate = path.resolve()
+            if (
+                not path.is_symlink()
+                and candidate.parent == root
+                and candidate.is_dir()
+                and is_run_dir(candidate)
+            ):
                 return candidate
         raise UnknownRunError(name)
 
