@@ -52,7 +52,7 @@ def serving(*paths: Path, args: tuple[str, ...] = (), printed: list[str] | None 
                 pipe.close()
 
 
-def _chromium(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _chromium(chromium: str, *args: str, budget_ms: int = 8000) -> subprocess.CompletedProcess[str]:
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         return subprocess.run(
             [
@@ -62,12 +62,14 @@ def _chromium(chromium: str, *args: str) -> subprocess.CompletedProcess[str]:
                 "--disable-gpu",
                 "--no-first-run",
                 f"--user-data-dir={profile}",
-                "--virtual-time-budget=8000",
+                # Virtual time runs out only while no request is pending: an open live stream (SSE)
+                # keeps the page running in real time until its script closes the stream.
+                f"--virtual-time-budget={budget_ms}",
                 *args,
             ],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=budget_ms / 1000 + 120,
             env={**os.environ, "HOME": profile},
         )
 
@@ -78,6 +80,6 @@ def screenshot(chromium: str, url: str, out: Path, size: str = "1400,1000") -> N
         raise RuntimeError(f"no screenshot of {url}: {proc.stderr[-2000:]}")
 
 
-def dom(chromium: str, url: str) -> str:
+def dom(chromium: str, url: str, budget_ms: int = 8000) -> str:
     """The page's DOM after its scripts ran (what a person sees, as HTML)."""
-    return _chromium(chromium, "--dump-dom", url).stdout
+    return _chromium(chromium, "--dump-dom", url, budget_ms=budget_ms).stdout
