@@ -13,9 +13,11 @@ import hmac
 import ipaddress
 import secrets
 from http.cookies import SimpleCookie
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+if TYPE_CHECKING:  # only types: `orchestrate view` can say the view extra is missing
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 COOKIE = "orchestrate_view_token"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})

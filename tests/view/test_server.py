@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -125,3 +126,15 @@ def test_a_run_in_progress_updates_live(tmp_path: Path) -> None:
         if run.poll() is None:
             run.kill()
         run.wait()
+
+
+def test_without_the_view_extra_the_command_says_what_to_install(tmp_path: Path) -> None:
+    # The interpreter without Starlette and uvicorn: importing either fails, as in a plain install.
+    code = (
+        "import sys; sys.modules['starlette'] = None; sys.modules['uvicorn'] = None\n"
+        "from orchestrator.cli.main import main; main(['view', '--no-open', sys.argv[1]])"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2 and "pip install 'roo-eval-orchestrator[view]'" in res.stderr
