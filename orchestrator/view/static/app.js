@@ -68,7 +68,8 @@ async function api(path) {
 }
 
 const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
-const usd = (x) => (x === null || x === undefined ? "–" : "$" + Number(x).toFixed(4));
+const usd = (x) => (x === null || x === undefined ? "–" : Math.abs(x) >= 100
+  ? "$" + Number(x).toLocaleString("en", { minimumFractionDigits: 2, maximumFractionDigits: 2 }) : "$" + Number(x).toFixed(4));
 const secs = (x) => (x === null || x === undefined ? "–" : Number(x).toFixed(1) + " s");
 const num = (x) => (x === null || x === undefined ? "–" : Number(x).toLocaleString("en"));
 const when = (iso) => (iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace("+00:00", "Z") : "–");
@@ -95,7 +96,7 @@ function barChart(title, groups, intervals) {
   // groups: {name: {attempts, pass_rate}}; a horizontal bar per group, 95% interval whiskers if given.
   const names = Object.keys(groups);
   if (!names.length) return null;
-  const rowH = 22, labelW = 180, barW = 260, w = labelW + barW + 90;
+  const rowH = 22, labelW = 180, barW = 260, w = labelW + barW + 150;
   const svg = h("svg", { width: w, height: names.length * rowH + 8, role: "img", "aria-label": title });
   names.forEach((n, i) => {
     const g = groups[n], y = i * rowH + 4, rate = g.pass_rate || 0;
