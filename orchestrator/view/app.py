@@ -70,7 +70,8 @@ class NotFound(Exception):
 class Viewer:
     """The state behind the routes: what is served, and the indexes built so far (a few, reused)."""
 
-    def __init__(self, sources: Sources, *, max_runs: int = 16) -> None:
+    def __init__(self, sources: Sources, *, max_runs: int = 6) -> None:
+        # An index costs ~1 kB an attempt (100,000 attempts: ~80 MB): few are kept, the least recent go.
         self.sources = sources
         self._indexes: OrderedDict[Path, AttemptIndex] = OrderedDict()
         self._max_runs = max_runs
