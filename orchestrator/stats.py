@@ -1,0 +1,234 @@
+"""The statistics behind ``orchestrate report``/``compare`` and :mod:`orchestrator.analysis`, on plain
+numbers: Wilson intervals, McNemar's exact test, the unbiased pass@k estimator and a seeded bootstrap
+over cases. No pandas here: the command line uses these without the notebook extra.
+
+The distributions and the resampling come from scipy (``scipy.stats.binomtest``, ``scipy.stats.bootstrap``)
+rather than being written by hand; the tests hold the figures to hand-computed cases.
+
+Why a bootstrap over *cases*: attempts of one case (its repeats, and both sides of a pair) are not
+independent of each other (a hard case is hard for every repeat), so resampling attempts would give
+intervals that are too narrow. Resampling whole cases, with all their attempts, treats the suite as the
+sample from a population of tasks. With one repeat a case it is the ordinary paired bootstrap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import stats as _scipy
+
+ALPHA = 0.05
+"""The significance level of the tests, and 1 - the intervals' confidence."""
+RESAMPLES = 9999
+"""Bootstrap resamples (scipy's default)."""
+SEED = 0
+"""The default seed of every bootstrap: the same data give the same interval, run after run."""
+_BATCH_CELLS = 2_000_000
+"""Resampled indices held at once (resamples x cases): bounds the bootstrap's memory on huge suites."""
+
+Interval = tuple[float, float]
+NAN_INTERVAL: Interval = (math.nan, math.nan)
+
+
+def wilson_interval(passed: int, n: int, confidence: float = 1 - ALPHA) -> Interval:
+    """The Wilson score interval of ``passed`` successes in ``n`` trials (no continuity correction).
+    Unlike the normal (Wald) interval it stays inside [0, 1] and keeps its coverage near 0 and 1, where
+    pass rates of small suites often are. ``(nan, nan)`` when ``n`` is 0."""
+    if n == 0:
+        return NAN_INTERVAL
+    ci = _scipy.binomtest(passed, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def mcnemar_exact(pass_to_fail: int, fail_to_pass: int) -> float:
+    """Two-sided p-value of McNemar's exact test: under "no difference" each discordant pair is as
+    likely to go either way, so ``pass_to_fail`` is Binomial(discordant, 1/2). 1.0 without discordant
+    pairs (no evidence either way)."""
+    discordant = pass_to_fail + fail_to_pass
+    if discordant == 0:
+        return 1.0
+    return float(_scipy.binomtest(pass_to_fail, discordant, 0.5).pvalue)
+
+
+def pass_at_k_unbiased(n: int, c: int, k: int) -> float:
+    """The probability that at least one of ``k`` attempts drawn without replacement from ``n``, of
+    which ``c`` passed, passes: 1 - C(n-c, k) / C(n, k) (Chen et al., 2021, "Evaluating Large Language
+    Models Trained on Code"), computed as their numerically stable product. Needs ``1 <= k <= n``."""
+    if not 1 <= k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n (n={n}, c={c}, k={k})")
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def bootstrap_ratio(
+    numerators: npt.ArrayLike,
+    denominators: npt.ArrayLike,
+    *,
+    confidence: float = 1 - ALPHA,
+    n_resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> Interval:
+    """Percentile bootstrap interval of ``sum(numerators) / sum(denominators)`` with the clusters (one
+    entry each, e.g. a case's summed pass differences and its number of pairs) resampled with
+    replacement. With all denominators 1 it is the interval of a mean. ``(nan, nan)`` with fewer than
+    two clusters (nothing to resample). Percentile rather than BCa: BCa's jackknife costs memory
+    quadratic in the clusters, and is undefined when every value is the same."""
+    num = np.asarray(numerators, dtype=float)
+    den = np.asarray(denominators, dtype=float)
+    if num.shape != den.shape or num.ndim != 1:
+        raise ValueError("numerators and denominators must be 1-d and of one length")
+    if len(num) < 2:
+        return NAN_INTERVAL
+
+    def ratio(index: npt.NDArray[np.intp], axis: int = -1) -> npt.NDArray[np.float64]:
+        ratios: npt.NDArray[np.float64] = num[index].sum(axis=axis) / den[index].sum(axis=axis)
+        return ratios
+
+    result = _scipy.bootstrap(
+        (np.arange(len(num)),),
+        ratio,
+        n_resamples=n_resamples,
+        batch=max(1, _BATCH_CELLS // len(num)),
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def bootstrap_mean(
+    values: npt.ArrayLike, *, confidence: float = 1 - ALPHA, n_resamples: int = RESAMPLES, seed: int = SEED
+) -> Interval:
+    """Percentile bootstrap interval of the mean of ``values`` (one per case)."""
+    num = np.asarray(values, dtype=float)
+    return bootstrap_ratio(num, np.ones_like(num), confidence=confidence, n_resamples=n_resamples, seed=seed)
+
+
+# ------------------------------------------------------------------------------------ paired test
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """B against A over pairs of graded attempts (same case and repeat, neither an infrastructure
+    error). Deltas are B minus A; intervals are ``(low, high)`` at ``1 - alpha``."""
+
+    pairs: int
+    """Graded pairs: the ones the test, the rates and the deltas are over."""
+    cases: int
+    """Distinct cases among them: the bootstrap's unit."""
+    pass_to_fail: int
+    fail_to_pass: int
+    p_value: float
+    """McNemar's exact test on the discordant pairs (two-sided)."""
+    rate_a: float
+    rate_b: float
+    rate_delta: float
+    rate_delta_ci: Interval
+    cost_delta: float
+    """Mean cost difference per pair, USD."""
+    cost_delta_ci: Interval
+    duration_delta: float
+    """Mean duration difference per pair, seconds."""
+    duration_delta_ci: Interval
+    alpha: float = ALPHA
+
+    @property
+    def significant(self) -> bool:
+        """Whether McNemar's test rejects "A and B pass equally often" at ``alpha``."""
+        return self.p_value < self.alpha
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: intervals as ``[low, high]``, NaN (nothing to estimate) as None."""
+        out: dict[str, Any] = {}
+        for name, value in asdict(self).items():
+            if isinstance(value, tuple):
+                out[name] = [_finite(v) for v in value]
+            else:
+                out[name] = _finite(value) if isinstance(value, float) else value
+        out["significant"] = self.significant
+        return out
+
+    def sentence(self) -> str:
+        """The result in words: the difference with its interval, the test, and whether it is
+        significant at ``alpha``."""
+        if self.pairs == 0:
+            return "no graded pairs (every pair had an infrastructure error or none matched): nothing to test"
+        level = f"{100 * self.alpha:g}%"
+        confidence = f"{100 * (1 - self.alpha):g}%"
+        low, high = self.rate_delta_ci
+        ci = "" if math.isnan(low) else f" ({confidence} CI {100 * low:+.1f} to {100 * high:+.1f})"
+        verdict = "significant" if self.significant else "not significant"
+        return (
+            f"pass rate B - A {100 * self.rate_delta:+.1f} pp{ci} over {self.pairs} pairs; McNemar exact"
+            f" p = {self.p_value:.3g} ({self.fail_to_pass} fail->pass, {self.pass_to_fail} pass->fail):"
+            f" {verdict} at {level}"
+        )
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def paired_test(
+    pass_a: Sequence[bool],
+    pass_b: Sequence[bool],
+    cost_a: Sequence[float],
+    cost_b: Sequence[float],
+    duration_a: Sequence[float],
+    duration_b: Sequence[float],
+    cases: Sequence[Hashable],
+    *,
+    alpha: float = ALPHA,
+    n_resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> PairedTest:
+    """The paired comparison of graded pairs given as parallel sequences (one entry a pair; ``cases``
+    names each pair's case, the bootstrap's cluster). Each interval resamples cases with the same seed,
+    so the three intervals come from the same resamples."""
+    a = np.asarray(pass_a, dtype=bool)
+    b = np.asarray(pass_b, dtype=bool)
+    n = len(a)
+    if not all(len(s) == n for s in (b, cost_a, cost_b, duration_a, duration_b, cases)):
+        raise ValueError("paired_test: every sequence holds one entry a pair")
+    pass_to_fail = int(np.sum(a & ~b))
+    fail_to_pass = int(np.sum(~a & b))
+    index = {case: i for i, case in enumerate(dict.fromkeys(cases))}
+    cluster = np.fromiter((index[c] for c in cases), dtype=np.intp, count=n)
+    size = np.bincount(cluster, minlength=len(index)).astype(float)
+    confidence = 1 - alpha
+
+    def delta(x: npt.NDArray[np.float64]) -> tuple[float, Interval]:
+        if n == 0:
+            return math.nan, NAN_INTERVAL
+        sums = np.bincount(cluster, weights=x, minlength=len(index))
+        ci = bootstrap_ratio(sums, size, confidence=confidence, n_resamples=n_resamples, seed=seed)
+        return float(x.mean()), ci
+
+    rate_delta, rate_ci = delta(b.astype(float) - a.astype(float))
+    cost_delta, cost_ci = delta(np.asarray(cost_b, dtype=float) - np.asarray(cost_a, dtype=float))
+    duration_delta, duration_ci = delta(
+        np.asarray(duration_b, dtype=float) - np.asarray(duration_a, dtype=float)
+    )
+    return PairedTest(
+        pairs=n,
+        cases=len(index),
+        pass_to_fail=pass_to_fail,
+        fail_to_pass=fail_to_pass,
+        p_value=mcnemar_exact(pass_to_fail, fail_to_pass),
+        rate_a=float(a.mean()) if n else math.nan,
+        rate_b=float(b.mean()) if n else math.nan,
+        rate_delta=rate_delta,
+        rate_delta_ci=rate_ci,
+        cost_delta=cost_delta,
+        cost_delta_ci=cost_ci,
+        duration_delta=duration_delta,
+        duration_delta_ci=duration_ci,
+        alpha=alpha,
+    )
