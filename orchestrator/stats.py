@@ -16,11 +16,15 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import numpy.typing as npt
-from scipy import stats as _scipy
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# numpy and scipy are imported where they are used, not here: results.store imports the report, hence
+# this module, in every `orchestrate run`, and scipy.stats alone takes longer to import than a run's
+# start-up should (~1 s; seconds on a busy machine). Only report, compare and analysis pay for it.
 
 ALPHA = 0.05
 """The significance level of the tests, and 1 - the intervals' confidence."""
@@ -39,6 +43,8 @@ def wilson_interval(passed: int, n: int, confidence: float = 1 - ALPHA) -> Inter
     """The Wilson score interval of ``passed`` successes in ``n`` trials (no continuity correction).
     Unlike the normal (Wald) interval it stays inside [0, 1] and keeps its coverage near 0 and 1, where
     pass rates of small suites often are. ``(nan, nan)`` when ``n`` is 0."""
+    from scipy import stats as _scipy
+
     if n == 0:
         return NAN_INTERVAL
     ci = _scipy.binomtest(passed, n).proportion_ci(confidence_level=confidence, method="wilson")
@@ -49,6 +55,8 @@ def mcnemar_exact(pass_to_fail: int, fail_to_pass: int) -> float:
     """Two-sided p-value of McNemar's exact test: under "no difference" each discordant pair is as
     likely to go either way, so ``pass_to_fail`` is Binomial(discordant, 1/2). 1.0 without discordant
     pairs (no evidence either way)."""
+    from scipy import stats as _scipy
+
     discordant = pass_to_fail + fail_to_pass
     if discordant == 0:
         return 1.0
@@ -59,6 +67,8 @@ def pass_at_k_unbiased(n: int, c: int, k: int) -> float:
     """The probability that at least one of ``k`` attempts drawn without replacement from ``n``, of
     which ``c`` passed, passes: 1 - C(n-c, k) / C(n, k) (Chen et al., 2021, "Evaluating Large Language
     Models Trained on Code"), computed as their numerically stable product. Needs ``1 <= k <= n``."""
+    import numpy as np
+
     if not 1 <= k <= n or not 0 <= c <= n:
         raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n (n={n}, c={c}, k={k})")
     if n - c < k:
@@ -79,6 +89,9 @@ def bootstrap_ratio(
     replacement. With all denominators 1 it is the interval of a mean. ``(nan, nan)`` with fewer than
     two clusters (nothing to resample). Percentile rather than BCa: BCa's jackknife costs memory
     quadratic in the clusters, and is undefined when every value is the same."""
+    import numpy as np
+    from scipy import stats as _scipy
+
     num = np.asarray(numerators, dtype=float)
     den = np.asarray(denominators, dtype=float)
     if num.shape != den.shape or num.ndim != 1:
@@ -107,6 +120,8 @@ def bootstrap_mean(
     values: npt.ArrayLike, *, confidence: float = 1 - ALPHA, n_resamples: int = RESAMPLES, seed: int = SEED
 ) -> Interval:
     """Percentile bootstrap interval of the mean of ``values`` (one per case)."""
+    import numpy as np
+
     num = np.asarray(values, dtype=float)
     return bootstrap_ratio(num, np.ones_like(num), confidence=confidence, n_resamples=n_resamples, seed=seed)
 
@@ -192,6 +207,8 @@ def paired_test(
     """The paired comparison of graded pairs given as parallel sequences (one entry a pair; ``cases``
     names each pair's case, the bootstrap's cluster). Each interval resamples cases with the same seed,
     so the three intervals come from the same resamples."""
+    import numpy as np
+
     a = np.asarray(pass_a, dtype=bool)
     b = np.asarray(pass_b, dtype=bool)
     n = len(a)
