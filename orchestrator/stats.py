@@ -76,6 +76,52 @@ def pass_at_k_unbiased(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
+def bootstrap_ratios(
+    numerators: npt.ArrayLike,
+    denominators: npt.ArrayLike,
+    *,
+    confidence: float = 1 - ALPHA,
+    n_resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> list[Interval]:
+    """Percentile bootstrap intervals of ``sum(numerators[j]) / sum(denominators)``, one for each row
+    ``j`` of ``numerators`` (shape: statistics x clusters), with the clusters (one column each, e.g. a
+    case's summed pass differences, and its number of pairs as the denominator) resampled with
+    replacement; every row from the same resamples, drawn once. With all denominators 1 a row's is the
+    interval of a mean. ``(nan, nan)`` with fewer than two clusters (nothing to resample). Percentile
+    rather than BCa: BCa's jackknife costs memory quadratic in the clusters, and is undefined when every
+    value is the same."""
+    import numpy as np
+    from scipy import stats as _scipy
+
+    num = np.atleast_2d(np.asarray(numerators, dtype=float))
+    den = np.asarray(denominators, dtype=float)
+    if num.ndim != 2 or den.ndim != 1 or num.shape[1] != len(den):
+        raise ValueError("numerators (statistics x clusters) and denominators (clusters) do not match")
+    clusters = len(den)
+    if clusters < 2:
+        return [NAN_INTERVAL] * len(num)
+
+    def ratios(index: npt.NDArray[np.intp], axis: int = -1) -> npt.NDArray[np.float64]:
+        # index: resamples x clusters; the result: statistics x resamples.
+        out: npt.NDArray[np.float64] = num[:, index].sum(axis=-1) / den[index].sum(axis=-1)
+        return out
+
+    result = _scipy.bootstrap(
+        (np.arange(clusters),),
+        ratios,
+        n_resamples=n_resamples,
+        batch=max(1, _BATCH_CELLS // (clusters * (len(num) + 1))),
+        vectorized=True,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low = np.atleast_1d(result.confidence_interval.low)
+    high = np.atleast_1d(result.confidence_interval.high)
+    return [(float(lo), float(hi)) for lo, hi in zip(low, high, strict=True)]
+
+
 def bootstrap_ratio(
     numerators: npt.ArrayLike,
     denominators: npt.ArrayLike,
@@ -84,36 +130,16 @@ def bootstrap_ratio(
     n_resamples: int = RESAMPLES,
     seed: int = SEED,
 ) -> Interval:
-    """Percentile bootstrap interval of ``sum(numerators) / sum(denominators)`` with the clusters (one
-    entry each, e.g. a case's summed pass differences and its number of pairs) resampled with
-    replacement. With all denominators 1 it is the interval of a mean. ``(nan, nan)`` with fewer than
-    two clusters (nothing to resample). Percentile rather than BCa: BCa's jackknife costs memory
-    quadratic in the clusters, and is undefined when every value is the same."""
+    """:func:`bootstrap_ratios` of one statistic: the interval of ``sum(numerators) / sum(denominators)``."""
     import numpy as np
-    from scipy import stats as _scipy
 
     num = np.asarray(numerators, dtype=float)
-    den = np.asarray(denominators, dtype=float)
-    if num.shape != den.shape or num.ndim != 1:
-        raise ValueError("numerators and denominators must be 1-d and of one length")
-    if len(num) < 2:
-        return NAN_INTERVAL
-
-    def ratio(index: npt.NDArray[np.intp], axis: int = -1) -> npt.NDArray[np.float64]:
-        ratios: npt.NDArray[np.float64] = num[index].sum(axis=axis) / den[index].sum(axis=axis)
-        return ratios
-
-    result = _scipy.bootstrap(
-        (np.arange(len(num)),),
-        ratio,
-        n_resamples=n_resamples,
-        batch=max(1, _BATCH_CELLS // len(num)),
-        vectorized=True,
-        confidence_level=confidence,
-        method="percentile",
-        rng=np.random.default_rng(seed),
+    if num.ndim != 1:
+        raise ValueError("numerators must be 1-d: one entry a cluster")
+    (interval,) = bootstrap_ratios(
+        num[None, :], denominators, confidence=confidence, n_resamples=n_resamples, seed=seed
     )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return interval
 
 
 def bootstrap_mean(
@@ -206,7 +232,7 @@ def paired_test(
 ) -> PairedTest:
     """The paired comparison of graded pairs given as parallel sequences (one entry a pair; ``cases``
     names each pair's case, the bootstrap's cluster). Each interval resamples cases with the same seed,
-    so the three intervals come from the same resamples."""
+    and the three intervals come from the same resamples of the cases."""
     import numpy as np
 
     a = np.asarray(pass_a, dtype=bool)
@@ -219,20 +245,18 @@ def paired_test(
     index = {case: i for i, case in enumerate(dict.fromkeys(cases))}
     cluster = np.fromiter((index[c] for c in cases), dtype=np.intp, count=n)
     size = np.bincount(cluster, minlength=len(index)).astype(float)
-    confidence = 1 - alpha
-
-    def delta(x: npt.NDArray[np.float64]) -> tuple[float, Interval]:
-        if n == 0:
-            return math.nan, NAN_INTERVAL
-        sums = np.bincount(cluster, weights=x, minlength=len(index))
-        ci = bootstrap_ratio(sums, size, confidence=confidence, n_resamples=n_resamples, seed=seed)
-        return float(x.mean()), ci
-
-    rate_delta, rate_ci = delta(b.astype(float) - a.astype(float))
-    cost_delta, cost_ci = delta(np.asarray(cost_b, dtype=float) - np.asarray(cost_a, dtype=float))
-    duration_delta, duration_ci = delta(
-        np.asarray(duration_b, dtype=float) - np.asarray(duration_a, dtype=float)
-    )
+    diffs = [
+        b.astype(float) - a.astype(float),
+        np.asarray(cost_b, dtype=float) - np.asarray(cost_a, dtype=float),
+        np.asarray(duration_b, dtype=float) - np.asarray(duration_a, dtype=float),
+    ]
+    if n:
+        means = [float(d.mean()) for d in diffs]
+        sums = np.stack([np.bincount(cluster, weights=d, minlength=len(index)) for d in diffs])
+        cis = bootstrap_ratios(sums, size, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
+    else:
+        means, cis = [math.nan] * 3, [NAN_INTERVAL] * 3
+    (rate_delta, cost_delta, duration_delta), (rate_ci, cost_ci, duration_ci) = means, cis
     return PairedTest(
         pairs=n,
         cases=len(index),

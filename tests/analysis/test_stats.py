@@ -13,6 +13,7 @@ from statsmodels.stats.proportion import proportion_confint
 from orchestrator.stats import (
     bootstrap_mean,
     bootstrap_ratio,
+    bootstrap_ratios,
     mcnemar_exact,
     paired_test,
     pass_at_k_unbiased,
@@ -104,6 +105,15 @@ def test_bootstrap_is_seeded_and_needs_two_clusters() -> None:
     assert first[0] < values.mean() < first[1]
     assert all(math.isnan(v) for v in bootstrap_mean([0.5]))
     assert bootstrap_mean([0.5, 0.5, 0.5]) == (0.5, 0.5), "constant data: a point, no warning"
+
+
+def test_several_statistics_share_one_set_of_resamples() -> None:
+    rng = np.random.default_rng(8)
+    num, den = rng.random((3, 30)), rng.integers(1, 4, 30).astype(float)
+    together = bootstrap_ratios(num, den, seed=2)
+    alone = [bootstrap_ratio(row, den, seed=2) for row in num]
+    assert [pytest.approx(ci, rel=1e-12) for ci in together] == alone
+    assert len(set(together)) == 3
 
 
 def test_paired_test_resamples_cases_not_attempts() -> None:
