@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import binomtest
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
@@ -42,13 +43,23 @@ def test_wilson_agrees_with_statsmodels_and_stays_in_0_1(passed: int, n: int) ->
     low, high = wilson_interval(passed, n)
     assert (low, high) == pytest.approx(proportion_confint(passed, n, method="wilson"), abs=1e-12)
     assert (low, high) == pytest.approx(wilson_by_hand(passed, n), abs=1e-12)
+    scipy_ci = binomtest(passed, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert (low, high) == pytest.approx((scipy_ci.low, scipy_ci.high), abs=1e-12)
     assert 0 <= low <= passed / n <= high <= 1
     wider = wilson_interval(passed, n, 0.99)
     assert wider[1] - wider[0] > high - low, "a higher confidence widens the interval"
 
 
-def test_wilson_of_nothing_is_nan() -> None:
+def test_wilson_at_other_confidences_agrees_with_scipy() -> None:
+    for confidence in (0.5, 0.9, 0.99, 0.999):
+        ci = binomtest(7, 23).proportion_ci(confidence_level=confidence, method="wilson")
+        assert wilson_interval(7, 23, confidence) == pytest.approx((ci.low, ci.high), abs=1e-12)
+
+
+def test_wilson_of_nothing_is_nan_and_of_nonsense_an_error() -> None:
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
+    with pytest.raises(ValueError, match="0 <= passed <= n"):
+        wilson_interval(5, 4)
 
 
 def test_mcnemar_exact_for_b1_c6() -> None:
