@@ -72,6 +72,9 @@ def test_the_committed_notebook_has_no_outputs() -> None:
 def test_the_notebook_runs_on_fresh_results(two_runs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCHESTRATE_RESULTS", str(two_runs))  # the kernel inherits the environment
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    # The kernel's connection file and IPython's profile go to the test's own directory, removed with it.
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(two_runs.parent / "jupyter-runtime"))
+    monkeypatch.setenv("IPYTHONDIR", str(two_runs.parent / "ipython"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     start = time.monotonic()
     # A cell that raises fails the test (CellExecutionError) with the cell and its traceback.
