@@ -30,8 +30,10 @@ if TYPE_CHECKING:
 
 ALPHA = 0.05
 """The significance level of the tests, and 1 - the intervals' confidence."""
-RESAMPLES = 9999
-"""Bootstrap resamples (scipy's default)."""
+RESAMPLES = 2000
+"""Bootstrap resamples: enough for percentile 95% intervals (Efron and Tibshirani ask for 1,000 or more),
+and a fifth of scipy's default 9,999, whose cost (resamples x cases, three statistics, per model) made
+``orchestrate compare`` of 2,000 cases take seconds."""
 SEED = 0
 """The default seed of every bootstrap: the same data give the same interval, run after run."""
 _BATCH_CELLS = 2_000_000
@@ -115,9 +117,17 @@ def bootstrap_ratios(
     if clusters < 2:
         return [NAN_INTERVAL] * len(num)
 
+    table = np.column_stack([*num, den])  # clusters x (statistics + 1)
+
     def ratios(index: npt.NDArray[np.intp], axis: int = -1) -> npt.NDArray[np.float64]:
-        # index: resamples x clusters; the result: statistics x resamples.
-        out: npt.NDArray[np.float64] = num[:, index].sum(axis=-1) / den[index].sum(axis=-1)
+        # index: resamples x clusters. How often each cluster was drawn in each resample (one bincount
+        # over the flattened rows), times the table: ~3x faster than gathering every drawn value.
+        index = np.atleast_2d(index)
+        rows = index.shape[0]
+        offsets = index + clusters * np.arange(rows)[:, None]
+        counts = np.bincount(offsets.ravel(), minlength=rows * clusters).reshape(rows, clusters)
+        sums = counts.astype(np.float64) @ table  # float @ float: BLAS (int @ float is not)
+        out: npt.NDArray[np.float64] = (sums[:, :-1] / sums[:, -1:]).T  # statistics x resamples
         return out
 
     result = _scipy.bootstrap(
