@@ -4,6 +4,7 @@ compare``'s paired test computed from DataFrames."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,14 +48,21 @@ class RunComparison:
         ]
         if t.pairs:
             lines.append(
-                f"mean cost per pair {t.cost_delta:+.4f} USD (95% CI {t.cost_delta_ci[0]:+.4f} to"
-                f" {t.cost_delta_ci[1]:+.4f}), mean duration per pair {t.duration_delta:+.1f} s"
-                f" (95% CI {t.duration_delta_ci[0]:+.1f} to {t.duration_delta_ci[1]:+.1f})"
+                f"mean cost per pair {_with_ci(t.cost_delta, t.cost_delta_ci, '.4f')} USD, mean duration"
+                f" per pair {_with_ci(t.duration_delta, t.duration_delta_ci, '.1f')} s"
             )
         return "\n".join(lines)
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _with_ci(value: float, ci: tuple[float, float], spec: str) -> str:
+    """``+1.0 (95% CI +0.5 to +1.5)``; the value alone when there is no interval (one case)."""
+    low, high = ci
+    if math.isnan(low):
+        return format(value, "+" + spec)
+    return f"{value:+{spec}} (95% CI {low:+{spec}} to {high:+{spec}})"
 
 
 def _side(df: pd.DataFrame, on: list[str], label: str) -> pd.DataFrame:

@@ -3,7 +3,7 @@ their rows (:mod:`.report` reads them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,7 @@ def test_lines(tests: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _ci(value: float, ci: Sequence[float | None], fmt: Any) -> str:
+def _ci(value: float, ci: Sequence[float | None], fmt: Callable[..., str]) -> str:
     low, high = ci
     interval = (
         "" if low is None or high is None else f" (95% CI {fmt(low, sign=True)} to {fmt(high, sign=True)})"

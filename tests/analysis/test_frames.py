@@ -199,6 +199,10 @@ def test_compare_two_models_of_one_run(run_a: Path) -> None:
         ["c3", "m1", "m2", "pass", "error"],
     ]
     assert cmp.test.pairs == 2 and cmp.test.cost_delta == pytest.approx((0.3 + 0.3) / 2)
+    assert "mean cost per pair +0.3000 (95% CI +0.3000 to +0.3000) USD" in cmp.summary()
+    one_case = compare_runs(df[(df.model_id == "m1") & (df.case_id == "c1")], df[df.model_id == "m2"])
+    assert one_case.test.cases == 1 and "mean duration per pair +30.0 s" in one_case.summary()
+    assert "nan" not in one_case.summary()
 
 
 def test_a_significant_regression_is_called_so(results: Path) -> None:
