@@ -149,7 +149,7 @@ def _compare_line(name: str, g: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def test_lines(tests: Mapping[str, Any]) -> list[str]:
+def significance_lines(tests: Mapping[str, Any]) -> list[str]:
     """The paired statistics in words, total first, then by model, with the cost and duration deltas."""
     lines = ["", "paired test over graded pairs (infrastructure errors left out), B minus A:"]
     groups = [("total", tests["totals"])] + [(f"model {m}", t) for m, t in tests["by_model"].items()]
@@ -178,7 +178,7 @@ def format_comparison(cmp: Mapping[str, Any], *, max_unpaired: int = 20) -> str:
     rows = [_compare_line("total", cmp["totals"])]
     rows += [_compare_line(f"model {m}", g) for m, g in cmp["by_model"].items()]
     lines += table(_COMPARE_HEADERS, rows)
-    lines += test_lines(cmp["tests"])
+    lines += significance_lines(cmp["tests"])
     for label, keys in (("only in A", cmp["only_a"]), ("only in B", cmp["only_b"])):
         if keys:
             shown = ", ".join(f"{c}/{m}/{r}" for c, m, r in keys[:max_unpaired])
