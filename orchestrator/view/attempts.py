@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from orchestrator.results.records import RESULTS
-from orchestrator.results.report import Row, summarize_rows
+from orchestrator.results.records import RESULTS, Row, flat_values
+from orchestrator.results.summary import summarize
 from orchestrator.status import Status
 
 _INFRA = frozenset(s.value for s in Status if s.is_infra)
@@ -39,31 +39,8 @@ class Entry:
 
 
 def _row(data: dict[str, Any]) -> Row:
-    # The same reading of a record as orchestrate report's (report.Row's fields, its error definition).
-    # The values shared by many records (model, hash, status, tags) are interned: one string each, not
-    # one per record, in an index of 100,000 entries.
-    metrics = data.get("metrics") or {}
-    passed = data.get("passed")
-    status = sys.intern(str(data["status"]))
-    return Row(
-        str(data["case_id"]),
-        sys.intern(str(data["model_id"])),
-        int(data["repeat"]),
-        sys.intern(str(data["config_hash"])),
-        int(data["attempt"]),
-        bool(data["final"]),
-        status,
-        None if passed is None else bool(passed),
-        status in _INFRA or data.get("error_class") is not None,
-        data.get("error"),
-        float(data["duration_s"]),
-        float(metrics.get("cost_usd", 0.0)),
-        int(metrics.get("tokens_in", 0)),
-        int(metrics.get("tokens_out", 0)),
-        int(metrics.get("cache_reads", 0)),
-        int(metrics.get("cache_writes", 0)),
-        tuple(sys.intern(str(t)) for t in data.get("tags") or ()),
-    )
+    # The one reading of a record's line (records.flat_values: load()'s columns, the report's rows).
+    return flat_values(data)
 
 
 @dataclass(frozen=True)
@@ -192,7 +169,7 @@ class AttemptIndex:
         """The run's figures (summary.json's definitions), over what is indexed now; cached per size."""
         n = len(self.entries)
         if self._summary is None or self._summary[0] != n:
-            self._summary = (n, summarize_rows(e.row for e in self.entries))
+            self._summary = (n, summarize(e.row for e in self.entries))
         return self._summary[1]
 
 
@@ -208,7 +185,7 @@ def as_json(e: Entry) -> dict[str, Any]:
         "final": r.final,
         "status": r.status,
         "passed": r.passed,
-        "error": r.error,
+        "error": r.is_error,
         "cost_usd": r.cost_usd,
         "duration_s": r.duration_s,
         "tags": list(r.tags),

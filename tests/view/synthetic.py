@@ -71,7 +71,8 @@ def write_run(
     run_dir: Path, attempts: int, *, planned: int | None = None, summary: bool = True, models: int = 3
 ) -> Path:
     """A finished run of ``attempts`` records (its summary.json as ``orchestrate run`` writes it)."""
-    from orchestrator.results.report import read_rows, summarize_rows
+    from orchestrator.results.records import RESULTS, read_rows
+    from orchestrator.results.summary import summarize
 
     run_dir.mkdir(parents=True)
     (run_dir / "events").mkdir()
@@ -89,7 +90,7 @@ def write_run(
         for i in range(attempts):
             fh.write(orjson.dumps(record(run_dir.name, i, models=models)) + b"\n")
     if summary:
-        totals = summarize_rows(read_rows(run_dir))
+        totals = summarize(read_rows(run_dir / RESULTS))
         data = {"schema_version": 1, **totals, "stop_reason": "finished", "pending": 0}
         (run_dir / "summary.json").write_text(json.dumps(data))
     return run_dir
