@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import (
+    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -56,6 +57,7 @@ from orchestrator.suite.types import (
     Settings,
     Strict,
     existing_path,
+    not_bool,
     resolve_path,
 )
 from orchestrator.suite.yaml_loader import Problem, SuiteError, interpolate, line_col
@@ -80,9 +82,12 @@ __all__ = [
 # ----------------------------------------------------------------------------- suite and cases
 
 
-class Defaults(Strict):
-    timeout: PositiveDuration = 300.0
-    """Wall clock per attempt (Roo's own evals use 5 minutes)."""
+class Defaults(OutcomeLimits):
+    """The suite's ``defaults``: the outcome timers (:class:`OutcomeLimits`, whose defaults are the
+    suite's) and the run's own settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
     retries: Count = Field(default=2, ge=0, le=100)
     """Extra attempts after an infrastructure failure (never after an agent failure)."""
     retry_backoff: PositiveDuration = 5.0
@@ -94,18 +99,11 @@ class Defaults(Strict):
     check_timeout: PositiveDuration = 120.0
     env: EnvMap = Field(default_factory=dict)
     """Added to the environment of setup and check commands."""
-    start_timeout: PositiveDuration = 30.0
-    ask_timeout: PositiveDuration = 60.0
-    """An ask nobody answers (followup, a command not auto-approved, ...) this long: stuck."""
-    idle_timeout: PositiveDuration | None = None
-    """No event at all this long: stuck (off by default)."""
-    api_retry_limit: Count = Field(default=3, ge=0)
-    """Consecutive model API retry waits tolerated before the attempt is an api_error."""
-    abort_settle: PositiveDuration = 5.0
-    completion_grace: PositiveDuration = 3.0
-    cancel_timeout: PositiveDuration = 10.0
-    """After a timeout or stuck outcome, how long the host may take to react to CancelTask before it
-    counts as unresponsive (an infra_error, retried on a fresh host)."""
+
+    @field_validator("api_retry_limit", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        return not_bool(value)  # as every count of the suite: YAML's yes/no are no numbers
 
 
 class ModelSpec(Strict):
@@ -321,17 +319,10 @@ class Suite(Strict):
         }
 
     def limits_for(self, case: Case) -> OutcomeLimits:
-        d = self.defaults
-        return OutcomeLimits(
-            timeout=case.timeout if case.timeout is not None else d.timeout,
-            start_timeout=d.start_timeout,
-            ask_timeout=d.ask_timeout,
-            idle_timeout=d.idle_timeout,
-            api_retry_limit=d.api_retry_limit,
-            abort_settle=d.abort_settle,
-            completion_grace=d.completion_grace,
-            cancel_timeout=d.cancel_timeout,
-        )
+        limits = self.defaults.model_dump(include=set(OutcomeLimits.model_fields))
+        if case.timeout is not None:
+            limits["timeout"] = case.timeout
+        return OutcomeLimits.model_validate(limits)
 
     def check_timeout_for(self, case: Case) -> float:
         return case.check_timeout if case.check_timeout is not None else self.defaults.check_timeout

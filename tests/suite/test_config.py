@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.status import OutcomeLimits
 from orchestrator.suite.config import (
     CommandTarget,
     Redactor,
@@ -141,6 +142,22 @@ def test_minimal_suite_gets_defaults(suite_dir: Path) -> None:
     assert suite.target.kind == "simulator"
     assert [m.id for m in suite.models] == ["default"]
     assert suite.defaults.timeout == 300.0 and suite.defaults.retries == 2
+
+
+def test_every_outcome_timer_is_a_suite_default_with_the_rules_own_default(suite_dir: Path) -> None:
+    """The outcome rules' timers are written once (OutcomeLimits): a suite that says nothing gets exactly
+    them, and every one of them can be set in ``defaults``."""
+    tiny = load_suite(write(suite_dir, "name: tiny\ncases:\n  - {id: a, prompt: hi}\n"), env={})
+    assert tiny.limits_for(tiny.cases[0]) == OutcomeLimits()
+    given = {name: 7 for name in OutcomeLimits.model_fields}
+    text = "name: t\ndefaults: " + json.dumps(given) + "\ncases:\n  - {id: a, prompt: hi, timeout: 9s}\n"
+    suite = load_suite(write(suite_dir, text), env={})
+    assert suite.limits_for(suite.cases[0]) == OutcomeLimits(**{**given, "timeout": 9})
+    assert only(error_of(suite_dir, text.replace('"timeout": 7', '"timeout": null')))[1] == "defaults.timeout"
+    _, key, message = only(
+        error_of(suite_dir, text.replace('"api_retry_limit": 7', '"api_retry_limit": true'))
+    )
+    assert key == "defaults.api_retry_limit" and "whole number" in message
 
 
 def test_other_targets(suite_dir: Path) -> None:
