@@ -116,3 +116,5 @@ class AttemptOutcome(BaseModel):
     decided_at: float
     ended_at: float
     metrics: Metrics
+    error: str | None = None
+    """What an infra_error's reason does not say (what the host did not do), for the record."""
