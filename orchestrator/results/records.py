@@ -250,20 +250,3 @@ def read_records(path: Path, *, repair: bool = False) -> list[AttemptRecord]:
                 fh.flush()
                 os.fsync(fh.fileno())
     return records
-
-
-def is_partial_message(row: Mapping[str, Any]) -> bool:
-    """Whether a transcript row holds a ``message`` event with ``partial: true`` (the event itself, or
-    under ``event``, or an IpcMessage under ``msg``)."""
-    event: Any = row
-    for key in ("event", "msg", "data"):
-        inner = event.get(key) if isinstance(event, Mapping) else None
-        if isinstance(inner, Mapping):
-            event = inner
-    if not isinstance(event, Mapping) or event.get("eventName") != "message":
-        return False
-    payload = event.get("payload")
-    if isinstance(payload, list) and payload and isinstance(payload[0], Mapping):
-        message = payload[0].get("message")
-        return isinstance(message, Mapping) and message.get("partial") is True
-    return False
