@@ -116,9 +116,8 @@ class FakeBridge:
         self._started_at = loop.time()
         self._created = loop.create_future()
         script = self.script
-        for delay, raw in script.after_start:
-            if script.frozen_after is None or delay < script.frozen_after:
-                self._pending.append(loop.call_later(delay, self._task_event, slot, raw))
+        frozen = script.frozen_after
+        self._play(slot, [(t, raw) for t, raw in script.after_start if frozen is None or t < frozen])
         if script.down_after is not None:
             self._pending.append(loop.call_later(script.down_after, self._down, slot))
         timeout = 30.0 if start_timeout is None else start_timeout
@@ -144,13 +143,11 @@ class FakeBridge:
 
     async def cancel(self, slot: str) -> None:
         self._note("CancelTask")
-        loop = asyncio.get_running_loop()
         for handle in self._pending:
             handle.cancel()  # the host's task takes another course
         if self._frozen():
             return  # the bridge wrote the command to the socket; nobody reads it
-        for delay, raw in self.script.after_cancel:
-            self._pending.append(loop.call_later(delay, self._task_event, slot, raw))
+        self._play(slot, self.script.after_cancel)
 
     async def close_task(self, slot: str) -> None:
         self._note("CloseTask")
@@ -162,7 +159,25 @@ class FakeBridge:
 
     def _frozen(self) -> bool:
         frozen, started = self.script.frozen_after, self._started_at
-        return frozen is not None and started is not None and asyncio.get_running_loop().time() >= started + frozen
+        return (
+            frozen is not None
+            and started is not None
+            and asyncio.get_running_loop().time() >= started + frozen
+        )
+
+    def _play(self, slot: str, events: list[tuple[float, Raw]]) -> None:
+        """Publish ``events`` at their times; those of one instant at once, in order (timers due at the
+        same time may run in any order)."""
+        loop = asyncio.get_running_loop()
+        by_time: dict[float, list[Raw]] = {}
+        for delay, raw in events:
+            by_time.setdefault(delay, []).append(raw)
+        for delay, batch in by_time.items():
+            self._pending.append(loop.call_later(delay, self._task_events, slot, batch))
+
+    def _task_events(self, slot: str, batch: list[Raw]) -> None:
+        for raw in batch:
+            self._task_event(slot, raw)
 
     def _task_event(self, slot: str, raw: Raw) -> None:
         name, task_id = event_route(raw)

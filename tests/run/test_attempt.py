@@ -4,6 +4,7 @@ no subprocesses), and every way an attempt ends comes out as its one record and 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,7 @@ def test_completion_keeps_every_event_but_the_partial_ones_as_received(tmp_path:
     assert record.metrics.partial_updates == len(sent) - len(kept) > 200
     # The dicts the bridge relayed, in order, nothing re-serialised; partial updates never left the worker.
     assert [row["event"] for row in transcript] == kept
-    assert all(row["event"] is raw for row, raw in zip(transcript, kept))
+    assert all(row["event"] is raw for row, raw in zip(transcript, kept, strict=True))
     assert [row["seq"] for row in transcript] == sorted(row["seq"] for row in transcript)
     assert {row["dir"] for row in transcript} == {"in"}
     idle = next(t for t, raw in script.after_start if raw["eventName"] == "taskIdle")
@@ -136,7 +137,7 @@ def test_idle_timeout_is_stuck(tmp_path: Path) -> None:
     record, _ = attempt(tmp_path, FakeBridge(script), ", idle_timeout: 1500ms")
     assert (record.status, record.reason) == (Status.STUCK, "no event from the task for 1.5 s")
     times = [t for t, _ in script.after_start]
-    quiet = next(t for t, later in zip(times, times[1:]) if later - t > 1.5)  # the first long silence
+    quiet = next(t for t, later in itertools.pairwise(times) if later - t > 1.5)  # the first long silence
     answer = script.after_cancel[0][0]
     assert record.timings.agent_s == pytest.approx(quiet + 1.5 + answer, abs=1e-3)
 
@@ -203,3 +204,25 @@ def test_cancelled_by_the_orchestrator_stops_the_task(tmp_path: Path) -> None:
     assert fake.names() == ["attach", "StartNewTask", "CancelTask", "detach"]
     assert record.timings.agent_s == pytest.approx(0.5)
     assert all(event_route(row["event"])[1] == record.task_id for row in transcript[1:])
+
+
+def test_events_that_predate_the_cancel_are_no_answer_to_it(tmp_path: Path) -> None:
+    """The host decides the outcome (api_req_failed), says one more thing at once and freezes: what it
+    said was in the stream before CancelTask went out, so the host still let CancelTask go unanswered."""
+
+    def message(ts: int, kind: str, name: str) -> dict[str, Any]:
+        body = {"ts": ts, "type": kind, kind: name, "text": "500 Internal Server Error"}
+        return {"eventName": "message", "payload": [{"taskId": "r", "action": "created", "message": body}]}
+
+    script = HostScript(
+        after_start=[
+            (0.01, {"eventName": "taskCreated", "payload": ["r"]}),
+            (0.5, message(1, "ask", "api_req_failed")),
+            (0.5, message(2, "say", "error")),
+        ],
+        frozen_after=0.6,
+    )
+    record, transcript = attempt(tmp_path, FakeBridge(script), ", cancel_timeout: 2s")
+    assert (record.status, record.reason) == (Status.INFRA_ERROR, "extension host unresponsive")
+    assert record.error == "api_error, then no event within 2s of CancelTask"
+    assert [row["event"] for row in transcript] == [raw for _, raw in script.after_start]
