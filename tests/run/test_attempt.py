@@ -15,7 +15,7 @@ import pytest
 from ipc_bridge.client.bridge_client import BridgeClient
 from ipc_bridge.roo.protocol import event_route
 from orchestrator.results.records import AttemptRecord
-from orchestrator.run.attempt import AttemptRunner
+from orchestrator.run.attempt import AttemptRunner, SlotGate
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig
 from orchestrator.run.slot_events import AttemptBridge, is_partial
 from orchestrator.status import Status
@@ -29,16 +29,17 @@ def _the_real_client_fits(client: BridgeClient) -> AttemptBridge:
     return client  # what mypy would refuse if BridgeClient stopped being an AttemptBridge
 
 
-def attempt(
+def run_job(
     tmp: Path,
     fake: FakeBridge,
     limits: str = "",
     *,
     during: Callable[[FakeBridge, asyncio.Task[JobResult]], None] | None = None,
     at: float = 0.0,
-) -> tuple[AttemptRecord, list[dict[str, Any]]]:
-    """One attempt against ``fake`` on a socket target (a leased host: nothing is launched); ``during``
-    is called ``at`` seconds after the run began, with the fake and the run's task."""
+    gate: SlotGate | None = None,
+) -> JobResult:
+    """One job against ``fake`` on a socket target (a leased host: nothing is launched); ``during`` is
+    called ``at`` seconds after the run began, with the fake and the run's task."""
     (tmp / "host.sock").touch()
     suite = tmp / "suite.yaml"
     suite.write_text(
@@ -65,8 +66,8 @@ def attempt(
     )
 
     async def main() -> JobResult:
-        runner = AttemptRunner(fake, config, 1)
-        task = asyncio.ensure_future(runner.run(job))
+        runner = AttemptRunner(fake, config, 1, gate=gate)
+        task = asyncio.ensure_future(runner.run(job, "ticket"))
         if during is not None:
             asyncio.get_running_loop().call_later(at, during, fake, task)
         try:
@@ -76,6 +77,14 @@ def attempt(
 
     result = run_virtual(main())
     assert list(work.iterdir()) == []  # the workspace is gone, whatever happened
+    return result
+
+
+def attempt(
+    tmp: Path, fake: FakeBridge, limits: str = "", **kwargs: Any
+) -> tuple[AttemptRecord, list[dict[str, Any]]]:
+    """:func:`run_job`'s record and transcript."""
+    result = run_job(tmp, fake, limits, **kwargs)
     return AttemptRecord.model_validate(result.record), result.transcript
 
 
@@ -226,3 +235,39 @@ def test_events_that_predate_the_cancel_are_no_answer_to_it(tmp_path: Path) -> N
     assert (record.status, record.reason) == (Status.INFRA_ERROR, "extension host unresponsive")
     assert record.error == "api_error, then no event within 2s of CancelTask"
     assert [row["event"] for row in transcript] == [raw for _, raw in script.after_start]
+
+
+class Gate:
+    """The run's slots as a worker sees them: a go after ``wait`` seconds, or a hold."""
+
+    def __init__(self, go: bool, wait: float = 0.0) -> None:
+        self.go, self.wait = go, wait
+        self.calls: list[tuple[str, str]] = []
+
+    async def acquire(self, ticket: str) -> bool:
+        self.calls.append(("acquire", ticket))
+        await asyncio.sleep(self.wait)  # on the virtual clock: the slot frees this much later
+        return self.go
+
+    def release(self, ticket: str) -> None:
+        self.calls.append(("release", ticket))
+
+
+def test_a_readied_attempt_starts_its_task_only_when_given_its_slot_and_gives_it_back(tmp_path: Path) -> None:
+    gate = Gate(go=True, wait=7.0)
+    fake = FakeBridge(HostScript.recorded("complete-3.52.1.jsonl"))
+    record, transcript = attempt(tmp_path, fake, gate=gate)
+    assert record.status is Status.COMPLETED
+    (attached, _), (started, _) = fake.commands[:2]
+    assert started - attached == pytest.approx(7.0) and record.timings.wait_s == pytest.approx(7.0)
+    assert gate.calls == [("acquire", "ticket"), ("release", "ticket")]
+    assert transcript[0]["t"] < 0.1  # subscribed while waiting; the task's clock starts at StartNewTask
+
+
+def test_a_readied_attempt_held_back_ends_unstarted_without_a_record(tmp_path: Path) -> None:
+    gate = Gate(go=False)
+    fake = FakeBridge(HostScript.recorded("complete-3.52.1.jsonl"))
+    result = run_job(tmp_path, fake, gate=gate)
+    assert (result.unstarted, result.record, result.transcript) == (True, {}, [])
+    assert fake.names() == ["attach", "detach"]
+    assert gate.calls == [("acquire", "ticket")]
