@@ -16,7 +16,6 @@ from ipc_bridge.simulator.script import (
     chaos_outcome,
     load_script,
     normalize_engine,
-    parse_duration,
     parse_script,
 )
 from ipc_bridge.simulator.server import IpcServer
@@ -31,7 +30,6 @@ __all__ = [
     "chaos_outcome",
     "load_script",
     "normalize_engine",
-    "parse_duration",
     "parse_script",
     "run_simulator",
     "serve",

@@ -9,8 +9,8 @@ import orjson
 
 
 def event_of(row: Any) -> Mapping[str, Any]:
-    """The event inside a transcript row (as :func:`orchestrator.results.records.is_partial_message`
-    finds it: under ``event``, ``msg`` or ``data``)."""
+    """The event inside a transcript row: under ``event`` (what a worker writes), ``msg`` or ``data``
+    (older transcripts)."""
     event = row
     for key in ("event", "msg", "data"):
         inner = event.get(key) if isinstance(event, Mapping) else None
