@@ -59,7 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ipc_bridge.simulator.script import chaos_outcome, parse_duration  # noqa: E402
+from ipc_bridge.durations import parse_duration  # noqa: E402
+from ipc_bridge.simulator.script import chaos_outcome  # noqa: E402
 from orchestrator.hosts.farm import FORKED_FARM_NAME  # noqa: E402
 from orchestrator.hosts.simulated import host_seed  # noqa: E402
 from orchestrator.results.records import AttemptRecord, read_records  # noqa: E402

@@ -18,6 +18,12 @@ the attempt's fate is read from several:
   tree's latest message is an ``api_req_retry_delayed`` wait is ``api_error`` too: the task was waiting
   on the model API, not working (the engine waits 5, 10, 20 s ... between retries, so a short timeout
   ends an outage before ``api_retry_limit`` can call it).
+* the bridge's StartNewTask reply names the root (:meth:`OutcomeTracker.task_started`): then events of
+  other tasks until the root's ``taskCreated`` are never attributed, whatever the slot replays;
+* an outcome that leaves the task running (timeout, stuck, api_error) is followed by CancelTask; a host
+  that sends no event within ``cancel_timeout`` of it (or never gets it) is alive but silent, stopped or
+  wedged: the agent never had its chance, and the verdict becomes ``infra_error`` "extension host
+  unresponsive".
 
 No clock is read here: every call passes ``now`` (seconds, any monotonic origin), so recordings replay
 with their own timestamps and tests are exact.
@@ -37,12 +43,9 @@ from ipc_bridge.roo.events import (
     TaskToolFailed,
     parse_task_event,
 )
-from ipc_bridge.roo.shapes import IDLE_ASKS, INTERACTIVE_ASKS, RESUMABLE_ASKS, TokenUsage, ToolUsage
-from orchestrator.status import AttemptOutcome, Metrics, OutcomeLimits, Status, ToolCount, ToolFailure
-
-MAX_LISTED = 50
-"""Bound on the error texts and tool failures kept per attempt (a looping agent must not grow a record)."""
-MAX_TEXT = 2000
+from ipc_bridge.roo.shapes import IDLE_ASKS, INTERACTIVE_ASKS, RESUMABLE_ASKS
+from orchestrator.status import AttemptOutcome, Metrics, OutcomeLimits, Status
+from orchestrator.tally import Tally, TaskUsage
 
 # Asks that wait for a person. Others (command_output while a command runs, ...) mean work goes on.
 _WAITING_ASKS = INTERACTIVE_ASKS | IDLE_ASKS | RESUMABLE_ASKS
@@ -57,24 +60,11 @@ class _Ask:
 
 @dataclass
 class _Task:
-    totals: dict[str, float] = field(default_factory=dict)
-    context_tokens: float = 0
-    # One ToolUsage per incarnation: ToolUsage lives in memory only and restarts at {} when a task is
-    # re-created (delegation, cancel), while token totals are rebuilt from the persisted messages.
-    tools: list[dict[str, list[int]]] = field(default_factory=lambda: [{}])
+    usage: TaskUsage = field(default_factory=TaskUsage)
     seen: set[int] = field(default_factory=set)
     created: int = 0
     pending: _Ask | None = None
     retry_waits: int = 0
-
-
-_TOTALS = {
-    "totalTokensIn": "tokens_in",
-    "totalTokensOut": "tokens_out",
-    "totalCacheReads": "cache_reads",
-    "totalCacheWrites": "cache_writes",
-    "totalCost": "cost_usd",
-}
 
 
 def _first_line(text: str | None, limit: int = 300) -> str:
@@ -82,10 +72,14 @@ def _first_line(text: str | None, limit: int = 300) -> str:
     return line[0][:limit] if line else ""
 
 
+UNRESPONSIVE = "extension host unresponsive"
+
+
 class OutcomeTracker:
-    """Follows one attempt on one slot. Create it when StartNewTask is sent; then :meth:`feed` every event
-    of the slot in order and call :meth:`tick` at :meth:`next_deadline` (or whenever); stop when
-    :attr:`done`, then read :meth:`result`.
+    """Follows one attempt on one slot. Create it when StartNewTask is sent, give it the reply's task id
+    (:meth:`task_started`); then :meth:`feed` every event of the slot in order and call :meth:`tick` at
+    :meth:`next_deadline` (or whenever) until :attr:`done`. When :attr:`wants_cancel`, send CancelTask and
+    say so (:meth:`cancel_sent`), then go on until :attr:`settled`; read :meth:`result`.
 
     ``previous_tasks``: ids of tasks the slot already held (never taken as the root).
     """
@@ -106,17 +100,14 @@ class OutcomeTracker:
         self._decided_at: float | None = None
         self._grace_until: float | None = None
         self._ended_at: float | None = None
-        self._events = 0
-        self._messages = 0
-        self._partials = 0
-        self._api_requests = 0
-        self._api_retries = 0
-        self._errors: list[str] = []
-        self._error_ts: set[tuple[str, int]] = set()
-        self._tool_failures: list[ToolFailure] = []
-        self._completion: str | None = None
+        self._tally = Tally()
         self._waiting_on_api: tuple[str, str] | None = None
         """(task id, first line of the failure) while the tree's latest message is a retry wait."""
+        self._cancel_deadline: float | None = None
+        """While CancelTask waits for the host's answer: when the host counts as unresponsive."""
+        self._cancel_state: str | None = None
+        """None (no CancelTask), "sent", "answered" or "unanswered"."""
+        self._error: str | None = None
 
     # ------------------------------------------------------------------------------------ state
 
@@ -136,7 +127,40 @@ class OutcomeTracker:
     def attributed(self, task_id: str | None) -> bool:
         return task_id is not None and task_id in self._tasks
 
+    @property
+    def wants_cancel(self) -> bool:
+        """The outcome leaves the task running: CancelTask is due (then :meth:`cancel_sent`)."""
+        return self._status is not None and self._status.task_left_running and self._cancel_state is None
+
+    @property
+    def awaiting_cancel(self) -> bool:
+        """CancelTask went out and the host has not answered it yet."""
+        return self._cancel_state == "sent"
+
+    @property
+    def settled(self) -> bool:
+        """Nothing left to do: the outcome is decided and no CancelTask is due or waiting for its answer."""
+        return self.done and not self.wants_cancel and not self.awaiting_cancel
+
+    @property
+    def host_responsive(self) -> bool:
+        """False once the host let a CancelTask go unanswered."""
+        return self._cancel_state != "unanswered"
+
     # ----------------------------------------------------------------------------------- inputs
+
+    def task_started(self, task_id: str, now: float) -> None:
+        """The bridge's StartNewTask reply: ``task_id`` (the first new ``taskCreated`` after the command,
+        as the bridge saw it) is the root. Give it before the slot's events: until the root's
+        ``taskCreated``, events of other tasks (the slot's history, replayed) are not the attempt's."""
+        if self._root is not None:
+            if self._root != task_id:
+                raise ValueError(f"the root is {self._root} already; the reply names {task_id}")
+            return
+        self.tick(now)
+        self._old.discard(task_id)
+        self._root = task_id
+        self._tasks[task_id] = _Task()
 
     def feed_raw(self, data: dict[str, Any], now: float) -> bool:
         """:meth:`feed` for a raw TaskEvent dict."""
@@ -148,6 +172,8 @@ class OutcomeTracker:
         Events after :attr:`done` still update the metrics (the final token usage may come late)
         but never change the outcome."""
         self.tick(now)
+        if self._cancel_state == "sent":
+            self._cancel_state = "answered"  # any event at all: the host is alive and reacting
         tid = event.task_id
         name: str = getattr(event, "eventName", "")
         if tid is None:
@@ -160,6 +186,12 @@ class OutcomeTracker:
             else:
                 self._old.add(tid)
                 return False
+        elif self._root_created_at is None:  # named by the reply; its taskCreated is still to come
+            if tid != self._root:
+                self._old.add(tid)
+                return False
+            if name == "taskCreated":
+                self._root_created_at = now
         elif name == "taskCreated" and tid not in self._tasks:
             if tid in self._old:
                 return False
@@ -170,13 +202,20 @@ class OutcomeTracker:
                 self._add_child(child)
         if tid not in self._tasks:
             return False
-        self._events += 1
+        self._tally.events += 1
         self._last_progress = now
         self._apply(name, tid, event, now)
         return True
 
     def tick(self, now: float) -> None:
-        """Let time pass: decides timeouts, settles aborts, ends the completion grace."""
+        """Let time pass: decides timeouts, settles aborts, ends the completion grace, and finds a host
+        that let CancelTask go unanswered."""
+        if (
+            self._cancel_deadline is not None
+            and self._cancel_state == "sent"
+            and now >= self._cancel_deadline
+        ):
+            self._unresponsive(self._cancel_deadline)
         if self.done:
             return
         if self._status is Status.COMPLETED:
@@ -199,8 +238,22 @@ class OutcomeTracker:
         if not self.done:
             self._ended_at = now
 
+    def cancel_sent(self, now: float) -> None:
+        """CancelTask (for :attr:`wants_cancel`) was delivered at ``now``: the host has ``cancel_timeout``
+        to answer with any event. Events fed before this call do not count: they predate the command."""
+        if self.wants_cancel:
+            self._cancel_state = "sent"
+            self._cancel_deadline = now + self.limits.cancel_timeout
+
+    def cancel_undelivered(self, now: float) -> None:
+        """CancelTask (for :attr:`wants_cancel`) could not be delivered (no reply): unresponsive at once."""
+        if self.wants_cancel:
+            self._unresponsive(now)
+
     def next_deadline(self) -> float | None:
-        """When :meth:`tick` could next change something (None once done)."""
+        """When :meth:`tick` could next change something (None once settled)."""
+        if self.awaiting_cancel:
+            return self._cancel_deadline
         if self.done:
             return None
         if self._status is Status.COMPLETED:
@@ -220,42 +273,12 @@ class OutcomeTracker:
             decided_at=self._decided_at,
             ended_at=self._ended_at,
             metrics=self.metrics(),
+            error=self._error,
         )
 
     def metrics(self) -> Metrics:
-        totals = dict.fromkeys(_TOTALS.values(), 0.0)
-        tools: dict[str, ToolCount] = {}
-        for task in self._tasks.values():
-            for key, name in _TOTALS.items():
-                totals[name] += task.totals.get(key, 0)
-            for incarnation in task.tools:
-                for tool, (attempts, failures) in incarnation.items():
-                    count = tools.setdefault(tool, ToolCount())
-                    count.attempts += attempts
-                    count.failures += failures
-        root = self._tasks.get(self._root) if self._root else None
-        return Metrics(
-            tokens_in=int(totals["tokens_in"]),
-            tokens_out=int(totals["tokens_out"]),
-            cache_reads=int(totals["cache_reads"]),
-            cache_writes=int(totals["cache_writes"]),
-            context_tokens=int(root.context_tokens) if root else 0,
-            cost_usd=totals["cost_usd"],
-            tool_usage=dict(sorted(tools.items())),
-            tool_failures=list(self._tool_failures),
-            errors=list(self._errors),
-            subtasks=max(len(self._tasks) - 1, 0),
-            task_ids=list(self._tasks),
-            messages=self._messages,
-            partial_updates=self._partials,
-            events=self._events,
-            api_requests=self._api_requests,
-            api_retries=self._api_retries,
-            time_to_first_event_s=(
-                None if self._root_created_at is None else self._root_created_at - self.started_at
-            ),
-            completion=self._completion,
-        )
+        first = None if self._root_created_at is None else self._root_created_at - self.started_at
+        return self._tally.metrics({tid: task.usage for tid, task in self._tasks.items()}, self._root, first)
 
     # -------------------------------------------------------------------------------- internals
 
@@ -268,6 +291,17 @@ class OutcomeTracker:
             f"the model API failed {waits} {times} in a row and the task was waiting to retry it when "
             f"the timer ran out ({timer}): {failure}"
         )
+
+    def _unresponsive(self, at: float) -> None:
+        # The rule of the module docstring: a silent host overrides what the agent's events said.
+        assert self._status is not None
+        self._error = (
+            f"{self._status.value}, then no event within {self.limits.cancel_timeout:g}s of CancelTask"
+        )
+        self._status, self._reason, self._decided_at = Status.INFRA_ERROR, UNRESPONSIVE, at
+        self._cancel_state = "unanswered"
+        if self._ended_at is None:
+            self._ended_at = at
 
     def _add_child(self, tid: str) -> None:
         self._tasks[tid] = _Task()
@@ -339,11 +373,11 @@ class OutcomeTracker:
             self._message(tid, task, event, now)
         elif name == "taskTokenUsageUpdated" and isinstance(event, TaskTokenUsageUpdated):
             _, usage, tools = event.payload
-            self._usage(task, usage, tools)
+            task.usage.reported(usage, tools)
         elif name == "taskCompleted":
             if isinstance(event, TaskCompleted):
                 _, usage, tools, flag = event.payload
-                self._usage(task, usage, tools)
+                task.usage.reported(usage, tools)
                 is_subtask = flag.isSubtask
             else:
                 is_subtask = _subtask_flag(event)
@@ -352,7 +386,7 @@ class OutcomeTracker:
         elif name == "taskCreated":
             task.created += 1
             if task.created > 1:
-                task.tools.append({})
+                task.usage.recreated()
         elif name == "taskAborted":
             task.pending = None
             if is_root and self._status is None:
@@ -374,18 +408,17 @@ class OutcomeTracker:
                 self._finish(Status.ABORTED, "the root task was aborted (it is resumable)", now)
         elif name == "taskToolFailed" and isinstance(event, TaskToolFailed):
             _, tool, error = event.payload
-            if len(self._tool_failures) < MAX_LISTED:
-                self._tool_failures.append(ToolFailure(task_id=tid, tool=tool, error=error[:MAX_TEXT]))
+            self._tally.tool_failed(tid, tool, error)
 
     def _message(self, tid: str, task: _Task, event: Message, now: float) -> None:
         msg = event.payload[0].message
         partial = msg.partial is True
         if partial:
-            self._partials += 1
+            self._tally.partial_updates += 1
         new = msg.ts not in task.seen
         if new:
             task.seen.add(msg.ts)
-            self._messages += 1
+            self._tally.messages += 1
             if task.pending is not None and task.pending.ts != msg.ts:
                 task.pending = None  # the task moved on past its ask
         is_root = tid == self._root
@@ -399,7 +432,7 @@ class OutcomeTracker:
             if say == "api_req_retry_delayed":
                 if new:
                     task.retry_waits += 1
-                    self._api_retries += 1
+                    self._tally.api_retries += 1
                     if task.retry_waits > self.limits.api_retry_limit:
                         self._finish(
                             Status.API_ERROR,
@@ -410,13 +443,11 @@ class OutcomeTracker:
             if new:
                 task.retry_waits = 0
                 if say == "api_req_started":
-                    self._api_requests += 1
-            if say == "error" and not partial and (tid, msg.ts) not in self._error_ts:
-                self._error_ts.add((tid, msg.ts))
-                if len(self._errors) < MAX_LISTED:
-                    self._errors.append((msg.text or "")[:MAX_TEXT])
+                    self._tally.api_requests += 1
+            if say == "error" and not partial:
+                self._tally.error(tid, msg.ts, msg.text)
             elif say == "completion_result" and not partial and is_root:
-                self._completion = msg.text
+                self._tally.completion = msg.text
             return
         if partial:
             return
@@ -429,18 +460,6 @@ class OutcomeTracker:
             self._finish(Status.ABORTED, "the root task was aborted (it asks resume_task)", now)
         elif ask in _WAITING_ASKS and (task.pending is None or task.pending.ts != msg.ts):
             task.pending = _Ask(ts=msg.ts, ask=ask, since=now)
-
-    @staticmethod
-    def _usage(task: _Task, usage: TokenUsage, tools: ToolUsage) -> None:
-        # totals are cumulative; max() keeps a rehydrated task's lower report from erasing spent cost
-        for key in _TOTALS:
-            value = getattr(usage, key, None) or 0
-            task.totals[key] = max(task.totals.get(key, 0), value)
-        task.context_tokens = usage.contextTokens
-        current = task.tools[-1]
-        for tool, stats in tools.items():
-            prev = current.get(tool, [0, 0])
-            current[tool] = [max(prev[0], stats.attempts), max(prev[1], stats.failures)]
 
 
 def _second_str(event: TaskEvent) -> str | None:

@@ -4,10 +4,11 @@ records, without the rules themselves."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ipc_bridge.durations import PositiveDuration
 
 
 class Status(str, Enum):
@@ -31,27 +32,32 @@ class Status(str, Enum):
         return self in (Status.TIMEOUT, Status.STUCK, Status.API_ERROR, Status.CANCELLED)
 
 
-@dataclass(frozen=True)
-class OutcomeLimits:
-    """Timers of the outcome rules, in seconds. ``None`` disables a timer."""
+class OutcomeLimits(BaseModel):
+    """Timers of the outcome rules, in seconds (any form of :mod:`ipc_bridge.durations`). ``None``
+    disables a timer. The one place their defaults are written: a suite's ``defaults`` block
+    (:class:`orchestrator.suite.config.Defaults`) is this model plus the run's own settings."""
 
-    timeout: float | None = 300.0
-    """Wall clock for the whole attempt, from StartNewTask."""
-    start_timeout: float = 30.0
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: PositiveDuration = 300.0
+    """Wall clock for the whole attempt, from StartNewTask (Roo's own evals use 5 minutes)."""
+    start_timeout: PositiveDuration = 30.0
     """No task created this long after StartNewTask: the host dropped the command (infra_error)."""
-    ask_timeout: float = 60.0
-    """An ask (followup, command, tool, mistake_limit_reached, ...) unanswered this long: stuck."""
-    idle_timeout: float | None = None
+    ask_timeout: PositiveDuration = 60.0
+    """An ask nobody answers (followup, a command not auto-approved, mistake_limit_reached, ...) this
+    long: stuck."""
+    idle_timeout: PositiveDuration | None = None
     """No event at all from the task tree this long: stuck. Off by default: an agent running a quiet
     command (a long test suite) sends nothing for minutes; the wall clock still applies."""
-    api_retry_limit: int = 3
+    api_retry_limit: int = Field(default=3, ge=0)
     """Consecutive api_req_retry_delayed waits tolerated in one task; one more is api_error."""
-    abort_settle: float = 5.0
+    abort_settle: PositiveDuration = 5.0
     """How long a root taskAborted waits for a child task or the root's re-activation."""
-    completion_grace: float = 3.0
+    completion_grace: PositiveDuration = 3.0
     """After completion, how long to wait for taskIdle(root) and the final token usage."""
-    cancel_timeout: float = 10.0
-    """After CancelTask (timeout, stuck), how long until a host that sent nothing counts as unresponsive."""
+    cancel_timeout: PositiveDuration = 10.0
+    """After CancelTask (timeout, stuck, api_error), how long the host may take to react with an event
+    before it counts as unresponsive (an infra_error, retried on a fresh host)."""
 
 
 class ToolCount(BaseModel):
@@ -110,3 +116,5 @@ class AttemptOutcome(BaseModel):
     decided_at: float
     ended_at: float
     metrics: Metrics
+    error: str | None = None
+    """What an infra_error's reason does not say (what the host did not do), for the record."""

@@ -600,8 +600,8 @@ def test_a_timeout_after_the_api_recovered_is_the_agents_timeout() -> None:
 @pytest.mark.parametrize(
     ("limits", "status_event"),
     [
-        (OutcomeLimits(timeout=None, idle_timeout=20, api_retry_limit=5), None),
-        (OutcomeLimits(timeout=None, ask_timeout=5, api_retry_limit=5), "taskInteractive"),
+        (OutcomeLimits(idle_timeout=20, api_retry_limit=5), None),
+        (OutcomeLimits(ask_timeout=5, api_retry_limit=5), "taskInteractive"),
     ],
     ids=["idle_timeout", "ask_timeout"],
 )
@@ -622,7 +622,7 @@ def test_stuck_timers_while_a_subtask_waits_on_api_retries_are_api_error(
 
 
 def test_an_ask_after_the_retries_is_stuck_not_an_outage() -> None:
-    tr = OutcomeTracker(0.0, OutcomeLimits(timeout=None, ask_timeout=5, api_retry_limit=5))
+    tr = OutcomeTracker(0.0, OutcomeLimits(ask_timeout=5, api_retry_limit=5))
     started(tr)
     tr.feed(msg("r", 1, "say", "api_req_retry_delayed", "500"), 1)
     tr.feed(msg("r", 2, "ask", "followup", "which file?"), 2)

@@ -8,9 +8,7 @@ keys are errors: a typo in a case must fail loudly, not run a different scenario
 
 from __future__ import annotations
 
-import math
 import random
-import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -26,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from ipc_bridge.durations import Duration
+
 Outcome = Literal[
     "completed", "aborted", "hang", "followup", "crash", "freeze", "api_error", "api_error_noauto"
 ]
@@ -35,30 +35,9 @@ ToolFailure = Literal["say_error", "tool_failed", "both"]
 ENGINES: tuple[str, ...] = get_args(Engine)
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
 
-_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|sec|m|min)?\s*")
-_UNITS = {None: 1.0, "s": 1.0, "sec": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0}
-
 
 class ScriptError(ValueError):
     """A script that does not validate; the message names the key and what is wrong with it."""
-
-
-def parse_duration(value: Any) -> float:
-    """``"2s"``, ``"500ms"``, ``"1.5m"`` or a number of seconds -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string such as '2s' or '500ms'")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
-        match = _DURATION.fullmatch(value)
-        if match is None:
-            raise ValueError(f"bad duration {value!r}: use a number of seconds or e.g. '2s', '500ms', '1m'")
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    else:
-        raise ValueError("a duration is a number of seconds or a string such as '2s' or '500ms'")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"a duration must be finite and >= 0, got {value!r}")
-    return seconds
 
 
 def _engine(value: Any) -> Any:
@@ -123,7 +102,6 @@ def _relative_path(value: str) -> str:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 EngineName = Annotated[Engine, BeforeValidator(_engine)]
 
 

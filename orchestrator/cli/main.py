@@ -29,6 +29,7 @@ SUBCOMMANDS = {
         "orchestrator.cli.report:compare",
         "Per-case flips and cost/duration deltas between two runs.",
     ),
+    "view": ("orchestrator.view.cli:view", "Browse runs in a web browser, live while they run."),
 }
 
 

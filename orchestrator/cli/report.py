@@ -53,7 +53,8 @@ def _emit(data: Any, text: Callable[[Any], str], as_json: bool) -> None:
 def report(run: str, results_dir: Path, as_json: bool) -> None:
     """Pass rate, passed/failed/errors, cost, tokens and duration p50/p90 of RUN: overall, by model and
     by tag, over the final record of each attempt (retried attempts add to the cost with retries;
-    attempts cancelled by Ctrl-C are counted apart: they are run again on resume).
+    attempts cancelled by Ctrl-C are counted apart: they are run again on resume). "excl. infra": the
+    pass rate among graded attempts (infrastructure errors left out) with its 95% Wilson interval.
 
     \b
     RUN is a run directory (or its results.jsonl) or a run id under --results.
@@ -73,7 +74,10 @@ def report(run: str, results_dir: Path, as_json: bool) -> None:
 def compare(run_a: str, run_b: str, results_dir: Path, as_json: bool) -> None:
     """Compare RUN_B against RUN_A: final records are paired by case, model and repeat (the config hash
     may differ: the "config" columns say where it does). Lists every pair whose outcome flipped (pass,
-    fail, error), and per model the pass-rate, cost and median-duration deltas (B minus A).
+    fail, error), and per model the pass-rate, cost and median-duration deltas (B minus A). Then, in
+    total and per model, over the pairs without an infrastructure error: McNemar's exact test, the
+    pass-rate difference and the mean cost and duration differences with paired bootstrap 95%
+    intervals (resampling cases, seeded), and whether the difference is significant at 5%.
 
     \b
     RUN_A and RUN_B are run directories or run ids under --results.

@@ -3,13 +3,15 @@ their flat rows (:func:`~orchestrator.results.records.iter_rows` reads them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from orchestrator.results.records import RESULTS, Row, gc_paused, iter_rows
 from orchestrator.results.report import pct, pct_delta, read_manifest, secs, table, usd
 from orchestrator.results.summary import percentile
+from orchestrator.stats import paired_test
+from orchestrator.status import Status
 
 
 def final_rows(rows: Iterable[Row]) -> dict[tuple[str, str, int], Row]:
@@ -54,10 +56,29 @@ def _compare_group(pairs: Sequence[tuple[Row, Row]]) -> dict[str, Any]:
     }
 
 
+def paired_statistics(pairs: Sequence[tuple[Row, Row]], *, seed: int = 0) -> dict[str, Any]:
+    """McNemar's exact test and the paired bootstrap intervals (pass rate, cost and duration, B minus A;
+    :func:`orchestrator.stats.paired_test`) over the pairs where neither attempt ended in an
+    infrastructure error, plus the sentence that says whether the difference is significant at 5%."""
+    graded = [(a, b) for a, b in pairs if not (Status(a.status).is_infra or Status(b.status).is_infra)]
+    test = paired_test(
+        [bool(a.passed) for a, _ in graded],
+        [bool(b.passed) for _, b in graded],
+        [a.cost_usd for a, _ in graded],
+        [b.cost_usd for _, b in graded],
+        [a.duration_s for a, _ in graded],
+        [b.duration_s for _, b in graded],
+        [a.case_id for a, _ in graded],
+        seed=seed,
+    )
+    return {**test.as_dict(), "infra_pairs": len(pairs) - len(graded), "sentence": test.sentence()}
+
+
 def compare_rows(rows_a: Iterable[Row], rows_b: Iterable[Row]) -> dict[str, Any]:
     """Pairs the final rows of two runs by (case, model, repeat) -- the config hash may differ and is
     reported -- and lists every pair whose outcome (pass, fail, error) changed, with per-model and total
-    pass-rate (errors count against it, as in summarize), cost and median-duration deltas."""
+    pass-rate (errors count against it, as in summarize), cost and median-duration deltas, and (``tests``)
+    per model and in total :func:`paired_statistics`."""
     a = final_rows(rows_a)
     b = final_rows(rows_b)
     keys = sorted(a.keys() & b.keys(), key=lambda k: (k[1], k[0], k[2]))
@@ -85,6 +106,10 @@ def compare_rows(rows_a: Iterable[Row], rows_b: Iterable[Row]) -> dict[str, Any]
     return {
         "totals": _compare_group(pairs),
         "by_model": {m: _compare_group(p) for m, p in by_model.items()},
+        "tests": {
+            "totals": paired_statistics(pairs),
+            "by_model": {m: paired_statistics(p) for m, p in by_model.items()},
+        },
         "changes": changes,
         "only_a": [list(k) for k in sorted(a.keys() - b.keys())],
         "only_b": [list(k) for k in sorted(b.keys() - a.keys())],
@@ -124,6 +149,28 @@ def _compare_line(name: str, g: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def significance_lines(tests: Mapping[str, Any]) -> list[str]:
+    """The paired statistics in words, total first, then by model, with the cost and duration deltas."""
+    lines = ["", "paired test over graded pairs (infrastructure errors left out), B minus A:"]
+    groups = [("total", tests["totals"])] + [(f"model {m}", t) for m, t in tests["by_model"].items()]
+    for name, t in groups:
+        lines.append(f"  {name}: {t['sentence']}")
+        if t["pairs"]:
+            lines.append(
+                f"    mean cost per pair {_ci(t['cost_delta'], t['cost_delta_ci'], usd)},"
+                f" mean duration per pair {_ci(t['duration_delta'], t['duration_delta_ci'], secs)}"
+            )
+    return lines
+
+
+def _ci(value: float, ci: Sequence[float | None], fmt: Callable[..., str]) -> str:
+    low, high = ci
+    interval = (
+        "" if low is None or high is None else f" (95% CI {fmt(low, sign=True)} to {fmt(high, sign=True)})"
+    )
+    return f"{fmt(value, sign=True)}{interval}"
+
+
 def format_comparison(cmp: Mapping[str, Any], *, max_unpaired: int = 20) -> str:
     """The comparison as text: both runs, the per-model table, then every changed pair."""
     a, b = cmp["a"], cmp["b"]
@@ -131,6 +178,7 @@ def format_comparison(cmp: Mapping[str, Any], *, max_unpaired: int = 20) -> str:
     rows = [_compare_line("total", cmp["totals"])]
     rows += [_compare_line(f"model {m}", g) for m, g in cmp["by_model"].items()]
     lines += table(_COMPARE_HEADERS, rows)
+    lines += significance_lines(cmp["tests"])
     for label, keys in (("only in A", cmp["only_a"]), ("only in B", cmp["only_b"])):
         if keys:
             shown = ", ".join(f"{c}/{m}/{r}" for c, m, r in keys[:max_unpaired])

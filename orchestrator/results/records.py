@@ -469,20 +469,3 @@ def read_rows(path: Path) -> list[Row]:
     """:func:`iter_rows` as a list."""
     with gc_paused():
         return list(iter_rows(path))
-
-
-def is_partial_message(row: Mapping[str, Any]) -> bool:
-    """Whether a transcript row holds a ``message`` event with ``partial: true`` (the event itself, or
-    under ``event``, or an IpcMessage under ``msg``)."""
-    event: Any = row
-    for key in ("event", "msg", "data"):
-        inner = event.get(key) if isinstance(event, Mapping) else None
-        if isinstance(inner, Mapping):
-            event = inner
-    if not isinstance(event, Mapping) or event.get("eventName") != "message":
-        return False
-    payload = event.get("payload")
-    if isinstance(payload, list) and payload and isinstance(payload[0], Mapping):
-        message = payload[0].get("message")
-        return isinstance(message, Mapping) and message.get("partial") is True
-    return False

@@ -14,6 +14,8 @@ import orjson
 
 from orchestrator.results.records import MANIFEST, RESULTS, ResultsError, iter_rows
 from orchestrator.results.summary import summarize
+from orchestrator.stats import wilson_interval
+from orchestrator.status import Status
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +47,39 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+_INFRA = frozenset(s.value for s in Status if s.is_infra)
+
+
+def graded_pass_rate(group: Mapping[str, Any]) -> dict[str, Any]:
+    """A summary group's pass rate among its graded attempts -- infrastructure errors (``Status.is_infra``)
+    left out, as :func:`orchestrator.analysis.pass_rate` does -- with its 95% Wilson interval."""
+    infra = sum(n for status, n in group["by_status"].items() if status in _INFRA)
+    graded = group["attempts"] - infra
+    low, high = wilson_interval(group["passed"], graded)
+    return {
+        "graded": graded,
+        "passed": group["passed"],
+        "infra_errors": infra,
+        "rate": group["passed"] / graded if graded else None,
+        "ci_low": low if graded else None,
+        "ci_high": high if graded else None,
+    }
+
+
+def pass_rate_intervals(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`graded_pass_rate` of the totals and of each model and tag of a summary."""
+    return {
+        "totals": graded_pass_rate(summary["totals"]),
+        "by_model": {m: graded_pass_rate(g) for m, g in summary["by_model"].items()},
+        "by_tag": {t: graded_pass_rate(g) for t, g in summary["by_tag"].items()},
+    }
+
+
 def build_report(run_dir: Path) -> dict[str, Any]:
     """What ``orchestrate report`` shows: the run's identity plus :func:`~.summary.summarize` of its
-    records (summary.json's figures)."""
+    records (summary.json's figures), and (``pass_rate_ci``) :func:`pass_rate_intervals` of those."""
     manifest = read_manifest(run_dir)
-    totals = summarize(iter_rows(run_dir / RESULTS))
+    summary = summarize(iter_rows(run_dir / RESULTS))
     return {
         "run_id": manifest.get("run_id") or run_dir.name,
         "run_dir": str(run_dir),
@@ -57,7 +87,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         "started_at": manifest.get("started_at"),
         "ended_at": manifest.get("ended_at"),
         "attempts_planned": manifest.get("attempts_planned"),
-        **totals,
+        **summary,
+        "pass_rate_ci": pass_rate_intervals(summary),
     }
 
 
@@ -94,16 +125,24 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]], align: str = ""
     return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in body)]
 
 
-_REPORT_HEADERS: tuple[str, ...] = ("", "attempts", "pass rate", "passed", "failed", "errors", "cost $")
-_REPORT_HEADERS += ("tokens in", "tokens out", "p50", "p90")
+def interval_cell(ci: Mapping[str, Any]) -> str:
+    """A :func:`graded_pass_rate` as ``rate (low-high)``."""
+    if ci["rate"] is None:
+        return "-"
+    return f"{pct(ci['rate'])} ({100 * ci['ci_low']:.1f}-{100 * ci['ci_high']:.1f})"
 
 
-def _report_line(name: str, g: Mapping[str, Any]) -> list[str]:
+_REPORT_HEADERS: tuple[str, ...] = ("", "attempts", "pass rate", "excl. infra (95% CI)", "passed")
+_REPORT_HEADERS += ("failed", "errors", "cost $", "tokens in", "tokens out", "p50", "p90")
+
+
+def _report_line(name: str, g: Mapping[str, Any], ci: Mapping[str, Any]) -> list[str]:
     d = g["duration_s"]
     return [
         name,
         f"{g['attempts']:,}",
         pct(g["pass_rate"]),
+        interval_cell(ci),
         f"{g['passed']:,}",
         f"{g['failed']:,}",
         f"{g['errors']:,}",
@@ -131,8 +170,12 @@ def format_report(report: Mapping[str, Any]) -> str:
         + f", {totals['retried']:,} retried attempts, {totals.get('cancelled', 0):,} cancelled (run again"
         + f" on resume); cost with retries ${totals['cost_usd_all_attempts']:.4f}"
     )
-    rows = [_report_line("total", totals)]
-    rows += [_report_line(f"model {m}", g) for m, g in report["by_model"].items()]
-    rows += [_report_line(f"tag {t}", g) for t, g in report["by_tag"].items()]
+    cis = report["pass_rate_ci"]
+    rows = [_report_line("total", totals, cis["totals"])]
+    rows += [_report_line(f"model {m}", g, cis["by_model"][m]) for m, g in report["by_model"].items()]
+    rows += [_report_line(f"tag {t}", g, cis["by_tag"][t]) for t, g in report["by_tag"].items()]
+    lines.append(
+        "  excl. infra: pass rate among graded attempts (infrastructure errors left out), 95% Wilson"
+    )
     lines += ["", *table(_REPORT_HEADERS, rows)]
     return "\n".join(lines)

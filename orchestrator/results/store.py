@@ -43,7 +43,6 @@ from orchestrator.results.records import (
     DuplicateRecordError,
     ResultsError,
     ResultsWriteError,
-    is_partial_message,
     iter_rows,
     read_records,
 )
@@ -360,19 +359,13 @@ class ResultsWriter:
             log.error("%s: cannot remove a partly written record: %s", self.results_path, exc)
             self._close_records()  # the run stays owned: nobody may resume it while this process lives
 
-    def write_transcript(
-        self, key: AttemptKey, attempt: int, rows: Iterable[Mapping[str, Any]], *, keep_partial: bool = False
-    ) -> str:
-        """Write an attempt's transcript whole; returns its path relative to the run directory (for
-        ``AttemptRecord.events_file``). Each row is a JSON-ready mapping, e.g. ``{"t": seconds, "dir":
-        "in", "event": {...}}``; rows carrying a partial ``message`` event are left out unless
-        ``keep_partial`` (the record's metrics count them)."""
+    def write_transcript(self, key: AttemptKey, attempt: int, rows: Iterable[Mapping[str, Any]]) -> str:
+        """Write an attempt's transcript whole, redacted; returns its path relative to the run directory
+        (for ``AttemptRecord.events_file``). Each row is a JSON-ready mapping, e.g. ``{"t": seconds,
+        "dir": "in", "seq": n, "event": {...}}``, written as given: the worker left partial messages out
+        (:mod:`orchestrator.run.slot_events`)."""
         name = key.events_name(attempt)
-        chunks = [
-            orjson.dumps(self._redact(dict(row))) + b"\n"
-            for row in rows
-            if keep_partial or not is_partial_message(row)
-        ]
+        chunks = [orjson.dumps(self._redact(dict(row))) + b"\n" for row in rows]
         path = self.events_dir / name
         with _writing(path):
             atomic_write(path, b"".join(chunks))

@@ -13,13 +13,11 @@ import itertools
 import logging
 import os
 import shutil
-import time
 from collections.abc import Awaitable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
-from ipc_bridge.client.bridge_client import BridgeClient
 from ipc_bridge.client.types import BridgeError, BridgeRestarted, Event
 from orchestrator.hosts.farm import SimulatorFarm
 from orchestrator.hosts.host import Host, HostError, HostExited
@@ -28,6 +26,7 @@ from orchestrator.results.records import CheckResult, Timings
 from orchestrator.run.attempt_hosts import AttemptHosts
 from orchestrator.run.grading import run_command
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
+from orchestrator.run.slot_events import AttemptBridge, SlotEvents, is_partial, transcript_row
 from orchestrator.status import Status
 from orchestrator.suite.plan import Attempt
 
@@ -43,12 +42,15 @@ T = TypeVar("T")
 
 
 class _Phase:
+    """Lap times on the loop's clock (the one the attempt's deadlines use)."""
+
     def __init__(self) -> None:
         self.timings = Timings()
-        self._t = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._t = self._loop.time()
 
     def lap(self, name: str) -> None:
-        now = time.monotonic()
+        now = self._loop.time()
         setattr(self.timings, name, round(now - self._t, 4))
         self._t = now
 
@@ -68,7 +70,7 @@ class AttemptRunner:
 
     def __init__(
         self,
-        client: BridgeClient,
+        client: AttemptBridge,
         config: WorkerConfig,
         wid: int,
         farm: SimulatorFarm | None = None,
@@ -158,10 +160,9 @@ class AttemptRunner:
                 raise _Stop(Status.INFRA_ERROR, str(exc), "infra", str(exc)) from exc
             except (HostError, BridgeError, OSError) as exc:
                 raise _Stop(Status.INFRA_ERROR, "extension host did not come up", "infra", str(exc)) from exc
-            inbox: asyncio.Queue[Event | BaseException] = asyncio.Queue()
             # Subscribed while the attempt waits for a slot: the welcome and the snapshot of its stream
             # are then not on the task's clock.
-            pump = asyncio.ensure_future(self._pump(slot, inbox, restart))
+            events = SlotEvents(self.client.events(slot, since_seq=0), restart, lambda: self._restarted)
             try:
                 if self._gate is not None:
                     if not await self._gate.acquire(ticket):
@@ -171,19 +172,12 @@ class AttemptRunner:
                 task_started = True
                 # Made here, not in _follow: a Ctrl-C in the middle still finds what it knew.
                 tracker = OutcomeTracker(asyncio.get_running_loop().time(), attempt.limits)
-                responsive = await self._follow(attempt, slot, transcript, restart, inbox, tracker)
+                await self._follow(attempt, slot, restart, events, tracker, transcript)
             finally:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pump
+                await events.aclose()
             outcome = tracker.result()
-            status, reason = outcome.status, outcome.reason
-            if not responsive:
-                # Alive but silent (stopped, wedged): the agent never had its chance.
-                error = (
-                    f"{status.value}, then no event within {attempt.limits.cancel_timeout:g}s of CancelTask"
-                )
-                status, reason = Status.INFRA_ERROR, "extension host unresponsive"
+            status, reason, error = outcome.status, outcome.reason, outcome.error
+            responsive = tracker.host_responsive
             error_class = "infra" if status.is_infra else None
             phase.lap("agent_s")
             # The task is over: a readied attempt may start now, while this one tears down and is checked.
@@ -308,23 +302,22 @@ class AttemptRunner:
         self,
         attempt: Attempt,
         slot: str,
-        transcript: list[dict[str, Any]],
         restart: asyncio.Event,
-        inbox: asyncio.Queue[Event | BaseException],
+        events: SlotEvents,
         tracker: OutcomeTracker,
-    ) -> bool:
-        """Start the task and follow its events (``inbox``, filled by :meth:`_pump`) into ``tracker``
-        (made at the loop's time of the StartNewTask) to its outcome. Returns whether the host reacted
-        to the CancelTask that an outcome leaving the task running is followed by."""
+        transcript: list[dict[str, Any]],
+    ) -> None:
+        """Start the task and follow the slot's ``events`` into ``tracker`` (made at the loop's time of
+        the StartNewTask) until it is settled: its outcome decided and, when that leaves the task
+        running, the CancelTask sent and answered or not (the tracker's rules say what either means)."""
         loop = asyncio.get_running_loop()
-        t0 = tracker.started_at
         configuration = dict(attempt.configuration)
         if attempt.case.simulate is not None:
             # Real hosts strip unknown configuration keys (zod strip mode), so any target may get
             # it; a simulator behind a command or vscode target needs it.
             configuration["simulate"] = attempt.case.simulate
         try:
-            await self._unless_restart(
+            task_id = await self._unless_restart(
                 self.client.start_task(
                     slot, attempt.prompt, configuration, start_timeout=attempt.limits.start_timeout
                 ),
@@ -332,82 +325,53 @@ class AttemptRunner:
             )
         except BridgeError as exc:
             tracker.force(Status.INFRA_ERROR, f"StartNewTask failed: {exc}", loop.time())
-            return True
-        while not tracker.done:
-            now = loop.time()
-            deadline = tracker.next_deadline()
-            wait = 1.0 if deadline is None else max(0.0, deadline - now)
-            try:
-                item = await asyncio.wait_for(inbox.get(), wait)
-            except asyncio.TimeoutError:
-                tracker.tick(loop.time())
+            return
+        # Before any event: the stream may replay tasks the slot saw before this one.
+        tracker.task_started(task_id, loop.time())
+        while not tracker.settled:
+            if tracker.wants_cancel:
+                await self._cancel(slot, events, tracker, transcript)
                 continue
-            now = loop.time()
-            if isinstance(item, BaseException):
-                tracker.force(Status.INFRA_ERROR, f"lost the event stream: {item}", now)
-            elif item.msg_type == TASK_EVENT:
-                event = item.task_event()
-                transcript.append(
-                    {"t": round(now - t0, 4), "dir": "in", "seq": item.seq, "event": event.wire()}
-                )
-                tracker.feed(event, now)
-            elif item.msg_type == SLOT_DOWN:
-                tracker.force(Status.INFRA_ERROR, DISCONNECTED, now)
-            tracker.tick(now)
-        status = tracker.status
-        if status is not None and status.task_left_running:
-            return await self._cancel(slot, inbox, transcript, t0, attempt.limits.cancel_timeout)
-        return True
-
-    async def _pump(
-        self, slot: str, inbox: asyncio.Queue[Event | BaseException], restart: asyncio.Event
-    ) -> None:
-        async def forward() -> None:
-            async with contextlib.aclosing(self.client.events(slot, since_seq=0)) as stream:
-                async for event in stream:
-                    inbox.put_nowait(event)
-
-        try:
-            await self._unless_restart(forward(), restart)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            inbox.put_nowait(exc)
+            deadline = tracker.next_deadline()
+            wait = 1.0 if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                item = await events.get(wait)
+            except Exception as exc:
+                tracker.force(Status.INFRA_ERROR, f"lost the event stream: {exc}", loop.time())
+                continue
+            if item is not None:
+                self._take(item, tracker, transcript)
+            tracker.tick(loop.time())
 
     async def _cancel(
-        self,
-        slot: str,
-        inbox: asyncio.Queue[Event | BaseException],
-        transcript: list[dict[str, Any]],
-        t0: float,
-        timeout: float,
-    ) -> bool:
-        """CancelTask, and whether the host sent any event within ``timeout`` afterwards (every engine
-        answers it with taskAborted). Events already queued do not count: they predate the command."""
+        self, slot: str, events: SlotEvents, tracker: OutcomeTracker, transcript: list[dict[str, Any]]
+    ) -> None:
+        """CancelTask, for an outcome that leaves the task running. Events already received are taken
+        first: they predate the command and are no answer to it."""
+        for item in await events.ready():
+            self._take(item, tracker, transcript)
         loop = asyncio.get_running_loop()
-        while not inbox.empty():
-            self._keep(inbox.get_nowait(), transcript, loop.time() - t0)
         try:
-            await asyncio.wait_for(self.client.cancel(slot), timeout)
+            await asyncio.wait_for(self.client.cancel(slot), tracker.limits.cancel_timeout)
         except (BridgeError, asyncio.TimeoutError):
-            return False
-        deadline = loop.time() + timeout
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                item = await asyncio.wait_for(inbox.get(), remaining)
-            except asyncio.TimeoutError:
-                break
-            if self._keep(item, transcript, loop.time() - t0):
-                return True
-        return False
+            tracker.cancel_undelivered(loop.time())
+        else:
+            tracker.cancel_sent(loop.time())
 
     @staticmethod
-    def _keep(item: Event | BaseException, transcript: list[dict[str, Any]], t: float) -> bool:
-        """Add a task event that arrived after the outcome to the transcript; True if it was one."""
-        if isinstance(item, BaseException) or item.msg_type != TASK_EVENT:
-            return False
-        transcript.append({"t": round(t, 4), "dir": "in", "seq": item.seq, "event": item.task_event().wire()})
-        return True
+    def _take(item: Event, tracker: OutcomeTracker, transcript: list[dict[str, Any]]) -> None:
+        """One event of the slot: to the tracker, and unless it is a partial message, to the transcript
+        as received (partial messages never leave the worker)."""
+        now = asyncio.get_running_loop().time()
+        if item.msg_type == TASK_EVENT:
+            event = item.raw.get("event")
+            if not isinstance(event, dict):
+                return
+            if not is_partial(event):
+                transcript.append(transcript_row(now - tracker.started_at, item.seq, event))
+            tracker.feed_raw(event, now)
+        elif item.msg_type == SLOT_DOWN:
+            tracker.force(Status.INFRA_ERROR, DISCONNECTED, now)
 
     async def _cleanup_host(
         self, slot: str, host: Host | None, responsive: bool = True, *, close: bool = True

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import (
+    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -31,11 +32,11 @@ from pydantic import (
     model_validator,
 )
 
+from ipc_bridge.durations import PositiveDuration
 from ipc_bridge.redaction import Redactor
 from ipc_bridge.roo.shapes import RooCodeSettings
 from orchestrator.processes.child_env import referenced_variables
 from orchestrator.status import OutcomeLimits
-from orchestrator.suite.durations import Duration
 from orchestrator.suite.file_checks import MIB, FileCheckError, check_template, read_regular
 from orchestrator.suite.messages import duplicate_ids, validation_problems
 from orchestrator.suite.reader import MarkedDict, load_marked_yaml
@@ -53,6 +54,7 @@ from orchestrator.suite.types import (
     Settings,
     Strict,
     existing_path,
+    not_bool,
     resolve_path,
 )
 from orchestrator.suite.yaml_loader import Problem, SuiteError, interpolate, line_col
@@ -60,32 +62,28 @@ from orchestrator.suite.yaml_loader import Problem, SuiteError, interpolate, lin
 # ----------------------------------------------------------------------------- suite and cases
 
 
-class Defaults(Strict):
-    timeout: Duration = 300.0
-    """Wall clock per attempt (Roo's own evals use 5 minutes)."""
+class Defaults(OutcomeLimits):
+    """The suite's ``defaults``: the outcome timers (:class:`OutcomeLimits`, whose defaults are the
+    suite's) and the run's own settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
     retries: Count = Field(default=2, ge=0, le=100)
     """Extra attempts after an infrastructure failure (never after an agent failure)."""
-    retry_backoff: Duration = 5.0
+    retry_backoff: PositiveDuration = 5.0
     """First backoff; it doubles per retry, with jitter, up to retry_backoff_max."""
-    retry_backoff_max: Duration = 120.0
+    retry_backoff_max: PositiveDuration = 120.0
     configuration: Settings = Field(default_factory=RooCodeSettings)
     """RooCodeSettings sent with StartNewTask; each model's, then each case's, merge over it."""
-    setup_timeout: Duration = 300.0
-    check_timeout: Duration = 120.0
+    setup_timeout: PositiveDuration = 300.0
+    check_timeout: PositiveDuration = 120.0
     env: EnvMap = Field(default_factory=dict)
     """Added to the environment of setup and check commands."""
-    start_timeout: Duration = 30.0
-    ask_timeout: Duration = 60.0
-    """An ask nobody answers (followup, a command not auto-approved, ...) this long: stuck."""
-    idle_timeout: Duration | None = None
-    """No event at all this long: stuck (off by default)."""
-    api_retry_limit: Count = Field(default=3, ge=0)
-    """Consecutive model API retry waits tolerated before the attempt is an api_error."""
-    abort_settle: Duration = 5.0
-    completion_grace: Duration = 3.0
-    cancel_timeout: Duration = 10.0
-    """After a timeout or stuck outcome, how long the host may take to react to CancelTask before it
-    counts as unresponsive (an infra_error, retried on a fresh host)."""
+
+    @field_validator("api_retry_limit", mode="before")
+    @classmethod
+    def _whole_number(cls, value: Any) -> Any:
+        return not_bool(value)  # as every count of the suite: YAML's yes/no are no numbers
 
 
 class ModelSpec(Strict):
@@ -109,8 +107,8 @@ class Case(Strict):
     setup: list[Command] = Field(default_factory=list)
     check: Command | None = None
     """Grading: exit status 0 = passed."""
-    check_timeout: Duration | None = None
-    timeout: Duration | None = None
+    check_timeout: PositiveDuration | None = None
+    timeout: PositiveDuration | None = None
     configuration: Settings = Field(default_factory=RooCodeSettings)
     env: EnvMap = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
@@ -301,17 +299,10 @@ class Suite(Strict):
         }
 
     def limits_for(self, case: Case) -> OutcomeLimits:
-        d = self.defaults
-        return OutcomeLimits(
-            timeout=case.timeout if case.timeout is not None else d.timeout,
-            start_timeout=d.start_timeout,
-            ask_timeout=d.ask_timeout,
-            idle_timeout=d.idle_timeout,
-            api_retry_limit=d.api_retry_limit,
-            abort_settle=d.abort_settle,
-            completion_grace=d.completion_grace,
-            cancel_timeout=d.cancel_timeout,
-        )
+        limits = self.defaults.model_dump(include=set(OutcomeLimits.model_fields))
+        if case.timeout is not None:
+            limits["timeout"] = case.timeout
+        return OutcomeLimits.model_validate(limits)
 
     def check_timeout_for(self, case: Case) -> float:
         return case.check_timeout if case.check_timeout is not None else self.defaults.check_timeout

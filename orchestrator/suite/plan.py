@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Collection, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ def attempt_hash(suite: Suite, case: Case, model: ModelSpec, *, workspace: str |
         "case": {k: v for k, v in case.model_dump(mode="json").items() if k not in _CASE_NOT_HASHED},
         "model": {k: v for k, v in model.model_dump(mode="json").items() if k != "description"},
         "configuration": suite.configuration_for(case, model),
-        "limits": asdict(suite.limits_for(case)),
+        "limits": suite.limits_for(case).model_dump(),
         "setup_timeout": suite.defaults.setup_timeout,
         "check_timeout": suite.check_timeout_for(case),
         "env": suite.env_for(case),

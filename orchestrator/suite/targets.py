@@ -16,8 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from ipc_bridge.durations import PositiveDuration
 from ipc_bridge.simulator.script import HostOptions, normalize_engine
-from orchestrator.suite.durations import Duration
 from orchestrator.suite.types import (
     TARGET_PLACEHOLDERS,
     ArgText,
@@ -50,9 +50,9 @@ class _Launched(Strict):
     executor: Literal["local", "ray"] = "local"
     """Where attempts run: worker processes on this machine, or Ray actors on the cluster's nodes that
     offer extension-host slots (``pip install '.[ray]'``)."""
-    launch_timeout: Duration = 60.0
+    launch_timeout: PositiveDuration = 60.0
     """How long a launched host may take until its socket answers."""
-    close_grace: Duration = 10.0
+    close_grace: PositiveDuration = 10.0
     """After CloseTask, how long a host may take to exit before it is terminated."""
     prelaunch: int | None = Field(default=None, ge=0, le=1024)
     """Attempts readied ahead while every slot is busy: workspace copied, set-up commands run, host
@@ -108,7 +108,7 @@ class SocketTarget(Strict):
     """Sockets of hosts that already run; attached, never launched or closed."""
     slots: Count = Field(ge=1)
     """Defaults to the number of sockets."""
-    connect_timeout: Duration = 30.0
+    connect_timeout: PositiveDuration = 30.0
 
     @model_validator(mode="before")
     @classmethod

@@ -201,6 +201,29 @@ def test_report_figures_over_final_records(run_a: Path) -> None:
     assert figures(report["by_tag"]["python"]) == group(4, 2, 2, 0, 1.2, 30.0, 47.0)
 
 
+def wilson(passed: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval by its textbook formula, independent of scipy."""
+    p = passed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return centre - half, centre + half
+
+
+def test_report_intervals_leave_infra_errors_out(run_a: Path) -> None:
+    cis = build_report(run_a)["pass_rate_ci"]
+    # Finals of m2: c1 pass, c2 timeout (a graded fail), c3 api_error (left out): 1 of 2.
+    m2 = cis["by_model"]["m2"]
+    assert (m2["graded"], m2["passed"], m2["infra_errors"], m2["rate"]) == (2, 1, 1, 0.5)
+    assert (m2["ci_low"], m2["ci_high"]) == pytest.approx(wilson(1, 2), abs=1e-12)
+    totals = cis["totals"]
+    assert (totals["graded"], totals["passed"], totals["infra_errors"]) == (5, 3, 1)
+    assert (totals["ci_low"], totals["ci_high"]) == pytest.approx(wilson(3, 5), abs=1e-12)
+    assert list(cis["by_tag"]) == ["easy", "hard", "js", "python"]
+    js = cis["by_tag"]["js"]  # c3m1 passed after a retry; c3m2 ended in api_error
+    assert (js["graded"], js["passed"], js["infra_errors"]) == (1, 1, 1)
+    assert js["ci_low"] == pytest.approx(wilson(1, 1)[0]) and js["ci_high"] == pytest.approx(1.0)
+
+
 def by_the_definition(records: Sequence[AttemptRecord]) -> dict[str, Any]:
     """summary.json's figures computed record by record, straight from their definitions (README, "Result
     files"): the oracle that the one-pass aggregation over rows is held to."""
@@ -333,9 +356,16 @@ def test_report_command_text_and_json(run_a: Path, results: Path) -> None:
     header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("attempts"))
     rows = {line.split("  ")[0].strip(): line.split() for line in lines[header + 2 :]}
     assert list(rows) == ["total", "model m1", "model m2", "tag easy", "tag hard", "tag js", "tag python"]
-    # name, attempts, pass rate, passed, failed, errors, cost, tokens in, tokens out, p50, p90
-    assert rows["total"] == ["total", "6", "50.0%", "3", "2", "1", "1.5000", "7,000", "700", "25.0s", "45.0s"]
-    assert rows["model m1"][3:] == ["66.7%", "2", "1", "0", "0.6000", "4,000", "400", "20.0s", "28.0s"]
+    # name, attempts, pass rate, excl. infra (its interval: a second word), passed, failed, errors, cost,
+    # tokens in, tokens out, p50, p90. Excl. infra: 3 of 5 graded (the api_error is left out).
+    assert rows["total"] == [
+        *("total", "6", "50.0%", "60.0%", "(23.1-88.2)", "3", "2", "1", "1.5000", "7,000", "700"),
+        *("25.0s", "45.0s"),
+    ]
+    assert rows["model m1"][3:] == [
+        *("66.7%", "66.7%", "(20.8-93.9)", "2", "1", "0", "0.6000", "4,000", "400", "20.0s", "28.0s"),
+    ]
+    assert rows["model m2"][3:6] == ["33.3%", "50.0%", "(9.5-90.5)"]
     # Aligned: every row of the table is as wide as its header underline.
     widths = {len(line) for line in lines[header + 1 :]}
     assert len(widths) == 1
@@ -401,7 +431,12 @@ def test_report_of_a_run_without_records(results: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "0 final records" in result.stdout
     total = next(line for line in result.stdout.splitlines() if line.startswith("total"))
-    assert total.split()[1:3] == ["0", "-"]
+    assert total.split()[1:4] == ["0", "-", "-"]
+    ci = json.loads(invoke("report", "--results", str(results), "empty", "--json").stdout)["pass_rate_ci"]
+    assert ci["totals"] == {
+        **{"graded": 0, "passed": 0, "infra_errors": 0},
+        **{"rate": None, "ci_low": None, "ci_high": None},
+    }
 
 
 # ------------------------------------------------------------------------------------- compare
@@ -438,6 +473,21 @@ def test_compare_pairs_finals_and_lists_flips(run_a: Path, run_b: Path) -> None:
     assert totals["paired"] == 5 and totals["config_changed"] == 2 and totals["pass_rate_delta"] == 0
     assert totals["flips"] == {"fail->pass": 2, "pass->error": 1, "pass->fail": 1}
 
+    # The paired test leaves out c3/m1 (infra_error in B): 4 graded pairs, 2 fail->pass, 1 pass->fail.
+    test = cmp["tests"]["totals"]
+    assert (test["pairs"], test["infra_pairs"], test["cases"]) == (4, 1, 2)
+    assert (test["fail_to_pass"], test["pass_to_fail"]) == (2, 1)
+    assert test["p_value"] == 1.0 and test["significant"] is False  # 2 * P(Bin(3, 1/2) <= 1) = 1
+    assert (test["rate_a"], test["rate_b"], test["rate_delta"]) == (0.5, 0.75, 0.25)
+    assert test["cost_delta"] == pytest.approx((0.05 + 0.05 + 0 - 0.05) / 4)
+    assert test["duration_delta"] == pytest.approx((2 - 2 + -5 - 5) / 4)
+    low, high = test["rate_delta_ci"]
+    assert -1 <= low <= 0.25 <= high <= 1
+    assert test["sentence"].endswith("not significant at 5%")
+    m2_test = cmp["tests"]["by_model"]["m2"]
+    assert (m2_test["pairs"], m2_test["fail_to_pass"], m2_test["pass_to_fail"]) == (2, 1, 0)
+    assert list(cmp["tests"]["by_model"]) == ["m1", "m2"]
+
 
 def test_compare_command_text_and_json(run_a: Path, run_b: Path, results: Path) -> None:
     as_json = invoke("compare", "--results", str(results), "run-a", "run-b", "--json")
@@ -447,6 +497,9 @@ def test_compare_command_text_and_json(run_a: Path, run_b: Path, results: Path) 
     assert text.exit_code == 0, text.output
     out = text.stdout
     assert "4 changed outcome(s):" in out
+    assert "  total: pass rate B - A +25.0 pp (95% CI " in out
+    assert "McNemar exact p = 1 (2 fail->pass, 1 pass->fail): not significant at 5%" in out
+    assert "  model m2: pass rate B - A +50.0 pp" in out
     assert (
         "only in A: 1 case/model/repeat: c3/m2/0" in out and "only in B: 1 case/model/repeat: c4/m1/0" in out
     )

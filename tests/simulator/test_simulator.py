@@ -34,7 +34,7 @@ from ipc_bridge.roo.protocol import (
     command_message,
 )
 from ipc_bridge.simulator.host import SimulatorHost
-from ipc_bridge.simulator.script import ScriptError, normalize_engine, parse_duration, parse_script
+from ipc_bridge.simulator.script import ScriptError, normalize_engine, parse_script
 from ipc_bridge.simulator.task import Clock
 from tests.conftest import ROOT
 
@@ -418,13 +418,6 @@ async def test_same_seed_same_events_and_files(sockdir: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------- scripts
-
-
-def test_durations() -> None:
-    assert [parse_duration(v) for v in ("2s", "500ms", "1.5m", " 3 ", 4, 0.25)] == [2, 0.5, 90, 3, 4, 0.25]
-    for bad in ("2h", "-1s", True, float("nan"), "fast"):
-        with pytest.raises(ValueError, match="duration"):
-            parse_duration(bad)
 
 
 def test_script_errors_name_the_key() -> None:

@@ -1,4 +1,4 @@
-"""The suite file: durations, models, line-numbered errors, interpolation, redaction, overrides."""
+"""The suite file: models, line-numbered errors, interpolation, redaction, overrides."""
 
 from __future__ import annotations
 
@@ -9,46 +9,10 @@ from pathlib import Path
 import pytest
 
 from ipc_bridge.redaction import Redactor
+from orchestrator.status import OutcomeLimits
 from orchestrator.suite.config import apply_overrides, load_suite
-from orchestrator.suite.durations import format_duration, parse_duration
 from orchestrator.suite.targets import CommandTarget, SocketTarget, VscodeTarget
 from orchestrator.suite.yaml_loader import SuiteError
-
-# ------------------------------------------------------------------------------------ durations
-
-
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [
-        ("5m", 300.0),
-        ("90s", 90.0),
-        ("500ms", 0.5),
-        ("1h", 3600.0),
-        ("1m30s", 90.0),
-        ("1h2m3s", 3723.0),
-        ("2.5s", 2.5),
-        (" 10 s ", 10.0),
-        ("45", 45.0),
-        (90, 90.0),
-        (1.5, 1.5),
-    ],
-)
-def test_parse_duration(text: object, seconds: float) -> None:
-    assert parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize(
-    "bad", ["5 minutes", "", "5x", "m5", "-5s", "0s", 0, -1, True, None, [5], "inf", "nan"]
-)
-def test_parse_duration_rejects_with_a_hint(bad: object) -> None:
-    with pytest.raises(ValueError, match="500ms, 90s, 5m, 1h"):
-        parse_duration(bad)
-
-
-@pytest.mark.parametrize("seconds", [0.25, 1.0, 59.0, 90.0, 300.0, 3723.0, 2.5])
-def test_format_duration_round_trips(seconds: float) -> None:
-    assert parse_duration(format_duration(seconds)) == seconds
-
 
 # -------------------------------------------------------------------------------------- helpers
 
@@ -173,6 +137,22 @@ def test_minimal_suite_gets_defaults(suite_dir: Path) -> None:
     assert suite.target.kind == "simulator"
     assert [m.id for m in suite.models] == ["default"]
     assert suite.defaults.timeout == 300.0 and suite.defaults.retries == 2
+
+
+def test_every_outcome_timer_is_a_suite_default_with_the_rules_own_default(suite_dir: Path) -> None:
+    """The outcome rules' timers are written once (OutcomeLimits): a suite that says nothing gets exactly
+    them, and every one of them can be set in ``defaults``."""
+    tiny = load_suite(write(suite_dir, "name: tiny\ncases:\n  - {id: a, prompt: hi}\n"), env={})
+    assert tiny.limits_for(tiny.cases[0]) == OutcomeLimits()
+    given = {name: 7 for name in OutcomeLimits.model_fields}
+    text = "name: t\ndefaults: " + json.dumps(given) + "\ncases:\n  - {id: a, prompt: hi, timeout: 9s}\n"
+    suite = load_suite(write(suite_dir, text), env={})
+    assert suite.limits_for(suite.cases[0]) == OutcomeLimits(**{**given, "timeout": 9})
+    assert only(error_of(suite_dir, text.replace('"timeout": 7', '"timeout": null')))[1] == "defaults.timeout"
+    _, key, message = only(
+        error_of(suite_dir, text.replace('"api_retry_limit": 7', '"api_retry_limit": true'))
+    )
+    assert key == "defaults.api_retry_limit" and "whole number" in message
 
 
 def test_other_targets(suite_dir: Path) -> None:
@@ -348,7 +328,7 @@ def test_wrong_typed_roo_setting_is_caught_before_anything_is_sent(suite_dir: Pa
 
 
 def test_several_problems_in_one_error_sorted_by_line(suite_dir: Path) -> None:
-    text = GOOD.replace("repeats: 2", "repeats: 0").replace("timeout: 5m", "timeout: 5 min")
+    text = GOOD.replace("repeats: 2", "repeats: 0").replace("timeout: 5m", "timeout: 5 parsecs")
     err = error_of(suite_dir, text)
     assert [p.line for p in err.problems] == [6, 16]
     # one message: the first problem, and how many more there are

@@ -1,0 +1,314 @@
+"""The viewer's ASGI app: four pages (one HTML shell, our own JS renders each) and the JSON they read.
+
+Every handler that touches files is a plain function (Starlette runs it in a worker thread); every
+run or attempt named in a URL goes through :meth:`Sources.resolve` and :func:`events_path`, so nothing
+outside the served run directories is ever read. Only the run's own result files are served, and those
+were redacted when they were written; the hosts' raw logs are not served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from orchestrator.results.compare import compare_rows
+from orchestrator.results.report import read_manifest
+from orchestrator.view.attempts import AttemptIndex, Filters, as_json
+from orchestrator.view.auth import AccessMiddleware
+from orchestrator.view.runs import (
+    Sources,
+    UnknownRunError,
+    list_runs,
+    read_summary,
+    run_info,
+    summary_choices,
+)
+from orchestrator.view.search import MAX_HITS, events_path, search_file
+from orchestrator.view.transcript import TranscriptCache, page
+
+log = logging.getLogger(__name__)
+
+PAGE_LIMIT = 500
+_STEP = 2000
+"""Records the background indexer reads at a time."""
+LIVE_POLL_S = 0.25
+"""How often the live stream looks at a run's results.jsonl: well within the 1 s a new attempt may take
+to appear."""
+_SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+class NotFound(Exception):
+    pass
+
+
+class Viewer:
+    """The state behind the routes: what is served, and the indexes built so far (a few, reused)."""
+
+    def __init__(self, sources: Sources, *, max_runs: int = 6) -> None:
+        # An index costs ~1 kB an attempt (100,000 attempts: ~80 MB): few are kept, the least recent go.
+        self.sources = sources
+        self._indexes: OrderedDict[Path, AttemptIndex] = OrderedDict()
+        self._max_runs = max_runs
+        self._lock = threading.Lock()
+        self._building: set[Path] = set()
+        self.transcripts = TranscriptCache()
+
+    def run_dir(self, name: str) -> Path:
+        try:
+            return self.sources.resolve(name)
+        except UnknownRunError:
+            raise NotFound(f"no run {name!r}") from None
+
+    def index(self, name: str, until: int | None = None) -> AttemptIndex:
+        """The run's attempt index, brought up to date with results.jsonl; with ``until``, only as far
+        as ``until`` entries, the rest read by a background thread (a first page waits for no more)."""
+        run_dir = self.run_dir(name)
+        with self._lock:
+            index = self._indexes.get(run_dir)
+            if index is None:
+                index = self._indexes[run_dir] = AttemptIndex(run_dir)
+            self._indexes.move_to_end(run_dir)
+            while len(self._indexes) > self._max_runs:
+                self._indexes.popitem(last=False)
+        if until is None or not index.opened or len(index.entries) < until:
+            index.refresh(until)
+        if until is not None and not index.complete:
+            with self._lock:
+                if run_dir not in self._building:
+                    self._building.add(run_dir)
+                    threading.Thread(target=self._complete, args=(run_dir, index), daemon=True).start()
+        return index
+
+    def _complete(self, run_dir: Path, index: AttemptIndex) -> None:
+        try:
+            # In steps, so that a page's request waits for one step at most, not for the whole file.
+            while index.refresh(until=len(index.entries) + _STEP):
+                pass
+        finally:
+            with self._lock:
+                self._building.discard(run_dir)
+
+
+def _int(request: Request, name: str, default: int, low: int = 0, high: int = 1 << 62) -> int:
+    try:
+        value = int(request.query_params.get(name, default))
+    except ValueError:
+        value = default
+    return min(max(value, low), high)
+
+
+def _filters(request: Request) -> Filters:
+    q = request.query_params
+    passed = q.get("passed")
+    return Filters(
+        status=q.get("status") or None,
+        model=q.get("model") or None,
+        tag=q.get("tag") or None,
+        passed=None if passed in (None, "") else passed == "true",
+        final_only=q.get("final") == "true",
+    )
+
+
+def _attempt(viewer: Viewer, request: Request) -> tuple[Path, AttemptIndex, int, dict[str, Any]]:
+    name = request.path_params["run"]
+    index = viewer.index(name)
+    number = int(request.path_params["attempt"])
+    try:
+        record = index.record(number)
+    except IndexError:
+        raise NotFound(f"no attempt {number} in run {name!r}") from None
+    return viewer.run_dir(name), index, number, record
+
+
+def attempt_detail(viewer: Viewer, run_dir: Path, number: int, record: dict[str, Any]) -> dict[str, Any]:
+    """The attempt page's head: the record, the case's prompt and check command, the transcript's size
+    and token usage over time."""
+    path = events_path(run_dir, record.get("events_file"))
+    transcript = None
+    if path is not None:
+        t = viewer.transcripts.get(path)
+        transcript = {"usage": t.usage, "bytes": t.size}
+    cases = (read_manifest(run_dir).get("suite") or {}).get("cases") or []
+    case = next((c for c in cases if isinstance(c, dict) and c.get("id") == record.get("case_id")), {})
+    check = {"command": case.get("check"), **(record.get("check") or {})}
+    return {
+        "index": number,
+        "record": record,
+        "prompt": case.get("prompt"),
+        "check": check,
+        "transcript": transcript,
+    }
+
+
+def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool = True) -> Starlette:
+    """The app serving ``sources``. ``token``: required on every request when set;
+    ``loopback_only``: refuse requests whose Host header is not a loopback name."""
+    viewer = Viewer(sources)
+    shell = resources.files("orchestrator.view").joinpath("static/index.html").read_bytes()
+
+    def html(request: Request) -> Response:
+        return Response(shell, media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
+
+    def api_runs(request: Request) -> JSON:
+        return JSON({"runs": list_runs(viewer.sources)})
+
+    def api_run(request: Request) -> JSON:
+        name = request.path_params["run"]
+        run_dir = viewer.run_dir(name)
+        info = run_info(run_dir)
+        written = read_summary(run_dir) if info["state"] != "running" else {}
+        if written.get("totals"):
+            # An ended run's summary.json has the figures already (the same definitions): the page
+            # needs no read of results.jsonl, whose index is built in the background for the filters.
+            index = viewer.index(name, until=0)
+            summary = written
+            choices = index.choices() if index.complete else summary_choices(written)
+        else:
+            index = viewer.index(name)
+            summary = index.summary()
+            choices = index.choices()
+        return JSON(
+            {
+                "info": info,
+                "summary": summary,
+                "choices": choices,
+                "count": index.estimated_total(),
+                # 95% intervals come from orchestrator.analysis once it exists (issue #12 / analysis).
+                "intervals": None,
+            }
+        )
+
+    def api_attempts(request: Request) -> JSON:
+        start = _int(request, "start", 0)
+        limit = _int(request, "limit", 100, 1, PAGE_LIMIT)
+        filters = _filters(request)
+        unfiltered = filters == Filters()
+        index = viewer.index(request.path_params["run"], until=start + limit if unfiltered else None)
+        total, entries = index.page(filters, start, limit)
+        if unfiltered:
+            total = index.estimated_total()
+        rows = [as_json(e) for e in entries]
+        return JSON({"total": total, "estimated": not index.complete, "start": start, "rows": rows})
+
+    def api_attempt(request: Request) -> JSON:
+        run_dir, _, number, record = _attempt(viewer, request)
+        return JSON(attempt_detail(viewer, run_dir, number, record))
+
+    def api_transcript(request: Request) -> JSON:
+        run_dir, _, _, record = _attempt(viewer, request)
+        path = events_path(run_dir, record.get("events_file"))
+        if path is None:
+            return JSON({"items": [], "next": None, "bytes": 0})
+        t = viewer.transcripts.get(path)
+        items, after = page(t, _int(request, "at", 0), _int(request, "limit", 200, 1, PAGE_LIMIT))
+        return JSON({"items": items, "next": after, "bytes": t.size})
+
+    def api_search(request: Request) -> JSON:
+        name = request.path_params["run"]
+        query = request.query_params.get("q", "")
+        if len(query) < 2:
+            return JSON({"hits": [], "truncated": False, "query": query})
+        run_dir = viewer.run_dir(name)
+        index = viewer.index(name)
+        limit = _int(request, "limit", 100, 1, MAX_HITS)
+        hits: list[dict[str, Any]] = []
+        for entry in list(index.entries):
+            path = events_path(run_dir, entry.events_file)
+            if path is None:
+                continue
+            for hit in search_file(path, query, limit - len(hits)):
+                r = entry.row
+                hits.append({"index": entry.index, "case_id": r.case_id, "model_id": r.model_id, **hit})
+                hits[-1].update(repeat=r.repeat, attempt=r.attempt)
+            if len(hits) >= limit:
+                break
+        return JSON({"hits": hits, "truncated": len(hits) >= limit, "query": query})
+
+    def api_compare(request: Request) -> JSON:
+        a = request.query_params.get("a", "")
+        b = request.query_params.get("b", "")
+        rows = [[e.row for e in viewer.index(n).entries] for n in (a, b)]
+        return JSON(
+            {"a": run_info(viewer.run_dir(a)), "b": run_info(viewer.run_dir(b)), **compare_rows(*rows)}
+        )
+
+    async def api_live(request: Request) -> StreamingResponse:
+        name = request.path_params["run"]
+        index = await run_in_threadpool(viewer.index, name)
+        since = _int(request, "from", len(index.entries))
+        return StreamingResponse(
+            _live(request, viewer, name, since),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", **_SECURITY_HEADERS},
+        )
+
+    routes = [
+        Route("/", html),
+        Route("/run/{run}", html),
+        Route("/run/{run}/attempt/{attempt:int}", html),
+        Route("/compare", html),
+        Route("/api/runs", api_runs),
+        Route("/api/runs/{run}", api_run),
+        Route("/api/runs/{run}/attempts", api_attempts),
+        Route("/api/runs/{run}/attempts/{attempt:int}", api_attempt),
+        Route("/api/runs/{run}/attempts/{attempt:int}/transcript", api_transcript),
+        Route("/api/runs/{run}/search", api_search),
+        Route("/api/runs/{run}/live", api_live),
+        Route("/api/compare", api_compare),
+        Mount("/static", StaticFiles(packages=[("orchestrator.view", "static")])),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return JSON({"error": str(exc)}, status_code=404)
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(AccessMiddleware, token=token, loopback_only=loopback_only)],
+        exception_handlers={NotFound: not_found},
+    )
+
+
+async def _live(request: Request, viewer: Viewer, name: str, since: int) -> AsyncIterator[bytes]:
+    """Server-sent events: ``attempts`` with each batch of records appended after ``since`` (and the
+    run's figures), ``state`` when the run's state changes. Tails results.jsonl from its last offset."""
+    sent = since
+    state = None
+    yield b"retry: 1000\n\n"
+    while not await request.is_disconnected():
+        index = await run_in_threadpool(viewer.index, name)
+        entries = index.entries[sent:]
+        if entries:
+            sent += len(entries)
+            data = {"rows": [as_json(e) for e in entries], "count": sent, "summary": index.summary()}
+            yield b"event: attempts\ndata: " + orjson.dumps(data) + b"\n\n"
+        info = await run_in_threadpool(run_info, viewer.run_dir(name))
+        if info["state"] != state:
+            state = info["state"]
+            yield b"event: state\ndata: " + orjson.dumps(info) + b"\n\n"
+        await asyncio.sleep(LIVE_POLL_S)
