@@ -33,7 +33,6 @@ Engine = Literal["3.52", "3.50"]
 ToolFailure = Literal["say_error", "tool_failed", "both"]
 
 ENGINES: tuple[str, ...] = get_args(Engine)
-OUTCOMES: tuple[str, ...] = get_args(Outcome)
 
 
 class ScriptError(ValueError):
