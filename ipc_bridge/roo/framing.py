@@ -39,6 +39,35 @@ def encode_frame(ipc_message: WireModel | dict[str, Any] | None) -> bytes:
     return orjson.dumps({"type": NODE_IPC_EVENT, "data": data}) + DELIMITER
 
 
+TASK_EVENT_HEAD = b'{"type":"message","data":{"type":"TaskEvent","origin":"server","data":'
+"""How Roo's IpcServer (and every host we know) writes a TaskEvent frame, up to the event itself."""
+TASK_EVENT_TAIL = b"}}"
+_HEAD_LEN = len(TASK_EVENT_HEAD)
+
+
+def split_task_event(frame: bytes | memoryview) -> tuple[Any, bytes] | None:
+    """``(event, its bytes)`` of a TaskEvent frame written as Roo writes it (:data:`TASK_EVENT_HEAD`,
+    the event, :data:`TASK_EVENT_TAIL`), else None (decode it with :func:`decode_frame`).
+
+    Only the event is parsed, and its bytes are what the host wrote: the bridge forwards them instead
+    of encoding the parsed value again. When they parse as one JSON value, the frame is exactly
+    ``{"type":"message","data":{"type":"TaskEvent","origin":"server","data":<event>}}``: no key after
+    the event, no duplicate key, so the bytes and the returned value agree. The value is parsed with
+    orjson, for routing: an integer beyond 64 bits in it may read as a rounded float (the bytes keep it
+    exact); what orjson refuses goes through :func:`~ipc_bridge.json_compat.loads`."""
+    if frame[:_HEAD_LEN] != TASK_EVENT_HEAD or frame[-2:] != TASK_EVENT_TAIL:
+        return None
+    raw = bytes(frame[_HEAD_LEN:-2])
+    try:
+        return orjson.loads(raw), raw
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return loads(raw, raw=True), raw  # valid JSON orjson balks at (1e400, a lone surrogate...)
+    except ValueError:
+        return None  # not one JSON value: the whole frame decides (bad, or another layout)
+
+
 def decode_frame(frame: bytes | memoryview) -> Any:
     """The ``data`` of one frame (without its delimiter). Raises :class:`ProtocolError` on bad input."""
     try:

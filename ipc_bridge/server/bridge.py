@@ -262,7 +262,7 @@ class Bridge:
 
     def _new_slot(self, name: str, path: str) -> Slot:
         assert self.publisher is not None
-        return Slot(name, path, self._publish, self.config.slot, self.publisher.publish_many)
+        return Slot(name, path, self.publisher, self.config.slot)
 
     def _welcome(self, topic: bytes) -> None:
         """JEP 65: answer every subscription with a welcome on its topic, so subscribers know they

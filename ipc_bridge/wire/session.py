@@ -248,6 +248,16 @@ def pack(obj: BaseModel | dict[str, Any]) -> bytes:
     return orjson.dumps(obj.model_dump() if isinstance(obj, BaseModel) else obj)
 
 
+EventContent = BaseModel | dict[str, Any] | bytes
+"""A message content to send: a model, its dict, or already encoded (a forwarded host event)."""
+
+
+def _content_bytes(content: EventContent) -> bytes:
+    if type(content) is bytes:
+        return content
+    return dumps(content.model_dump() if isinstance(content, BaseModel) else content)
+
+
 # ----------------------------------------------------------------------------------------- session
 
 
@@ -308,7 +318,7 @@ class Session:
         self,
         msg_type: str,
         parent: dict[str, Any] | None,
-        content: BaseModel | dict[str, Any],
+        content: EventContent,
         msg_id: str | None = None,
     ) -> list[bytes]:
         """``[signature, header, parent, content]`` of a new message, built from plain dicts: the hot
@@ -324,12 +334,33 @@ class Session:
             "date": utcnow_iso(),
             "protocol": PROTOCOL,
         }
-        parts = [
-            orjson.dumps(header),
-            orjson.dumps(parent) if parent else b"{}",
-            dumps(content.model_dump() if isinstance(content, BaseModel) else content),
-        ]
+        parts = [orjson.dumps(header), orjson.dumps(parent) if parent else b"{}", _content_bytes(content)]
         return [self.sign(parts), *parts]
+
+    def serialize_batch(
+        self, msg_type: str, events: Sequence[tuple[dict[str, Any] | None, EventContent]]
+    ) -> list[list[bytes]]:
+        """:meth:`serialize_event` of each ``(parent, content)``, all built at one moment (one ``date``):
+        the header is formatted once and each message only gets its own ``msg_id`` counter, a fifth of
+        the cost of encoding a header per message (the bridge's event flood)."""
+        if self.pid != _pid[0]:
+            raise WireError("Session used from a forked process")
+        head = f'{{"msg_id":"{self.session}_{self.pid}_'.encode()
+        tail = orjson.dumps(
+            {"session": self.session, "msg_type": msg_type, "version": VERSION, "date": utcnow_iso()}
+        )[1:-1]
+        tail = b'",' + tail + b',"protocol":"' + PROTOCOL.encode() + b'"}'
+        counter = self._counter
+        sign = self.sign
+        out = []
+        last_parent: dict[str, Any] | None = None
+        parent_bytes = b"{}"
+        for parent, content in events:
+            if parent is not last_parent:  # a task's events share one parent dict: encoded once
+                last_parent, parent_bytes = parent, orjson.dumps(parent) if parent else b"{}"
+            parts = [b"%b%d%b" % (head, next(counter), tail), parent_bytes, _content_bytes(content)]
+            out.append([sign(parts), *parts])
+        return out
 
     def serialize(
         self,

@@ -170,13 +170,16 @@ async def test_deliver_pushes_whole_reads_in_order(sockdir: Path) -> None:
         try:
             conn.deliver(sink.on_messages, sink.on_lost)
             # Already delivered, before deliver() returned: it came in the Ack's read.
-            assert [m["data"]["eventName"] for m in sink.messages] == ["taskCreated"]
+            assert [event["eventName"] for event, _ in sink.messages] == ["taskCreated"]
             release.set()
             await sink.wait(lambda: sink.lost)
         finally:
             await conn.close()
-    names = [(m["data"]["eventName"], m["data"]["payload"][0]) for m in sink.messages]
+    names = [(event["eventName"], event["payload"][0]) for event, _ in sink.messages]
     assert names == [("taskCreated", "first"), *(("message", i) for i in range(300)), ("taskIdle", "split")]
+    # Each event comes with its bytes as the host wrote them (Roo's layout): the bridge forwards those.
+    assert all(orjson.loads(raw) == event for event, raw in sink.messages)
+    assert sink.messages[-1][1] == orjson.dumps(event("taskIdle", "split")["data"])
     assert max(len(b) for b in sink.batches) > 1  # reads, not frames
     assert len(sink.lost) == 1 and "closed" in sink.lost[0]
     assert conn.stats.bad_frames == 1 and conn.stats.frames_in == 303  # Ack + 302 events
