@@ -108,7 +108,7 @@ async def stream_node_client(children: Children, tmp: Path, opts: Options) -> di
         *("--socket", str(sock), "--count-only", "--until", "taskIdle", "--timeout", str(opts.timeout)),
         *("--script", orjson.dumps([{"command": command}]).decode()),
     )
-    cpu = CpuMeter({"server": server.pid})
+    cpu = CpuMeter({"server": server.pid, "client": client.pid})
     summary = await client.wait_for(lambda line: line.get("summary") is True, opts.timeout + NODE_WAIT)
     streamed = await server.wait_for(lambda line: "streamed" in line, NODE_WAIT)
     cpu_us = cpu.per_unit_us(opts.events)
@@ -121,7 +121,7 @@ async def stream_node_client(children: Children, tmp: Path, opts: Options) -> di
         "seconds": summary["event_seconds"],
         "events_per_s": summary["events_per_s"],
         "server_emit_rate": streamed["emit_rate"],
-        "cpu_us_per_event": {"server": cpu_us["server"]},
+        "cpu_us_per_event": cpu_us,
     }
 
 

@@ -201,15 +201,25 @@ class Header:
         ):
             raise WireError("header fields must be strings")
         protocol = data.get("protocol", PROTOCOL)
-        return cls(
-            msg_id, session, msg_type, version, date, protocol if isinstance(protocol, str) else PROTOCOL
+        # Filled in directly: a frozen dataclass's __init__ sets each field through object.__setattr__,
+        # twice the cost of the checks above, once per message received.
+        header = object.__new__(cls)
+        vars(header).update(
+            msg_id=msg_id,
+            session=session,
+            msg_type=msg_type,
+            version=version,
+            date=date,
+            protocol=protocol if isinstance(protocol, str) else PROTOCOL,
         )
+        return header
 
 
 @dataclass
 class Message:
-    """A verified, parsed message. ``parent`` is the parent header as sent (``{}`` when none) and
-    ``content`` the raw content object: validate it with the model for ``header.msg_type``."""
+    """A verified, parsed message. ``parent`` is the parent header as sent (``{}`` when none; messages
+    with the same parent bytes share one dict: do not change it) and ``content`` the raw content
+    object: validate it with the model for ``header.msg_type``."""
 
     header: Header
     parent: dict[str, Any]
@@ -285,6 +295,8 @@ class Session:
         self._counter = itertools.count()
         self.digest_history_size = digest_history_size
         self._digests: OrderedDict[bytes, None] = OrderedDict()
+        self._last_parent: tuple[bytes, dict[str, Any]] = (b"", {})
+        """The last parent header received, as bytes and parsed: every event of a task has the same."""
 
     # ------------------------------------------------------------------------------------- build
 
@@ -392,7 +404,12 @@ class Session:
         self.verify(signature, (h, p, c), check_replay=check_replay)
         try:
             # The content may carry a host's event, whatever valid JSON it holds (see json_compat).
-            header_data, parent, content = orjson.loads(h), orjson.loads(p), loads(c)
+            header_data, content = orjson.loads(h), loads(c)
+            last_bytes, parent = self._last_parent
+            if p != last_bytes:
+                parent = orjson.loads(p)
+                if type(parent) is dict:
+                    self._last_parent = (bytes(p), parent)
         except ValueError as exc:
             raise WireError(f"invalid JSON: {exc}") from None
         if not isinstance(parent, dict) or not isinstance(content, dict):
@@ -402,7 +419,7 @@ class Session:
             parent,
             content,
             list(frames[:delim]),
-            list(frames[delim + 5 :]),
+            list(frames[delim + 5 :]) if len(frames) > delim + 5 else [],
             bytes(signature),
         )
 
