@@ -15,7 +15,8 @@ from pathlib import Path
 import click
 
 from ipc_bridge.redaction import receive_secrets, redact_process_output
-from ipc_bridge.server.bridge import BridgeConfig, run_bridge
+from ipc_bridge.server.bridge import run_bridge
+from ipc_bridge.server.config import BridgeConfig
 from ipc_bridge.server.slots import SlotConfig
 from ipc_bridge.server.tcp_listen import ListenError, TcpConfig, parse_listen
 from ipc_bridge.wire.connection_file import KEY_ENV, BridgeAlreadyRunning, ConnectionInfo

@@ -12,7 +12,8 @@ from typing import Any
 
 from ipc_bridge.client.bridge_client import BridgeClient, Event
 from ipc_bridge.roo.framing import FrameDecoder, decode_frame, encode_frame
-from ipc_bridge.server.bridge import Bridge, BridgeConfig
+from ipc_bridge.server.bridge import Bridge
+from ipc_bridge.server.config import BridgeConfig
 from ipc_bridge.server.slots import SlotConfig
 
 CLIENT_ID = "0123456789ab"
