@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import os
 import random
 from collections.abc import AsyncIterator
@@ -24,7 +25,14 @@ from pydantic import ValidationError
 from ipc_bridge.client.event_stream import parse_event
 from ipc_bridge.client.types import Event
 from ipc_bridge.roo.extension import PAUSE_BYTES, READ_CHUNK, ExtensionConnection, ExtensionError, connect
-from ipc_bridge.roo.framing import FrameBuffer, FrameDecoder, decode_frame, encode_frame
+from ipc_bridge.roo.framing import (
+    FIRST_READ_SIZE,
+    READ_SIZE,
+    FrameBuffer,
+    FrameDecoder,
+    decode_frame,
+    encode_frame,
+)
 from ipc_bridge.roo.protocol import CancelTask, GetModes, ResumeTask
 from ipc_bridge.server.replay_buffer import ReplayBuffer
 from ipc_bridge.server.slots import validate_command
@@ -454,3 +462,21 @@ def test_hmac_signatures_match_the_standard_library() -> None:
     parts = [orjson.dumps({"a": 1}), b"{}", b"x" * 1000]
     expected = hmac.new(KEY.encode(), b"".join(parts), hashlib.sha256).hexdigest().encode()
     assert Session(KEY).sign(parts) == expected
+
+
+def test_frame_buffer_starts_small_and_grows_while_reads_fill_it() -> None:
+    """A connection that carries a few events does not zero 256 KiB; a flood is read 256 KiB at a time."""
+    buffer = FrameBuffer()
+    assert len(buffer.get_buffer()) == FIRST_READ_SIZE
+    stream = encode_frame({"x": "y" * 1000}) * 1000
+    offered, pos, frames = [], 0, 0
+    for _ in range(6):
+        free = buffer.get_buffer()
+        offered.append(len(free))
+        free[:] = stream[pos : pos + len(free)]  # each read fills what it was offered
+        free.release()
+        frames += len(buffer.buffer_updated(offered[-1]))
+        pos += offered[-1]
+    assert offered[0] == FIRST_READ_SIZE and frames == pos // len(encode_frame({"x": "y" * 1000}))
+    assert all(later >= 2 * earlier for earlier, later in itertools.pairwise(offered[:5]))
+    assert offered[-1] >= READ_SIZE
