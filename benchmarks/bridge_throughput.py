@@ -16,7 +16,8 @@
    (d) context: the server's emit rate to a raw byte sink that parses nothing: the most any reader of
        this server can get on this machine.
    Rates count TaskEvents from the first to the last one received, on every path.
-   Targets: (b) >= 3 x (a); (b) >= 80 % of (c).
+   Targets: (b) >= (a) (issue #11; issue #2 asked 3 x, beyond what this server emits here: see (d));
+   (b) >= 80 % of (c).
 2. Round trip GetModes -> modesResponse against a plain ``roo_server.js``: the node-ipc anchor
    (``interop/bench_rtt.js``, Roo-shaped, alternating with and without zod validation), our direct
    ``ExtensionConnection``, a ZeroMQ DEALER -> ROUTER echo between two Python processes (the transport
@@ -77,7 +78,7 @@ from ipc_bridge.wire.session import Session, TaskCommandRequest
 from ipc_bridge.wire.zmq_loop import Reader, Sender, plain_socket, send_frames
 
 SLOT = "bench"
-STREAM_TARGET_X = 3.0
+STREAM_TARGET_X = 1.0
 STREAM_TARGET_SHARE = 0.8
 RTT_TARGET_US = 150.0
 
@@ -430,7 +431,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     added = rtt["bridge"]["p50_us"] - min(rtt["node_raw"]["p50_us"], rtt["node_validated"]["p50_us"])
     return [
         {
-            "target": "bridge events/s >= 3 x node-ipc client",
+            "target": "bridge events/s >= node-ipc client",
             "value": rate / node["events_per_s"],
             "limit": STREAM_TARGET_X,
             "pass": rate >= STREAM_TARGET_X * node["events_per_s"],
@@ -474,7 +475,7 @@ def print_report(opts: Options, results: dict[str, Any]) -> None:
     )
     print(
         f"  {'(b) bridge -> BridgeClient.events (Python)':<48} {bridged['events_per_s'] or 0:>9,.0f}  "
-        f"{bridged['events']:>8}  target 3 x (a) = {STREAM_TARGET_X * node['events_per_s']:,.0f}; "
+        f"{bridged['events']:>8}  target {STREAM_TARGET_X:g} x (a) = {STREAM_TARGET_X * node['events_per_s']:,.0f}; "
         f"seq errors {bridged['seq_errors']}, out of order {bridged['out_of_order']}, "
         f"gap fills {bridged['gap_fills']}; per event {_cpu(bridged['cpu_us_per_event'])}; "
         f"subscriber loop stalled up to {bridged['subscriber_max_stall_s']:.2f} s"
@@ -508,8 +509,8 @@ def print_report(opts: Options, results: dict[str, Any]) -> None:
         print(f"  {'PASS' if check['pass'] else 'MISS'}  {check['target']:<46} {shown}")
     print(
         f"  note: (c) is paced by the bridge (the server waits for 'drain'); against the unpaced rate (d) "
-        f"the bridge path gets {results['bridge_share_of_ceiling']:.0%}, and 3 x (a) is "
-        f"{results['three_x_share_of_ceiling']:.0%} of (d)"
+        f"the bridge path gets {results['bridge_share_of_ceiling']:.0%}, and {STREAM_TARGET_X:g} x (a) is "
+        f"{results['target_share_of_ceiling']:.0%} of (d)"
     )
 
 
@@ -591,7 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = targets(results)
     ceiling = results["stream_raw_sink"]["server_emit_rate"]
     results["bridge_share_of_ceiling"] = (results["stream_bridge"]["events_per_s"] or 0.0) / ceiling
-    results["three_x_share_of_ceiling"] = (
+    results["bridge_vs_node_client"] = (results["stream_bridge"]["events_per_s"] or 0.0) / results[
+        "stream_node_client"
+    ]["events_per_s"]
+    results["target_share_of_ceiling"] = (
         STREAM_TARGET_X * results["stream_node_client"]["events_per_s"] / ceiling
     )
     if opts.json:
