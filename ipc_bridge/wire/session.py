@@ -215,7 +215,7 @@ class Header:
         return header
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__: one object fewer per message for the collector
 class Message:
     """A verified, parsed message. ``parent`` is the parent header as sent (``{}`` when none; messages
     with the same parent bytes share one dict: do not change it) and ``content`` the raw content
@@ -418,7 +418,7 @@ class Session:
             Header.from_dict(header_data),
             parent,
             content,
-            list(frames[:delim]),
+            frames[:delim] if type(frames) is list else list(frames[:delim]),
             list(frames[delim + 5 :]) if len(frames) > delim + 5 else [],
             bytes(signature),
         )
