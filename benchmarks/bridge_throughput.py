@@ -270,7 +270,7 @@ async def stream_floor(children: Children, tmp: Path, opts: Options) -> dict[str
         cpu = CpuMeter({"server": server.pid, "bridge": bridge.pid, "subscriber": None})
         await client.start_task(SLOT, "stream")
         await loop.run_in_executor(None, thread.join, opts.timeout)
-        cpu_us = cpu.per_unit_us(opts.events)
+        cpu_us = cpu.per_unit_us(max(1, floor.result.events))  # per event received
         streamed = await server.wait_for(lambda line: "streamed" in line, NODE_WAIT)
     finally:
         await client.close(linger_ms=0)
