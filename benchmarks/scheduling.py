@@ -147,7 +147,7 @@ def _role(pid: int, root: int) -> str:
         return "farm"
     if " simulate" in cmd:
         return "hosts"
-    if "bridge_cli" in cmd:
+    if "ipc_bridge.server.cli" in cmd:
         return "bridge"
     if "spawn_main" in cmd and "resource_tracker" not in cmd:
         return "workers"

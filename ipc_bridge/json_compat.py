@@ -33,7 +33,10 @@ MAX_DEPTH = 10_000
 MAX_INT_DIGITS = 4300
 """Python's own limit for ``int(str)``; longer integers are read as floats by :func:`loads` (not raw)."""
 
-_LONG_DIGITS = re.compile(rb"\d{19}")
+_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_LONG_RUN = b"0" * 19
+"""A run of 19 digits, once every digit reads as 0: where orjson may have rounded an integer. Translating
+and searching costs a tenth of the regular expression ``\\d{19}`` (which took longer than the parse)."""
 _TOKEN = re.compile(
     r'[ \t\n\r]*(?:([\[\]{}:,])|("(?:[^"\\]|\\.)*+")|(-?(?:0|[1-9]\d*+)(?:\.\d++)?(?:[eE][+-]?\d++)?)'
     r"|(true|false|null))",
@@ -65,7 +68,7 @@ def loads(data: bytes | bytearray | memoryview | str, *, raw: bool = False) -> A
     """The value of JSON ``data``; raises ``ValueError`` (``orjson.JSONDecodeError`` for most) if it
     is not JSON. ``raw``: numbers orjson cannot write back come as :class:`RawNumber`."""
     binary = data.encode() if isinstance(data, str) else data
-    if _LONG_DIGITS.search(binary) is None:
+    if not _has_long_digit_run(binary):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -94,6 +97,11 @@ def dumps(value: Any) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------ read
+
+
+def _has_long_digit_run(data: bytes | bytearray | memoryview) -> bool:
+    binary = data if isinstance(data, (bytes, bytearray)) else bytes(data)
+    return binary.translate(_DIGITS_AS_ZERO).find(_LONG_RUN) >= 0
 
 
 def _not_json(word: str) -> Any:

@@ -27,7 +27,14 @@ from typing import Any
 
 from ipc_bridge.log_limits import RateLimitedLog, sample
 from ipc_bridge.roo.events import TaskEvent
-from ipc_bridge.roo.framing import DEFAULT_MAX_FRAME_SIZE, READ_SIZE, FrameBuffer, decode_frame, encode_frame
+from ipc_bridge.roo.framing import (
+    DEFAULT_MAX_FRAME_SIZE,
+    READ_SIZE,
+    FrameBuffer,
+    decode_frame,
+    encode_frame,
+    split_task_event,
+)
 from ipc_bridge.roo.protocol import (
     AckMessage,
     IpcMessage,
@@ -46,6 +53,11 @@ RESUME_BYTES = READ_SIZE
 """...until they are down to this many."""
 _RETRYABLE = (errno.ENOENT, errno.ECONNREFUSED)
 _NAME_ONLY = frozenset({"commandName"})
+
+Delivered = tuple[Any, "bytes | None"]
+"""One message handed to :meth:`ExtensionConnection.deliver`'s handler: ``(task_event, its_bytes)`` for
+a TaskEvent frame written as Roo writes it (the event's bytes exactly as the host wrote them, see
+:func:`~.framing.split_task_event`), else ``(ipc_message, None)`` (the frame's ``data``)."""
 
 
 class ExtensionError(Exception):
@@ -99,7 +111,7 @@ class _Link(asyncio.BufferedProtocol):
         self.write_paused = False
         self.drain_waiters: list[asyncio.Future[None]] = []
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.on_messages: Callable[[list[Any]], None] | None = None
+        self.on_messages: Callable[[list[Delivered]], None] | None = None
         self.on_lost: Callable[[str], None] | None = None
 
     # ------------------------------------------------------------------------- asyncio callbacks
@@ -188,7 +200,7 @@ class _Link(asyncio.BufferedProtocol):
 
     # -------------------------------------------------------------------------------------- push
 
-    def deliver(self, on_messages: Callable[[list[Any]], None], on_lost: Callable[[str], None]) -> None:
+    def deliver(self, on_messages: Callable[[list[Delivered]], None], on_lost: Callable[[str], None]) -> None:
         self.on_messages, self.on_lost = on_messages, on_lost
         if self.pending:  # came in with (or after) the Ack: they go first, in order
             views = [memoryview(frame) for frame in self.pending]
@@ -202,10 +214,14 @@ class _Link(asyncio.BufferedProtocol):
 
     def _deliver(self, views: list[memoryview]) -> None:
         conn = self.conn
-        batch = []
+        batch: list[Delivered] = []
         for view in views:
+            event = split_task_event(view)
+            if event is not None:
+                batch.append(event)
+                continue
             try:
-                batch.append(decode_frame(view))
+                batch.append((decode_frame(view), None))
             except ProtocolError as exc:
                 conn._bad("frame", exc, bytes(view))
         conn.stats.frames_in += len(batch)
@@ -394,9 +410,10 @@ class ExtensionConnection:
 
     # ------------------------------------------------------------------------------------- receive
 
-    def deliver(self, on_messages: Callable[[list[Any]], None], on_lost: Callable[[str], None]) -> None:
-        """From now on, hand every socket read's messages (the ``data`` of each valid frame, as
-        :meth:`recv_data` gives them) to ``on_messages``, synchronously, in order; frames already
+    def deliver(self, on_messages: Callable[[list[Delivered]], None], on_lost: Callable[[str], None]) -> None:
+        """From now on, hand every socket read's messages (:data:`Delivered`: a TaskEvent with its
+        bytes, or the ``data`` of any other valid frame as :meth:`recv_data` gives it) to
+        ``on_messages``, synchronously, in order; frames already
         received go first, before this returns. ``on_lost(reason)`` is called once when the host
         disconnects, or when ``on_messages`` raised (the connection is then dropped). No callback
         comes after :meth:`close`. :meth:`recv` and its siblings must not be used any more."""

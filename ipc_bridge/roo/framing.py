@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 DELIMITER = b"\x0c"
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 READ_SIZE = 256 * 1024
-"""Initial receive buffer of a :class:`FrameBuffer`: one socket read fills at most this much."""
+"""The most one socket read of a :class:`FrameBuffer` takes."""
+FIRST_READ_SIZE = 16 * 1024
+"""What a :class:`FrameBuffer` reads at first; each read that fills what was offered doubles it, up to
+:data:`READ_SIZE`. A connection that carries a few events (one attempt's host) never pays for zeroing
+256 KiB, ~7 % of the bridge's CPU per attempt when each attempt attaches a new connection."""
 NODE_IPC_EVENT = "message"
 """Roo emits and listens on the node-ipc event type ``"message"`` only."""
 
@@ -37,6 +41,35 @@ def encode_frame(ipc_message: WireModel | dict[str, Any] | None) -> bytes:
     if data is None or data == "":
         data = {}
     return orjson.dumps({"type": NODE_IPC_EVENT, "data": data}) + DELIMITER
+
+
+TASK_EVENT_HEAD = b'{"type":"message","data":{"type":"TaskEvent","origin":"server","data":'
+"""How Roo's IpcServer (and every host we know) writes a TaskEvent frame, up to the event itself."""
+TASK_EVENT_TAIL = b"}}"
+_HEAD_LEN = len(TASK_EVENT_HEAD)
+
+
+def split_task_event(frame: bytes | memoryview) -> tuple[Any, bytes] | None:
+    """``(event, its bytes)`` of a TaskEvent frame written as Roo writes it (:data:`TASK_EVENT_HEAD`,
+    the event, :data:`TASK_EVENT_TAIL`), else None (decode it with :func:`decode_frame`).
+
+    Only the event is parsed, and its bytes are what the host wrote: the bridge forwards them instead
+    of encoding the parsed value again. When they parse as one JSON value, the frame is exactly
+    ``{"type":"message","data":{"type":"TaskEvent","origin":"server","data":<event>}}``: no key after
+    the event, no duplicate key, so the bytes and the returned value agree. The value is parsed with
+    orjson, for routing: an integer beyond 64 bits in it may read as a rounded float (the bytes keep it
+    exact); what orjson refuses goes through :func:`~ipc_bridge.json_compat.loads`."""
+    if frame[:_HEAD_LEN] != TASK_EVENT_HEAD or frame[-2:] != TASK_EVENT_TAIL:
+        return None
+    raw = bytes(frame[_HEAD_LEN:-2])
+    try:
+        return orjson.loads(raw), raw
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return loads(raw, raw=True), raw  # valid JSON orjson balks at (1e400, a lone surrogate...)
+    except ValueError:
+        return None  # not one JSON value: the whole frame decides (bad, or another layout)
 
 
 def decode_frame(frame: bytes | memoryview) -> Any:
@@ -160,7 +193,9 @@ class FrameBuffer(FrameDecoder):
     ) -> None:
         super().__init__(max_frame_size, log_limit=log_limit, label=label)
         self.read_size = max(1, read_size)
-        self._rbuf = bytearray(self.read_size)
+        self._want = min(self.read_size, FIRST_READ_SIZE)  # free space offered to the next read
+        self._offered = 0
+        self._rbuf = bytearray(self._want)
         self._start = 0  # first byte of the incomplete frame
         self._end = 0  # end of the bytes received
         self._scan = 0  # no delimiter in [_start, _scan)
@@ -170,8 +205,9 @@ class FrameBuffer(FrameDecoder):
         return self._end - self._start
 
     def get_buffer(self) -> memoryview:
-        """Where the next read goes: the free space after the incomplete frame, at least
-        ``read_size`` bytes (the buffer grows while a frame within the limit needs it)."""
+        """Where the next read goes: the free space after the incomplete frame, at least 16 KiB, or
+        more after reads that filled it, up to ``read_size`` (the buffer grows while a frame within the
+        limit needs it)."""
         start, end = self._start, self._end
         buf = self._rbuf
         if start:
@@ -179,19 +215,22 @@ class FrameBuffer(FrameDecoder):
             if end > start:
                 buf[: end - start] = buf[start:end]
             self._end, self._scan, self._start = end - start, self._scan - start, 0
-        need = self._end + self.read_size
+        need = self._end + self._want
         if need > len(buf):
             # At most max_frame_size bytes of an incomplete frame are ever held, so this stays bounded.
-            grown = bytearray(max(need, min(2 * len(buf), self.max_frame_size + self.read_size)))
+            grown = bytearray(max(need, min(2 * len(buf), self.max_frame_size + self._want)))
             grown[: self._end] = buf[: self._end]
             self._rbuf = buf = grown
         elif not self._end and len(buf) > 4 * self.read_size:
-            self._rbuf = buf = bytearray(self.read_size)  # a big frame has gone: give the memory back
+            self._rbuf = buf = bytearray(self._want)  # a big frame has gone: give the memory back
+        self._offered = len(buf) - self._end
         return memoryview(buf)[self._end :]
 
     def buffer_updated(self, nbytes: int) -> list[memoryview]:
         """The frames completed by the ``nbytes`` just read into :meth:`get_buffer`, delimiters
         stripped, as views valid until the next :meth:`get_buffer` call."""
+        if nbytes >= self._offered and self._want < self.read_size:
+            self._want = min(self.read_size, 2 * self._want)  # more may wait: read more next time
         buf = self._rbuf
         end = self._end + nbytes
         self._end = end

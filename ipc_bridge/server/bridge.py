@@ -19,7 +19,6 @@ import gc
 import logging
 import os
 import signal
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,7 +33,9 @@ from ipc_bridge.server.config import BridgeConfig
 from ipc_bridge.server.publisher import Publisher, SendWindow
 from ipc_bridge.server.replay_buffer import BufferedEvent
 from ipc_bridge.server.reply_cache import ReplyCache
+from ipc_bridge.server.slot_registry import SlotRegistry
 from ipc_bridge.server.slots import OWNER_EXPIRED, Slot, SlotError, validate_command
+from ipc_bridge.server.sockets import bind_sockets
 from ipc_bridge.server.tcp_listen import TcpServer
 from ipc_bridge.wire.connection_file import (
     COMMAND_SOCKET,
@@ -78,7 +79,7 @@ from ipc_bridge.wire.session import (
     new_key,
     slot_topic,
 )
-from ipc_bridge.wire.zmq_loop import MessageLimit, Reader, plain_socket, send_frames
+from ipc_bridge.wire.zmq_loop import MessageLimit, Reader, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class Bridge:
         self.config = config
         self.key = config.key or new_key()
         self.session = Session(self.key)
-        self.slots: dict[str, Slot] = {}
+        self.slots = SlotRegistry(config.detached_keep, config.detached_bytes)
         self.peers = PeerRegistry(config.client_interval, config.client_liveness)
         self.ctx: zmq.asyncio.Context | None = None
         self.router: zmq.Socket[bytes] | None = None
@@ -109,7 +110,6 @@ class Bridge:
         self._loops: list[asyncio.Task[None]] = []
         self._handlers: set[asyncio.Task[None]] = set()
         self._replies: ReplyCache[ReplyParts] = ReplyCache(config.reply_cache_size)
-        self._detached: OrderedDict[str, None] = OrderedDict()
         self.rejects = RouterRejects(log)
         self._log = RateLimitedLog(log)
         """Lines that clients can cause at any rate (replies they do not read, sessions they drop)."""
@@ -133,7 +133,7 @@ class Bridge:
             cmd_ep = ipc_endpoint(runtime, COMMAND_SOCKET)
             ev_ep = ipc_endpoint(runtime, EVENT_SOCKET)
             self.ctx = zmq.asyncio.Context()
-            self.router, xpub = self._bind(cmd_ep, ev_ep)
+            self.router, xpub = bind_sockets(self.ctx, self.config, cmd_ep, ev_ep)
             limit = MessageLimit(self.config.max_msg_size, self.config.max_msg_frames, self._on_oversized)
             self._router_reader = Reader(self.router, self._on_command, limit)
             window = SendWindow(self.config.xpub_hwm, self.config.xpub_window_bytes)
@@ -167,38 +167,6 @@ class Bridge:
             slot.connect_in_background()
         log.info("bridge %s serving on %s and %s", self.session.session, cmd_ep, ev_ep)
         return self.info
-
-    def _bind(self, cmd_ep: str, ev_ep: str) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
-        assert self.ctx is not None
-        c = self.config
-        # Plain sockets of the one context, driven from the loop: see zmq_loop.py.
-        router = plain_socket(self.ctx, zmq.ROUTER)
-        xpub = plain_socket(self.ctx, zmq.XPUB)
-        for sock in (router, xpub):
-            sock.linger = c.linger_ms
-            sock.setsockopt(zmq.HEARTBEAT_IVL, c.heartbeat_ivl_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, c.heartbeat_timeout_ms)
-            sock.setsockopt(zmq.HEARTBEAT_TTL, c.heartbeat_timeout_ms)
-        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        router.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # Per frame: a frame alone over the whole message's bound is refused before libzmq receives
-        # it. The whole message is bounded by the reader (MessageLimit).
-        router.setsockopt(zmq.MAXMSGSIZE, c.max_msg_size)
-        router.sndhwm = router.rcvhwm = c.router_hwm
-        xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
-        xpub.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)  # only subscription frames come in
-        xpub.sndhwm = c.xpub_hwm
-        old = os.umask(0o177)  # the socket files are created 0600
-        try:
-            router.bind(cmd_ep)
-            xpub.bind(ev_ep)
-        except zmq.ZMQError:
-            router.close(linger=0)
-            xpub.close(linger=0)
-            raise
-        finally:
-            os.umask(old)
-        return router, xpub
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -265,7 +233,7 @@ class Bridge:
 
     def _new_slot(self, name: str, path: str) -> Slot:
         assert self.publisher is not None
-        return Slot(name, path, self._publish, self.config.slot, self.publisher.publish_many)
+        return Slot(name, path, self.publisher, self.config.slot)
 
     def _welcome(self, topic: bytes) -> None:
         """JEP 65: answer every subscription with a welcome on its topic, so subscribers know they
@@ -307,7 +275,7 @@ class Bridge:
                         await slot.detach(OWNER_EXPIRED)
                     except Exception:  # one bad slot must not stop expiry for good
                         self._log.exception("detaching slot %s failed", slot.name)
-                    self._retire(slot)
+                    self.slots.retire(slot)
 
     # ----------------------------------------------------------------------------------- commands
 
@@ -390,19 +358,13 @@ class Bridge:
         if self._router_reader is not None:
             self._router_reader.poke()  # the send may have consumed the FD's edge
 
-    def _slot(self, name: str) -> Slot:
-        slot = self.slots.get(name)
-        if slot is None:
-            raise SlotError(ErrorCode.UNKNOWN_SLOT, f"unknown slot {name!r}")
-        return slot
-
     async def _cmd_attach(self, msg: Message, req: AttachRequest) -> ReplyParts:
         slot = self.slots.get(req.slot)
         if slot is not None and slot.state != "detached":
             raise SlotError(ErrorCode.SLOT_EXISTS, f"slot {req.slot} is already {slot.state}")
         if slot is None:
             slot = self.slots[req.slot] = self._new_slot(req.slot, req.socket_path)
-        self._detached.pop(req.slot, None)
+        self.slots.reclaim(req.slot)
         slot.socket_path = req.socket_path
         slot.state = "connecting"
         try:
@@ -415,39 +377,22 @@ class Bridge:
         owner = msg.header.session
         if owner not in self.peers:  # expired while the host was connecting: nobody holds it now
             await slot.detach(OWNER_EXPIRED)
-            self._retire(slot)
+            self.slots.retire(slot)
             raise SlotError(ErrorCode.SLOT_DOWN, f"slot {slot.name}: {OWNER_EXPIRED} during attach")
         slot.owner = owner
         return AttachReply(slot=slot.info()), []
 
     async def _cmd_detach(self, msg: Message, req: DetachRequest) -> ReplyParts:
-        slot = self._slot(req.slot)
+        slot = self.slots.lookup(req.slot)
         await slot.detach()
-        self._retire(slot)
+        self.slots.retire(slot)
         return DetachReply(slot=req.slot), []
-
-    def _retire(self, slot: Slot) -> None:
-        """Keep the last ``detached_keep`` detached slots (a late subscriber may still fill a gap from
-        their buffers; a re-attach continues their seq) and forget older ones. A run uses a fresh slot
-        per attempt: kept forever, they cost ~200 kB each; and their buffers together stay within
-        ``detached_bytes`` (one flood each, 64 slots would otherwise keep 4 GiB)."""
-        self._detached.pop(slot.name, None)
-        self._detached[slot.name] = None
-        held = sum(s.buffer.bytes for name in self._detached if (s := self.slots.get(name)) is not None)
-        while len(self._detached) > self.config.detached_keep or (
-            len(self._detached) > 1 and held > self.config.detached_bytes
-        ):
-            name, _ = self._detached.popitem(last=False)
-            old = self.slots.get(name)
-            if old is not None and old.state == "detached":
-                held -= old.buffer.bytes
-                del self.slots[name]
 
     async def _cmd_slots(self, msg: Message, req: Content) -> ReplyParts:
         return SlotsReply(slots=[s.info() for s in self.slots.values()]), []
 
     async def _cmd_task_command(self, msg: Message, req: TaskCommandRequest) -> ReplyParts:
-        slot = self._slot(req.slot)
+        slot = self.slots.lookup(req.slot)
         try:
             command = validate_command(req.command)
         except ValidationError as exc:
@@ -465,7 +410,7 @@ class Bridge:
         return reply, []
 
     async def _cmd_snapshot(self, msg: Message, req: SnapshotRequest) -> ReplyParts:
-        slot = self._slot(req.slot)
+        slot = self.slots.lookup(req.slot)
         events: list[BufferedEvent] = []
         complete, more = True, False
         if req.since_seq is not None:

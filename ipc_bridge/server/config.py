@@ -1,4 +1,4 @@
-"""The bridge process's settings (:class:`BridgeConfig`); :mod:`ipc_bridge.server.bridge` re-exports it."""
+"""The bridge process's settings (:class:`BridgeConfig`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Publishing is the bridge's hot path (one message per extension event). An XPUB n
 at its HWM), so a plain ``DONTWAIT`` send loses nothing. The subscription frames that come back are read
 by a :class:`~.zmq_loop.Reader`, which every publish pokes (a send can consume the FD's edge).
 
-:meth:`Publisher.publish_many` signs every message of a batch first and then sends them back to back:
+:meth:`Publisher.publish_task_events` signs every message of a batch first and then sends them back to back:
 libzmq's I/O thread, woken by the first, then finds the others queued and writes them together, where
 messages sent one by one between slower work wake it (and cost a ``sendmsg``) each.
 
@@ -29,11 +29,11 @@ from pydantic import BaseModel
 
 from ipc_bridge.log_limits import RateLimitedLog
 from ipc_bridge.wire.messages import HugzContent
-from ipc_bridge.wire.session import DELIM, Session, slot_topic
+from ipc_bridge.wire.session import DELIM, EventContent, Session, slot_topic
 from ipc_bridge.wire.zmq_loop import LAST, MORE, Reader, raw_send, send_frames
 
-OutEvent = tuple[bytes, str, "BaseModel | dict[str, Any]", "dict[str, Any] | None"]
-"""``(topic, msg_type, content, parent)``"""
+TaskEventOut = tuple[bytes, "dict[str, Any] | None", EventContent]
+"""``(topic, parent, content)`` of a ``task_event``."""
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +106,28 @@ class Publisher:
         self._reader.poke()
         return [topic, *parts]
 
-    def publish_many(self, events: Sequence[OutEvent]) -> list[tuple[bytes, ...]]:
-        """:meth:`publish` for each of ``events``, in order; returns their frames (without DELIM)."""
-        serialize = self.session.serialize_event
-        out = [(topic, *serialize(msg_type, parent, content)) for topic, msg_type, content, parent in events]
+    def publish_task_events(
+        self, slot: str, first_seq: int, events: Sequence[TaskEventOut]
+    ) -> list[tuple[bytes, ...]]:
+        """Publish ``task_event``\\s of ``slot`` numbered from ``first_seq``, in order; returns their
+        frames (without DELIM) for the replay buffer. All are signed first, then sent back to back."""
+        batch = self.session.serialize_batch(
+            "task_event", [(parent, content) for _, parent, content in events]
+        )
+        out = [(event[0], *parts) for event, parts in zip(events, batch, strict=True)]
         sock = self.sock
         admit = self.window.admit
-        withheld: dict[str, int] = {}  # slot -> the last seq not sent live
+        withheld = -1  # the last seq not sent live
         try:
             for i, frames in enumerate(out):
                 topic, signature, header, parent_frame, content_frame = frames
-                if not admit(_cost(topic, frames[1:])):
-                    self._withhold(events[i][2], withheld, _cost(topic, frames[1:]))
+                # _cost(topic, frames[1:]), inline: once per event.
+                size = (
+                    len(topic) + len(signature) + len(header) + len(parent_frame) + len(content_frame)
+                ) + 6 * FRAME_OVERHEAD
+                if not admit(size):
+                    self._log.info("event of %d bytes not sent live: the XPUB queues' bound", size)
+                    withheld = first_seq + i
                     continue
                 raw_send(sock, topic, MORE)
                 raw_send(sock, DELIM, MORE)
@@ -127,20 +137,11 @@ class Publisher:
                 raw_send(sock, content_frame, LAST)
         except zmq.ZMQError as exc:
             self._log.warning("events not published: %s", exc)
-        for slot, seq in withheld.items():
+        if withheld >= 0:
             # Subscribers learn at once that they are behind, and fetch what they missed by snapshot.
-            self.publish(slot_topic(slot), "hugz", HugzContent(slot=slot, seq=seq, state="up"), None)
+            self.publish(slot_topic(slot), "hugz", HugzContent(slot=slot, seq=withheld, state="up"), None)
         self._reader.poke()
         return out
-
-    def _withhold(self, content: Any, withheld: dict[str, int], size: int) -> None:
-        self._log.info("event of %d bytes not sent live: the XPUB queues' bound", size)
-        if (
-            isinstance(content, dict)
-            and isinstance(content.get("slot"), str)
-            and isinstance(content.get("seq"), int)
-        ):
-            withheld[content["slot"]] = content["seq"]
 
     def _on_frames(self, frames: list[bytes]) -> None:
         """JEP 65: subscribe frames start with 0x01 (unsubscribes with 0x00)."""

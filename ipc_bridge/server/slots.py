@@ -20,14 +20,15 @@ import contextlib
 import functools
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ipc_bridge.json_compat import loads
 from ipc_bridge.roo.events import KNOWN_EVENTS, event_route
 from ipc_bridge.roo.extension import (
     AckTimeout,
     ConnectTimeout,
+    Delivered,
     Disconnected,
     ExtensionConnection,
     ExtensionError,
@@ -35,6 +36,7 @@ from ipc_bridge.roo.extension import (
 from ipc_bridge.roo.protocol import QUERY_RESPONSES, StartNewTask, task_command_adapter
 from ipc_bridge.roo.shapes import ProtocolError
 from ipc_bridge.server.host_input import NO_PAYLOAD, HostInput
+from ipc_bridge.server.publisher import Publisher, TaskEventOut
 from ipc_bridge.server.replay_buffer import BufferedEvent, ReplayBuffer
 from ipc_bridge.wire.messages import (
     BridgeStoppingContent,
@@ -43,18 +45,14 @@ from ipc_bridge.wire.messages import (
     SlotDownContent,
     SlotInfo,
     SlotUpContent,
+    encode_task_event,
     task_event_content,
 )
-from ipc_bridge.wire.session import Header, slot_topic, task_topic
+from ipc_bridge.wire.session import EventContent, Header, slot_topic, task_topic
 
 log = logging.getLogger(__name__)
 
 ParentDict = dict[str, Any]
-Publish = Callable[[bytes, str, "Content | dict[str, Any]", "ParentDict | None"], Sequence[bytes]]
-"""``(topic, msg_type, content, parent) -> [topic, signature, header, parent, content]``: signs and sends."""
-OutEvent = tuple[bytes, str, "Content | dict[str, Any]", "ParentDict | None"]
-PublishMany = Callable[[list[OutEvent]], Sequence[Sequence[bytes]]]
-"""Publishes several in order, as :data:`Publish` does one: the frames of each."""
 
 _RESPONSE_NAMES = frozenset(QUERY_RESPONSES.values())
 
@@ -114,14 +112,7 @@ class SlotConfig:
 class Slot:
     """One attached extension host. All methods run on the bridge's event loop."""
 
-    def __init__(
-        self,
-        name: str,
-        socket_path: str,
-        publish: Publish,
-        config: SlotConfig,
-        publish_many: PublishMany | None = None,
-    ) -> None:
+    def __init__(self, name: str, socket_path: str, publisher: Publisher, config: SlotConfig) -> None:
         self.name = name
         self.socket_path = socket_path
         self.config = config
@@ -134,8 +125,7 @@ class Slot:
         self.last_publish = 0.0
         self.owner: str | None = None
         """Session of the client whose ``attach`` holds the slot; None for slots attached at start-up."""
-        self._publish = publish
-        self._publish_many = publish_many or (lambda events: [publish(*event) for event in events])
+        self._publisher = publisher
         self._topic = slot_topic(name)
         self._reconnector: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
@@ -176,7 +166,7 @@ class Slot:
     def _emit(
         self, topic: bytes, msg_type: str, content: Content | dict[str, Any], parent: ParentDict | None
     ) -> None:
-        frames = self._publish(topic, msg_type, content, parent)
+        frames = self._publisher.publish(topic, msg_type, content, parent)
         self.buffer.append(self.seq, frames)
         self.last_publish = asyncio.get_running_loop().time()
 
@@ -340,17 +330,21 @@ class Slot:
 
     # ------------------------------------------------------------------------------------- events
 
-    def _on_messages(self, batch: list[Any]) -> None:
+    def _on_messages(self, batch: list[Delivered]) -> None:
         """Every message of one read from the host: routed and numbered one by one, then published
         together. Sending them in one burst lets libzmq's I/O thread write them in few system calls
-        instead of being woken for each (the largest share of the bridge's CPU per event, otherwise)."""
-        events: list[OutEvent] = []
+        instead of being woken for each (the largest share of the bridge's CPU per event, otherwise).
+        An event whose bytes came with it is forwarded as those bytes, not encoded again."""
+        events: list[TaskEventOut] = []
         seq = self.seq
-        for data in batch:
-            if type(data) is not dict or data.get("type") != "TaskEvent":
+        for data, raw in batch:
+            if raw is not None:
+                event = data
+            elif type(data) is not dict or data.get("type") != "TaskEvent":
                 self.input.not_an_event(data)
                 continue
-            event = data.get("data")
+            else:
+                event = data.get("data")
             try:
                 name, task_id = event_route(event)
             except ProtocolError as exc:
@@ -374,16 +368,22 @@ class Slot:
                 topic = task_topic(self.name, task_id)
             else:
                 if name in _RESPONSE_NAMES:
-                    parent = self._on_query_response(name, event.get("payload"))
+                    # The reply carries the payload: read exactly (the routing parse may round).
+                    exact = loads(raw, raw=True) if raw is not None else event
+                    parent = self._on_query_response(name, exact.get("payload"))
                 topic = self._topic
             seq += 1
-            events.append((topic, "task_event", task_event_content(self.name, seq, task_id, event), parent))
+            if raw is not None:
+                content: EventContent = encode_task_event(self.name, seq, task_id, raw)
+            else:
+                content = task_event_content(self.name, seq, task_id, event)
+            events.append((topic, parent, content))
         if not events:
             return
         first = self.seq + 1
         self.seq = seq
         append = self.buffer.append
-        for i, frames in enumerate(self._publish_many(events)):
+        for i, frames in enumerate(self._publisher.publish_task_events(self.name, first, events)):
             append(first + i, frames)
         self.last_publish = asyncio.get_running_loop().time()
 

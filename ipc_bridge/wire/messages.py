@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ipc_bridge.json_compat import dumps
+
 
 class Content(BaseModel):
     """Base of every message content: extra keys are kept (newer peers may add fields)."""
@@ -192,6 +194,13 @@ def task_event_content(slot: str, seq: int, task_id: str | None, event: dict[str
     """:class:`TaskEventContent` as the dict its ``model_dump()`` gives, without the model: the hot path
     (one per extension event). The event is not copied: it must not change after publishing."""
     return {"slot": slot, "seq": seq, "task_id": task_id, "event": event}
+
+
+def encode_task_event(slot: str, seq: int, task_id: str | None, event: bytes) -> bytes:
+    """:class:`TaskEventContent` as JSON around ``event``, the event's JSON as the host wrote it: the
+    bridge forwards an event's bytes instead of encoding its parsed value again. When ``event`` is
+    compact JSON as orjson writes it, these are the very bytes of ``task_event_content(...)`` encoded."""
+    return b'{"slot":%b,"seq":%d,"task_id":%b,"event":%b}' % (dumps(slot), seq, dumps(task_id), event)
 
 
 class SlotUpContent(Content):

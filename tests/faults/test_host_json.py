@@ -101,3 +101,55 @@ def test_deep_values_are_read_and_written_without_recursion() -> None:
     text = (b'{"a":' * 5000) + b"1" + (b"}" * 5000)
     value: Any = loads(text, raw=True)
     assert dumps(value) == text
+
+
+# (the frame as a host writes it, the event's bytes the bridge must publish, routed to task)
+LAYOUTS = [
+    # Roo's own layout: the event's bytes go out as written (number forms, escapes, spaces kept).
+    (
+        b'{"type":"message","data":{"type":"TaskEvent","origin":"server","data":'
+        b'{"eventName":"taskStarted", "payload":["t1",1E2,"\\u0041"]}}}',
+        b'{"eventName":"taskStarted", "payload":["t1",1E2,"\\u0041"]}',
+    ),
+    # Another layout (a key after the event): decoded and encoded again, as compact JSON.
+    (
+        b'{"type":"message","data":{"type":"TaskEvent","origin":"server","data":'
+        b'{"eventName":"taskPaused","payload":["t1",1E2]},"relayClientId":"x"}}',
+        b'{"eventName":"taskPaused","payload":["t1",100.0]}',
+    ),
+    # A duplicate "data" key: the last one counts, for the route and for what is published alike.
+    (
+        b'{"type":"message","data":{"type":"TaskEvent","origin":"server","data":'
+        b'{"eventName":"taskAborted","payload":["t0"]},"data":{"eventName":"taskUnpaused","payload":["t1"]}}}',
+        b'{"eventName":"taskUnpaused","payload":["t1"]}',
+    ),
+]
+
+
+async def test_an_event_goes_out_as_the_bytes_the_host_wrote(sockdir: Path) -> None:
+    """The bridge forwards an event's bytes instead of encoding its parsed value again; when the frame
+    is not in Roo's layout, what it publishes is the event it routed, encoded again."""
+
+    async def host(conn: HostConn, index: int) -> None:
+        await conn.send(_encode(ACK))
+        for data, _ in LAYOUTS:
+            await conn.send(data + b"\x0c")
+        await conn.send(raw_frame("taskIdle", '["t1"]'))
+
+    async with FakeHost(sockdir / "h.sock", host) as fake, inproc_bridge(sockdir) as (bridge, client):
+        await client.attach("w1", str(fake.path), connect_timeout=5)
+        stream = Collector(client, "w1")
+        try:
+            await stream.wait(named("taskIdle"), timeout=20)
+        finally:
+            await stream.close()
+        slot = bridge.slots["w1"]
+        published, _, _ = slot.buffer.since(0, slot.seq, 100)
+        events = [ev for ev in published if b'"event":' in ev.frames[-1]][: len(LAYOUTS)]
+        for ev, (_, expected) in zip(events, LAYOUTS, strict=True):
+            topic, content = ev.frames[0], ev.frames[-1]
+            assert content.endswith(b',"event":' + expected + b"}"), content
+            assert topic == b"slot.w1.task.t1"
+        received = [e for e in stream.events if e.msg_type == "task_event"]
+        assert received[0].raw["event"]["payload"] == ["t1", 100.0, "A"]
+        assert [e.event_name for e in received[:3]] == ["taskStarted", "taskPaused", "taskUnpaused"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import os
 import random
 from collections.abc import AsyncIterator
@@ -24,7 +25,14 @@ from pydantic import ValidationError
 from ipc_bridge.client.event_stream import parse_event
 from ipc_bridge.client.types import Event
 from ipc_bridge.roo.extension import PAUSE_BYTES, ExtensionConnection, ExtensionError, connect
-from ipc_bridge.roo.framing import READ_SIZE, FrameBuffer, FrameDecoder, decode_frame, encode_frame
+from ipc_bridge.roo.framing import (
+    FIRST_READ_SIZE,
+    READ_SIZE,
+    FrameBuffer,
+    FrameDecoder,
+    decode_frame,
+    encode_frame,
+)
 from ipc_bridge.roo.protocol import CancelTask, GetModes, ResumeTask
 from ipc_bridge.server.replay_buffer import ReplayBuffer
 from ipc_bridge.server.slots import validate_command
@@ -171,13 +179,16 @@ async def test_deliver_pushes_whole_reads_in_order(sockdir: Path) -> None:
         try:
             conn.deliver(sink.on_messages, sink.on_lost)
             # Already delivered, before deliver() returned: it came in the Ack's read.
-            assert [m["data"]["eventName"] for m in sink.messages] == ["taskCreated"]
+            assert [event["eventName"] for event, _ in sink.messages] == ["taskCreated"]
             release.set()
             await sink.wait(lambda: sink.lost)
         finally:
             await conn.close()
-    names = [(m["data"]["eventName"], m["data"]["payload"][0]) for m in sink.messages]
+    names = [(event["eventName"], event["payload"][0]) for event, _ in sink.messages]
     assert names == [("taskCreated", "first"), *(("message", i) for i in range(300)), ("taskIdle", "split")]
+    # Each event comes with its bytes as the host wrote them (Roo's layout): the bridge forwards those.
+    assert all(orjson.loads(raw) == event for event, raw in sink.messages)
+    assert sink.messages[-1][1] == orjson.dumps(event("taskIdle", "split")["data"])
     assert max(len(b) for b in sink.batches) > 1  # reads, not frames
     assert len(sink.lost) == 1 and "closed" in sink.lost[0]
     assert conn.stats.bad_frames == 1 and conn.stats.frames_in == 303  # Ack + 302 events
@@ -452,3 +463,21 @@ def test_hmac_signatures_match_the_standard_library() -> None:
     parts = [orjson.dumps({"a": 1}), b"{}", b"x" * 1000]
     expected = hmac.new(KEY.encode(), b"".join(parts), hashlib.sha256).hexdigest().encode()
     assert Session(KEY).sign(parts) == expected
+
+
+def test_frame_buffer_starts_small_and_grows_while_reads_fill_it() -> None:
+    """A connection that carries a few events does not zero 256 KiB; a flood is read 256 KiB at a time."""
+    buffer = FrameBuffer()
+    assert len(buffer.get_buffer()) == FIRST_READ_SIZE
+    stream = encode_frame({"x": "y" * 1000}) * 1000
+    offered, pos, frames = [], 0, 0
+    for _ in range(6):
+        free = buffer.get_buffer()
+        offered.append(len(free))
+        free[:] = stream[pos : pos + len(free)]  # each read fills what it was offered
+        free.release()
+        frames += len(buffer.buffer_updated(offered[-1]))
+        pos += offered[-1]
+    assert offered[0] == FIRST_READ_SIZE and frames == pos // len(encode_frame({"x": "y" * 1000}))
+    assert all(later >= 2 * earlier for earlier, later in itertools.pairwise(offered[:5]))
+    assert offered[-1] >= READ_SIZE
