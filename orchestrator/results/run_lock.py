@@ -21,6 +21,10 @@ from orchestrator.results.records import ResultsError
 LOCK = ".lock"
 _OWNER_WAIT = 1.0
 """How long a refused process waits for a new owner to write its name (it writes right after locking)."""
+_PROBE_WAIT = 0.5
+"""How long taking the lock tries again: :meth:`RunLock.held` probes with a shared lock held for
+microseconds (``orchestrate view`` does, every second), and a run starting at that instant must not be
+refused for it. An owner holds the lock for its whole life, so half a second tells the two apart."""
 
 
 class RunInProgressError(ResultsError):
@@ -38,7 +42,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(fd)
         except BlockingIOError:
             os.close(fd)
             raise RunInProgressError(Path(run_dir), _owner(self.path)) from None
@@ -75,6 +79,19 @@ class RunLock:
         finally:
             os.close(fd)  # also drops the shared lock if it was taken
         return None
+
+
+def _lock_exclusive(fd: int) -> None:
+    """``LOCK_EX``, tried again while a :meth:`RunLock.held` probe may be what holds it."""
+    deadline = time.monotonic() + _PROBE_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)  # a probe holds it for microseconds; an owner, for its life
 
 
 def _owner(path: Path) -> str:

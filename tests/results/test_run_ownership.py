@@ -3,15 +3,17 @@ side (a resume or --run-id of a run in progress) is in ``tests/faults/test_proce
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
-from orchestrator.results.run_lock import RunInProgressError
+from orchestrator.results.run_lock import LOCK, RunInProgressError, RunLock
 from orchestrator.results.store import ResultsWriter
 from tests.results.test_results import key, record
 
@@ -66,3 +68,24 @@ def test_one_process_owns_a_run_and_a_killed_owner_frees_it_at_once(tmp_path: Pa
         assert writer.results_path.read_bytes() == before  # the torn line was now the resumer's to cut
     finally:
         resumed.close()
+
+
+def test_a_probe_of_the_lock_never_refuses_a_run_that_starts_meanwhile(tmp_path: Path) -> None:
+    """``RunLock.held`` (what ``orchestrate view`` asks every second) takes a shared lock for a moment; a
+    run or resume that locks at that moment waits it out instead of being refused as "in progress"."""
+    tmp_path.joinpath(LOCK).touch()
+    probe = os.open(tmp_path / LOCK, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe caught in the middle
+    released = threading.Timer(0.05, os.close, (probe,))
+    released.start()
+    try:
+        lock = RunLock(tmp_path)
+    finally:
+        released.join()
+    try:
+        assert RunLock.held(tmp_path) is not None
+        with pytest.raises(RunInProgressError):  # a real owner is still refused
+            RunLock(tmp_path)
+    finally:
+        lock.release()
+    assert RunLock.held(tmp_path) is None
