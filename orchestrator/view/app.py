@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from orchestrator.results.compare import compare_rows
-from orchestrator.results.report import read_manifest
+from orchestrator.results.report import pass_rate_intervals, read_manifest
 from orchestrator.view.attempts import AttemptIndex, Filters, as_json
 from orchestrator.view.auth import AccessMiddleware
 from orchestrator.view.runs import (
@@ -199,8 +199,8 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
                 "summary": summary,
                 "choices": choices,
                 "count": index.estimated_total(),
-                # 95% intervals come from orchestrator.analysis once it exists (issue #12 / analysis).
-                "intervals": None,
+                # The report's 95% Wilson intervals, of the graded attempts (infrastructure errors out).
+                "intervals": pass_rate_intervals(summary),
             }
         )
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from orchestrator.results.report import pass_rate_intervals
 from orchestrator.view.app import Viewer, attempt_detail
 from orchestrator.view.attempts import as_json
 from orchestrator.view.runs import Sources, run_info
@@ -57,12 +58,13 @@ def write_bundle(run_dir: Path, out: Path) -> Path:
     for asset in ("app.js", "style.css"):
         (out / "static" / asset).write_bytes(static.joinpath(asset).read_bytes())
     info = run_info(run_dir)
+    summary = index.summary()
     run = {
         "info": info,
-        "summary": index.summary(),
+        "summary": summary,
         "choices": index.choices(),
         "count": len(index.entries),
-        "intervals": None,
+        "intervals": pass_rate_intervals(summary),
     }
     rows = [as_json(e) for e in index.entries]
     (out / "data" / "run.js").write_bytes(

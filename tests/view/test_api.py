@@ -12,6 +12,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from orchestrator.results.compare import build_comparison
+from orchestrator.results.report import build_report
+from orchestrator.stats import wilson_interval
 from orchestrator.view.app import build_app
 from orchestrator.view.runs import Sources
 from tests.runs import SECRET
@@ -61,6 +63,15 @@ def test_the_run_page_has_summary_json_s_figures_and_pages_the_attempts(sim_resu
             }
     assert set(run["summary"]["by_model"]) == {"m1", "m2"}
     assert run["choices"]["model"] == ["m1", "m2"] and "rich" in run["choices"]["tag"]
+    # The 95% intervals are orchestrate report's (Wilson, infrastructure errors out), for each group.
+    report = build_report(sim_results / "r1")["pass_rate_ci"]
+    assert run["intervals"] == report
+    for group in [run["intervals"]["totals"], *run["intervals"]["by_model"].values()]:
+        if group["graded"]:
+            assert group["ci_low"] <= group["rate"] <= group["ci_high"]
+            assert (group["ci_low"], group["ci_high"]) == pytest.approx(
+                wilson_interval(group["passed"], group["graded"])
+            )
     page = c.get("/api/runs/r1/attempts?limit=3").json()
     assert page["total"] == 4 and len(page["rows"]) == 3
     rest = c.get("/api/runs/r1/attempts?limit=3&start=3").json()["rows"]

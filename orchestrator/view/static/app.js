@@ -93,19 +93,31 @@ function fail(err) { $main().replaceChildren(h("div", { class: "error-box", text
 // ------------------------------------------------------------------------------------------ charts
 
 function barChart(title, groups, intervals) {
-  // groups: {name: {attempts, pass_rate}}; a horizontal bar per group, 95% interval whiskers if given.
+  // groups: {name: {attempts, pass_rate}}; intervals: {name: {graded, passed, infra_errors, rate, ci_low,
+  // ci_high}} (the report's). With an interval the bar is the rate among graded attempts (infrastructure
+  // errors out, as the interval is) with its 95% Wilson whisker; without, the plain pass rate.
   const names = Object.keys(groups);
   if (!names.length) return null;
-  const rowH = 22, labelW = 180, barW = 260, w = labelW + barW + 150;
+  const rowH = 22, labelW = 180, barW = 260, w = labelW + barW + 230;
   const svg = h("svg", { width: w, height: names.length * rowH + 8, role: "img", "aria-label": title });
   names.forEach((n, i) => {
-    const g = groups[n], y = i * rowH + 4, rate = g.pass_rate || 0;
+    const g = groups[n], ci = intervals && intervals[n], y = i * rowH + 4;
+    const rate = (ci ? ci.rate : g.pass_rate) || 0;
     svg.append(h("text", { x: 0, y: y + 14, text: n.length > 26 ? n.slice(0, 25) + "…" : n }, h("title", { text: n })));
     svg.append(h("rect", { x: labelW, y, width: barW, height: rowH - 6, fill: "#eef0f4" }));
     svg.append(h("rect", { x: labelW, y, width: Math.max(1, rate * barW), height: rowH - 6, fill: "#1f8f4e" }));
-    const ci = intervals && intervals[n];
-    if (ci) svg.append(h("line", { x1: labelW + ci[0] * barW, x2: labelW + ci[1] * barW, y1: y + 8, y2: y + 8, stroke: "#1d2330" }));
-    svg.append(h("text", { x: labelW + barW + 6, y: y + 14, text: `${pct(g.pass_rate)} (${num(g.attempts)})` }));
+    let label = `${pct(g.pass_rate)} (${num(g.attempts)})`;
+    if (ci && ci.ci_low != null) {
+      const x1 = labelW + ci.ci_low * barW, x2 = labelW + ci.ci_high * barW, ym = y + 8;
+      svg.append(h("line", { x1, x2, y1: ym, y2: ym, stroke: "#1d2330", "stroke-width": 1.5 }));
+      svg.append(h("line", { x1, x2: x1, y1: ym - 4, y2: ym + 4, stroke: "#1d2330" }));
+      svg.append(h("line", { x1: x2, x2, y1: ym - 4, y2: ym + 4, stroke: "#1d2330" }));
+      const infra = ci.infra_errors ? `, ${num(ci.infra_errors)} infra` : "";
+      label = `${pct(ci.rate)} [${pct(ci.ci_low)}–${pct(ci.ci_high)}] ${num(ci.passed)}/${num(ci.graded)}${infra}`;
+    } else if (ci) {
+      label = `– none graded, ${num(ci.infra_errors)} infra`;
+    }
+    svg.append(h("text", { x: labelW + barW + 6, y: y + 14, text: label }));
   });
   return h("div", { class: "chart" }, h("h2", { text: title }), svg);
 }
@@ -189,7 +201,7 @@ async function runPage(name) {
       card(`${secs(t.duration_s.p50)} / ${secs(t.duration_s.p90)}`, "duration p50 / p90"),
       card(num(t.retried), "retried"));
     const iv = run.intervals || {};
-    charts.replaceChildren(...[barChart("Pass rate by model", s.by_model, iv.by_model), barChart("Pass rate by tag", s.by_tag, iv.by_tag)].filter(Boolean));
+    charts.replaceChildren(...[barChart("Pass rate by model (95% interval, infrastructure errors left out)", s.by_model, iv.by_model), barChart("Pass rate by tag (95% interval)", s.by_tag, iv.by_tag)].filter(Boolean));
   }
   const select = (key, values, label) => h("select", { onchange: (e) => { state[key] = e.target.value; state.start = 0; load(); } },
     h("option", { value: "", text: label }), ...values.map((v) => (Array.isArray(v) ? h("option", { value: v[0], text: v[1] }) : h("option", { value: v, text: v }))));
