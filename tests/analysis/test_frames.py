@@ -19,7 +19,7 @@ from orchestrator.results.records import AttemptRecord
 from orchestrator.results.report import build_report
 from orchestrator.stats import bootstrap_mean, pass_at_k_unbiased, wilson_interval
 from orchestrator.status import Status
-from tests.results.test_report import G, make_run, rec, run_a_records, run_b_records
+from tests.results.report_runs import G, make_run, rec, run_a_records, run_b_records
 
 
 @pytest.fixture

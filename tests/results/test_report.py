@@ -1,4 +1,4 @@
-"""``orchestrate report`` and ``orchestrate compare`` on run directories written by the real ResultsWriter."""
+"""``orchestrate report`` on run directories written by the real ResultsWriter."""
 
 from __future__ import annotations
 
@@ -6,19 +6,14 @@ import gc
 import json
 import random
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from orchestrator.cli.main import main
-from orchestrator.results.compare import build_comparison, compare_rows, format_comparison
 from orchestrator.results.records import (
     RESULTS,
     AttemptRecord,
-    CheckResult,
     ResultsError,
     read_records,
     read_rows,
@@ -26,133 +21,8 @@ from orchestrator.results.records import (
 from orchestrator.results.report import build_report, format_report, resolve_run, table
 from orchestrator.results.store import ResultsWriter
 from orchestrator.results.summary import summarize
-from orchestrator.status import Metrics, Status
-
-T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
-H = "h" * 16
-G = "g" * 16
-
-
-def rec(
-    run_id: str,
-    case: str,
-    model: str,
-    *,
-    repeat: int = 0,
-    attempt: int = 1,
-    final: bool = True,
-    status: Status = Status.COMPLETED,
-    passed: bool | None = True,
-    cost: float = 0.1,
-    duration: float = 10.0,
-    tokens: tuple[int, int] = (1000, 100),
-    tags: Sequence[str] = (),
-    config_hash: str = H,
-    error: str | None = None,
-    error_class: Literal["infra", "harness"] | None = None,
-) -> AttemptRecord:
-    infra = status.is_infra
-    return AttemptRecord(
-        run_id=run_id,
-        case_id=case,
-        model_id=model,
-        repeat=repeat,
-        config_hash=config_hash,
-        attempt=attempt,
-        final=final,
-        status=status,
-        passed=passed,
-        error_class="infra" if infra else error_class,
-        error=error or ("host died" if infra else None),
-        started_at=T0,
-        ended_at=T0 + timedelta(seconds=duration),
-        duration_s=duration,
-        metrics=Metrics(tokens_in=tokens[0], tokens_out=tokens[1], cache_reads=7, cost_usd=cost),
-        check=None
-        if passed is None
-        else CheckResult(
-            passed=passed, exit_code=0 if passed else 1, duration=0.5, timed_out=False, output_tail="tail"
-        ),
-        tags=list(tags),
-    )
-
-
-def make_run(results: Path, run_id: str, records: Sequence[AttemptRecord]) -> Path:
-    writer = ResultsWriter.create(results / run_id, {"run_id": run_id, "suite_name": "demo"})
-    with writer:
-        for r in records:
-            writer.append(r)
-    return writer.run_dir
-
-
-def run_a_records() -> list[AttemptRecord]:
-    a = "run-a"
-    return [
-        rec(a, "c1", "m1", cost=0.1, duration=10, tags=["python", "easy"]),
-        rec(a, "c2", "m1", passed=False, cost=0.2, duration=20, tokens=(2000, 200), tags=["python", "hard"]),
-        rec(
-            a, "c3", "m1", final=False, status=Status.INFRA_ERROR, passed=None, cost=0.05, tags=["js", "easy"]
-        ),
-        rec(a, "c3", "m1", attempt=2, cost=0.3, duration=30, tags=["js", "easy"]),
-        rec(a, "c1", "m2", cost=0.4, duration=40, tags=["python", "easy"]),
-        rec(
-            a, "c2", "m2", status=Status.TIMEOUT, passed=False, cost=0.5, duration=50, tags=["python", "hard"]
-        ),
-        rec(a, "c3", "m2", final=False, status=Status.API_ERROR, passed=None, cost=0.01, tags=["js", "easy"]),
-        rec(
-            a,
-            "c3",
-            "m2",
-            attempt=2,
-            final=False,
-            status=Status.API_ERROR,
-            passed=None,
-            cost=0.01,
-            tags=["js", "easy"],
-        ),
-        rec(
-            a,
-            "c3",
-            "m2",
-            attempt=3,
-            status=Status.API_ERROR,
-            passed=None,
-            cost=0.0,
-            duration=5,
-            tags=["js", "easy"],
-        ),
-    ]
-
-
-def run_b_records() -> list[AttemptRecord]:
-    b = "run-b"
-    return [
-        rec(b, "c1", "m1", passed=False, cost=0.15, duration=12, tags=["python", "easy"]),
-        rec(b, "c2", "m1", cost=0.25, duration=18, tags=["python", "hard"]),
-        rec(b, "c3", "m1", status=Status.INFRA_ERROR, passed=None, cost=0.0, duration=3, tags=["js", "easy"]),
-        rec(b, "c1", "m2", cost=0.4, duration=35, tags=["python", "easy"], config_hash=G),
-        rec(b, "c2", "m2", cost=0.45, duration=45, tags=["python", "hard"], config_hash=G),
-        rec(b, "c4", "m1", cost=0.1, duration=10, tags=["go"]),
-    ]
-
-
-@pytest.fixture
-def results(tmp_path: Path) -> Path:
-    return tmp_path / "results"
-
-
-@pytest.fixture
-def run_a(results: Path) -> Path:
-    return make_run(results, "run-a", run_a_records())
-
-
-@pytest.fixture
-def run_b(results: Path) -> Path:
-    return make_run(results, "run-b", run_b_records())
-
-
-def invoke(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args))
+from orchestrator.status import Status
+from tests.results.report_runs import G, H, invoke, make_run, rec
 
 
 def group(
@@ -440,123 +310,6 @@ def test_report_of_a_run_without_records(results: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- compare
-
-
-def test_compare_pairs_finals_and_lists_flips(run_a: Path, run_b: Path) -> None:
-    cmp = build_comparison(run_a, run_b)
-    assert cmp["a"]["run_id"] == "run-a" and cmp["b"]["run_id"] == "run-b"
-    flips = [(c["model_id"], c["case_id"], c["change"], c["config"]) for c in cmp["changes"]]
-    assert flips == [
-        ("m1", "c1", "pass->fail", "same"),
-        ("m1", "c2", "fail->pass", "same"),
-        ("m1", "c3", "pass->error", "same"),
-        ("m2", "c2", "fail->pass", "changed"),
-    ]
-    by_case = {c["case_id"] + c["model_id"]: c for c in cmp["changes"]}
-    assert by_case["c1m1"]["cost_delta"] == pytest.approx(0.05)
-    assert by_case["c1m1"]["duration_delta"] == pytest.approx(2.0)
-    assert by_case["c3m1"]["status_b"] == "infra_error" and by_case["c3m1"]["error_b"] == "host died"
-    assert by_case["c2m2"]["status_a"] == "timeout" and by_case["c2m2"]["status_b"] == "completed"
-    assert cmp["only_a"] == [["c3", "m2", 0]] and cmp["only_b"] == [["c4", "m1", 0]]
-
-    m1, m2, totals = cmp["by_model"]["m1"], cmp["by_model"]["m2"], cmp["totals"]
-    assert m1["paired"] == 3 and m1["config_changed"] == 0
-    assert m1["pass_rate_a"] == pytest.approx(2 / 3) and m1["pass_rate_b"] == pytest.approx(1 / 3)
-    assert m1["pass_rate_delta"] == pytest.approx(-1 / 3)
-    assert m1["cost_usd_delta"] == pytest.approx(-0.2)
-    assert (m1["duration_p50_a"], m1["duration_p50_b"], m1["duration_p50_delta"]) == (20.0, 12.0, -8.0)
-    assert m1["flips"] == {"fail->pass": 1, "pass->error": 1, "pass->fail": 1}
-    assert m2["paired"] == 2 and m2["config_changed"] == 2
-    assert (m2["pass_rate_a"], m2["pass_rate_b"]) == (0.5, 1.0)
-    assert m2["cost_usd_delta"] == pytest.approx(-0.05)
-    assert m2["duration_p50_delta"] == -5.0
-    assert totals["paired"] == 5 and totals["config_changed"] == 2 and totals["pass_rate_delta"] == 0
-    assert totals["flips"] == {"fail->pass": 2, "pass->error": 1, "pass->fail": 1}
-
-    # The paired test leaves out c3/m1 (infra_error in B): 4 graded pairs, 2 fail->pass, 1 pass->fail.
-    test = cmp["tests"]["totals"]
-    assert (test["pairs"], test["infra_pairs"], test["cases"]) == (4, 1, 2)
-    assert (test["fail_to_pass"], test["pass_to_fail"]) == (2, 1)
-    assert test["p_value"] == 1.0 and test["significant"] is False  # 2 * P(Bin(3, 1/2) <= 1) = 1
-    assert (test["rate_a"], test["rate_b"], test["rate_delta"]) == (0.5, 0.75, 0.25)
-    assert test["cost_delta"] == pytest.approx((0.05 + 0.05 + 0 - 0.05) / 4)
-    assert test["duration_delta"] == pytest.approx((2 - 2 + -5 - 5) / 4)
-    low, high = test["rate_delta_ci"]
-    assert -1 <= low <= 0.25 <= high <= 1
-    assert test["sentence"].endswith("not significant at 5%")
-    m2_test = cmp["tests"]["by_model"]["m2"]
-    assert (m2_test["pairs"], m2_test["fail_to_pass"], m2_test["pass_to_fail"]) == (2, 1, 0)
-    assert list(cmp["tests"]["by_model"]) == ["m1", "m2"]
-
-
-def test_compare_command_text_and_json(run_a: Path, run_b: Path, results: Path) -> None:
-    as_json = invoke("compare", "--results", str(results), "run-a", "run-b", "--json")
-    assert as_json.exit_code == 0, as_json.output
-    assert json.loads(as_json.stdout) == json.loads(json.dumps(build_comparison(run_a, run_b)))
-    text = invoke("compare", "--results", str(results), "run-a", str(run_b))
-    assert text.exit_code == 0, text.output
-    out = text.stdout
-    assert "4 changed outcome(s):" in out
-    assert "  total: pass rate B - A +25.0 pp (95% CI " in out
-    assert "McNemar exact p = 1 (2 fail->pass, 1 pass->fail): not significant at 5%" in out
-    assert "  model m2: pass rate B - A +50.0 pp" in out
-    assert (
-        "only in A: 1 case/model/repeat: c3/m2/0" in out and "only in B: 1 case/model/repeat: c4/m1/0" in out
-    )
-    change_rows = [
-        line.split() for line in out.splitlines()[out.splitlines().index("4 changed outcome(s):") + 3 :]
-    ]
-    assert change_rows[0] == [
-        "c1",
-        "m1",
-        "0",
-        "pass->fail",
-        "completed",
-        "completed",
-        "+0.0500",
-        "+2.0s",
-        "same",
-    ]
-    assert change_rows[3] == [
-        "c2",
-        "m2",
-        "0",
-        "fail->pass",
-        "timeout",
-        "completed",
-        "-0.0500",
-        "-5.0s",
-        "changed",
-    ]
-    m2 = next(line for line in out.splitlines() if line.startswith("model m2"))
-    assert m2.split()[3:7] == ["50.0%", "100.0%", "+50.0pp", "0.9000"]
-
-
-def test_compare_same_run_has_no_flips(run_a: Path) -> None:
-    cmp = build_comparison(run_a, run_a)
-    assert cmp["changes"] == [] and cmp["totals"]["pass_rate_delta"] == 0
-    assert "no outcome changed" in format_comparison(cmp)
-
-
-def test_compare_takes_the_last_final_of_a_forced_resume(results: Path) -> None:
-    """A resumed run with a changed suite holds finals under two config hashes: the newest counts."""
-    old = make_run(results, "old", [rec("old", "c1", "m1", passed=True)])
-    new = make_run(
-        results,
-        "new",
-        [rec("new", "c1", "m1", passed=True), rec("new", "c1", "m1", attempt=2, passed=False, config_hash=G)],
-    )
-    a = compare_rows(read_rows(old / RESULTS), read_rows(new / RESULTS))
-    assert [(c["change"], c["config"]) for c in a["changes"]] == [("pass->fail", "changed")]
-
-
-def test_compare_with_a_missing_run_exits_2(run_a: Path, results: Path) -> None:
-    result = invoke("compare", "--results", str(results), "run-a", "missing")
-    assert result.exit_code == 2
-    assert "error: no run 'missing'" in result.stderr
-
-
-# ----------------------------------------------------------------------------------- formatting
 
 
 def test_table_aligns_columns() -> None:
