@@ -9,7 +9,7 @@ from ipc_bridge.roo.events import make_event, parse_task_event
 from orchestrator.outcome import UNRESPONSIVE, OutcomeTracker
 from orchestrator.status import OutcomeLimits, Status
 from tests.conftest import load_recording
-from tests.test_outcome import msg, started
+from tests.outcome_events import msg, started
 
 # ---------------------------------------------------------------------------------- the root
 
