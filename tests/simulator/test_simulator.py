@@ -9,11 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import stat
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,68 +26,14 @@ from ipc_bridge.roo.protocol import (
     ResumeTask,
     SendMessage,
     SendMessageData,
-    StartNewTask,
-    StartNewTaskData,
     command_message,
 )
 from ipc_bridge.simulator.host import SimulatorHost
-from ipc_bridge.simulator.script import ScriptError, normalize_engine, parse_script
+from ipc_bridge.simulator.script import ScriptError, parse_script
 from ipc_bridge.simulator.task import Clock
-from tests.conftest import ROOT
+from tests.simulator.sim_events import FAST, Event, collect, created, kinds, named, start_cmd
 
 pytestmark = pytest.mark.timeout(20)
-
-Event = dict[str, Any]
-FAST = {"time_scale": 0.05, "status_delay": 0.1}
-
-
-def start_cmd(script: dict[str, Any] | None = None, text: str = "do it", **config: Any) -> StartNewTask:
-    if script is not None:
-        config["simulate"] = script
-    return StartNewTask(data=StartNewTaskData(configuration=config, text=text))
-
-
-async def collect(
-    conn: ExtensionConnection, until: Callable[[Event], bool], timeout: float = 5.0
-) -> list[Event]:
-    """TaskEvents up to and including the first one matching ``until``."""
-    events: list[Event] = []
-
-    async def loop() -> list[Event]:
-        while True:
-            data = await conn.recv_data()
-            if data.get("type") == "TaskEvent":
-                events.append(data["data"])
-                if until(data["data"]):
-                    return events
-
-    return await asyncio.wait_for(loop(), timeout)
-
-
-def named(name: str) -> Callable[[Event], bool]:
-    return lambda ev: ev["eventName"] == name
-
-
-def created(kind: str) -> Callable[[Event], bool]:
-    def pred(ev: Event) -> bool:
-        if ev["eventName"] != "message" or ev["payload"][0]["action"] != "created":
-            return False
-        msg = ev["payload"][0]["message"]
-        return f"{msg['type']}:{msg.get(msg['type'])}" == kind
-
-    return pred
-
-
-def kinds(events: list[Event]) -> list[str]:
-    """Event names, with created messages as say:X / ask:X (updates left out)."""
-    out = []
-    for ev in events:
-        if ev["eventName"] != "message":
-            out.append(ev["eventName"])
-        elif ev["payload"][0]["action"] == "created":
-            msg = ev["payload"][0]["message"]
-            out.append(f"{msg['type']}:{msg.get(msg['type'])}")
-    return out
 
 
 @pytest.fixture
@@ -434,107 +377,6 @@ def test_script_errors_name_the_key() -> None:
         "seed": 3,
         "outcome": "hang",
     }
-
-
-# ------------------------------------------------------------------------------------------- CLI
-
-
-def orchestrate(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
-    code = "from orchestrator.cli.main import main; main()"
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kwargs,
-    )
-
-
-def finish(proc: subprocess.Popen[bytes], timeout: float = 10) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc.returncode, err.decode()
-
-
-@pytest.mark.timeout(60)
-async def test_cli_runs_a_task_and_exits_on_close_task(sockdir: Path) -> None:
-    sock, ws = sockdir / "cli.sock", sockdir / "ws"
-    ws.mkdir()
-    script = sockdir / "script.yaml"
-    script.write_text("files:\n  two_fer.py: |\n    def two_fer(): pass\ncompletion: done\n")
-    options = {
-        "--socket": sock,
-        "--workspace": ws,
-        "--script": script,
-        "--time-scale": 0.05,
-        "--status-delay": 0.1,
-    }
-    proc = orchestrate("simulate", *(str(x) for pair in options.items() for x in pair))
-    try:
-        async with await connect(str(sock), timeout=30, retry_interval=0.05) as conn:
-            await conn.send_command(start_cmd())
-            await collect(conn, named("taskIdle"))
-            await conn.send_command(CloseTask())
-            with pytest.raises(Disconnected):
-                await collect(conn, lambda ev: False)
-    finally:
-        code, err = await asyncio.to_thread(finish, proc)
-    assert code == 0, err
-    assert not sock.exists()
-    assert (ws / "two_fer.py").read_text() == "def two_fer(): pass\n"
-
-
-@pytest.mark.timeout(60)
-async def test_cli_takes_the_socket_from_the_environment_and_stops_on_sigterm(sockdir: Path) -> None:
-    sock = sockdir / "env.sock"
-    proc = orchestrate("simulate", env={**os.environ, "ROO_CODE_IPC_SOCKET_PATH": str(sock)})
-    try:
-        async with await connect(str(sock), timeout=30, retry_interval=0.05):
-            pass
-        proc.send_signal(signal.SIGTERM)
-    finally:
-        code, err = await asyncio.to_thread(finish, proc)
-    assert code == 0, err
-    assert not sock.exists()
-
-
-@pytest.mark.timeout(60)
-async def test_cli_crash_outcome_kills_the_process(sockdir: Path) -> None:
-    sock = sockdir / "crash.sock"
-    argv = ["--socket", str(sock), "--workspace", str(sockdir), "--time-scale", "0.05", "--engine", "3.50.4"]
-    proc = orchestrate("simulate", *argv)
-    try:
-        async with await connect(str(sock), timeout=30, retry_interval=0.05) as conn:
-            await conn.send_command(start_cmd({"outcome": "crash"}))
-            with pytest.raises(Disconnected):
-                await collect(conn, lambda ev: False)
-    finally:
-        code, err = await asyncio.to_thread(finish, proc)
-    assert code == 1, err
-
-
-def test_engine_versions() -> None:
-    assert [normalize_engine(v) for v in ("3.52", "3.52.1", "3.50.4", 3.5, 3.52)] == [
-        "3.52",
-        "3.52",
-        "3.50",
-        "3.50",
-        "3.52",
-    ]
-    with pytest.raises(ValueError, match="unknown engine"):
-        normalize_engine("3.40")
-
-
-def test_cli_rejects_a_bad_script(sockdir: Path) -> None:
-    script = sockdir / "bad.yaml"
-    script.write_text("outcome: finished\n")
-    proc = orchestrate("simulate", "--socket", str(sockdir / "x.sock"), "--script", str(script))
-    code, err = finish(proc)
-    assert code == 2 and "outcome" in err and not (sockdir / "x.sock").exists()
 
 
 async def _work_steps(sockdir: Path, name: str, seed: int, jitter: float) -> list[float]:
