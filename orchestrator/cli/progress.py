@@ -75,14 +75,15 @@ class Progress:
         regression = self.baseline.observe(record) if self.baseline is not None else None
         if regression is not None:
             self._announce(regression)
+        projection = self._projection()
         if self._bar is not None:
             if record.final:
                 self._bar.update(1)
-            self._bar.set_postfix(**self.counts, cost=f"${self.cost:.2f}", **self._projection(), refresh=True)
+            self._bar.set_postfix(**self.counts, cost=f"${self.cost:.2f}", **projection, refresh=True)
 
     def _projection(self) -> dict[str, str]:
         """The bar's projected cost (over the budget, if any) and time to completion; the first time the
-        projection exceeds the budget, a warning line above the bar."""
+        projection exceeds the budget, a warning line above the bar (on stderr without one)."""
         left = max(self.total - self._finished, 0)
         p = project(
             spent_usd=self.cost, busy_s=self._busy_s, finished=self._finished, left=left, slots=self.slots
@@ -96,7 +97,7 @@ class Progress:
                 f"warning: projected cost ${p.cost_usd:.2f} exceeds the budget ${self.budget_usd:.2f}: "
                 "the run will stop starting attempts once it is spent"
             )
-        return {"projected": f"${p.cost_usd:.2f}{budget}", "left": _duration(p.remaining_s)}
+        return {"projected": f"${p.cost_usd:.2f}{budget}", "eta": _duration(p.remaining_s)}
 
     def _announce(self, r: Regression) -> None:
         """A regression, at once: a JSON event, or a line above the bar (stderr without a bar)."""

@@ -138,6 +138,8 @@ def run(
     Files written: manifest.json (resolved suite, secrets redacted), results.jsonl (one record per
     attempt, fsynced), events/ (per-attempt transcripts), summary.json. Load them in a notebook with
     orchestrator.results.store.load("results/<run-id>").
+    The progress bar shows the projected total cost (against the budget) and time to completion from
+    the attempts finished so far; --baseline RUN announces regressions against RUN as they happen.
     Exit codes: 0 done, 2 bad suite or options (or the Ray cluster cannot be used), 3 results could not be written (disk full, unwritable
     --results; every record written is complete: fix it, then --resume RUN_ID), 4 the bridge kept dying
     (more than --max-bridge-restarts a minute), 5 circuit breaker: the first tries of the first
