@@ -13,7 +13,7 @@ import click
 from ipc_bridge.redaction import Redactor
 from orchestrator.results.baseline import BaselineWatch, Regression
 from orchestrator.results.records import AttemptRecord
-from orchestrator.run.projection import project
+from orchestrator.run.projection import Projection, project
 from orchestrator.status import Status
 
 
@@ -35,6 +35,7 @@ class Progress:
         redactor: Redactor,
         slots: int,
         budget_usd: float | None = None,
+        spent_before: float = 0.0,
         baseline: BaselineWatch | None = None,
     ) -> None:
         self.as_json = as_json
@@ -44,6 +45,8 @@ class Progress:
         self.total = total
         self.slots = slots
         self.budget_usd = budget_usd
+        self.spent_before = spent_before
+        """What a resumed run spent before this process: in the budget's measure, not in the means."""
         self.baseline = baseline
         self._busy_s = 0.0
         self._finished = 0
@@ -90,6 +93,7 @@ class Progress:
         )
         if p is None:
             return {}
+        p = Projection(cost_usd=self.spent_before + p.cost_usd, remaining_s=p.remaining_s)
         budget = f"/${self.budget_usd:.2f}" if self.budget_usd is not None else ""
         if p.over(self.budget_usd) and not self._warned:
             self._warned = True

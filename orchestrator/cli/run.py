@@ -206,9 +206,8 @@ def run(
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     todo = pending(plan, writer.finished_keys())
-    if (
-        baseline is not None and resume_id
-    ):  # a resumed run's earlier records are in the comparison, not announced
+    if baseline is not None and resume_id:
+        # A resumed run's earlier records are in the comparison, not announced again.
         for row in iter_rows(writer.run_dir / RESULTS):
             baseline.observe(row)
     progress = Progress(
@@ -218,6 +217,7 @@ def run(
         redactor=redactor,
         slots=suite.target.slots,
         budget_usd=suite.budget.max_cost_usd,
+        spent_before=writer.cost_usd,
         baseline=baseline,
     )
     scheduler = Scheduler(

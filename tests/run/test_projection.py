@@ -74,3 +74,16 @@ def test_the_progress_warns_once_when_the_projection_exceeds_the_budget(
     )
     progress(_record(0.75))  # still over: said once
     assert capsys.readouterr().err == ""
+
+
+def test_a_resumed_run_projects_against_the_budget_with_what_it_spent_before(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # $1.00 spent before the resume; 2 left at $0.25 each now: $1.50, exactly the budget, then over.
+    progress = Progress(
+        2, quiet=True, as_json=False, redactor=Redactor(), slots=1, budget_usd=1.5, spent_before=1.0
+    )
+    progress(_record(0.25))
+    assert capsys.readouterr().err == ""
+    progress(_record(0.30))
+    assert "warning: projected cost $1.55 exceeds the budget $1.50" in capsys.readouterr().err
