@@ -16,6 +16,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISES = ROOT / "configs" / "exercises"
+SUITE = ROOT / "configs" / "suite.yaml"
+"""The default suite."""
 SECRET = "sk-test-4f1c9e2b7d"
 
 TWO_FER = f"""
@@ -196,3 +198,23 @@ def simulator_suite(tmp: Path, cases: str, *, extra: str = "", slots: int = 3) -
     path = tmp / "suite.yaml"
     path.write_text(textwrap.dedent(text) + textwrap.indent(textwrap.dedent(cases), "  "))
     return path
+
+
+REGRESSIONS = {
+    # py-leap forgets the century rule, py-two-fer the second half: their checks fail.
+    "return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)": "return year % 4 == 0",
+    'return f"One for {name}, one for me."': 'return f"One for {name}."',
+}
+
+
+def regressed_suite(tmp: Path) -> Path:
+    """The default suite with the REGRESSIONS applied, beside a link to its exercises."""
+    text = SUITE.read_text()
+    for old, new in REGRESSIONS.items():
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    suite = tmp / "suite" / "suite.yaml"
+    suite.parent.mkdir()
+    (suite.parent / "exercises").symlink_to(SUITE.parent / "exercises")
+    suite.write_text(text)
+    return suite

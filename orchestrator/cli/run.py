@@ -11,16 +11,18 @@ from typing import Any
 import click
 
 from ipc_bridge.redaction import Redactor, redact_process_output
+from orchestrator.cli.progress import Progress
 from orchestrator.hosts.provider import host_provider
 from orchestrator.processes.child_env import withhold
-from orchestrator.results.records import AttemptRecord, ResultsError, ResultsWriteError
+from orchestrator.results.baseline import BaselineWatch
+from orchestrator.results.records import RESULTS, ResultsError, ResultsWriteError, iter_rows
+from orchestrator.results.report import resolve_run
 from orchestrator.results.store import ResultsWriter, build_manifest
 from orchestrator.run.executor import Executor, ExecutorFactory, ExecutorStartError, Launch
 from orchestrator.run.jobs import KEPT_WORKSPACES
 from orchestrator.run.local import LocalExecutor
 from orchestrator.run.scheduler import Interrupted, RunOptions, Scheduler
 from orchestrator.run.supervisor import BridgeFailed
-from orchestrator.status import Status
 from orchestrator.suite.config import Suite, apply_overrides, load_suite
 from orchestrator.suite.plan import build_plan, pending, suite_hash
 from orchestrator.suite.yaml_loader import SuiteError
@@ -36,46 +38,6 @@ def _default_run_id(suite_name: str) -> str:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in suite_name)[:40]
     return f"{stamp}-{safe}"
-
-
-class _Progress:
-    """The tqdm bar (or JSON lines, or nothing) fed by each record as it is written."""
-
-    def __init__(self, total: int, *, quiet: bool, as_json: bool, redactor: Redactor) -> None:
-        self.as_json = as_json
-        self.redact = redactor
-        self.counts = {"passed": 0, "failed": 0, "errors": 0, "retried": 0, "cancelled": 0}
-        self.cost = 0.0
-        self._bar: Any = None
-        if not quiet and not as_json:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, unit="attempt", dynamic_ncols=True, file=sys.stderr)
-
-    def __call__(self, record: AttemptRecord) -> None:
-        self.cost += record.metrics.cost_usd
-        if record.status is Status.CANCELLED:
-            self.counts["cancelled"] += 1  # stopped by us: run again on resume, not a retry
-        elif not record.final:
-            self.counts["retried"] += 1
-        elif record.error_class is not None or record.status.is_infra:
-            self.counts["errors"] += 1
-        elif record.passed:
-            self.counts["passed"] += 1
-        else:
-            self.counts["failed"] += 1
-        if self.as_json:
-            # Redacted before it is JSON: stdout's own redaction sees the text, where escaping may hide
-            # a secret.
-            click.echo(json.dumps(self.redact({"type": "attempt", **record.model_dump(mode="json")})))
-        if self._bar is not None:
-            if record.final:
-                self._bar.update(1)
-            self._bar.set_postfix(**self.counts, cost=f"${self.cost:.2f}", refresh=True)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 @click.command()
@@ -124,6 +86,15 @@ class _Progress:
     help="Keep each attempt's workspace in RESULTS/RUN_ID/workspaces/ (each record names its own; the "
     "directory is printed at the end).",
 )
+@click.option(
+    "--baseline",
+    "baseline_run",
+    metavar="RUN",
+    help="Compare with this earlier run (a run directory, or a run id under --results) as it goes: each "
+    "(case, model, repeat) that passed there and fails now is announced at once (a line above the bar, "
+    "a 'regression' event with --json) and listed in summary.json's 'regressions' with the running "
+    "paired comparison (pass->fail, fail->pass, McNemar's exact p).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON line per finished attempt and a final summary line."
@@ -159,6 +130,7 @@ def run(
     as_json: bool,
     max_bridge_restarts: int,
     ray_address: str | None,
+    baseline_run: str | None,
 ) -> None:
     """Run SUITE_FILE (cases x models x repeats) and write results/<run-id>/.
 
@@ -166,6 +138,8 @@ def run(
     Files written: manifest.json (resolved suite, secrets redacted), results.jsonl (one record per
     attempt, fsynced), events/ (per-attempt transcripts), summary.json. Load them in a notebook with
     orchestrator.results.store.load("results/<run-id>").
+    The progress bar shows the projected total cost (against the budget) and time to completion from
+    the attempts finished so far; --baseline RUN announces regressions against RUN as they happen.
     Exit codes: 0 done, 2 bad suite or options (or the Ray cluster cannot be used), 3 results could not be written (disk full, unwritable
     --results; every record written is complete: fix it, then --resume RUN_ID), 4 the bridge kept dying
     (more than --max-bridge-restarts a minute), 5 circuit breaker: the first tries of the first
@@ -199,6 +173,7 @@ def run(
                 f"error: {option} {name!r}: give a plain directory name (no '/', not '.' or '..')", err=True
             )
             sys.exit(EXIT_BAD_INPUT)
+    baseline = _baseline(baseline_run, results_dir)
     plan = build_plan(suite)
     try:
         if resume_id:
@@ -231,7 +206,20 @@ def run(
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     todo = pending(plan, writer.finished_keys())
-    progress = _Progress(len(todo), quiet=quiet, as_json=as_json, redactor=redactor)
+    if baseline is not None and resume_id:
+        # A resumed run's earlier records are in the comparison, not announced again.
+        for row in iter_rows(writer.run_dir / RESULTS):
+            baseline.observe(row)
+    progress = Progress(
+        len(todo),
+        quiet=quiet,
+        as_json=as_json,
+        redactor=redactor,
+        slots=suite.target.slots,
+        budget_usd=suite.budget.max_cost_usd,
+        spent_before=writer.cost_usd,
+        baseline=baseline,
+    )
     scheduler = Scheduler(
         suite,
         todo,
@@ -259,9 +247,11 @@ def run(
         stop, unstarted = "not_started", exc
     finally:
         progress.close()
-        tripped = {"stop_detail": scheduler.tripped} if scheduler.tripped else {}
+        extra: dict[str, Any] = {"stop_detail": scheduler.tripped} if scheduler.tripped else {}
+        if baseline is not None:
+            extra["regressions"] = baseline.summary()
         summary = writer.summary(
-            stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget, **tripped
+            stop_reason=stop, pending=scheduler.pending, skipped_budget=scheduler.skipped_budget, **extra
         )
         try:
             writer.write_summary(summary)
@@ -300,6 +290,17 @@ def run(
         sys.exit(EXIT_CIRCUIT_BREAKER)
     if stop in ("interrupted", "killed"):
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _baseline(run: str | None, results_dir: Path) -> BaselineWatch | None:
+    """``--baseline RUN``'s final records, read once before the run starts; exits 2 when RUN is no run."""
+    if run is None:
+        return None
+    try:
+        return BaselineWatch.read(resolve_run(run, results_dir))
+    except ResultsError as exc:
+        click.echo(f"error: --baseline: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def _executor(

@@ -12,28 +12,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.runs import ROOT, run_argv
+from tests.runs import ROOT, SUITE, regressed_suite, run_argv
 
 NOTEBOOK = ROOT / "notebooks" / "analysis.ipynb"
-SUITE = ROOT / "configs" / "suite.yaml"
-REGRESSIONS = {
-    # py-leap forgets the century rule, py-two-fer the second half: their checks fail.
-    "return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)": "return year % 4 == 0",
-    'return f"One for {name}, one for me."': 'return f"One for {name}."',
-}
-
-
-def regressed_suite(tmp: Path) -> Path:
-    """The default suite with the REGRESSIONS applied, beside a link to its exercises."""
-    text = SUITE.read_text()
-    for old, new in REGRESSIONS.items():
-        assert text.count(old) == 1, old
-        text = text.replace(old, new)
-    suite = tmp / "suite" / "suite.yaml"
-    suite.parent.mkdir()
-    (suite.parent / "exercises").symlink_to(SUITE.parent / "exercises")
-    suite.write_text(text)
-    return suite
 
 
 @pytest.fixture

@@ -213,12 +213,12 @@ def test_the_progress_counts_cancelled_attempts_apart_from_retried_ones() -> Non
     from datetime import datetime, timezone
 
     from ipc_bridge.redaction import Redactor
-    from orchestrator.cli.run import _Progress
+    from orchestrator.cli.progress import Progress
     from orchestrator.results.records import AttemptRecord
     from orchestrator.status import Status
 
     now = datetime.now(timezone.utc)
-    progress = _Progress(3, quiet=True, as_json=False, redactor=Redactor())
+    progress = Progress(3, quiet=True, as_json=False, redactor=Redactor(), slots=1)
     for status, final, passed in [
         (Status.CANCELLED, False, None),
         (Status.INFRA_ERROR, False, None),
