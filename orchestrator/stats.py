@@ -93,7 +93,7 @@ def mcnemar_exact(pass_to_fail: int, fail_to_pass: int) -> float:
     for i in range(low):
         term = term * (discordant - i) // (i + 1)
         tail += term
-    return min(1.0, 2 * tail / 2**discordant)
+    return min(1.0, float(2 * tail / 2**discordant))
 
 
 def pass_at_k_unbiased(n: int, c: int, k: int) -> float:
