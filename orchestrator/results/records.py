@@ -63,6 +63,7 @@ class Timings(BaseModel):
     agent_s: float | None = None
     check_s: float | None = None
     teardown_s: float | None = None
+    """The host closed and gone, and the workspace's diff taken (``diff_file``)."""
 
 
 class CheckResult(BaseModel):

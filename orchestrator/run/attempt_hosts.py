@@ -10,6 +10,7 @@ directory, keeps them in its own work directory.
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 
@@ -39,6 +40,11 @@ def kept(config: WorkerConfig, name: str) -> Path:
 def _attempt_name(job: Job) -> str:
     """``<case>__<model>__<repeat>__<attempt>``, as its transcript is named."""
     return f"{job.attempt.key.slug}__{job.number}"
+
+
+def _empty(directory: Path) -> bool:
+    with os.scandir(directory) as entries:
+        return next(entries, None) is None
 
 
 class AttemptHosts:
@@ -91,8 +97,11 @@ class AttemptHosts:
         """What the agent changed in ``workspace`` (against the case's template), redacted, kept as
         ``events/<case>__<model>__<repeat>__<attempt>.diff`` beside its transcript, written whole. Returns
         its path as the record names it; None when nothing changed."""
+        template = job.attempt.case.workspace
+        if template is None and _empty(workspace):
+            return None  # nothing was put in it (a leased host works elsewhere): one syscall, no thread
         text = await asyncio.to_thread(
-            workspace_diff, job.attempt.case.workspace, workspace, self.config.redactor.text
+            workspace_diff, template, workspace, self.config.redactor.text
         )
         if not text:
             return None
