@@ -100,9 +100,7 @@ class AttemptHosts:
         template = job.attempt.case.workspace
         if template is None and _empty(workspace):
             return None  # nothing was put in it (a leased host works elsewhere): one syscall, no thread
-        text = await asyncio.to_thread(
-            workspace_diff, template, workspace, self.config.redactor.text
-        )
+        text = await asyncio.to_thread(workspace_diff, template, workspace, self.config.redactor.text)
         if not text:
             return None
         dest = kept(self.config, EVENTS) / f"{_attempt_name(job)}.diff"
