@@ -63,6 +63,7 @@ class Timings(BaseModel):
     agent_s: float | None = None
     check_s: float | None = None
     teardown_s: float | None = None
+    """The host closed and gone, and the workspace's diff taken (``diff_file``)."""
 
 
 class CheckResult(BaseModel):
@@ -133,6 +134,11 @@ class AttemptRecord(BaseModel):
     kept_workspace: str | None = None
     """With ``--keep-workspaces``: where its workspace was kept, relative to the run directory
     (``workspaces/<case>__<model>__<repeat>__<attempt>``; absolute on a Ray node)."""
+    diff_file: str | None = None
+    """What the agent changed in its workspace, a unified diff against the case's template taken before
+    the check (redacted, capped at 1 MiB), relative to the run directory
+    (``events/<case>__<model>__<repeat>__<attempt>.diff``; absolute on a Ray node); None when nothing
+    changed or the task never started."""
 
     @property
     def key(self) -> AttemptKey:
@@ -201,6 +207,7 @@ class Row(NamedTuple):
     host_output_tail: str | None
     host_killed: list[str]
     kept_workspace: str | None
+    diff_file: str | None
 
     @property
     def is_error(self) -> bool:
@@ -228,7 +235,7 @@ def flat_values(d: Mapping[str, Any]) -> Row:
     c = d.get("check")
     t = d.get("timings") or {}
     tools = m.get("tool_usage") or {}
-    # tuple.__new__ instead of Row(...): the same row, without a Python-level call of 52 arguments.
+    # tuple.__new__ instead of Row(...): the same row, without a Python-level call of 53 arguments.
     return tuple.__new__(
         Row,
         (
@@ -284,6 +291,7 @@ def flat_values(d: Mapping[str, Any]) -> Row:
             d.get("host_output_tail"),
             list(d.get("host_killed") or []),
             d.get("kept_workspace"),
+            d.get("diff_file"),
         ),
     )
 

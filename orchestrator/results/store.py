@@ -5,6 +5,8 @@
     manifest.json      the resolved suite (secrets redacted), config hash, versions, git, command line
     results.jsonl      one AttemptRecord a line, appended, flushed and fsynced as each attempt ends
     events/<case>__<model>__<repeat>__<attempt>.jsonl   each attempt's transcript (non-partial events)
+    events/<case>__<model>__<repeat>__<attempt>.diff    what the agent changed in its workspace (written by
+                                                        the worker: orchestrator.run.workspace_diff)
     summary.json       pass rate and totals by model and tag, rebuilt from results.jsonl
     results.parquet    a columnar cache of results.jsonl for load(), written when the run ends (optional)
     .lock              flock'd by the run's owner while it lives; names its pid and host

@@ -134,6 +134,7 @@ class AttemptRunner:
         host_log: Path | None = None
         host_end: str | None = None  # how the host ended by itself, if it did
         check: CheckResult | None = None
+        diff_file: str | None = None
         status, reason = Status.INFRA_ERROR, ""
         error_class: Literal["infra", "harness"] | None = "infra"
         error: str | None = None
@@ -190,6 +191,8 @@ class AttemptRunner:
             host, attached = None, False
             if status.is_infra and host_end and error is None:
                 error = f"the extension host {host_end}"
+            # Before the check, which may write files of its own: what the agent (and setup) changed.
+            diff_file = await self._diff(job, workspace)
             phase.lap("teardown_s")
             if not status.is_infra and attempt.case.check:
                 check = await run_command(
@@ -249,6 +252,7 @@ class AttemptRunner:
             host_output_tail=host_output,
             host_killed=list(launched.killed) if launched is not None else [],
             kept_workspace=self._hosts.in_results(workspace) if self.config.keep_workspaces else None,
+            diff_file=diff_file,
         )
         if tracker is not None:
             record.metrics = tracker.metrics()
@@ -273,6 +277,14 @@ class AttemptRunner:
                 raise _HarnessError(
                     f"setup command {command!r} exited {result.exit_code}: {result.output_tail[-500:]}"
                 )
+
+    async def _diff(self, job: Job, workspace: Path) -> str | None:
+        """The workspace's diff, kept; a failure to take it costs the attempt its diff, nothing more."""
+        try:
+            return await self._hosts.diff(job, workspace)
+        except OSError as exc:
+            log.warning("%s: no workspace diff: %s", job.attempt.key.slug, exc)
+            return None
 
     async def _attach(self, host: Host | None, slot: str, socket_path: str) -> None:
         """Attach the slot to the host's socket; a launched host that ends meanwhile is noticed at once

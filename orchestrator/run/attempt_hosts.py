@@ -10,6 +10,7 @@ directory, keeps them in its own work directory.
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from pathlib import Path
 
@@ -17,7 +18,10 @@ from orchestrator.hosts.farm import SimulatorFarm
 from orchestrator.hosts.host import Host, HostPlace
 from orchestrator.hosts.logs import keep_log, output_tail
 from orchestrator.hosts.provider import host_provider
+from orchestrator.results.records import EVENTS
+from orchestrator.results.store import atomic_write
 from orchestrator.run.jobs import HOST_LOGS, KEPT_WORKSPACES, Job, WorkerConfig
+from orchestrator.run.workspace_diff import workspace_diff
 
 
 def simulator_farm(config: WorkerConfig, wid: int) -> SimulatorFarm | None:
@@ -36,6 +40,11 @@ def kept(config: WorkerConfig, name: str) -> Path:
 def _attempt_name(job: Job) -> str:
     """``<case>__<model>__<repeat>__<attempt>``, as its transcript is named."""
     return f"{job.attempt.key.slug}__{job.number}"
+
+
+def _empty(directory: Path) -> bool:
+    with os.scandir(directory) as entries:
+        return next(entries, None) is None
 
 
 class AttemptHosts:
@@ -83,6 +92,20 @@ class AttemptHosts:
         if not await asyncio.to_thread(keep_log, log_path, dest, self.config.redactor.text):
             return None, None
         return self.in_results(dest), (await asyncio.to_thread(output_tail, dest) if tail else None)
+
+    async def diff(self, job: Job, workspace: Path) -> str | None:
+        """What the agent changed in ``workspace`` (against the case's template), redacted, kept as
+        ``events/<case>__<model>__<repeat>__<attempt>.diff`` beside its transcript, written whole. Returns
+        its path as the record names it; None when nothing changed."""
+        template = job.attempt.case.workspace
+        if template is None and _empty(workspace):
+            return None  # nothing was put in it (a leased host works elsewhere): one syscall, no thread
+        text = await asyncio.to_thread(workspace_diff, template, workspace, self.config.redactor.text)
+        if not text:
+            return None
+        dest = kept(self.config, EVENTS) / f"{_attempt_name(job)}.diff"
+        await asyncio.to_thread(atomic_write, dest, text.encode())
+        return self.in_results(dest)
 
     def launch_timeout(self) -> float:
         return self.provider.launch_timeout

@@ -44,6 +44,8 @@ from orchestrator.view.transcript import TranscriptCache, page
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 500
+MAX_DIFF = (1 << 20) + 4096
+"""The most of a workspace diff an attempt page shows: the writer's cap and its "diff truncated" line."""
 _STEP = 2000
 """Records the background indexer reads at a time."""
 LIVE_POLL_S = 0.25
@@ -154,6 +156,7 @@ def attempt_detail(viewer: Viewer, run_dir: Path, number: int, record: dict[str,
     if path is not None:
         t = viewer.transcripts.get(path)
         transcript = {"usage": t.usage, "bytes": t.size}
+    diff = _diff(events_path(run_dir, record.get("diff_file")))
     cases = (read_manifest(run_dir).get("suite") or {}).get("cases") or []
     case = next((c for c in cases if isinstance(c, dict) and c.get("id") == record.get("case_id")), {})
     check = {"command": case.get("check"), **(record.get("check") or {})}
@@ -163,7 +166,18 @@ def attempt_detail(viewer: Viewer, run_dir: Path, number: int, record: dict[str,
         "prompt": case.get("prompt"),
         "check": check,
         "transcript": transcript,
+        "diff": diff,
     }
+
+
+def _diff(path: Path | None) -> dict[str, Any] | None:
+    """What the agent changed (a record's ``diff_file``), read up to :data:`MAX_DIFF`: the writer caps it
+    at 1 MiB, but the file is data, and a page must stay small whatever it holds."""
+    if path is None:
+        return None
+    with path.open("rb") as fh:
+        data = fh.read(MAX_DIFF + 1)
+    return {"text": data[:MAX_DIFF].decode("utf-8", "replace"), "cut": len(data) > MAX_DIFF}
 
 
 def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool = True) -> Starlette:

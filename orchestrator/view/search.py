@@ -16,8 +16,9 @@ _SNIPPET = 80
 
 
 def events_path(run_dir: Path, events_file: str | None) -> Path | None:
-    """An attempt's transcript, only if it lies inside the run's events/ directory (a record's
-    ``events_file`` is data, not a path to trust)."""
+    """A file of an attempt named by its record (its transcript, ``events_file``; its workspace diff,
+    ``diff_file``), only if it lies inside the run's events/ directory (a record's paths are data, not
+    paths to trust)."""
     if not events_file:
         return None
     events = (run_dir / EVENTS).resolve()

@@ -32,6 +32,7 @@ GOOD = f"""
       two_fer.py: |
         def two_fer(name="you"):
             return f"One for {{name}}, one for me."
+      notes/key.txt: "key={SECRET}\\n"
 - id: leap-wrong
   prompt: Implement leap_year.
   workspace: {EXERCISES}/python/leap
@@ -57,7 +58,8 @@ def test_run_grades_retries_and_writes_loadable_results(tmp_path: Path) -> None:
         "--run-id",
         "r1",
         "--json",
-        env_extra={"ORCHESTRATE_LOG_LEVEL": "DEBUG"},
+        # The check's unittest writes __pycache__/ into the workspace: the diff, taken before, has none.
+        env_extra={"ORCHESTRATE_LOG_LEVEL": "DEBUG", "PYTHONDONTWRITEBYTECODE": ""},
     )
     assert res.returncode == 0, res.stderr
     assert "DEBUG" in res.stderr or "INFO" in res.stderr
@@ -78,8 +80,18 @@ def test_run_grades_retries_and_writes_loadable_results(tmp_path: Path) -> None:
     assert final["api-down"].attempt == 2
     assert [r.attempt for r in records if r.case_id == "api-down"] == [1, 2]
 
+    # What the agent changed, and only that.
+    assert final["two-fer"].diff_file == "events/two-fer__m1__0__1.diff"
+    diff = (run_dir / final["two-fer"].diff_file).read_text()
+    assert '-    raise NotImplementedError("implement two_fer")' in diff
+    assert '+    return f"One for {name}, one for me."' in diff
+    assert "--- /dev/null\n+++ b/notes/key.txt\n@@ -0,0 +1 @@\n+key=***\n" in diff
+    assert "__pycache__" not in diff
+    assert final["api-down"].diff_file is None  # nothing written
+
     df = load(run_dir)
     assert len(df) == 3
+    assert df.set_index("case_id").loc["two-fer", "diff_file"] == final["two-fer"].diff_file
     assert set(df["status"]) == {"completed", "api_error"}
 
     # the secret reached the host (configuration) but no file of the run

@@ -1,5 +1,5 @@
 """A real run on the simulator, made once for the viewer's tests: two models, tags, streamed text, a
-tool call, a command, a subtask, a failing check, a secret the agent echoes."""
+tool call, a command, a subtask, a failing check, a secret the agent echoes and writes into a file."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ CASES = f"""
       two_fer.py: |
         def two_fer(name="you"):
             return f"One for {{name}}, one for me."
+      notes/key.txt: "key={SECRET}\\n"
     tools:
       - {{tool: execute_command, command: "echo zebra-crossing", output: "zebra-crossing 42"}}
     subtasks:

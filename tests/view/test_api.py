@@ -114,6 +114,20 @@ def test_the_attempt_page_reads_as_a_conversation(sim_results: Path) -> None:
     assert broken["check"]["exit_code"] != 0 and broken["record"]["passed"] is False
 
 
+def test_the_attempt_page_has_what_the_agent_changed(sim_results: Path) -> None:
+    c = client(sim_results)
+    detail = c.get(f"/api/runs/r1/attempts/{attempt_index(c, 'rich', 'm1')}").json()
+    diff = detail["diff"]["text"]
+    assert detail["record"]["diff_file"].startswith("events/rich__m1__0__")
+    assert '-    raise NotImplementedError("implement two_fer")' in diff
+    assert '+    return f"One for {name}, one for me."' in diff
+    assert "--- /dev/null\n+++ b/README.md\n" in diff  # the subtask's file
+    assert "+++ b/notes/key.txt\n@@ -0,0 +1 @@\n+key=***\n" in diff
+    assert detail["diff"]["cut"] is False
+    broken = c.get(f"/api/runs/r1/attempts/{attempt_index(c, 'broken', 'm1')}").json()
+    assert broken["diff"] is None and broken["record"]["diff_file"] is None  # it wrote nothing
+
+
 def test_search_finds_text_in_the_transcripts_and_opens_where_it_is(sim_results: Path) -> None:
     c = client(sim_results)
     hits = c.get("/api/runs/r1/search?q=Zebra-Crossing").json()["hits"]
@@ -167,16 +181,22 @@ def test_no_url_escapes_the_results_directory(sim_results: Path, path: str) -> N
     assert "root:" not in res.text and "def build_app" not in res.text
 
 
-def test_a_record_s_events_file_outside_the_run_is_not_read(tmp_path: Path) -> None:
+def test_a_record_s_files_outside_the_run_are_not_read(tmp_path: Path) -> None:
     from tests.view.synthetic import write_run
 
     run = write_run(tmp_path / "results" / "x", 1)
     (tmp_path / "secret.jsonl").write_text('{"t": 0, "event": {"eventName": "message", "payload": []}}\n')
     rec = json.loads((run / "results.jsonl").read_text())
     rec["events_file"] = "events/../../../secret.jsonl"
+    rec["diff_file"] = "events/../../../secret.jsonl"
     (run / "results.jsonl").write_text(json.dumps(rec) + "\n")
     c = client(tmp_path / "results")
     assert c.get("/api/runs/x/attempts/0").json()["transcript"] is None
+    assert c.get("/api/runs/x/attempts/0").json()["diff"] is None
+    # Inside the run but not among its attempts' files: not served either.
+    rec["diff_file"] = "manifest.json"
+    (run / "results.jsonl").write_text(json.dumps(rec) + "\n")
+    assert client(tmp_path / "results").get("/api/runs/x/attempts/0").json()["diff"] is None
     assert c.get("/api/runs/x/attempts/0/transcript").json()["items"] == []
     assert c.get("/api/runs/x/search?q=eventName").json()["hits"] == []
 

@@ -47,6 +47,9 @@ def test_each_page_shows_the_run_in_chromium(sim_results: Path, tmp_path: Path) 
         assert "echo zebra-crossing" in attempt and "zebra-crossing 42" in attempt
         assert "Write the README for two_fer" in attempt and "Implemented two_fer; the tests pass." in attempt
         assert "python3 -m unittest -q" in attempt and "Cost over time" in attempt
+        assert "What the agent changed" in attempt and '<pre class="out diff" id="diff">' in attempt
+        assert '<span class="add">+key=***</span>' in attempt and SECRET not in attempt
+        assert '<span class="del">-    raise NotImplementedError("implement two_fer")</span>' in attempt
 
         for name, path in (("runs", ""), ("run", "run/r1"), ("attempt", f"run/r1/attempt/{rich}")):
             out = tmp_path / f"{name}.png"

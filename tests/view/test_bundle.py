@@ -35,4 +35,5 @@ def test_the_bundle_opens_from_file_with_no_server(sim_results: Path, tmp_path: 
     attempt = dom(chromium, url + f"#/run/r1/attempt/{rich}")
     assert "zebra-crossing 42" in attempt and "Write the README for two_fer" in attempt
     assert "python3 -m unittest -q" in attempt
+    assert '<span class="add">+key=***</span>' in attempt  # the diff, from file:// too
     screenshot(chromium, url + f"#/run/r1/attempt/{rich}", tmp_path / "bundle-attempt.png")

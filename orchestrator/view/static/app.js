@@ -276,6 +276,17 @@ function itemView(it) {
   return el;
 }
 
+// The workspace diff against its template, one coloured line each (taken before the check ran).
+function diffView(d) {
+  const kind = (line) => line.startsWith("+++ ") || line.startsWith("--- ") ? "meta"
+    : line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : line.startsWith("@@") ? "hunk"
+    : line.startsWith(" ") || line === "" ? "ctx" : "meta";
+  const lines = d.text.replace(/\n$/, "").split("\n");
+  return h("div", {},
+    h("pre", { class: "out diff", id: "diff" }, ...lines.map((l) => h("span", { class: kind(l), text: l || " " }))),
+    d.cut ? h("p", { class: "muted", text: "Only the first part of the diff is shown." }) : null);
+}
+
 async function attemptPage(name, n) {
   const base = `/api/runs/${enc(name)}/attempts/${n}`;
   crumbs(h("a", { href: link(`/run/${enc(name)}`), text: "/ " + name }), `attempt ${n}`);
@@ -309,6 +320,8 @@ async function attemptPage(name, n) {
     h("h2", { text: "Transcript" }),
     a.transcript ? list : h("p", { class: "muted", text: "No transcript was written for this attempt." }),
     a.transcript ? h("div", { class: "pager" }, more, info) : null,
+    h("h2", { text: "What the agent changed" }),
+    a.diff ? diffView(a.diff) : h("p", { class: "muted", text: "No change to the workspace was recorded." }),
     h("h2", { text: "Check" }),
     h("table", { id: "check" }, h("tbody", {},
       h("tr", {}, h("th", { text: "command" }), h("td", {}, h("code", { text: typeof chk.command === "string" ? chk.command : JSON.stringify(chk.command ?? null) }))),
