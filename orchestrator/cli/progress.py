@@ -1,6 +1,7 @@
 """What ``orchestrate run`` shows while it runs, fed each record as it is written: the tqdm bar (with the
 projected cost and time to completion, :mod:`orchestrator.run.projection`), or JSON lines, or nothing;
-and with ``--baseline`` each regression the moment it happens (:mod:`orchestrator.results.baseline`)."""
+and with ``--baseline`` each regression the moment it happens (:mod:`orchestrator.results.baseline`), and
+``--stop-when-decided``'s decision (:mod:`orchestrator.sequential`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ipc_bridge.redaction import Redactor
 from orchestrator.results.baseline import BaselineWatch, Regression
 from orchestrator.results.records import AttemptRecord
 from orchestrator.run.projection import Projection, project
+from orchestrator.sequential import Decision
 from orchestrator.status import Status
 
 
@@ -75,9 +77,13 @@ class Progress:
             # Redacted before it is JSON: stdout's own redaction sees the text, where escaping may hide
             # a secret.
             click.echo(json.dumps(self.redact({"type": "attempt", **record.model_dump(mode="json")})))
-        regression = self.baseline.observe(record) if self.baseline is not None else None
-        if regression is not None:
-            self._announce(regression)
+        if self.baseline is not None:
+            undecided = self.baseline.decision is None
+            regression = self.baseline.observe(record)
+            if regression is not None:
+                self._announce(regression)
+            if undecided and (decision := self.baseline.decision) is not None:
+                self._announce_decision(decision)
         projection = self._projection()
         if self._bar is not None:
             if record.final:
@@ -122,6 +128,19 @@ class Progress:
             f"regression: {r.case_id} / {r.model_id} / repeat {r.repeat} passed in the baseline, now "
             f"{r.status}; so far {r.pass_to_fail} pass->fail, {r.fail_to_pass} fail->pass over {r.pairs} "
             f"pairs, McNemar exact p = {p_value:.3g}"
+        )
+
+    def _announce_decision(self, d: Decision) -> None:
+        """``--stop-when-decided``'s decision, once: a JSON event, or a line above the bar."""
+        assert self.baseline is not None
+        if self.as_json:
+            event = {"type": "decision", **d.as_dict(), "p_value": self.baseline.p_value()}
+            click.echo(json.dumps(self.redact(event)))
+            return
+        self._write(
+            f"decided: {d.hypothesis.replace('_', ' ')} after {d.discordant} discordant pairs "
+            f"({d.pass_to_fail} pass->fail, {d.fail_to_pass} fail->pass; sequential test at 5%): "
+            "no more attempts start, running ones finish"
         )
 
     def _write(self, line: str) -> None:

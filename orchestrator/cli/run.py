@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,13 @@ from orchestrator.cli.progress import Progress
 from orchestrator.hosts.provider import host_provider
 from orchestrator.processes.child_env import withhold
 from orchestrator.results.baseline import BaselineWatch
-from orchestrator.results.records import RESULTS, ResultsError, ResultsWriteError, iter_rows
+from orchestrator.results.records import (
+    RESULTS,
+    AttemptRecord,
+    ResultsError,
+    ResultsWriteError,
+    iter_rows,
+)
 from orchestrator.results.report import resolve_run
 from orchestrator.results.store import ResultsWriter, build_manifest
 from orchestrator.run.executor import Executor, ExecutorFactory, ExecutorStartError, Launch
@@ -23,6 +30,7 @@ from orchestrator.run.jobs import KEPT_WORKSPACES
 from orchestrator.run.local import LocalExecutor
 from orchestrator.run.scheduler import Interrupted, RunOptions, Scheduler
 from orchestrator.run.supervisor import BridgeFailed
+from orchestrator.sequential import DiscordantSPRT
 from orchestrator.suite.config import Suite, apply_overrides, load_suite
 from orchestrator.suite.plan import build_plan, pending, suite_hash
 from orchestrator.suite.yaml_loader import SuiteError
@@ -95,6 +103,13 @@ def _default_run_id(suite_name: str) -> str:
     "a 'regression' event with --json) and listed in summary.json's 'regressions' with the running "
     "paired comparison (pass->fail, fail->pass, McNemar's exact p).",
 )
+@click.option(
+    "--stop-when-decided",
+    is_flag=True,
+    help="With --baseline: stop starting attempts once a sequential test (Wald's SPRT on the discordant "
+    "pairs, alpha 0.05, power 0.8 against 3 of 4 flips going one way) decides regressed, improved or no "
+    "difference; running attempts finish, the rest are left to --resume. Stop reason 'decided', exit 0.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option(
     "--json", "as_json", is_flag=True, help="One JSON line per finished attempt and a final summary line."
@@ -131,6 +146,7 @@ def run(
     max_bridge_restarts: int,
     ray_address: str | None,
     baseline_run: str | None,
+    stop_when_decided: bool,
 ) -> None:
     """Run SUITE_FILE (cases x models x repeats) and write results/<run-id>/.
 
@@ -140,13 +156,17 @@ def run(
     orchestrator.results.store.load("results/<run-id>").
     The progress bar shows the projected total cost (against the budget) and time to completion from
     the attempts finished so far; --baseline RUN announces regressions against RUN as they happen.
-    Exit codes: 0 done, 2 bad suite or options (or the Ray cluster cannot be used), 3 results could not be written (disk full, unwritable
+    Exit codes: 0 done (stopped by a spent budget or by --stop-when-decided's decision included),
+    2 bad suite or options (or the Ray cluster cannot be used), 3 results could not be written (disk full, unwritable
     --results; every record written is complete: fix it, then --resume RUN_ID), 4 the bridge kept dying
     (more than --max-bridge-restarts a minute), 5 circuit breaker: the first tries of the first
     2 x slots attempts all ended infra_error for the same reason (a host that cannot start, ...; the
     reason is printed), 130 interrupted. After 3, 4, 5 and 130, --resume RUN_ID continues the run.
     2 also when another process owns the run (a --resume or --run-id of a run in progress).
     """
+    if stop_when_decided and baseline_run is None:
+        click.echo("error: --stop-when-decided needs --baseline RUN (the run to decide against)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     try:
         suite = load_suite(suite_file)
         # The run's identity is the whole suite, before --case/--model/--filter narrow it, so that a
@@ -173,7 +193,7 @@ def run(
                 f"error: {option} {name!r}: give a plain directory name (no '/', not '.' or '..')", err=True
             )
             sys.exit(EXIT_BAD_INPUT)
-    baseline = _baseline(baseline_run, results_dir)
+    baseline = _baseline(baseline_run, results_dir, decide=stop_when_decided)
     plan = build_plan(suite)
     try:
         if resume_id:
@@ -229,8 +249,10 @@ def run(
         executor=_executor(
             suite, workers=workers, bridge_restarts=max_bridge_restarts, ray_address=ray_address
         ),
-        on_record=progress,
+        on_record=_stopping_when_decided(progress, baseline, lambda: scheduler),
     )
+    if baseline is not None and baseline.decision is not None:  # a resume of a run decided already
+        scheduler.stop_starting("decided")
     stop = "interrupted"
     failed: ResultsError | None = None
     broken: BridgeFailed | None = None
@@ -292,15 +314,31 @@ def run(
         sys.exit(EXIT_INTERRUPTED)
 
 
-def _baseline(run: str | None, results_dir: Path) -> BaselineWatch | None:
-    """``--baseline RUN``'s final records, read once before the run starts; exits 2 when RUN is no run."""
+def _baseline(run: str | None, results_dir: Path, *, decide: bool) -> BaselineWatch | None:
+    """``--baseline RUN``'s final records, read once before the run starts (``decide``: with the
+    sequential test of ``--stop-when-decided``); exits 2 when RUN is no run."""
     if run is None:
         return None
     try:
-        return BaselineWatch.read(resolve_run(run, results_dir))
+        return BaselineWatch.read(resolve_run(run, results_dir), DiscordantSPRT() if decide else None)
     except ResultsError as exc:
         click.echo(f"error: --baseline: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+
+
+def _stopping_when_decided(
+    progress: Progress, baseline: BaselineWatch | None, scheduler: Callable[[], Scheduler]
+) -> Callable[[AttemptRecord], None]:
+    """The scheduler's ``on_record``: the progress (which feeds the baseline watch), then, once the
+    watch's sequential test has decided, the stop: no attempt starts after it (``scheduler``: the
+    scheduler this is given to, made after it)."""
+
+    def on_record(record: AttemptRecord) -> None:
+        progress(record)
+        if baseline is not None and baseline.decision is not None:
+            scheduler().stop_starting("decided")
+
+    return on_record
 
 
 def _executor(

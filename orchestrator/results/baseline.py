@@ -2,7 +2,8 @@
 one record at a time, so that a case that passed in the baseline and now fails is known the moment its
 record is written. Pairs and counts are :func:`~orchestrator.results.compare.paired_statistics`'s: final
 records paired on (case, model, repeat), whatever the config hash; a pair where either side ended in an
-infrastructure error is not graded (it says nothing about the agent)."""
+infrastructure error is not graded (it says nothing about the agent). With ``--stop-when-decided`` the
+watch also runs :mod:`orchestrator.sequential`'s test on the discordant pairs as they come."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any, Protocol
 
 from orchestrator.results.compare import final_rows
 from orchestrator.results.records import RESULTS, iter_rows
+from orchestrator.sequential import Decision, DiscordantSPRT
 from orchestrator.stats import mcnemar_exact
 from orchestrator.status import Status
 
@@ -63,10 +65,17 @@ class Regression:
 
 
 class BaselineWatch:
-    """The graded pairs of this run against a baseline so far, updated by :meth:`observe`."""
+    """The graded pairs of this run against a baseline so far, updated by :meth:`observe`; with ``sprt``,
+    its :attr:`decision` too."""
 
-    def __init__(self, baseline_dir: Path, baseline: dict[Key, bool | None]) -> None:
+    def __init__(
+        self,
+        baseline_dir: Path,
+        baseline: dict[Key, bool | None],
+        sprt: DiscordantSPRT | None = None,
+    ) -> None:
         self.baseline_dir = baseline_dir
+        self._sprt = sprt
         self._baseline = baseline
         self._now: dict[Key, bool] = {}  # graded pairs only: this run's verdict
         self._regressions: dict[Key, Regression] = {}
@@ -74,10 +83,15 @@ class BaselineWatch:
         self.fail_to_pass = 0
 
     @classmethod
-    def read(cls, baseline_dir: Path) -> BaselineWatch:
+    def read(cls, baseline_dir: Path, sprt: DiscordantSPRT | None = None) -> BaselineWatch:
         """The watch against the final records of the run in ``baseline_dir``."""
         finals = final_rows(iter_rows(baseline_dir / RESULTS))
-        return cls(baseline_dir, {key: _graded(row) for key, row in finals.items()})
+        return cls(baseline_dir, {key: _graded(row) for key, row in finals.items()}, sprt)
+
+    @property
+    def decision(self) -> Decision | None:
+        """The sequential test's decision once reached (None without a test, or while undecided)."""
+        return self._sprt.decision if self._sprt is not None else None
 
     @property
     def pairs(self) -> int:
@@ -95,14 +109,16 @@ class BaselineWatch:
         if before is None or now is None:  # unpaired, or an infrastructure error on either side
             return None
         self._now[key] = now
+        regression = None
         if before and not now:
             self.pass_to_fail += 1
             regression = Regression(*key, str(Status(record.status).value), *self.counts())
             self._regressions[key] = regression
-            return regression
-        if now and not before:
+        elif now and not before:
             self.fail_to_pass += 1
-        return None
+        if self._sprt is not None and before != now:  # the test sees discordant pairs only
+            self._sprt.check(self.pass_to_fail, self.fail_to_pass)
+        return regression
 
     def _forget(self, key: Key, before: bool | None) -> None:
         now = self._now.pop(key, None)
@@ -123,8 +139,10 @@ class BaselineWatch:
         return mcnemar_exact(self.pass_to_fail, self.fail_to_pass)
 
     def summary(self) -> dict[str, Any]:
-        """summary.json's ``regressions``: the baseline, the running comparison, and every regressed
-        pair in (model, case, repeat) order."""
+        """summary.json's ``regressions``: the baseline, the running comparison, every regressed pair in
+        (model, case, repeat) order, and with the sequential test its ``decision`` (None if undecided)."""
+        decision = self.decision.as_dict() if self.decision is not None else None
+        decided = {} if self._sprt is None else {"decision": decision}
         return {
             "baseline": str(self.baseline_dir),
             "pairs": self.pairs,
@@ -135,4 +153,5 @@ class BaselineWatch:
                 r.as_dict()
                 for _, r in sorted(self._regressions.items(), key=lambda i: (i[0][1], i[0][0], i[0][2]))
             ],
+            **decided,
         }

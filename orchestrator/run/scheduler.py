@@ -36,6 +36,8 @@ CANCEL_WAIT = 8.0
 BREAKER_FACTOR = 2
 """The circuit breaker trips when the first tries of the first ``BREAKER_FACTOR x slots`` keys all fail
 alike."""
+SOFT_STOPS = ("budget", "decided")
+"""Stop reasons that only stop new starts (see :meth:`Scheduler.stop_starting`)."""
 
 
 @dataclass(order=True)
@@ -146,7 +148,8 @@ class Scheduler:
 
     def run(self) -> str:
         """Run to the end (or until stopped); returns why it stopped: ``finished``, ``interrupted``,
-        ``budget``, ``circuit_breaker`` (see :attr:`tripped`)."""
+        ``budget``, ``circuit_breaker`` (see :attr:`tripped`), or the reason given to
+        :meth:`stop_starting`."""
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
         executor: Executor | None = None
@@ -177,13 +180,18 @@ class Scheduler:
 
     def _loop(self, executor: Executor) -> str:
         cancel_deadline: float | None = None
+        held = False
         while True:
-            # A spent budget only stops new starts: what runs has been paid for, and ends by itself.
             if self._stopping in ("interrupted", "circuit_breaker") and cancel_deadline is None:
                 executor.cancel_all()
                 cancel_deadline = self._clock() + CANCEL_WAIT
             if not self._stopping:
                 self._start_ready(executor)
+            if self._stopping in SOFT_STOPS and not held:
+                # Only new starts stop: what runs has been paid for, and ends by itself. Readied
+                # attempts come back unstarted, without a record, to the queue (a resume runs them).
+                executor.hold_all()
+                held = True
             if executor.in_flight == 0 and (self._stopping or not self._queue):
                 break
             if cancel_deadline is not None and self._clock() > cancel_deadline:
@@ -211,7 +219,6 @@ class Scheduler:
         while self._queue and self._queue[0].not_before <= now and executor.in_flight < self._capacity:
             if self._over_budget():
                 self._stopping = "budget"
-                executor.hold_all()  # readied attempts are not started either
                 return
             if not self._sockets.free:
                 return
@@ -301,6 +308,15 @@ class Scheduler:
             error_class=error_class,
             error=detail,
         )
+
+    def stop_starting(self, reason: str) -> None:
+        """Start no more attempts, as a spent budget does: running ones end by themselves, readied ones
+        come back unstarted and leave no record. ``reason`` (one of :data:`SOFT_STOPS`) is what
+        :meth:`run` returns. Called from ``on_record`` (the scheduler's own thread), or before :meth:`run`
+        (then nothing starts); a stop already under way is kept."""
+        if reason not in SOFT_STOPS:
+            raise ValueError(f"not a stop that lets running attempts finish: {reason!r}")
+        self._stopping = self._stopping or reason
 
     # --------------------------------------------------------------------------------- signals
 

@@ -23,6 +23,7 @@ from orchestrator.status import Status
 from orchestrator.suite.config import load_suite
 from orchestrator.suite.plan import build_plan, pending
 from tests.run.fake_executor import FakeClock, FakeExecutor, Step, factory
+from tests.runs import poll_until
 
 RUN = "r"
 INFRA = Step(seconds=0.5, status=Status.INFRA_ERROR, reason="extension host did not start")
@@ -72,9 +73,11 @@ def _run(
     on_poll: Callable[[FakeExecutor], None] = lambda e: None,
     answer_cancel: bool = True,
     raises: type[BaseException] | None = None,
+    decide_at: int | None = None,
 ) -> Run:
     """One run of the suite (cases a, b, c) through the real Scheduler and results writer, on the fake
-    executor; ``raises``: the run must end with this exception."""
+    executor; ``raises``: the run must end with this exception; ``decide_at``: ``on_record`` stops
+    the run ``decided`` (as ``--stop-when-decided`` does) when that many records are reported."""
     suite = load_suite(
         _suite(tmp, slots=slots, prelaunch=prelaunch, repeats=repeats, retries=retries, extra=extra)
     )
@@ -91,6 +94,12 @@ def _run(
     clock = FakeClock()
     start, made = factory(clock, script, on_poll=on_poll, answer_cancel=answer_cancel)
     reported: list[AttemptRecord] = []
+
+    def on_record(record: AttemptRecord) -> None:
+        reported.append(record)
+        if len(reported) == decide_at:
+            scheduler.stop_starting("decided")
+
     scheduler = Scheduler(
         suite,
         pending(plan, writer.finished_keys()),
@@ -98,7 +107,7 @@ def _run(
         run_id=RUN,
         options=RunOptions(seed=7),
         executor=start,
-        on_record=reported.append,
+        on_record=on_record,
         clock=clock,
     )
     stop = "raised"
@@ -256,6 +265,63 @@ def test_a_spent_budget_holds_back_readied_attempts_and_they_leave_no_record(tmp
     assert len(done.executor.submitted) == 4  # the fourth was readied, then came back unstarted
     assert len(done.executor.starts) == 3
     assert done.scheduler.skipped_budget == 3  # it, and the two never submitted
+
+
+# ------------------------------------------------------------------------- --stop-when-decided
+
+
+def _after_first_record(run_dir: Path) -> Callable[[FakeExecutor], None]:
+    """An ``on_poll`` that, once the first attempt has ended (at 1 s), waits until its record is on
+    disk (written by the scheduler's writing thread), so that it is reported at once, in fake time."""
+    results = run_dir / "results.jsonl"
+
+    def wait(executor: FakeExecutor) -> None:
+        if executor.clock.now >= 1.0:
+            poll_until(lambda: results.exists() and results.read_text().strip(), 60, "the first record")
+
+    return wait
+
+
+def test_a_decision_stops_starting_attempts_but_lets_running_ones_finish(tmp_path: Path) -> None:
+    # slots 2 and one readied ahead: a (1 s) and b, c (10 s) run; the decision comes with a's record;
+    # at 1 s c had taken a's slot and a's second repeat was readied. b and c end at 10 and 11 s with
+    # free slots and six attempts queued: none starts, the readied one comes back unstarted.
+    script = lambda job: Step(seconds=1.0 if job.attempt.index == 0 else 10.0)  # noqa: E731
+    on_poll = _after_first_record(tmp_path / "results" / RUN)
+    done = _run(tmp_path, script, prelaunch=1, repeats=3, decide_at=1, on_poll=on_poll)
+    assert done.stop == "decided"
+    assert done.executor.held and not done.executor.cancelled
+    assert _started(done) == ["a__default__0#1", "b__default__0#1", "c__default__0#1"]
+    assert max(t for t, _ in done.executor.starts) == 1.0  # nothing started after the decision
+    # The running ones finished (not cancelled); the held one left no record: a resume runs it.
+    assert _ids(done.records) == [
+        ("a", 1, "completed", True),
+        ("b", 1, "completed", True),
+        ("c", 1, "completed", True),
+    ]
+    assert [job_id for _, job_id in done.executor.submitted][3:] == ["a__default__1#1"]
+    assert done.executor.clock.now >= 11.0
+    assert done.scheduler.pending == 6 and done.scheduler.skipped_budget == 0
+
+
+def test_a_run_decided_before_it_starts_starts_nothing(tmp_path: Path) -> None:
+    suite = load_suite(_suite(tmp_path, slots=2, prelaunch=0, repeats=1, retries=0, extra=""))
+    plan = build_plan(suite)
+    manifest = build_manifest(
+        suite, run_id=RUN, config_hash="h", argv=[], started_at=datetime.now(timezone.utc), attempts_planned=3
+    )
+    writer = ResultsWriter.create(tmp_path / RUN, manifest)
+    start, made = factory(FakeClock(), lambda job: Step())
+    scheduler = Scheduler(suite, list(plan), writer, run_id=RUN, options=RunOptions(), executor=start)
+    with pytest.raises(ValueError, match="interrupted"):
+        scheduler.stop_starting("interrupted")  # a stop that cancels is not this one's to make
+    scheduler.stop_starting("decided")  # a resume of a run decided already
+    try:
+        assert scheduler.run() == "decided"
+    finally:
+        writer.close()
+    assert made[0].submitted == [] and scheduler.pending == 3
+    assert read_records(writer.run_dir / "results.jsonl") == []
 
 
 # ----------------------------------------------------------------------------- stops and breaker
