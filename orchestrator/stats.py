@@ -66,34 +66,16 @@ def wilson_interval(passed: int, n: int, confidence: float = 1 - ALPHA) -> Inter
     return low, high
 
 
-EXACT_SUM_LIMIT = 5_000
-"""Discordant pairs up to which McNemar's p is summed exactly in integers here (about 10 ms at the
-limit); beyond it scipy's binomial test computes it. Keeps scipy's import (about a second) out of a run
-that follows its regressions live (``orchestrate run --baseline``)."""
-
-
 def mcnemar_exact(pass_to_fail: int, fail_to_pass: int) -> float:
     """Two-sided p-value of McNemar's exact test: under "no difference" each discordant pair is as
     likely to go either way, so ``pass_to_fail`` is Binomial(discordant, 1/2). 1.0 without discordant
-    pairs (no evidence either way).
+    pairs (no evidence either way)."""
+    from scipy import stats as _scipy
 
-    With p = 1/2 the distribution is symmetric, so the two-sided p (the mass of every outcome no more
-    likely than the one seen: scipy's definition) is twice the tail up to min(b, c), capped at 1."""
     discordant = pass_to_fail + fail_to_pass
     if discordant == 0:
         return 1.0
-    if discordant > EXACT_SUM_LIMIT:
-        from scipy import stats as _scipy
-
-        return float(_scipy.binomtest(pass_to_fail, discordant, 0.5).pvalue)
-    low = min(pass_to_fail, fail_to_pass)
-    if 2 * low == discordant:
-        return 1.0
-    term = tail = 1  # C(n, 0); each next binomial coefficient from the last, exactly in integers
-    for i in range(low):
-        term = term * (discordant - i) // (i + 1)
-        tail += term
-    return min(1.0, float(2 * tail / 2**discordant))
+    return float(_scipy.binomtest(pass_to_fail, discordant, 0.5).pvalue)
 
 
 def pass_at_k_unbiased(n: int, c: int, k: int) -> float:

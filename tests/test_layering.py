@@ -49,9 +49,15 @@ IPC_ALL = (
     "ipc_bridge.client",
     "ipc_bridge.simulator",
 )
-ORCH_BASE = ("orchestrator", "orchestrator.status", "orchestrator.processes", "orchestrator.stats")
-"""The package root (its version), the outcome's vocabulary, the process helpers and the statistics: leaves
-all may import."""
+ORCH_BASE = (
+    "orchestrator",
+    "orchestrator.status",
+    "orchestrator.processes",
+    "orchestrator.stats",
+    "orchestrator.sequential",
+)
+"""The package root (its version), the outcome's vocabulary, the process helpers, the statistics and the
+sequential test: leaves all may import."""
 BELOW = (*ORCH_BASE, "orchestrator.outcome", "orchestrator.tally")
 """What every layer of the orchestrator may import (README, Layout): the leaves and the outcome rules."""
 
@@ -68,6 +74,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "orchestrator.status": ("orchestrator", *IPC_LEAVES),
     "orchestrator.processes": ("orchestrator", *IPC_LEAVES),
     "orchestrator.stats": ("orchestrator",),
+    "orchestrator.sequential": ("orchestrator",),
     "orchestrator.tally": (*ORCH_BASE, "ipc_bridge.roo"),
     "orchestrator.outcome": (*ORCH_BASE, "orchestrator.tally", "ipc_bridge.roo"),
     "orchestrator.suite": (*BELOW, *IPC_ALL),

@@ -86,6 +86,9 @@ class BaselineWatch:
     def read(cls, baseline_dir: Path, sprt: DiscordantSPRT | None = None) -> BaselineWatch:
         """The watch against the final records of the run in ``baseline_dir``."""
         finals = final_rows(iter_rows(baseline_dir / RESULTS))
+        # scipy's import (about a second) happens here, before any attempt starts, rather than in the
+        # scheduler's record callback at the first regression, where it would hold up the run's loop.
+        mcnemar_exact(0, 0)
         return cls(baseline_dir, {key: _graded(row) for key, row in finals.items()}, sprt)
 
     @property

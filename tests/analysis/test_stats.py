@@ -177,13 +177,3 @@ def test_paired_test_of_no_pairs() -> None:
     assert test.pairs == 0 and test.p_value == 1.0 and not test.significant
     assert test.as_dict()["rate_delta_ci"] == [None, None] and test.as_dict()["rate_a"] is None
     assert "nothing to test" in test.sentence()
-
-
-@pytest.mark.parametrize("b", [0, 1, 2, 7, 50, 333, 2_500, 4_000])
-@pytest.mark.parametrize("c", [0, 1, 3, 7, 49, 1_000, 2_500])
-def test_mcnemar_exact_sum_agrees_with_scipy_s_binomial_test(b: int, c: int) -> None:
-    """The integer sum is scipy's two-sided binomial test, large counts and ties included."""
-    from scipy.stats import binomtest
-
-    expected = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
-    assert mcnemar_exact(b, c) == pytest.approx(expected, rel=1e-9, abs=1e-300)
