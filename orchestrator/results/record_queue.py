@@ -33,6 +33,7 @@ class _Item:
     key: AttemptKey
     number: int
     transcript: Sequence[Mapping[str, Any]] = field(default_factory=list)
+    diff: str | None = None
 
 
 class RecordQueue:
@@ -66,10 +67,11 @@ class RecordQueue:
         key: AttemptKey,
         number: int,
         transcript: Sequence[Mapping[str, Any]] = (),
+        diff: str | None = None,
     ) -> None:
-        """Write ``record`` (after its transcript, whose path it then names)."""
+        """Write ``record`` (after its transcript and workspace diff, whose paths it then names)."""
         self._handed += 1
-        self._todo.put(_Item(record, key, number, list(transcript)))
+        self._todo.put(_Item(record, key, number, list(transcript), diff))
 
     def written(self) -> list[AttemptRecord]:
         """The records written since the last call, in the order they were written."""
@@ -107,6 +109,8 @@ class RecordQueue:
                 item.record.events_file = self._writer.write_transcript(
                     item.key, item.number, item.transcript
                 )
+            if item.diff:
+                item.record.diff_file = self._writer.write_diff(item.key, item.number, item.diff)
             self._writer.append(item.record)
         except ResultsError as exc:
             log.error("%s", exc)

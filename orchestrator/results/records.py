@@ -137,8 +137,8 @@ class AttemptRecord(BaseModel):
     diff_file: str | None = None
     """What the agent changed in its workspace, a unified diff against the case's template taken before
     the check (redacted, capped at 1 MiB), relative to the run directory
-    (``events/<case>__<model>__<repeat>__<attempt>.diff``; absolute on a Ray node); None when nothing
-    changed or the task never started."""
+    (``events/<case>__<model>__<repeat>__<attempt>.diff``, written by the run's writer wherever the
+    attempt ran, a Ray node included); None when nothing changed or the task never started."""
 
     @property
     def key(self) -> AttemptKey:

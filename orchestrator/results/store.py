@@ -5,7 +5,7 @@
     manifest.json      the resolved suite (secrets redacted), config hash, versions, git, command line
     results.jsonl      one AttemptRecord a line, appended, flushed and fsynced as each attempt ends
     events/<case>__<model>__<repeat>__<attempt>.jsonl   each attempt's transcript (non-partial events)
-    events/<case>__<model>__<repeat>__<attempt>.diff    what the agent changed in its workspace (written by
+    events/<case>__<model>__<repeat>__<attempt>.diff    what the agent changed in its workspace (taken by
                                                         the worker: orchestrator.run.workspace_diff)
     summary.json       pass rate and totals by model and tag, rebuilt from results.jsonl
     results.parquet    a columnar cache of results.jsonl for load(), written when the run ends (optional)
@@ -371,6 +371,16 @@ class ResultsWriter:
         path = self.events_dir / name
         with _writing(path):
             atomic_write(path, b"".join(chunks))
+        return f"{EVENTS}/{name}"
+
+    def write_diff(self, key: AttemptKey, attempt: int, text: str) -> str:
+        """Write what an attempt's agent changed in its workspace (a unified diff, redacted again here)
+        beside its transcript; returns its path relative to the run directory (for
+        ``AttemptRecord.diff_file``)."""
+        name = f"{key.slug}__{attempt}.diff"
+        path = self.events_dir / name
+        with _writing(path):
+            atomic_write(path, self._redact.text(text).encode())
         return f"{EVENTS}/{name}"
 
     # ---------------------------------------------------------------------------------- summary

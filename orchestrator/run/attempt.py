@@ -134,7 +134,7 @@ class AttemptRunner:
         host_log: Path | None = None
         host_end: str | None = None  # how the host ended by itself, if it did
         check: CheckResult | None = None
-        diff_file: str | None = None
+        diff: str | None = None
         status, reason = Status.INFRA_ERROR, ""
         error_class: Literal["infra", "harness"] | None = "infra"
         error: str | None = None
@@ -192,7 +192,7 @@ class AttemptRunner:
             if status.is_infra and host_end and error is None:
                 error = f"the extension host {host_end}"
             # Before the check, which may write files of its own: what the agent (and setup) changed.
-            diff_file = await self._diff(job, workspace)
+            diff = await self._diff(job, workspace)
             phase.lap("teardown_s")
             if not status.is_infra and attempt.case.check:
                 check = await run_command(
@@ -252,11 +252,10 @@ class AttemptRunner:
             host_output_tail=host_output,
             host_killed=list(launched.killed) if launched is not None else [],
             kept_workspace=self._hosts.in_results(workspace) if self.config.keep_workspaces else None,
-            diff_file=diff_file,
         )
         if tracker is not None:
             record.metrics = tracker.metrics()
-        return JobResult(record.model_dump(mode="json"), transcript)
+        return JobResult(record.model_dump(mode="json"), transcript, diff=diff)
 
     def _release(self, holding: bool, ticket: str) -> bool:
         if holding and self._gate is not None:
@@ -279,7 +278,7 @@ class AttemptRunner:
                 )
 
     async def _diff(self, job: Job, workspace: Path) -> str | None:
-        """The workspace's diff, kept; a failure to take it costs the attempt its diff, nothing more."""
+        """The workspace's diff; a failure to take it costs the attempt its diff, nothing more."""
         try:
             return await self._hosts.diff(job, workspace)
         except OSError as exc:

@@ -18,8 +18,6 @@ from orchestrator.hosts.farm import SimulatorFarm
 from orchestrator.hosts.host import Host, HostPlace
 from orchestrator.hosts.logs import keep_log, output_tail
 from orchestrator.hosts.provider import host_provider
-from orchestrator.results.records import EVENTS
-from orchestrator.results.store import atomic_write
 from orchestrator.run.jobs import HOST_LOGS, KEPT_WORKSPACES, Job, WorkerConfig
 from orchestrator.run.workspace_diff import workspace_diff
 
@@ -94,18 +92,14 @@ class AttemptHosts:
         return self.in_results(dest), (await asyncio.to_thread(output_tail, dest) if tail else None)
 
     async def diff(self, job: Job, workspace: Path) -> str | None:
-        """What the agent changed in ``workspace`` (against the case's template), redacted, kept as
-        ``events/<case>__<model>__<repeat>__<attempt>.diff`` beside its transcript, written whole. Returns
-        its path as the record names it; None when nothing changed."""
+        """What the agent changed in ``workspace`` (against the case's template), redacted; None when
+        nothing changed. The text travels with the attempt's result, as its transcript does, and the run's
+        writer keeps it beside the transcript: a Ray node's worker cannot reach the run directory."""
         template = job.attempt.case.workspace
         if template is None and _empty(workspace):
             return None  # nothing was put in it (a leased host works elsewhere): one syscall, no thread
         text = await asyncio.to_thread(workspace_diff, template, workspace, self.config.redactor.text)
-        if not text:
-            return None
-        dest = kept(self.config, EVENTS) / f"{_attempt_name(job)}.diff"
-        await asyncio.to_thread(atomic_write, dest, text.encode())
-        return self.in_results(dest)
+        return text or None
 
     def launch_timeout(self) -> float:
         return self.provider.launch_timeout

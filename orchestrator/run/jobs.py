@@ -61,6 +61,9 @@ class JobResult:
     unstarted: bool = False
     """The job was readied (``prelaunch``) but its task never started: held back by a budget or a stop.
     It has no record; the scheduler queues it again."""
+    diff: str | None = None
+    """What the agent changed in its workspace (:mod:`orchestrator.run.workspace_diff`, redacted), or None:
+    written by the run's writer beside the transcript, wherever the attempt ran (a Ray node included)."""
 
 
 def new_record(

@@ -251,8 +251,8 @@ class Scheduler:
                 heapq.heappush(
                     self._queue, _Queued(0.0, job.attempt.index, job.number, job.attempt, job.tries)
                 )
-            case JobResult(record=record, transcript=transcript):
-                self._record(job, AttemptRecord.model_validate(record), transcript)
+            case JobResult(record=record, transcript=transcript, diff=diff):
+                self._record(job, AttemptRecord.model_validate(record), transcript, diff)
 
     def _lost(self, lost: Lost) -> None:
         for job_id, job in lost.jobs.items():
@@ -261,10 +261,14 @@ class Scheduler:
             self._record(job, self._error_record(job, Status.INFRA_ERROR, "infra", "worker died", detail))
 
     def _record(
-        self, job: Job, record: AttemptRecord, transcript: list[dict[str, Any]] | None = None
+        self,
+        job: Job,
+        record: AttemptRecord,
+        transcript: list[dict[str, Any]] | None = None,
+        diff: str | None = None,
     ) -> None:
         assert self._records is not None
-        self._records.put(record, job.attempt.key, job.number, transcript or ())
+        self._records.put(record, job.attempt.key, job.number, transcript or (), diff)
         self._spent += record.metrics.cost_usd
         # A key's first try in this process counts, resumed keys included: a resume whose keys all
         # tried before must still be able to trip on the cause that stopped the run.

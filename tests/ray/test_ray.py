@@ -234,6 +234,31 @@ def _check_streams(events: list[dict[str, Any]]) -> dict[str, str]:
     return nodes
 
 
+def _check_diffs(run_dir: Path, records: list[AttemptRecord], local_dir: Path) -> None:
+    """What each agent changed on its node reached the run directory, as a local run keeps it: the
+    same files, the same text, and the viewer's attempt page shows it."""
+    from orchestrator.view.app import Viewer, attempt_detail
+    from orchestrator.view.runs import Sources
+
+    local = {(r.case_id, r.repeat, r.attempt): r for r in read_records(local_dir / "results.jsonl")}
+    viewer = Viewer(Sources((), (run_dir,)))
+    index = viewer.index(run_dir.name)
+    shown = 0
+    for n, r in enumerate(records):
+        if r.status.value != "completed":
+            continue
+        assert r.diff_file == f"events/{r.case_id}__m1__{r.repeat}__{r.attempt}.diff", r.diff_file
+        text = (run_dir / r.diff_file).read_text()
+        assert "+++ b/" in text
+        twin = local.get((r.case_id, r.repeat, r.attempt))
+        if twin is not None and twin.diff_file is not None:
+            assert text == (local_dir / twin.diff_file).read_text()
+        detail = attempt_detail(viewer, run_dir, n, index.record(n))
+        assert detail["diff"] is not None and detail["diff"]["text"] == text
+        shown += 1
+    assert shown
+
+
 def test_a_suite_runs_across_both_nodes_like_a_local_run(tmp_path: Path, cluster: RayCluster) -> None:
     suite = _suite(tmp_path, duration="1s", repeats=3)
     results = tmp_path / "results"
@@ -265,6 +290,7 @@ def test_a_suite_runs_across_both_nodes_like_a_local_run(tmp_path: Path, cluster
     assert all(r.node is None for r in read_records(results / "local" / "results.jsonl"))
     # The check ran on the node, in the workspace unpacked from the shipped template.
     assert all(r.check is not None and r.check.exit_code is not None for r in records)
+    _check_diffs(results / "onray", records, results / "local")
 
     # The driver-side subscriber got every attempt's events, from both nodes, with the bridges' seqs.
     slot_nodes = _check_streams(subscriber.events)
