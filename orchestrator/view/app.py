@@ -87,9 +87,10 @@ class Viewer:
         except UnknownRunError:
             raise NotFound(f"no run {name!r}") from None
 
-    def index(self, name: str, until: int | None = None) -> AttemptIndex:
+    def index(self, name: str, until: int | None = None, *, background: bool = True) -> AttemptIndex:
         """The run's attempt index, brought up to date with results.jsonl; with ``until``, only as far
-        as ``until`` entries, the rest read by a background thread (a first page waits for no more)."""
+        as ``until`` entries, the rest read by a background thread (a first page waits for no more)
+        unless ``background`` is False (an attempt page needs its own record only)."""
         run_dir = self.run_dir(name)
         with self._lock:
             index = self._indexes.get(run_dir)
@@ -100,7 +101,7 @@ class Viewer:
                 self._indexes.popitem(last=False)
         if until is None or not index.opened or len(index.entries) < until:
             index.refresh(until)
-        if until is not None and not index.complete:
+        if until is not None and background and not index.complete:
             with self._lock:
                 if run_dir not in self._building:
                     self._building.add(run_dir)
@@ -139,8 +140,9 @@ def _filters(request: Request) -> Filters:
 
 def _attempt(viewer: Viewer, request: Request) -> tuple[Path, AttemptIndex, int, dict[str, Any]]:
     name = request.path_params["run"]
-    index = viewer.index(name)
     number = int(request.path_params["attempt"])
+    # Read as far as this attempt's line, no further: a 100,000-attempt run's attempt opens at once.
+    index = viewer.index(name, until=number + 1, background=False)
     try:
         record = index.record(number)
     except IndexError:
@@ -190,7 +192,9 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
         return Response(shell, media_type="text/html; charset=utf-8", headers=_SECURITY_HEADERS)
 
     def api_runs(request: Request) -> JSON:
-        return JSON({"runs": list_runs(viewer.sources)})
+        first = request.query_params.get("first")
+        rows, total = list_runs(viewer.sources, _int(request, "first", 0, 1) if first else None)
+        return JSON({"runs": rows, "total": total})
 
     def api_run(request: Request) -> JSON:
         name = request.path_params["run"]

@@ -41,15 +41,15 @@ def _url(host: str, port: int, token: str | None) -> str:
 @click.option(
     "--bundle",
     type=click.Path(path_type=Path),
-    help="Write RUN_DIR as a static directory at this path (opens from file://, no server) and exit.",
+    help="Write the RUN_DIRs as a static directory at this path (opens from file://, no server) and exit.",
 )
 def view(paths: tuple[Path, ...], host: str, port: int, no_open: bool, bundle: Path | None) -> None:
     """Serve a web viewer of runs: the runs under each RESULTS_DIR (default ./results) or each RUN_DIR,
     live while they run. Prints the URL; stops on Ctrl-C.
 
     \b
-    With --bundle OUT RUN_DIR: write one run as a directory that a browser opens from file:// (its
-    index.html), with no server; search and compare need the server.
+    With --bundle OUT RUN_DIR...: write one run, or a few to compare, as a directory that a browser
+    opens from file:// (its index.html) with no server; its search reads an index written into it.
 
     \b
     On loopback (the default) the viewer needs no token. On any other --host it requires the token
@@ -80,13 +80,16 @@ def view(paths: tuple[Path, ...], host: str, port: int, no_open: bool, bundle: P
         click.echo(f"error: cannot listen on {host}:{port}: {exc}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     url = _url(host, sock.getsockname()[1], token)
+    app = build_app(sources, token=token, loopback_only=loopback)
+    # An open live stream (SSE) must not hold Ctrl-C up: connections get 2 s to finish.
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+    # Its HTTP protocol and event loop imported now, not by the first request: the URL is printed
+    # when a browser's first page would no longer wait for them.
+    config.load()
     if token is not None:
         click.echo(f"listening on {host}, not loopback: every request needs the token in this URL")
     click.echo(f"orchestrate view: {url}")
     sys.stdout.flush()
-    app = build_app(sources, token=token, loopback_only=loopback)
-    # An open live stream (SSE) must not hold Ctrl-C up: connections get 2 s to finish.
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     if not no_open:
         webbrowser.open(url)
@@ -97,14 +100,18 @@ def view(paths: tuple[Path, ...], host: str, port: int, no_open: bool, bundle: P
 
 
 def _bundle(paths: tuple[Path, ...], out: Path) -> None:
-    from orchestrator.view.bundle import write_bundle
+    from orchestrator.view.bundle import BundleError, write_bundle
     from orchestrator.view.runs import is_run_dir
 
-    if len(paths) != 1 or not is_run_dir(paths[0]):
-        click.echo("error: --bundle OUT takes exactly one RUN_DIR (a directory with manifest.json)", err=True)
+    if not paths or not all(is_run_dir(p) for p in paths):
+        click.echo("error: --bundle OUT takes RUN_DIRs (directories with manifest.json)", err=True)
         sys.exit(EXIT_BAD_INPUT)
     if out.exists():
         click.echo(f"error: {out} exists: choose a new directory for the bundle", err=True)
         sys.exit(EXIT_BAD_INPUT)
-    index = write_bundle(paths[0], out)
+    try:
+        index = write_bundle(list(paths), out)
+    except BundleError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     click.echo(f"orchestrate view: wrote {index.resolve().as_uri()}")

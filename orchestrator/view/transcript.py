@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +25,19 @@ from orchestrator.view.conversation import event_of, render
 _CHUNK = 1 << 22
 _KEY = re.compile(rb'"taskId":"([^"\n]*)","action":"([a-z]+)","message":\{"ts":(\d+)')
 """A message's task id, action and ``ts`` (the key its updates share), in the engine's key order."""
-_UPDATE = re.compile(rb'"taskId":"([^"\n]*)","action":"updated","message":\{"ts":(\d+)')
+_UPDATE = re.compile(rb'"taskId":"[^"\n]*","action":"updated","message":\{"ts":\d+')
+"""A message's later state; the matched text itself is the message's key (see :func:`_key`)."""
 _TEXT = re.compile(
     rb'"taskId":"([^"\n]*)","action":"[a-z]+","message":\{"ts":(\d+),"type":"say","say":"text"'
 )
+_TASK_EVENT = b'"eventName":"task'
+"""Where a task lifecycle event starts: found with ``bytes.find`` (a memchr-speed scan, several times
+faster than a regex's), then matched by :data:`_EVENTS` there."""
 _EVENTS = re.compile(rb'"eventName":"(taskCreated|taskSpawned|taskTokenUsageUpdated)"')
 """The few events the index reads: task creations and spawns, token usage."""
 _ARGS = re.compile(rb',"payload":\["([^"\n]*)"(?:,"([^"\n]*)")?')
 _PROMPT_WINDOW = 1 << 16
-_DELEGATION = re.compile(re.escape(b'\\"tool\\":\\"newTask\\"'))
+_DELEGATION = b'\\"tool\\":\\"newTask\\"'
 """A ``newTask`` tool ask, as its JSON text appears escaped inside a transcript line."""
 _NAME = re.compile(rb'"eventName":"([A-Za-z]+)"')
 _HIDDEN = frozenset(
@@ -60,7 +65,7 @@ class TranscriptIndex:
     size: int
     mtime_ns: int
     last: dict[bytes, int] = field(default_factory=dict)
-    """Key (task id + ``ts``) of each updated message -> file offset of its last update's key."""
+    """Key (:func:`_key`) of each updated message -> file offset of its last update's key."""
     prompts: set[bytes] = field(default_factory=set)
     """The key of each task's first ``say: text`` message: its prompt."""
     parents: dict[str, str] = field(default_factory=dict)
@@ -74,6 +79,20 @@ class TranscriptIndex:
             task = self.parents[task]
             d += 1
         return d
+
+
+def _key(task: bytes, ts: bytes) -> bytes:
+    """A message's key (its task id and ``ts``), spelled as :data:`_UPDATE` matches its updates: the
+    scan keeps each match's text as it is, with no Python-level slicing per line."""
+    return b'"taskId":"' + task + b'","action":"updated","message":{"ts":' + ts
+
+
+def _finds(data: bytes, needle: bytes, cut: int) -> Iterator[int]:
+    """Every offset of ``needle`` in ``data[:cut]``."""
+    at = data.find(needle, 0, cut)
+    while at >= 0:
+        yield at
+        at = data.find(needle, at + 1, cut)
 
 
 def build_index(path: Path) -> TranscriptIndex:
@@ -108,10 +127,13 @@ def _scan(
     order: list[tuple[int, str, str, str]],
     usage: list[int],
 ) -> None:
-    last = index.last
-    for m in _UPDATE.finditer(data, 0, cut):
-        last[m.group(1) + b"/" + m.group(2)] = base + m.start()
-    for m in _EVENTS.finditer(data, 0, cut):
+    # The one pass that sees every message line: a comprehension, one call per match (later updates of
+    # a key overwrite earlier ones, as they should).
+    index.last.update({m.group(): base + m.start() for m in _UPDATE.finditer(data, 0, cut)})
+    for at in _finds(data, _TASK_EVENT, cut):
+        m = _EVENTS.match(data, at, cut)
+        if m is None:
+            continue
         name = m.group(1)
         if name == b"taskTokenUsageUpdated":
             usage.append(base + m.start())
@@ -124,11 +146,11 @@ def _scan(
             order.append((base + m.start(), "created", task, ""))
         elif args.group(2) is not None:
             order.append((base + m.start(), "spawned", task, args.group(2).decode(errors="replace")))
-    for m in _DELEGATION.finditer(data, 0, cut):
-        start = data.rfind(b"\n", 0, m.start()) + 1
-        key = _KEY.search(data, start, m.start())
+    for at in _finds(data, _DELEGATION, cut):
+        start = data.rfind(b"\n", 0, at) + 1
+        key = _KEY.search(data, start, at)
         if key is not None:
-            order.append((base + m.start(), "delegates", key.group(1).decode(errors="replace"), ""))
+            order.append((base + at, "delegates", key.group(1).decode(errors="replace"), ""))
 
 
 def _prompts(path: Path, created: list[tuple[int, str]]) -> set[bytes]:
@@ -145,7 +167,7 @@ def _prompts(path: Path, created: list[tuple[int, str]]) -> set[bytes]:
             window = fh.read(_PROMPT_WINDOW)
             for m in _TEXT.finditer(window):
                 if not task or m.group(1).decode(errors="replace") == task:
-                    keys.add(m.group(1) + b"/" + m.group(2))
+                    keys.add(_key(m.group(1), m.group(2)))
                     break
     return keys
 
@@ -224,7 +246,7 @@ def _shown(index: TranscriptIndex, line: bytes, offset: int) -> tuple[bool, byte
     key = _KEY.search(line)
     if key is None:
         return True, None
-    k = key.group(1) + b"/" + key.group(3)
+    k = _key(key.group(1), key.group(3))
     last = index.last.get(k)
     return last is None or last == offset + key.start(), k
 

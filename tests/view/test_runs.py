@@ -61,10 +61,21 @@ def test_runs_are_listed_newest_first_and_names_from_urls_stay_inside(tmp_path: 
     (results / "link").symlink_to(outside)
     explicit = write_run(tmp_path / "elsewhere" / "mine", 2)
     sources = Sources.from_paths([results, explicit])
-    names = [r["name"] for r in list_runs(sources)]
+    rows, total = list_runs(sources)
+    names = [r["name"] for r in rows]
+    assert total == 6
     assert [n for n in names if n.startswith("run-")] == ["run-4", "run-3", "run-2", "run-1", "run-0"]
     assert sorted(names) == ["mine", "run-0", "run-1", "run-2", "run-3", "run-4"]  # no link, no non-run
     assert sources.resolve("mine") == explicit.resolve()
     for bad in ("..", ".", "", "run-1/..", "../outside", "/etc", "link", "not-a-run", "run-1\x00"):
         with pytest.raises(UnknownRunError):
             sources.resolve(bad)
+
+
+def test_the_first_rows_are_the_newest_runs_by_name_and_say_how_many_there_are(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for i in range(5):
+        write_run(results / f"2026010{i}T000000Z-s", 1)
+    rows, total = list_runs(Sources.from_paths([results]), first=2)
+    assert total == 5
+    assert [r["name"] for r in rows] == ["20260104T000000Z-s", "20260103T000000Z-s"]

@@ -22,39 +22,76 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
-// A bundle (orchestrate view --bundle) opens from file://: its data are scripts, not a server.
+// A bundle (orchestrate view --bundle) opens from file://: its data are scripts, not a server. data/runs.js
+// set window.BUNDLE; every other data file, loaded when a page needs it, hands its data to bundleData().
 const BUNDLE = window.BUNDLE || null;
 const link = (path) => (BUNDLE ? "#" + path : path);
-const loaded = new Map();
+// The page's query: after the path, or in a bundle after the path in the hash (#/run/r1?q=...).
+const pageQuery = () => new URLSearchParams(BUNDLE ? location.hash.split("?")[1] || "" : location.search);
+const loaded = new Map(), waiting = new Map();
+window.bundleData = (key, data) => { const resolve = waiting.get(key); waiting.delete(key); if (resolve) resolve(data); };
 
-function loadAttempt(n) {
-  if (!loaded.has(n)) {
-    loaded.set(n, new Promise((resolve, reject) => {
+function bundleLoad(file, key) {
+  if (!loaded.has(key)) {
+    loaded.set(key, new Promise((resolve, reject) => {
+      waiting.set(key, resolve);
       const s = document.createElement("script");
-      s.src = `data/attempt-${n}.js`;
-      s.onload = () => { resolve(window.BUNDLE_ATTEMPT); delete window.BUNDLE_ATTEMPT; };
-      s.onerror = () => reject(new Error(`attempt ${n} is not in this bundle`));
+      const missing = () => { waiting.delete(key); loaded.delete(key); reject(new Error(`${file} is not in this bundle`)); };
+      s.src = `data/${file}`;
+      s.onerror = missing;
+      s.onload = () => { if (waiting.has(key)) missing(); };
       document.head.append(s);
     }));
   }
-  return loaded.get(n);
+  return loaded.get(key);
+}
+
+function runKey(name) {
+  const k = BUNDLE.names.indexOf(name);
+  if (k < 0) throw new Error(`run ${name} is not in this bundle`);
+  return k;
+}
+
+// Search with no server: the bundle's index holds the text of each conversation item its pages show.
+async function bundleSearch(k, rows, query, limit) {
+  if (query.length < 2) return { hits: [], truncated: false, query };
+  const index = await bundleLoad(`${k}/search.js`, `search/${k}`);
+  index.lower = index.lower || index.items.map((it) => it[2].toLowerCase());
+  const needle = query.toLowerCase(), hits = [], around = 80;
+  for (let i = 0; i < index.items.length && hits.length < limit; i++) {
+    const at = index.lower[i].indexOf(needle);
+    if (at < 0) continue;
+    const [n, offset, text] = index.items[i], r = rows[n];
+    const lo = Math.max(0, at - around), hi = Math.min(text.length, at + needle.length + around);
+    hits.push({ index: n, case_id: r.case_id, model_id: r.model_id, repeat: r.repeat, attempt: r.attempt, offset,
+      snippet: (lo ? "…" : "") + text.slice(lo, hi) + (hi < text.length ? "…" : "") });
+  }
+  return { hits, truncated: hits.length >= limit, incomplete: index.truncated, query };
 }
 
 async function bundleApi(path) {
   const u = new URL(path, "http://bundle/"), q = u.searchParams;
   const parts = u.pathname.split("/").filter(Boolean).map(decodeURIComponent);  // api, runs, name, ...
-  if (u.pathname === "/api/runs") return { runs: BUNDLE.runs };
-  if (parts[1] !== "runs" || parts[2] !== BUNDLE.name) throw new Error("not in this bundle");
-  if (parts.length === 3) return BUNDLE.run;
-  if (parts[3] === "search") return { hits: [], truncated: false, query: q.get("q") };
+  if (u.pathname === "/api/runs") return { runs: BUNDLE.runs, total: BUNDLE.runs.length };
+  if (u.pathname === "/api/compare") {
+    const i = runKey(q.get("a")), j = runKey(q.get("b"));
+    if (i === j) throw new Error("choose two different runs to compare");
+    return bundleLoad(`compare-${i}-${j}.js`, `compare/${i}/${j}`);
+  }
+  if (parts[1] !== "runs") throw new Error("not in this bundle");
+  const k = runKey(parts[2]);
+  const run = await bundleLoad(`${k}/run.js`, `run/${k}`);
+  if (parts.length === 3) return run.run;
+  if (parts[3] === "search") return bundleSearch(k, run.rows, q.get("q") || "", Number(q.get("limit") || 100));
   if (parts.length === 4) {
     const passed = q.get("passed");
-    const rows = BUNDLE.rows.filter((r) => (!q.get("status") || r.status === q.get("status")) && (!q.get("model") || r.model_id === q.get("model"))
+    const rows = run.rows.filter((r) => (!q.get("status") || r.status === q.get("status")) && (!q.get("model") || r.model_id === q.get("model"))
       && (!q.get("tag") || r.tags.includes(q.get("tag"))) && (!passed || Boolean(r.passed) === (passed === "true")) && (q.get("final") !== "true" || r.final));
     const start = Number(q.get("start") || 0), limit = Number(q.get("limit") || 100);
     return { total: rows.length, estimated: false, start, rows: rows.slice(start, start + limit) };
   }
-  const a = await loadAttempt(Number(parts[4]));
+  const n = Number(parts[4]);
+  const a = await bundleLoad(`${k}/attempt-${n}.js`, `attempt/${k}/${n}`);
   if (parts.length === 5) return a;
   return { items: a.items, next: null, bytes: a.transcript ? a.transcript.bytes : 0 };
 }
@@ -137,10 +174,15 @@ function lineChart(title, points, pick, fmt) {
 
 // ------------------------------------------------------------------------------------------ runs
 
+const FIRST_RUNS = 100;
+
 async function runsPage() {
   crumbs();
   const t0 = performance.now();
-  const { runs } = await api("/api/runs");
+  // The newest runs first (a few kB, at once), then every run: a results directory of thousands of
+  // runs shows its first rows without waiting for the rest to be read.
+  const first = await api(`/api/runs?first=${FIRST_RUNS}`);
+  let runs = first.runs, total = first.total ?? runs.length;
   let sortKey = "started_at", desc = true, filter = "", state = "";
   const picked = new Set();
   const cols = [
@@ -148,7 +190,7 @@ async function runsPage() {
     ["attempts_done", "attempts", "num"], ["pass_rate", "pass rate", "num"], ["cost_usd", "cost", "num"],
   ];
   const tbody = h("tbody");
-  const compareBtn = h("button", { disabled: true, onclick: () => { const [a, b] = [...picked]; location.href = `/compare?a=${enc(a)}&b=${enc(b)}`; } }, "Compare 2 selected");
+  const compareBtn = h("button", { disabled: true, onclick: () => { const [a, b] = [...picked]; location.href = link(`/compare?a=${enc(a)}&b=${enc(b)}`); } }, "Compare 2 selected");
   const count = h("span", { class: "muted" });
   const head = h("tr", {}, h("th", {}), ...cols.map(([k, label, cls]) => h("th", { class: "sort " + (cls || ""), onclick: () => { desc = sortKey === k ? !desc : false; sortKey = k; draw(); } }, label)));
   function draw() {
@@ -163,16 +205,22 @@ async function runsPage() {
       h("td", { text: when(r.started_at) }), h("td", { text: when(r.ended_at) }),
       h("td", { class: "num", text: `${r.attempts_estimated ? "~" : ""}${num(r.attempts_done)} / ${num(r.attempts_planned)}` }),
       h("td", { class: "num", text: pct(r.pass_rate) }), h("td", { class: "num", text: usd(r.cost_usd) }))));
-    count.textContent = `${rows.length} of ${runs.length} runs`;
+    count.textContent = `${rows.length} of ${runs.length} runs` + (total > runs.length ? ` (reading the other ${num(total - runs.length)}…)` : "");
   }
   show(
     h("h1", { text: "Runs" }),
     h("div", { class: "bar" },
       h("input", { type: "search", placeholder: "filter by run or suite", oninput: (e) => { filter = e.target.value; draw(); } }),
       h("select", { onchange: (e) => { state = e.target.value; draw(); } }, ...["", "running", "finished", "interrupted"].map((s) => h("option", { value: s, text: s || "any state" }))),
-      BUNDLE ? null : compareBtn, count),
+      BUNDLE && BUNDLE.runs.length < 2 ? null : compareBtn, count),
     h("table", { id: "runs" }, h("thead", {}, head), tbody));
   draw();
+  document.body.dataset.first = String(Math.round(performance.now() - t0));
+  if (total > runs.length) {
+    runs = (await api("/api/runs")).runs;
+    total = runs.length;
+    draw();
+  }
   document.body.dataset.ready = String(Math.round(performance.now() - t0));
 }
 
@@ -224,19 +272,21 @@ async function runPage(name) {
     if (q.length < 2) { hits.replaceChildren(); return; }
     hits.replaceChildren(h("p", { class: "muted", text: "searching…" }));
     const res = await api(`${base}/search?q=${enc(q)}`);
-    hits.replaceChildren(h("p", { class: "muted", text: `${res.hits.length}${res.truncated ? "+" : ""} match(es) for “${q}”` }),
+    const part = res.incomplete ? " (this bundle's search index holds only the first part of the transcripts)" : "";
+    hits.replaceChildren(h("p", { class: "muted", text: `${res.hits.length}${res.truncated ? "+" : ""} match(es) for “${q}”${part}` }),
       ...res.hits.map((x) => h("div", { class: "hit" },
         h("a", { href: link(`/run/${enc(name)}/attempt/${x.index}`) + `?at=${x.offset}`, text: `${x.case_id} · ${x.model_id} · #${x.repeat}/${x.attempt}` }),
         " ", h("code", { text: x.snippet }))));
   }
 
   const c = run.choices;
+  const searchBox = h("input", { type: "search", id: "search", placeholder: "text in any message, tool call or output", size: 50, onchange: (e) => search(e.target.value).catch(fail) });
   show(
     h("h1", { text: `Run ${run.info.run_id}` }, " ", h("span", { class: "pill " + run.info.state, text: run.info.state })),
     h("p", { class: "muted", text: `suite ${run.info.suite || "–"} · started ${when(run.info.started_at)} · ended ${when(run.info.ended_at)} · ${num(run.info.attempts_planned)} planned` }),
     stats, charts,
-    BUNDLE ? null : h("h2", { text: "Search the transcripts" }),
-    BUNDLE ? null : h("div", { class: "bar" }, h("input", { type: "search", id: "search", placeholder: "text in any message, tool call or output", size: 50, onchange: (e) => search(e.target.value).catch(fail) })),
+    h("h2", { text: "Search the transcripts" }),
+    h("div", { class: "bar" }, searchBox),
     hits,
     h("h2", { text: "Attempts" }),
     h("div", { class: "bar" }, select("status", c.status, "any status"), select("model", c.model, "any model"), select("tag", c.tag, "any tag"),
@@ -244,6 +294,8 @@ async function runPage(name) {
     h("table", { id: "attempts" }, h("thead", {}, h("tr", {}, ...["case", "model", "repeat", "attempt", "status", "outcome", "cost", "duration", "reason"].map((x) => h("th", { text: x })))), tbody));
   drawSummary(run.summary);
   await load();
+  const asked = pageQuery().get("q");  // a search in the URL (#/run/r1?q=... in a bundle) runs at once
+  if (asked) { searchBox.value = asked; await search(asked); }
   document.body.dataset.ready = "1";
   if (run.info.state === "running" && window.EventSource && !BUNDLE) {
     const es = new EventSource(`${base}/live?from=${run.count}`);
@@ -296,7 +348,8 @@ async function attemptPage(name, n) {
   const more = h("button", {}, "show more");
   const info = h("span", { class: "muted" });
   // Pages by byte offset: a search hit opens the transcript where the hit is.
-  let at = Number(new URLSearchParams(BUNDLE ? "" : location.search).get("at") || 0), shown = 0;
+  const hit = Number(pageQuery().get("at") || 0);
+  let at = BUNDLE ? 0 : hit, shown = 0;
   async function loadMore() {
     const page = await api(`${base}/transcript?at=${at}&limit=200`);
     list.append(...page.items.map(itemView));
@@ -332,13 +385,15 @@ async function attemptPage(name, n) {
     h("h2", { text: "Check output (tail)" }), h("pre", { class: "out", id: "check-output", text: chk.output_tail || "(none)" }),
     r.host_output_tail ? h("div", {}, h("h2", { text: "Host output (tail)" }), h("pre", { class: "out", text: r.host_output_tail })) : null);
   if (a.transcript) await loadMore();
+  const found = hit ? list.querySelector(`[data-at="${hit}"]`) : null;  // where a search hit is
+  if (found) { found.classList.add("found"); requestAnimationFrame(() => found.scrollIntoView({ block: "center" })); }
   document.body.dataset.ready = "1";
 }
 
 // ------------------------------------------------------------------------------------------ compare
 
 async function comparePage() {
-  const q = new URLSearchParams(location.search);
+  const q = pageQuery();
   const [a, b] = [q.get("a") || "", q.get("b") || ""];
   crumbs(`compare ${a} ↔ ${b}`);
   const c = await api(`/api/compare?a=${enc(a)}&b=${enc(b)}`);
@@ -366,7 +421,7 @@ async function comparePage() {
 // ------------------------------------------------------------------------------------------ router
 
 function route() {
-  const path = BUNDLE ? location.hash.slice(1) || "/" : location.pathname;
+  const path = BUNDLE ? (location.hash.slice(1) || "/").split("?")[0] : location.pathname;
   const p = path.split("/").filter(Boolean).map(decodeURIComponent);
   if (p.length === 0) return runsPage();
   if (p[0] === "compare") return comparePage();
