@@ -204,5 +204,6 @@ def list_runs(sources: Sources, first: int | None = None) -> tuple[list[dict[str
     dirs = sources.run_dirs()
     picked = dirs if first is None else sorted(dirs, key=lambda d: d.name, reverse=True)[:first]
     rows = [run_info(d) for d in picked]
-    rows.sort(key=lambda r: r["started_at"] or "", reverse=True)
+    # Ties by name, as the first rows were picked: the whole list keeps the first rows' order.
+    rows.sort(key=lambda r: (r["started_at"] or "", r["name"]), reverse=True)
     return rows, len(dirs)
