@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mimetypes
 import socket
 import sys
 import webbrowser
@@ -57,6 +58,7 @@ def view(paths: tuple[Path, ...], host: str, port: int, no_open: bool, bundle: P
     Needs the view extra: pip install 'roo-eval-orchestrator[view]'.
     """
     try:
+        import anyio
         import uvicorn
 
         from orchestrator.view.app import build_app
@@ -83,9 +85,12 @@ def view(paths: tuple[Path, ...], host: str, port: int, no_open: bool, bundle: P
     app = build_app(sources, token=token, loopback_only=loopback)
     # An open live stream (SSE) must not hold Ctrl-C up: connections get 2 s to finish.
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
-    # Its HTTP protocol and event loop imported now, not by the first request: the URL is printed
-    # when a browser's first page would no longer wait for them.
+    # Its HTTP protocol, event loop, anyio's asyncio backend (which Starlette's first hand-off to a
+    # thread would import) and the MIME types (read by the first static file served) are loaded now,
+    # not by the first request: the URL is printed when a browser's first page no longer waits for them.
     config.load()
+    anyio.run(anyio.sleep, 0)
+    mimetypes.init()
     if token is not None:
         click.echo(f"listening on {host}, not loopback: every request needs the token in this URL")
     click.echo(f"orchestrate view: {url}")
