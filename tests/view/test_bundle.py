@@ -63,21 +63,25 @@ def _flipped_copy(sim_results: Path, results: Path) -> None:
     (results / "r2" / "results.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def test_the_bundle_searches_its_transcripts_and_compares_its_runs_from_file(
-    sim_results: Path, tmp_path: Path
-) -> None:
-    results = tmp_path / "results"
+@pytest.fixture(scope="module")
+def two_runs(sim_results: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of r1 and r2 (where ``broken`` passes for m1); returns its directory."""
+    results = tmp_path_factory.mktemp("bundle-two") / "results"
     _flipped_copy(sim_results, results)
-    out = tmp_path / "bundle"
+    out = results.parent / "bundle"
     res = orchestrate("view", "--bundle", str(out), str(results / "r1"), str(results / "r2"))
     assert res.returncode == 0, res.stderr
     files = [p for p in out.rglob("*") if p.is_file()]
-    assert {"compare-0-1.js", "compare-1-0.js"} <= {p.name for p in files}
+    assert {"compare-0-1.js", "compare-1-0.js", "search.js"} <= {p.name for p in files}
     assert all(SECRET not in p.read_text() for p in files)  # the search index too
-    chromium = _chromium()
-    url = (out / "index.html").as_uri()
-    assert "Compare 2 selected" in dom(chromium, url)
+    return out
 
+
+def test_the_bundle_searches_its_transcripts_from_file(
+    sim_results: Path, two_runs: Path, tmp_path: Path
+) -> None:
+    chromium = _chromium()
+    url = (two_runs / "index.html").as_uri()
     # A search in the URL runs when the page opens: its hit names the attempt, quotes the text, and
     # links to the item in the attempt's transcript.
     found = dom(chromium, url + "#/run/r1?q=ZEBRA-crossing")
@@ -86,19 +90,23 @@ def test_the_bundle_searches_its_transcripts_and_compares_its_runs_from_file(
     hit = re.search(rf'<a href="(#/run/r1/attempt/{rich}\?at=(\d+))">rich · m1 · #0/1</a>', found)
     assert hit is not None, found
     assert re.search(r"<code>[^<]*zebra-crossing 42[^<]*</code>", found)
-    assert "0 match(es)" in dom(chromium, url + "#/run/r1?q=no-such-words-anywhere")
     # The hit opens its attempt with the item it found marked (and scrolled to).
     attempt = dom(chromium, url + hit.group(1))
     item = rf'class="item [a-z ]*found" data-at="{hit.group(2)}">(?:(?!class="item ).)*zebra-crossing'
     assert re.search(item, attempt, re.S), attempt
+    screenshot(chromium, url + "#/run/r1?q=zebra", tmp_path / "bundle-search.png")
+    screenshot(chromium, url + hit.group(1), tmp_path / "bundle-hit.png", size="1400,2400")
 
-    # The comparison: the rows orchestrate compare prints, from file://.
+
+def test_the_bundle_compares_its_runs_from_file(two_runs: Path, tmp_path: Path) -> None:
+    chromium = _chromium()
+    url = (two_runs / "index.html").as_uri()
+    assert "Compare 2 selected" in dom(chromium, url)
+    # The rows orchestrate compare prints, from file://.
     compared = dom(chromium, url + "#/compare?a=r1&b=r2")
     row = re.search(r"<tr><td>broken</td><td>m1</td><td[^>]*>0</td><td>fail-&gt;pass</td>", compared)
     assert row is not None, compared
-    screenshot(chromium, url + "#/run/r1?q=zebra", tmp_path / "bundle-search.png")
     screenshot(chromium, url + "#/compare?a=r1&b=r2", tmp_path / "bundle-compare.png")
-    screenshot(chromium, url + hit.group(1), tmp_path / "bundle-hit.png", size="1400,2400")
 
 
 def test_the_search_index_is_capped_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
