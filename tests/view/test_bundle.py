@@ -118,3 +118,17 @@ def test_the_search_index_is_capped_and_says_so(monkeypatch: pytest.MonkeyPatch)
     index = bundle._SearchIndex()
     index.add(4, [{"at": 9, "text": "hello", "params": {"path": "f.py", "n": [1]}}])
     assert index.data()["items"] == [(4, 9, "hello\nf.py\n[1]")] and not index.truncated
+
+
+def test_runs_named_alike_or_too_many_runs_make_no_bundle(tmp_path: Path) -> None:
+    from tests.view.synthetic import write_run
+
+    a, b = write_run(tmp_path / "a" / "r", 2), write_run(tmp_path / "b" / "r", 2)
+    with pytest.raises(bundle.BundleError, match="named alike"):
+        bundle.write_bundle([a, b], tmp_path / "out")
+    many = [write_run(tmp_path / "many" / f"r{i}", 1) for i in range(bundle.MAX_RUNS + 1)]
+    with pytest.raises(bundle.BundleError, match="1 to 8 runs"):
+        bundle.write_bundle(many, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    res = orchestrate("view", "--bundle", str(tmp_path / "out"), str(a), str(b))
+    assert res.returncode == 2 and "named alike" in res.stderr
