@@ -77,15 +77,18 @@ class Browser:
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float, what: str) -> Any:
-        """The value of ``expression`` once it is truthy (the page's own state: polled, as nothing in the
-        protocol notifies a test of a text appearing)."""
+        """The value of ``expression`` (a JSON value: ``!!`` for an element) once it is truthy (the page's
+        own state: polled, as nothing in the protocol notifies a test of a text appearing)."""
         deadline = time.monotonic() + timeout
         while True:
             value = self.evaluate(expression)
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+                shown = self.evaluate("document.body.innerText")
+                raise AssertionError(
+                    f"timed out after {timeout:g}s waiting for {what}; the page shows {shown!r}"
+                )
             time.sleep(0.05)
 
     def text(self) -> str:

@@ -4,14 +4,18 @@ as running, its messages streamed (redacted, merged) before it ends, then its re
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from orchestrator.results.run_lock import RunLock
 from tests.runs import SECRET, poll_until
 from tests.view.browser import serving
+from tests.view.cdp import browser
 from tests.view.slow_run import DONE, SHOWN, SLOW, slow_run
 
 
@@ -78,3 +82,49 @@ def test_a_running_attempt_streams_its_messages_then_becomes_its_record(tmp_path
             poll_until(lambda: get(url + "api/runs/r")["info"]["state"] != "running", 60, "the run's end")
             assert get(url + "api/runs/r/running")["rows"] == []
         assert not (run.run_dir / "live").exists()  # nothing of the live view outlives the run
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_a_running_attempt_s_page_grows_then_becomes_the_attempt_in_chromium(tmp_path: Path) -> None:
+    assert CHROMIUM is not None
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    with slow_run(tmp_path) as run:
+        run.wait_said()
+        poll_until(lambda: run.recorded("quick"), 120, "the quick attempt's record")
+        with serving(tmp_path / "results") as url, browser(CHROMIUM) as page:
+            # The run page: the finished attempt, and the running one above it.
+            page.open(url + "run/r")
+            page.wait_for("!!document.querySelector('tr.running a')", 60, "the running attempt's row")
+            row = page.evaluate("document.querySelector('tr.running').innerText")
+            assert "slow" in row and "running" in row
+            assert page.evaluate("document.querySelectorAll('#attempts a[href*=\"/attempt/\"]').length") == 1
+            page.screenshot(shots / "run-with-a-running-attempt.png")
+
+            # Its page, opened from the table: its conversation so far, while it still runs.
+            page.evaluate("document.querySelector('tr.running a').click()")
+            page.wait_for(
+                f"document.getElementById('transcript')?.innerText.includes({json.dumps(SHOWN)})",
+                60,
+                "the message",
+            )
+            page.wait_for("!!document.querySelector('#transcript .item.command')", 60, "the command it runs")
+            shown = page.text()
+            assert page.evaluate("location.pathname") == f"/run/r/running/{SLOW}"
+            assert "Implement two_fer." in shown and SECRET not in shown
+            assert not run.recorded("slow") and run.proc.poll() is None  # still running while shown
+            assert DONE not in shown
+            page.screenshot(shots / "running-attempt.png")
+
+            # It ends: the same page becomes the attempt's own, from its transcript and record.
+            run.release()
+            page.wait_for("location.pathname.includes('/attempt/')", 60, "the page to switch to the record")
+            page.wait_for(f"document.body.innerText.includes({json.dumps(DONE)})", 60, "the completion")
+            final = page.text()
+            assert "completed" in final and "released-ok" in final and SHOWN in final and SECRET not in final
+            assert page.evaluate("document.getElementById('live').hidden") is True
+            page.screenshot(shots / "ended-attempt.png")
+    assert all(p.stat().st_size > 10_000 for p in shots.iterdir())

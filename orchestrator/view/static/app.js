@@ -367,7 +367,9 @@ async function runningPage(name, attemptName) {
     h("div", { class: "cards" }, card("running", "status"), card(when(hd.started_at), "started"), card(elapsed, "running for"), hd.node ? card(hd.node.slice(0, 12), "node") : null),
     h("h2", { text: "Transcript (live)" }), list, h("div", { class: "pager" }, count));
   setLive(true);
-  const tick = setInterval(() => { elapsed.textContent = hd.started_at ? secs((Date.now() - Date.parse(hd.started_at)) / 1000) : "–"; }, 500);
+  const since = () => { elapsed.textContent = hd.started_at ? secs((Date.now() - Date.parse(hd.started_at)) / 1000) : "–"; };
+  since();
+  const tick = setInterval(since, 500);
   const es = new EventSource(`${base}/stream`);
   const stop = () => { clearInterval(tick); es.close(); setLive(false); };
   es.addEventListener("items", (e) => {
