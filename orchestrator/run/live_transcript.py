@@ -87,7 +87,8 @@ class LiveTranscript(list[dict[str, Any]]):
         await self._channel.settle(self._name)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (list, (list(self),))
+        # A list and its items, as a list pickles (no copy): the channel stays behind.
+        return (list, (), None, iter(self))
 
 
 class LiveLog:

@@ -363,11 +363,13 @@ async def _live(request: Request, viewer: Viewer, name: str, since: int) -> Asyn
             sent += len(entries)
             data = {"rows": [as_json(e) for e in entries], "count": sent, "summary": index.summary()}
             yield b"event: attempts\ndata: " + orjson.dumps(data) + b"\n\n"
-        rows = await run_in_threadpool(viewer.running, name)
+        info = await run_in_threadpool(run_info, viewer.run_dir(name))
+        rows = await run_in_threadpool(
+            viewer.live.running, viewer.run_dir(name), index, run_running=info["state"] == "running"
+        )
         if [r["name"] for r in rows] != running:
             running = [r["name"] for r in rows]
             yield b"event: running\ndata: " + orjson.dumps({"rows": rows}) + b"\n\n"
-        info = await run_in_threadpool(run_info, viewer.run_dir(name))
         if info["state"] != state:
             state = info["state"]
             yield b"event: state\ndata: " + orjson.dumps(info) + b"\n\n"

@@ -189,7 +189,8 @@ async function runPage(name) {
   const prev = h("button", { onclick: () => { state.start = Math.max(0, state.start - state.limit); load(); } }, "‹ prev");
   const next = h("button", { onclick: () => { state.start += state.limit; load(); } }, "next ›");
   const hits = h("div");
-  let total = 0, running = [], recordRows = [];
+  let total = 0, running = [], recordRows = [], recorded = new Set();
+  const nameOf = (r) => `${r.case_id}__${r.model_id}__${r.repeat}__${r.attempt}.jsonl`;
 
   function drawSummary(s) {
     const t = s.totals;
@@ -209,7 +210,8 @@ async function runPage(name) {
   // Attempts running now (a run in progress): above the first page, while the filters allow them.
   function runningRows() {
     if (state.start !== 0 || state.passed !== "" || state.final !== "" || (state.status && state.status !== "running")) return [];
-    return running.filter((r) => (!state.model || r.model_id === state.model) && (!state.tag || r.tags.includes(state.tag))).map((r) => h("tr", { class: "running" },
+    // A record fetched since the list of running attempts came (it lags by one look at most) wins.
+    return running.filter((r) => !recorded.has(r.name) && (!state.model || r.model_id === state.model) && (!state.tag || r.tags.includes(state.tag))).map((r) => h("tr", { class: "running" },
       h("td", {}, h("a", { href: `/run/${enc(name)}/running/${enc(r.name)}`, text: r.case_id })),
       h("td", { text: r.model_id }), h("td", { class: "num", text: r.repeat }), h("td", { class: "num", text: r.attempt }),
       h("td", { text: "running" }), h("td", {}, h("span", { class: "pill running", text: "running" })), h("td", { class: "num", text: "–" }),
@@ -221,13 +223,14 @@ async function runPage(name) {
     const q = new URLSearchParams(Object.entries(state).filter(([, v]) => v !== ""));
     const page = state.status === "running" ? { total: 0, start: 0, rows: [] } : await api(`${base}/attempts?${q}`);
     total = page.total;
+    recorded = new Set(page.rows.map(nameOf));
     recordRows = page.rows.map((r) => h("tr", {},
       h("td", {}, h("a", { href: link(`/run/${enc(name)}/attempt/${r.index}`), text: r.case_id })),
       h("td", { text: r.model_id }), h("td", { class: "num", text: r.repeat }), h("td", { class: "num", text: r.attempt + (r.final ? "" : " (retried)") }),
       h("td", { text: r.status }), h("td", {}, outcome(r)), h("td", { class: "num", text: usd(r.cost_usd) }),
       h("td", { class: "num", text: secs(r.duration_s) }), h("td", { class: "muted", text: r.reason })));
     drawRows();
-    pageInfo.textContent = total ? `${num(page.start + 1)}–${num(page.start + page.rows.length)} of ${page.estimated ? "~" : ""}${num(total)}` : "no attempt matches";
+    pageInfo.textContent = state.status === "running" ? `${num(running.length)} running` : total ? `${num(page.start + 1)}–${num(page.start + page.rows.length)} of ${page.estimated ? "~" : ""}${num(total)}` : "no attempt matches";
     prev.disabled = state.start === 0;
     next.disabled = state.start + state.limit >= total;
   }
@@ -263,7 +266,7 @@ async function runPage(name) {
     const es = new EventSource(`${base}/live?from=${run.count}`);
     setLive(true);
     es.addEventListener("attempts", (e) => { const d = JSON.parse(e.data); drawSummary(d.summary); load(); });
-    es.addEventListener("running", (e) => { running = JSON.parse(e.data).rows; drawRows(); });
+    es.addEventListener("running", (e) => { running = JSON.parse(e.data).rows; drawRows(); if (state.status === "running") pageInfo.textContent = `${num(running.length)} running`; });
     es.addEventListener("state", (e) => { const info = JSON.parse(e.data); if (info.state !== "running") { running = []; drawRows(); setLive(false); es.close(); } });
   }
 }
