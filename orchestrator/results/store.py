@@ -380,10 +380,10 @@ class ResultsWriter:
         "dir": "in", "seq": n, "event": {...}}``, written as given: the worker left partial messages out
         (:mod:`orchestrator.run.slot_events`)."""
         name = key.events_name(attempt)
-        chunks = [orjson.dumps(self._redact(dict(row))) + b"\n" for row in rows]
+        data = live_transcripts.encode(rows, self._redact)  # the lines its live file had, redacted alike
         path = self.events_dir / name
         with _writing(path):
-            atomic_write(path, b"".join(chunks))
+            atomic_write(path, data)
         return f"{EVENTS}/{name}"
 
     # ---------------------------------------------------------------------------------- summary

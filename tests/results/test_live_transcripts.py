@@ -3,16 +3,23 @@ run's when its writer closes, and a killed run's with the next run or resume bes
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
+import orjson
+
+from ipc_bridge.redaction import Redactor
 from orchestrator.results import live_transcripts
 from orchestrator.results.run_lock import RunLock
 from orchestrator.results.store import ResultsWriter
+from orchestrator.run.slot_events import transcript_row
 from tests.results.test_results import key, record
+from tests.run.fake_bridge import HostScript
 
 
 def _live(run_dir: Path, name: str) -> Path:
@@ -82,3 +89,30 @@ def test_only_plain_transcript_names_are_live_file_names() -> None:
     assert live_transcripts.valid_name("c__m__0__1.jsonl")
     for bad in ("../x.jsonl", "a/b.jsonl", ".hidden.jsonl", "x.txt", "a\\b.jsonl", "x\x00.jsonl"):
         assert not live_transcripts.valid_name(bad)
+
+
+def _rows() -> list[dict[str, Any]]:
+    """Rows of recorded hosts' transcripts, and rows made to try the redactor's every rule."""
+    rows: list[dict[str, Any]] = []
+    for name in ("long-stream-3.52.1.jsonl", "subtask-3.52.1.jsonl", "tool-failure-3.52.1.jsonl"):
+        rows += [
+            transcript_row(t, n, raw) for n, (t, raw) in enumerate(HostScript.recorded(name).after_start)
+        ]
+    nested = json.dumps({"apiKey": "sk-live-123456", "tokensIn": 5, "note": 'say "token": "x"'})
+    rows += [
+        {"t": 1, "event": {"configuration": {"openRouterApiKey": "sk-or-abc", "mode": "code"}}},
+        {"t": 2, "event": {"payload": [{"totalTokensIn": 5, "accessToken": "", "Password": "hunter22"}]}},
+        {"t": 3, "event": {"text": nested, "list": ("a", "sk-or-abc", 3)}},
+        {"t": 4, "event": {"text": "token " * 50 + "the sk-or-abc key"}},
+        {"t": 5, "event": {'we"ird\\key': "v", "ok": "abc"}},
+        {"t": 6, "event": {"text": 'short secret ab and a quote"d one'}},
+    ]
+    return rows
+
+
+def test_encoding_is_the_redactor_s_whatever_the_secrets() -> None:
+    rows = _rows()
+    for secrets in ([], ["sk-or-abc"], ["hunter22", "code"], ["ab"], ['quote"d'], ["totalTokensIn"]):
+        redactor = Redactor(secrets)
+        slow = b"".join(orjson.dumps(redactor(dict(row))) + b"\n" for row in rows)
+        assert live_transcripts.encode(rows, redactor) == slow, secrets
