@@ -117,11 +117,11 @@ class NodeRunner:
         self._config = config
         client = ForwardingClient(read_connection_file(Path(config.connection_file)))
         self._client = client
+        live = None
         if self._hub is not None:
             self._forwarder = Forwarder(self._hub, self.node_id)
             client.sink = self._forwarder
-        live = None
-        if self._hub is not None:
+            # Running attempts' transcripts, to the driver's machine (see orchestrator.ray.live).
             self._live = HubChannel(self._hub)
             live = LiveLog(self._live, config.redactor, node=self.node_id)
         self._runner = AttemptRunner(client, config, self.index, live=live)
