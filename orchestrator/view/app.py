@@ -293,7 +293,9 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
     def api_running(request: Request) -> JSON:
         return JSON({"rows": viewer.running(request.path_params["run"])})
 
-    def api_running_attempt(request: Request) -> JSON:
+    def running_attempt(request: Request) -> tuple[Path, int | None, dict[str, Any] | None]:
+        """The live file a URL names, and its record's index once it has one; NotFound unless it is
+        a running attempt of a running run, or a finished one."""
         name = request.path_params["run"]
         run_dir = viewer.run_dir(name)
         attempt = request.path_params["name"]
@@ -304,14 +306,15 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
         head = read_header(path)
         if index is None and (head is None or run_info(run_dir)["state"] != "running"):
             raise NotFound(f"attempt {attempt!r} of run {name!r} is not running")
-        return JSON({"name": attempt, "index": index, "header": head})
+        return path, index, head
+
+    def api_running_attempt(request: Request) -> JSON:
+        _, index, head = running_attempt(request)
+        return JSON({"name": request.path_params["name"], "index": index, "header": head})
 
     async def api_running_stream(request: Request) -> StreamingResponse:
+        path, _, _ = await run_in_threadpool(running_attempt, request)
         name = request.path_params["run"]
-        run_dir = await run_in_threadpool(viewer.run_dir, name)
-        path = live_path(run_dir, request.path_params["name"])
-        if path is None:
-            raise NotFound(f"no attempt {request.path_params['name']!r} in run {name!r}")
         return StreamingResponse(
             _follow(request, viewer, name, path),
             media_type="text/event-stream",

@@ -44,9 +44,9 @@ def live_path(run_dir: Path, name: str) -> Path | None:
 
 
 def read_header(path: Path) -> dict[str, Any] | None:
-    """A live file's header line (None if it has none yet, or is gone)."""
+    """A live file's header line (None if it has none yet, is gone, or is a symlink)."""
     try:
-        with path.open("rb") as fh:
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
             line = fh.readline(1 << 16)
     except OSError:
         return None
@@ -106,7 +106,11 @@ class LiveAttempts:
         if not run_running:
             return []
         try:
-            names = sorted(e.name for e in os.scandir(live_dir(run_dir)) if valid_name(e.name))
+            names = sorted(
+                e.name
+                for e in os.scandir(live_dir(run_dir))
+                if valid_name(e.name) and e.is_file(follow_symlinks=False)  # a run's own files only
+            )
         except OSError:
             return []
         rows = []
@@ -145,7 +149,7 @@ class Tail:
     def read(self) -> list[dict[str, Any]]:
         """The items of the whole lines appended since the last read ([] if none, or the file is gone)."""
         try:
-            with self.path.open("rb") as fh:
+            with open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as fh:
                 fh.seek(self.offset)
                 data = fh.read(_MAX_READ)
         except OSError:

@@ -10,9 +10,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from starlette.testclient import TestClient
 
+from orchestrator.results import live_transcripts
 from orchestrator.results.run_lock import RunLock
+from orchestrator.results.store import ResultsWriter
+from orchestrator.view.app import build_app
+from orchestrator.view.runs import Sources
 from tests.runs import SECRET, poll_until
 from tests.view.browser import serving
 from tests.view.cdp import browser
@@ -128,3 +134,36 @@ def test_a_running_attempt_s_page_grows_then_becomes_the_attempt_in_chromium(tmp
             assert page.evaluate("document.getElementById('live').hidden") is True
             page.screenshot(shots / "ended-attempt.png")
     assert all(p.stat().st_size > 10_000 for p in shots.iterdir())
+
+
+def test_only_a_running_run_s_own_live_files_are_served(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    writer = ResultsWriter.create(results / "r", {"run_id": "r", "attempts_planned": 1})
+    head = live_transcripts.header(
+        "c", "m", 0, 1, config_hash="h", started_at="2026-01-01T00:00:00+00:00", slot="w0-1", node=None
+    )
+    (writer.run_dir / "live" / "c__m__0__1.jsonl").write_bytes(orjson.dumps(head) + b"\n")
+    outside = tmp_path / "secret.jsonl"
+    outside.write_bytes(orjson.dumps({**head, "case_id": SECRET}) + b"\n")
+    (writer.run_dir / "live" / "x__m__0__1.jsonl").symlink_to(outside)
+    c = TestClient(build_app(Sources.from_paths([results]), loopback_only=False))
+    try:
+        assert [r["name"] for r in c.get("/api/runs/r/running").json()["rows"]] == ["c__m__0__1.jsonl"]
+        assert c.get("/api/runs/r/running/c__m__0__1.jsonl").json()["header"]["case_id"] == "c"
+        for bad in (
+            "x__m__0__1.jsonl",
+            "..%2Fmanifest.json",
+            "..%2F..%2Fsecret.jsonl",
+            ".lock",
+            "nope.jsonl",
+        ):
+            for path in (f"/api/runs/r/running/{bad}", f"/api/runs/r/running/{bad}/stream"):
+                res = c.get(path)
+                assert res.status_code == 404 and SECRET not in res.text, path
+    finally:
+        writer.close()
+    # A run whose owner is gone (killed, or ended) has no running attempt, whatever its live/ holds.
+    (results / "r" / "live").mkdir()
+    (results / "r" / "live" / "c__m__0__1.jsonl").write_bytes(orjson.dumps(head) + b"\n")
+    assert c.get("/api/runs/r/running").json()["rows"] == []
+    assert c.get("/api/runs/r/running/c__m__0__1.jsonl").status_code == 404
