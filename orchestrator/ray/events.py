@@ -7,6 +7,9 @@ consume (:class:`ForwardingClient`: the exact, gap-free, seq-ordered stream of
 the run's :class:`EventHub`, an actor pinned to the driver's node. Sending one batch at a time keeps each
 node's order; per-slot ``seq`` numbers stay the bridge's own, and slot names are unique in a run.
 
+The hub also writes the run's live transcripts, which the nodes send it (:mod:`orchestrator.ray.live`):
+it runs on the driver's machine, where the results directory is.
+
 One subscriber reads the hub, from the driver process (:meth:`RayPool.events`) or any other process
 connected to the cluster (:meth:`EventFeed.attach` with the run id). The hub keeps up to ``capacity``
 unread events and counts what it had to drop, so a run with nobody listening costs bounded memory.
@@ -19,10 +22,12 @@ import collections
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
 from typing import Any
 
 from ipc_bridge.client.bridge_client import BridgeClient
 from ipc_bridge.client.types import Event
+from orchestrator.ray.live import write_live
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +56,8 @@ def event_record(node: str, event: Event) -> dict[str, Any]:
 class EventHub:
     """The driver-side buffer (a Ray async actor: see :func:`orchestrator.ray.pool.RayPool`)."""
 
-    def __init__(self, capacity: int = HUB_CAPACITY) -> None:
+    def __init__(self, capacity: int = HUB_CAPACITY, live_dir: str = "") -> None:
+        self._live = Path(live_dir) if live_dir else None
         self._events: collections.deque[dict[str, Any]] = collections.deque()
         self._capacity = capacity
         self._dropped = 0
@@ -94,6 +100,11 @@ class EventHub:
         except asyncio.TimeoutError:
             return False
         return True
+
+    async def write_live(self, batch: list[tuple[str, bytes]]) -> None:
+        """Append the nodes' live transcript chunks to their files (none when the run has no directory)."""
+        if self._live is not None:
+            write_live(self._live, batch)
 
     async def stats(self) -> dict[str, int]:
         return {"received": self._received, "buffered": len(self._events), "dropped": self._dropped}

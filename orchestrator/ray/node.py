@@ -35,9 +35,11 @@ from ipc_bridge.wire.connection_file import read_connection_file
 from orchestrator.processes import runtime_dir
 from orchestrator.processes.child_env import service_env
 from orchestrator.ray.events import Forwarder, ForwardingClient
+from orchestrator.ray.live import HubChannel
 from orchestrator.run.attempt import AttemptRunner
 from orchestrator.run.executor import Crashed
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
+from orchestrator.run.live_transcript import LiveLog
 from orchestrator.run.local import new_runtime_dir
 from orchestrator.run.worker import hide_secrets, run_guarded
 from orchestrator.status import Status
@@ -103,6 +105,7 @@ class NodeRunner:
         self._client: ForwardingClient | None = None
         self._runner: AttemptRunner | None = None
         self._forwarder: Forwarder | None = None
+        self._live: HubChannel | None = None
         self._running: dict[str, asyncio.Task[JobResult | Crashed]] = {}
         self._templates: dict[str, Path] = {}
         self._unpacking: dict[str, asyncio.Lock] = {}
@@ -114,10 +117,14 @@ class NodeRunner:
         self._config = config
         client = ForwardingClient(read_connection_file(Path(config.connection_file)))
         self._client = client
+        live = None
         if self._hub is not None:
             self._forwarder = Forwarder(self._hub, self.node_id)
             client.sink = self._forwarder
-        self._runner = AttemptRunner(client, config, self.index)
+            # Running attempts' transcripts, to the driver's machine (see orchestrator.ray.live).
+            self._live = HubChannel(self._hub)
+            live = LiveLog(self._live, config.redactor, node=self.node_id)
+        self._runner = AttemptRunner(client, config, self.index, live=live)
         return {"node_id": self.node_id, "hostname": socket.gethostname(), "pid": os.getpid()}
 
     def _start_bridge(self) -> WorkerConfig:
@@ -210,6 +217,8 @@ class NodeRunner:
                 await self._runner.close()
             if self._forwarder is not None:
                 await self._forwarder.close()
+            if self._live is not None:
+                await self._live.close()
             if self._client is not None:
                 await self._client.close()
         finally:

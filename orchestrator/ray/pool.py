@@ -40,6 +40,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.ray.events import NAMESPACE, EventHub, hub_name
 from orchestrator.ray.node import NodeRunner, Shipped, pack_template
+from orchestrator.results import live_transcripts
 from orchestrator.run.executor import Crashed, ExecutorStartError, Finished, Lost
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
 from orchestrator.status import Status
@@ -125,7 +126,7 @@ class RayPool:
                     # On the driver's node: losing a worker node never loses the run's event stream.
                     scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
                 )
-                .remote()
+                .remote(live_dir=_live_dir(config))
             )
             self._wait_for_nodes(start_timeout)
         except BaseException:
@@ -420,6 +421,11 @@ class RayPool:
         self._pending.clear()
         self._starved_since = None
         return [Lost(-1, None, jobs)]
+
+
+def _live_dir(config: WorkerConfig) -> str:
+    """Where the hub writes the nodes' live transcripts: the run directory's (this machine's)."""
+    return str(live_transcripts.live_dir(Path(config.results_dir))) if config.results_dir else ""
 
 
 def _nodes() -> list[dict[str, Any]]:

@@ -7,6 +7,8 @@
     events/<case>__<model>__<repeat>__<attempt>.jsonl   each attempt's transcript (non-partial events)
     events/<case>__<model>__<repeat>__<attempt>.diff    what the agent changed in its workspace (taken by
                                                         the worker: orchestrator.run.workspace_diff)
+    live/<case>__<model>__<repeat>__<attempt>.jsonl     a running attempt's transcript so far, gone once its
+                                                        record is written (orchestrator.results.live_transcripts)
     summary.json       pass rate and totals by model and tag, rebuilt from results.jsonl
     results.parquet    a columnar cache of results.jsonl for load(), written when the run ends (optional)
     .lock              flock'd by the run's owner while it lives; names its pid and host
@@ -34,7 +36,7 @@ from typing import Any
 import orjson
 
 from ipc_bridge.redaction import Redactor
-from orchestrator.results import columnar
+from orchestrator.results import columnar, live_transcripts
 from orchestrator.results.records import (
     EVENTS,
     MANIFEST,
@@ -213,6 +215,7 @@ class ResultsWriter:
                 # Locked before the manifest exists: a resume racing the start is refused as in progress.
                 writer._lock = RunLock(run_dir)
                 writer.events_dir.mkdir()
+                live_transcripts.live_dir(run_dir).mkdir()
                 writer.write_manifest(manifest)
                 writer._open()
         except ResultsWriteError:
@@ -220,6 +223,8 @@ class ResultsWriter:
             writer.close()
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
+        # What killed runs beside this one left of their running attempts.
+        live_transcripts.sweep(run_dir.parent, keep=run_dir)
         return writer
 
     @classmethod
@@ -239,6 +244,9 @@ class ResultsWriter:
         try:
             with _writing(run_dir):
                 writer.events_dir.mkdir(exist_ok=True)
+                # The running attempts of the session that was killed: they have no record, and never will.
+                live_transcripts.clear(run_dir)
+                live_transcripts.live_dir(run_dir).mkdir()
                 for record in read_records(writer.results_path, repair=True):
                     writer._index(record)
                 writer._open()
@@ -252,9 +260,11 @@ class ResultsWriter:
         _fsync_dir(self.run_dir)
 
     def close(self) -> None:
-        """Close results.jsonl and give up the run directory (another process may resume it now)."""
+        """Close results.jsonl and give up the run directory (another process may resume it now); the
+        live transcripts go first (no attempt runs any more)."""
         self._close_records()
         if self._lock is not None:
+            live_transcripts.clear(self.run_dir)
             self._lock.release()
             self._lock = None
 
@@ -349,6 +359,9 @@ class ResultsWriter:
             self._cut_back(size)
             raise ResultsWriteError(self.results_path, exc) from exc
         self._index(record)
+        # The record (and the transcript it names) supersede what the attempt showed while it ran.
+        with contextlib.suppress(OSError):
+            live_transcripts.remove(self.run_dir, key.events_name(record.attempt))
 
     def _cut_back(self, size: int) -> None:
         """Remove a partly written line, so that the file ends with a complete record."""
@@ -367,10 +380,10 @@ class ResultsWriter:
         "dir": "in", "seq": n, "event": {...}}``, written as given: the worker left partial messages out
         (:mod:`orchestrator.run.slot_events`)."""
         name = key.events_name(attempt)
-        chunks = [orjson.dumps(self._redact(dict(row))) + b"\n" for row in rows]
+        data = live_transcripts.encode(rows, self._redact)  # the lines its live file had, redacted alike
         path = self.events_dir / name
         with _writing(path):
-            atomic_write(path, b"".join(chunks))
+            atomic_write(path, data)
         return f"{EVENTS}/{name}"
 
     def write_diff(self, key: AttemptKey, attempt: int, text: str) -> str:

@@ -26,6 +26,7 @@ from orchestrator.results.records import CheckResult, Timings
 from orchestrator.run.attempt_hosts import AttemptHosts
 from orchestrator.run.grading import run_command
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
+from orchestrator.run.live_transcript import LiveLog, LiveTranscript
 from orchestrator.run.slot_events import AttemptBridge, SlotEvents, is_partial, transcript_row
 from orchestrator.status import Status
 from orchestrator.suite.plan import Attempt
@@ -76,13 +77,16 @@ class AttemptRunner:
         farm: SimulatorFarm | None = None,
         *,
         gate: SlotGate | None = None,
+        live: LiveLog | None = None,
     ) -> None:
         """``gate``: where a readied attempt (workspace, host, attach) gets its slot before its task
-        starts; None: every job given runs at once."""
+        starts; None: every job given runs at once. ``live``: where running attempts' transcripts are
+        shown as they grow (None: nowhere)."""
         self.client = client
         self.config = config
         self.wid = wid
         self._gate = gate
+        self._live = live
         self._counter = itertools.count(1)
         self._hosts = AttemptHosts(config, wid, farm)
         self._restart = asyncio.Event()
@@ -127,7 +131,7 @@ class AttemptRunner:
         attempt = job.attempt
         n = next(self._counter)
         slot = f"w{self.wid}-{n}"
-        transcript: list[dict[str, Any]] = []
+        transcript = self._live.transcript(job, slot) if self._live is not None else []
         tracker: OutcomeTracker | None = None
         host: Host | None = None
         launched: Host | None = None  # the host, kept for its record after teardown
@@ -221,6 +225,8 @@ class AttemptRunner:
                 host_end = await asyncio.shield(self._cleanup_host(slot, host)) or host_end
             if not self.config.keep_workspaces:
                 await asyncio.shield(_remove(workspace))
+            if isinstance(transcript, LiveTranscript):
+                await asyncio.shield(transcript.close())  # before the record, which supersedes it
         # Kept in the results: what a host wrote, and why it died (redacted like every record).
         host_log_name, host_output = await asyncio.shield(
             self._hosts.output(job, host_log, tail=status is Status.INFRA_ERROR or host_end is not None)

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 from ipc_bridge.client.bridge_client import BridgeClient
@@ -35,6 +36,7 @@ from orchestrator.run.executor import (
     ToWorker,
 )
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig
+from orchestrator.run.live_transcript import FileChannel, LiveLog
 from orchestrator.run.pool import receive, send
 
 log = logging.getLogger(__name__)
@@ -163,7 +165,9 @@ async def _serve(
     if client is None:
         return
     gate = Gate(wid, outbox) if gated else None
-    runner = AttemptRunner(client, config, wid, farm, gate=gate)
+    # Running attempts' transcripts go straight to the run directory (see orchestrator.run.live_transcript).
+    live = LiveLog(FileChannel(Path(config.results_dir)), config.redactor) if config.results_dir else None
+    runner = AttemptRunner(client, config, wid, farm, gate=gate, live=live)
     tasks: dict[str, asyncio.Task[None]] = {}
 
     async def run_job(job_id: str, job: Job) -> None:

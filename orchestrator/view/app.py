@@ -30,6 +30,7 @@ from orchestrator.results.compare import compare_rows
 from orchestrator.results.report import pass_rate_intervals, read_manifest
 from orchestrator.view.attempts import AttemptIndex, Filters, as_json
 from orchestrator.view.auth import AccessMiddleware
+from orchestrator.view.live import LiveAttempts, Tail, live_path, read_header
 from orchestrator.view.runs import (
     Sources,
     UnknownRunError,
@@ -80,6 +81,13 @@ class Viewer:
         self._lock = threading.Lock()
         self._building: set[Path] = set()
         self.transcripts = TranscriptCache()
+        self.live = LiveAttempts()
+
+    def running(self, name: str) -> list[dict[str, Any]]:
+        """The run's attempts running now (none unless the run is)."""
+        run_dir = self.run_dir(name)
+        index = self.index(name)
+        return self.live.running(run_dir, index, run_running=run_info(run_dir)["state"] == "running")
 
     def run_dir(self, name: str) -> Path:
         try:
@@ -286,10 +294,42 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
             headers={"cache-control": "no-store", **_SECURITY_HEADERS},
         )
 
+    def api_running(request: Request) -> JSON:
+        return JSON({"rows": viewer.running(request.path_params["run"])})
+
+    def running_attempt(request: Request) -> tuple[Path, int | None, dict[str, Any] | None]:
+        """The live file a URL names, and its record's index once it has one; NotFound unless it is
+        a running attempt of a running run, or a finished one."""
+        name = request.path_params["run"]
+        run_dir = viewer.run_dir(name)
+        attempt = request.path_params["name"]
+        path = live_path(run_dir, attempt)
+        if path is None:
+            raise NotFound(f"no attempt {attempt!r} in run {name!r}")
+        index = viewer.live.recorded(run_dir, viewer.index(name), attempt)
+        head = read_header(path)
+        if index is None and (head is None or run_info(run_dir)["state"] != "running"):
+            raise NotFound(f"attempt {attempt!r} of run {name!r} is not running")
+        return path, index, head
+
+    def api_running_attempt(request: Request) -> JSON:
+        _, index, head = running_attempt(request)
+        return JSON({"name": request.path_params["name"], "index": index, "header": head})
+
+    async def api_running_stream(request: Request) -> StreamingResponse:
+        path, _, _ = await run_in_threadpool(running_attempt, request)
+        name = request.path_params["run"]
+        return StreamingResponse(
+            _follow(request, viewer, name, path),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-store", **_SECURITY_HEADERS},
+        )
+
     routes = [
         Route("/", html),
         Route("/run/{run}", html),
         Route("/run/{run}/attempt/{attempt:int}", html),
+        Route("/run/{run}/running/{name}", html),
         Route("/compare", html),
         Route("/api/runs", api_runs),
         Route("/api/runs/{run}", api_run),
@@ -298,6 +338,9 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
         Route("/api/runs/{run}/attempts/{attempt:int}/transcript", api_transcript),
         Route("/api/runs/{run}/search", api_search),
         Route("/api/runs/{run}/live", api_live),
+        Route("/api/runs/{run}/running", api_running),
+        Route("/api/runs/{run}/running/{name}", api_running_attempt),
+        Route("/api/runs/{run}/running/{name}/stream", api_running_stream),
         Route("/api/compare", api_compare),
         Mount("/static", StaticFiles(packages=[("orchestrator.view", "static")])),
     ]
@@ -314,9 +357,11 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
 
 async def _live(request: Request, viewer: Viewer, name: str, since: int) -> AsyncIterator[bytes]:
     """Server-sent events: ``attempts`` with each batch of records appended after ``since`` (and the
-    run's figures), ``state`` when the run's state changes. Tails results.jsonl from its last offset."""
+    run's figures), ``running`` when the attempts running change, ``state`` when the run's state
+    changes. Tails results.jsonl from its last offset."""
     sent = since
     state = None
+    running: list[str] | None = None
     yield b"retry: 1000\n\n"
     while not await request.is_disconnected():
         index = await run_in_threadpool(viewer.index, name)
@@ -326,7 +371,43 @@ async def _live(request: Request, viewer: Viewer, name: str, since: int) -> Asyn
             data = {"rows": [as_json(e) for e in entries], "count": sent, "summary": index.summary()}
             yield b"event: attempts\ndata: " + orjson.dumps(data) + b"\n\n"
         info = await run_in_threadpool(run_info, viewer.run_dir(name))
+        rows = await run_in_threadpool(
+            viewer.live.running, viewer.run_dir(name), index, run_running=info["state"] == "running"
+        )
+        if [r["name"] for r in rows] != running:
+            running = [r["name"] for r in rows]
+            yield b"event: running\ndata: " + orjson.dumps({"rows": rows}) + b"\n\n"
         if info["state"] != state:
             state = info["state"]
             yield b"event: state\ndata: " + orjson.dumps(info) + b"\n\n"
         await asyncio.sleep(LIVE_POLL_S)
+
+
+async def _follow(request: Request, viewer: Viewer, name: str, path: Path) -> AsyncIterator[bytes]:
+    """Server-sent events of one running attempt: ``items`` as its live file grows (each message with
+    its ``key``: a later state replaces the one shown), then ``ended`` with the index of its record once
+    it has one (its page then shows the transcript), or ``gone`` when the run stopped without one."""
+    tail = Tail(path)
+    yield b"retry: 1000\n\n"
+    while not await request.is_disconnected():
+        event, data = await run_in_threadpool(_follow_step, viewer, name, tail)
+        if event:
+            yield b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+            if event != "items":
+                return
+        await asyncio.sleep(LIVE_POLL_S)
+
+
+def _follow_step(viewer: Viewer, name: str, tail: Tail) -> tuple[str, dict[str, Any]]:
+    """One look at a running attempt: its record first (then its live file is done with), else what
+    its live file gained."""
+    run_dir = viewer.run_dir(name)
+    recorded = viewer.live.recorded(run_dir, viewer.index(name), tail.path.name)
+    if recorded is not None:
+        return "ended", {"index": recorded}
+    items = tail.read()
+    if items:
+        return "items", {"items": items}
+    if not tail.path.exists() and run_info(run_dir)["state"] != "running":
+        return "gone", {}
+    return "", {}

@@ -237,7 +237,8 @@ async function runPage(name) {
   const prev = h("button", { onclick: () => { state.start = Math.max(0, state.start - state.limit); load(); } }, "‹ prev");
   const next = h("button", { onclick: () => { state.start += state.limit; load(); } }, "next ›");
   const hits = h("div");
-  let total = 0;
+  let total = 0, running = [], recordRows = [], recorded = new Set();
+  const nameOf = (r) => `${r.case_id}__${r.model_id}__${r.repeat}__${r.attempt}.jsonl`;
 
   function drawSummary(s) {
     const t = s.totals;
@@ -254,16 +255,30 @@ async function runPage(name) {
   const select = (key, values, label) => h("select", { onchange: (e) => { state[key] = e.target.value; state.start = 0; load(); } },
     h("option", { value: "", text: label }), ...values.map((v) => (Array.isArray(v) ? h("option", { value: v[0], text: v[1] }) : h("option", { value: v, text: v }))));
 
+  // Attempts running now (a run in progress): above the first page, while the filters allow them.
+  function runningRows() {
+    if (state.start !== 0 || state.passed !== "" || state.final !== "" || (state.status && state.status !== "running")) return [];
+    // A record fetched since the list of running attempts came (it lags by one look at most) wins.
+    return running.filter((r) => !recorded.has(r.name) && (!state.model || r.model_id === state.model) && (!state.tag || r.tags.includes(state.tag))).map((r) => h("tr", { class: "running" },
+      h("td", {}, h("a", { href: `/run/${enc(name)}/running/${enc(r.name)}`, text: r.case_id })),
+      h("td", { text: r.model_id }), h("td", { class: "num", text: r.repeat }), h("td", { class: "num", text: r.attempt }),
+      h("td", { text: "running" }), h("td", {}, h("span", { class: "pill running", text: "running" })), h("td", { class: "num", text: "–" }),
+      h("td", { class: "num", text: r.started_at ? secs((Date.now() - Date.parse(r.started_at)) / 1000) : "–" }), h("td", { class: "muted", text: r.node ? `on ${r.node.slice(0, 12)}` : "" })));
+  }
+  function drawRows() { tbody.replaceChildren(...runningRows(), ...recordRows); }
+
   async function load() {
     const q = new URLSearchParams(Object.entries(state).filter(([, v]) => v !== ""));
-    const page = await api(`${base}/attempts?${q}`);
+    const page = state.status === "running" ? { total: 0, start: 0, rows: [] } : await api(`${base}/attempts?${q}`);
     total = page.total;
-    tbody.replaceChildren(...page.rows.map((r) => h("tr", {},
+    recorded = new Set(page.rows.map(nameOf));
+    recordRows = page.rows.map((r) => h("tr", {},
       h("td", {}, h("a", { href: link(`/run/${enc(name)}/attempt/${r.index}`), text: r.case_id })),
       h("td", { text: r.model_id }), h("td", { class: "num", text: r.repeat }), h("td", { class: "num", text: r.attempt + (r.final ? "" : " (retried)") }),
       h("td", { text: r.status }), h("td", {}, outcome(r)), h("td", { class: "num", text: usd(r.cost_usd) }),
-      h("td", { class: "num", text: secs(r.duration_s) }), h("td", { class: "muted", text: r.reason }))));
-    pageInfo.textContent = total ? `${num(page.start + 1)}–${num(page.start + page.rows.length)} of ${page.estimated ? "~" : ""}${num(total)}` : "no attempt matches";
+      h("td", { class: "num", text: secs(r.duration_s) }), h("td", { class: "muted", text: r.reason })));
+    drawRows();
+    pageInfo.textContent = state.status === "running" ? `${num(running.length)} running` : total ? `${num(page.start + 1)}–${num(page.start + page.rows.length)} of ${page.estimated ? "~" : ""}${num(total)}` : "no attempt matches";
     prev.disabled = state.start === 0;
     next.disabled = state.start + state.limit >= total;
   }
@@ -281,6 +296,8 @@ async function runPage(name) {
 
   const c = run.choices;
   const searchBox = h("input", { type: "search", id: "search", placeholder: "text in any message, tool call or output", size: 50, onchange: (e) => search(e.target.value).catch(fail) });
+  const live = run.info.state === "running" && window.EventSource && !BUNDLE;
+  if (live) running = (await api(`${base}/running`)).rows;
   show(
     h("h1", { text: `Run ${run.info.run_id}` }, " ", h("span", { class: "pill " + run.info.state, text: run.info.state })),
     h("p", { class: "muted", text: `suite ${run.info.suite || "–"} · started ${when(run.info.started_at)} · ended ${when(run.info.ended_at)} · ${num(run.info.attempts_planned)} planned` }),
@@ -289,7 +306,7 @@ async function runPage(name) {
     h("div", { class: "bar" }, searchBox),
     hits,
     h("h2", { text: "Attempts" }),
-    h("div", { class: "bar" }, select("status", c.status, "any status"), select("model", c.model, "any model"), select("tag", c.tag, "any tag"),
+    h("div", { class: "bar" }, select("status", live ? [...c.status, "running"] : c.status, "any status"), select("model", c.model, "any model"), select("tag", c.tag, "any tag"),
       select("passed", [["true", "passed"], ["false", "not passed"]], "passed or not"), select("final", [["true", "final only"]], "all tries"), prev, next, pageInfo),
     h("table", { id: "attempts" }, h("thead", {}, h("tr", {}, ...["case", "model", "repeat", "attempt", "status", "outcome", "cost", "duration", "reason"].map((x) => h("th", { text: x })))), tbody));
   drawSummary(run.summary);
@@ -297,11 +314,12 @@ async function runPage(name) {
   const asked = pageQuery().get("q");  // a search in the URL (#/run/r1?q=... in a bundle) runs at once
   if (asked) { searchBox.value = asked; await search(asked); }
   document.body.dataset.ready = "1";
-  if (run.info.state === "running" && window.EventSource && !BUNDLE) {
+  if (live) {
     const es = new EventSource(`${base}/live?from=${run.count}`);
     setLive(true);
     es.addEventListener("attempts", (e) => { const d = JSON.parse(e.data); drawSummary(d.summary); load(); });
-    es.addEventListener("state", (e) => { const info = JSON.parse(e.data); if (info.state !== "running") { setLive(false); es.close(); } });
+    es.addEventListener("running", (e) => { running = JSON.parse(e.data).rows; drawRows(); if (state.status === "running") pageInfo.textContent = `${num(running.length)} running`; });
+    es.addEventListener("state", (e) => { const info = JSON.parse(e.data); if (info.state !== "running") { running = []; drawRows(); setLive(false); es.close(); } });
   }
 }
 
@@ -390,6 +408,47 @@ async function attemptPage(name, n) {
   document.body.dataset.ready = "1";
 }
 
+// A running attempt: its conversation as its live transcript grows (a later state of a message replaces
+// the one shown), until its record is written; then the page becomes the attempt's own.
+async function runningPage(name, attemptName) {
+  const base = `/api/runs/${enc(name)}/running/${enc(attemptName)}`;
+  crumbs(h("a", { href: `/run/${enc(name)}`, text: "/ " + name }), attemptName.replace(/\.jsonl$/, ""));
+  const a = await api(base);
+  if (a.index !== null) return toAttempt(name, a.index);
+  const hd = a.header || {};
+  const list = h("div", { id: "transcript" }), shownBy = new Map();
+  const count = h("span", { class: "muted", text: "waiting for the first message…" });
+  const elapsed = h("b", { text: "–" });
+  const card = (v, label) => h("div", { class: "card" }, v instanceof Node ? v : h("b", { text: v }), h("span", { text: label }));
+  show(
+    h("h1", { text: `${hd.case_id} · ${hd.model_id} · repeat ${hd.repeat} · attempt ${hd.attempt}` }, " ", h("span", { class: "pill running", text: "running" })),
+    h("div", { class: "cards" }, card("running", "status"), card(when(hd.started_at), "started"), card(elapsed, "running for"), hd.node ? card(hd.node.slice(0, 12), "node") : null),
+    h("h2", { text: "Transcript (live)" }), list, h("div", { class: "pager" }, count));
+  setLive(true);
+  const since = () => { elapsed.textContent = hd.started_at ? secs((Date.now() - Date.parse(hd.started_at)) / 1000) : "–"; };
+  since();
+  const tick = setInterval(since, 500);
+  const es = new EventSource(`${base}/stream`);
+  const stop = () => { clearInterval(tick); es.close(); setLive(false); };
+  es.addEventListener("items", (e) => {
+    for (const it of JSON.parse(e.data).items) {
+      const el = itemView(it), old = it.key ? shownBy.get(it.key) : null;
+      if (old) old.replaceWith(el); else list.append(el);
+      if (it.key) shownBy.set(it.key, el);
+    }
+    count.textContent = `${num(list.children.length)} messages so far`;
+    document.body.dataset.live = String(list.children.length);
+  });
+  es.addEventListener("ended", (e) => { stop(); toAttempt(name, JSON.parse(e.data).index).catch(fail); });
+  es.addEventListener("gone", () => { stop(); count.textContent = "The run stopped before this attempt was recorded."; });
+  document.body.dataset.ready = "1";
+}
+
+function toAttempt(name, index) {
+  history.replaceState(null, "", `/run/${enc(name)}/attempt/${index}`);
+  return attemptPage(name, index);
+}
+
 // ------------------------------------------------------------------------------------------ compare
 
 async function comparePage() {
@@ -427,6 +486,7 @@ function route() {
   if (p[0] === "compare") return comparePage();
   if (p[0] === "run" && p.length === 2) return runPage(p[1]);
   if (p[0] === "run" && p.length === 4 && p[2] === "attempt") return attemptPage(p[1], Number(p[3]));
+  if (p[0] === "run" && p.length === 4 && p[2] === "running" && !BUNDLE) return runningPage(p[1], p[3]);
   throw new Error("no such page");
 }
 
