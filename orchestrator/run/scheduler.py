@@ -143,6 +143,9 @@ class Scheduler:
         self._breaker = _Breaker(BREAKER_FACTOR * suite.target.slots)
         self._tried: set[AttemptKey] = set()
         """Keys with a real try recorded by this process (the breaker's first tries)."""
+        self._in_flight: set[str] = set()
+        """Jobs submitted whose result has not come back: if the run ends under them (a bridge that
+        keeps dying, a second Ctrl-C, a stop whose cancel goes unanswered), they are still to run."""
 
     # ------------------------------------------------------------------------------------- run
 
@@ -224,6 +227,7 @@ class Scheduler:
                 return
             item = heapq.heappop(self._queue)
             job_id = f"{item.attempt.key.slug}#{item.number}"
+            self._in_flight.add(job_id)
             executor.submit(
                 job_id, Job(item.attempt, item.number, self._sockets.take(job_id), tries=item.tries)
             )
@@ -291,6 +295,8 @@ class Scheduler:
         return float(base * self._rng.uniform(0.5, 1.5))
 
     def _release(self, job_id: str) -> None:
+        """``job_id``'s result came back: its socket lease is free, and it is no longer in flight."""
+        self._in_flight.discard(job_id)
         self._sockets.give_back(job_id)
 
     def _error_record(
@@ -329,7 +335,10 @@ class Scheduler:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Attempts still to run when :meth:`run` ended (summary.json's ``pending``; a resume runs them):
+        those queued (never started, held back, or waiting for a retry) and those in flight that left
+        no record, because the run ended under them."""
+        return len(self._queue) + len(self._in_flight)
 
     @property
     def tripped(self) -> str | None:
