@@ -28,6 +28,7 @@ from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
 from orchestrator.status import Status
 from orchestrator.suite.config import Suite
 from orchestrator.suite.plan import Attempt, AttemptKey
+from orchestrator.verdict import WorkerDied, WorkerError, decide
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +248,7 @@ class Scheduler:
         self._release(item.job_id)
         match item.result:
             case Crashed(detail):
-                self._record(
-                    job, self._error_record(job, Status.INFRA_ERROR, "harness", "worker error", detail)
-                )
+                self._record(job, self._error_record(job, WorkerError(detail)))
             case JobResult(unstarted=True):
                 # Held back before its task started: it is still to run (skipped now, or on resume).
                 heapq.heappush(
@@ -261,8 +260,7 @@ class Scheduler:
     def _lost(self, lost: Lost) -> None:
         for job_id, job in lost.jobs.items():
             self._release(job_id)
-            detail = f"worker process {lost.wid} died (exit code {lost.exitcode})"
-            self._record(job, self._error_record(job, Status.INFRA_ERROR, "infra", "worker died", detail))
+            self._record(job, self._error_record(job, WorkerDied(lost.wid, lost.exitcode)))
 
     def _record(
         self, job: Job, record: AttemptRecord, transcript: list[dict[str, Any]] | None = None
@@ -299,21 +297,10 @@ class Scheduler:
         self._in_flight.discard(job_id)
         self._sockets.give_back(job_id)
 
-    def _error_record(
-        self, job: Job, status: Status, error_class: Any, reason: str, detail: str
-    ) -> AttemptRecord:
+    def _error_record(self, job: Job, ending: WorkerError | WorkerDied) -> AttemptRecord:
+        """The record of a job whose worker failed it (its own record never came)."""
         now = datetime.now(timezone.utc)
-        return new_record(
-            self.run_id,
-            job,
-            status,
-            started=now,
-            ended=now,
-            passed=None,
-            reason=reason,
-            error_class=error_class,
-            error=detail,
-        )
+        return new_record(self.run_id, job, decide(ending), started=now, ended=now, passed=None)
 
     def stop_starting(self, reason: str) -> None:
         """Start no more attempts, as a spent budget does: running ones end by themselves, readied ones
