@@ -4,41 +4,23 @@ orchestrator.verdict gives that ending (tests/test_verdict.py holds the mapping 
 from __future__ import annotations
 
 import asyncio
-import textwrap
+import dataclasses
 from pathlib import Path
 
 from orchestrator.results.records import AttemptRecord
 from orchestrator.run.attempt import AttemptRunner
-from orchestrator.run.jobs import Job, WorkerConfig
 from orchestrator.status import Status
-from orchestrator.suite.config import load_suite
-from orchestrator.suite.plan import build_plan
 from tests.run.fake_bridge import FakeBridge, HostScript
-from tests.run.test_attempt import attempt
+from tests.run.test_attempt import attempt, socket_job
 
 
 def _run_for_real(tmp: Path, case: str, *, leased: bool = True) -> tuple[AttemptRecord, FakeBridge]:
     """One job of a socket target whose case is ``case`` (YAML), on a real event loop (a setup command
     is a real process); ``leased``: whether the job got its socket."""
-    (tmp / "host.sock").touch()
-    suite = tmp / "suite.yaml"
-    suite.write_text(
-        textwrap.dedent(
-            f"""\
-            name: t
-            target: {{kind: socket, sockets: [host.sock]}}
-            defaults: {{retries: 1}}
-            cases: [{case}]
-            """
-        )
-    )
-    loaded = load_suite(suite)
-    job = Job(build_plan(loaded).attempts[0], number=1, socket=str(tmp / "host.sock") if leased else None)
-    work = tmp / "work"
-    work.mkdir()
-    config = WorkerConfig(
-        run_id="r", connection_file="", runtime_dir=str(work), work_dir=str(work), target=loaded.target
-    )
+    job, config = socket_job(tmp, case=case)
+    if not leased:
+        job = dataclasses.replace(job, socket=None)
+    work = Path(config.work_dir)
     fake = FakeBridge(HostScript.recorded("complete-3.52.1.jsonl"))
 
     async def main() -> AttemptRecord:
