@@ -8,6 +8,9 @@ and blanks around the parts ignored. It lives here, not in :mod:`orchestrator`, 
 Which values make sense is the field's business: a suite's timers must be more than zero
 (:data:`PositiveDuration`), a script's pauses may be zero (:data:`Duration`). Negative, infinite and NaN
 durations are refused everywhere.
+
+The plain numbers of both (a suite's counts, a script's seed and time scale) share its one rule about
+booleans: :func:`not_bool`.
 """
 
 from __future__ import annotations
@@ -55,6 +58,14 @@ def _seconds(value: Any) -> float:
     if not math.isfinite(seconds):
         raise _invalid(value, "it must be a finite number; ")
     return seconds
+
+
+def not_bool(value: Any, expected: str = "a number") -> Any:
+    """A pydantic before-validator of a number field: refuses a boolean, which YAML reads from yes/no/on/off
+    and pydantic would take as 1 or 0. ``expected`` names the number in the error (``"a whole number"``)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected {expected}, got {value!r}: write a number such as 1 or 4")
+    return value
 
 
 def parse_duration(value: Any) -> float:

@@ -46,6 +46,7 @@ from ipc_bridge.roo.events import (
 from ipc_bridge.roo.shapes import IDLE_ASKS, INTERACTIVE_ASKS, RESUMABLE_ASKS
 from orchestrator.status import AttemptOutcome, Metrics, OutcomeLimits, Status
 from orchestrator.tally import Tally, TaskUsage
+from orchestrator.verdict import HostDisconnected, StartFailed, StreamLost, Unresponsive, decide
 
 # Asks that wait for a person. Others (command_output while a command runs, ...) mean work goes on.
 _WAITING_ASKS = INTERACTIVE_ASKS | IDLE_ASKS | RESUMABLE_ASKS
@@ -70,9 +71,6 @@ class _Task:
 def _first_line(text: str | None, limit: int = 300) -> str:
     line = (text or "").split("<retry_timer>")[0].strip().splitlines()
     return line[0][:limit] if line else ""
-
-
-UNRESPONSIVE = "extension host unresponsive"
 
 
 class OutcomeTracker:
@@ -231,10 +229,12 @@ class OutcomeTracker:
             self._decide(status, reason, at)
             self._ended_at = at
 
-    def force(self, status: Status, reason: str, now: float) -> None:
-        """End the attempt from outside (host died, bridge lost, Ctrl-C). A decided outcome is kept."""
+    def force(self, ending: StartFailed | StreamLost | HostDisconnected, now: float) -> None:
+        """End the attempt from outside (no reply to StartNewTask, the stream lost, the host's connection
+        down), with :func:`~orchestrator.verdict.decide`'s status and reason. A decided outcome is kept."""
         if self._status is None:
-            self._decide(status, reason, now)
+            verdict = decide(ending)
+            self._decide(verdict.status, verdict.reason, now)
         if not self.done:
             self._ended_at = now
 
@@ -295,10 +295,9 @@ class OutcomeTracker:
     def _unresponsive(self, at: float) -> None:
         # The rule of the module docstring: a silent host overrides what the agent's events said.
         assert self._status is not None
-        self._error = (
-            f"{self._status.value}, then no event within {self.limits.cancel_timeout:g}s of CancelTask"
-        )
-        self._status, self._reason, self._decided_at = Status.INFRA_ERROR, UNRESPONSIVE, at
+        verdict = decide(Unresponsive(self._status, self.limits.cancel_timeout))
+        self._status, self._reason, self._error = verdict.status, verdict.reason, verdict.error
+        self._decided_at = at
         self._cancel_state = "unanswered"
         if self._ended_at is None:
             self._ended_at = at

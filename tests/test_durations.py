@@ -6,9 +6,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
-from ipc_bridge.durations import parse_duration, parse_positive_duration
-from ipc_bridge.simulator.script import ScriptError, parse_script
+from ipc_bridge.durations import not_bool, parse_duration, parse_positive_duration
+from ipc_bridge.simulator.script import ScriptError, host_options, parse_script
 from orchestrator.suite.config import load_suite
 from orchestrator.suite.yaml_loader import SuiteError
 
@@ -100,3 +101,16 @@ def test_the_suite_reads_the_forms_the_simulator_took(tmp_path: Path) -> None:
     suite.write_text(suite.read_text().replace("timeout: 2min", "timeout: 0s"))
     with pytest.raises(SuiteError, match="more than zero"):
         load_suite(suite)
+
+
+@pytest.mark.parametrize("word", ["yes", "on", "true"])
+def test_a_yaml_boolean_is_no_number_for_the_suite_nor_the_simulator(tmp_path: Path, word: str) -> None:
+    """One rule (:func:`not_bool`) for the suite's counts and the simulator's numbers, each naming what
+    it expected."""
+    with pytest.raises(ScriptError, match="expected a number, got True"):
+        host_options(**yaml.safe_load(f"seed: {word}"))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"name: t\ndefaults: {{retries: {word}}}\ncases: [{{id: a, prompt: x}}]\n")
+    with pytest.raises(SuiteError, match="expected a whole number, got True"):
+        load_suite(suite)
+    assert not_bool(3) == 3 and not_bool("3") == "3"

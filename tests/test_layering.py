@@ -58,7 +58,7 @@ ORCH_BASE = (
 )
 """The package root (its version), the outcome's vocabulary, the process helpers, the statistics and the
 sequential test: leaves all may import."""
-BELOW = (*ORCH_BASE, "orchestrator.outcome", "orchestrator.tally")
+BELOW = (*ORCH_BASE, "orchestrator.outcome", "orchestrator.tally", "orchestrator.verdict")
 """What every layer of the orchestrator may import (README, Layout): the leaves and the outcome rules."""
 
 LAYERS: dict[str, tuple[str, ...]] = {
@@ -76,7 +76,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "orchestrator.stats": ("orchestrator",),
     "orchestrator.sequential": ("orchestrator",),
     "orchestrator.tally": (*ORCH_BASE, "ipc_bridge.roo"),
-    "orchestrator.outcome": (*ORCH_BASE, "orchestrator.tally", "ipc_bridge.roo"),
+    "orchestrator.verdict": ORCH_BASE,
+    "orchestrator.outcome": (*ORCH_BASE, "orchestrator.tally", "orchestrator.verdict", "ipc_bridge.roo"),
     "orchestrator.suite": (*BELOW, *IPC_ALL),
     "orchestrator.hosts": (*BELOW, "orchestrator.suite", *IPC_ALL),
     "orchestrator.results": (*BELOW, "orchestrator.suite", *IPC_ALL),

@@ -7,6 +7,7 @@ import pytest
 from ipc_bridge.roo.events import make_event, parse_task_event
 from orchestrator.outcome import OutcomeTracker
 from orchestrator.status import OutcomeLimits, Status
+from orchestrator.verdict import HostDisconnected, StreamLost
 from tests.outcome_events import msg, replay, started, usage
 
 
@@ -174,12 +175,13 @@ def test_previous_tasks_are_never_the_root() -> None:
 def test_force_sets_infra_error_but_keeps_a_decided_completion() -> None:
     tr = OutcomeTracker(0.0)
     started(tr)
-    tr.force(Status.INFRA_ERROR, "host died", 5.0)
-    assert tr.result().status is Status.INFRA_ERROR and tr.result().reason == "host died"
+    tr.force(HostDisconnected(), 5.0)
+    assert tr.result().status is Status.INFRA_ERROR and tr.result().reason == "extension host disconnected"
+    assert tr.result().ended_at == 5.0
     tr2 = OutcomeTracker(0.0)
     started(tr2)
     tr2.feed(msg("r", 5, "ask", "completion_result"), 2.0)
-    tr2.force(Status.INFRA_ERROR, "host died", 3.0)
+    tr2.force(StreamLost("bridge restarted"), 3.0)
     assert tr2.result().status is Status.COMPLETED and tr2.result().ended_at == 3.0
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from ipc_bridge.roo.events import make_event, parse_task_event
-from orchestrator.outcome import UNRESPONSIVE, OutcomeTracker
+from orchestrator.outcome import OutcomeTracker
 from orchestrator.status import OutcomeLimits, Status
+from orchestrator.verdict import UNRESPONSIVE
 from tests.conftest import load_recording
 from tests.outcome_events import msg, started
 

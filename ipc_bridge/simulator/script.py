@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from ipc_bridge.durations import Duration
+from ipc_bridge.durations import Duration, not_bool
 
 Outcome = Literal[
     "completed", "aborted", "hang", "followup", "crash", "freeze", "api_error", "api_error_noauto"
@@ -60,13 +60,6 @@ def normalize_engine(value: str | float) -> str:
     return str(engine)
 
 
-def _not_bool(value: Any) -> Any:
-    # YAML reads yes/no/on/off as booleans, and pydantic would take True for 1
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {value!r}")
-    return value
-
-
 class HostOptions(BaseModel):
     """How a simulated host runs, whatever its tasks' scripts say: ``orchestrate simulate``'s
     ``--seed``, ``--time-scale`` and ``--status-delay``, a farm's ``open`` keys, and a suite's
@@ -74,13 +67,11 @@ class HostOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    seed: Annotated[int, BeforeValidator(_not_bool)] = 0
+    seed: Annotated[int, BeforeValidator(not_bool)] = 0
     """Seed of task ids, timing jitter and ``chaos`` draws."""
-    time_scale: Annotated[float, BeforeValidator(_not_bool)] = Field(1.0, gt=0, le=1000, allow_inf_nan=False)
+    time_scale: Annotated[float, BeforeValidator(not_bool)] = Field(1.0, gt=0, le=1000, allow_inf_nan=False)
     """Multiplies every scripted duration (0.05 = 20x faster)."""
-    status_delay: Annotated[float, BeforeValidator(_not_bool)] = Field(
-        2.0, ge=0, le=3600, allow_inf_nan=False
-    )
+    status_delay: Annotated[float, BeforeValidator(not_bool)] = Field(2.0, ge=0, le=3600, allow_inf_nan=False)
     """Seconds between an ask and its taskIdle/taskInteractive/taskResumable, as in the engine."""
 
 

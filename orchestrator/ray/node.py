@@ -42,7 +42,7 @@ from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
 from orchestrator.run.live_transcript import LiveLog
 from orchestrator.run.local import new_runtime_dir
 from orchestrator.run.worker import hide_secrets, run_guarded
-from orchestrator.status import Status
+from orchestrator.verdict import Cancelled, decide
 
 log = logging.getLogger(__name__)
 
@@ -172,11 +172,10 @@ class NodeRunner:
                 record = new_record(
                     self._config.run_id,
                     job,
-                    Status.CANCELLED,
+                    decide(Cancelled()),
                     started=started,
                     ended=datetime.now(timezone.utc),
                     passed=None,
-                    reason="cancelled by the orchestrator",
                     node=self.node_id,
                 )
                 return JobResult(record.model_dump(mode="json"))

@@ -43,7 +43,7 @@ from orchestrator.ray.node import NodeRunner, Shipped, pack_template
 from orchestrator.results import live_transcripts
 from orchestrator.run.executor import Crashed, ExecutorStartError, Finished, Lost
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
-from orchestrator.status import Status
+from orchestrator.verdict import Cancelled, decide
 
 log = logging.getLogger(__name__)
 
@@ -291,11 +291,10 @@ class RayPool:
             record = new_record(
                 self._config.run_id,
                 job,
-                Status.CANCELLED,
+                decide(Cancelled()),
                 started=now,
                 ended=now,
                 passed=None,
-                reason="cancelled by the orchestrator",
             )
             self._out.append(Finished(job_id, job, JobResult(record.model_dump(mode="json"))))
         for node in self._nodes.values():

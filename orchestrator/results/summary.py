@@ -14,8 +14,6 @@ from typing import Any
 from orchestrator.results.records import Row
 from orchestrator.status import Status
 
-_CANCELLED = Status.CANCELLED.value
-
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
     """The ``q`` quantile of sorted values, linearly interpolated; None for no values."""
@@ -116,7 +114,7 @@ def summarize(rows: Iterable[Row]) -> dict[str, Any]:
     for r in rows:
         cost_all += r.cost_usd
         if not r.final:
-            if r.status == _CANCELLED:
+            if r.status == Status.CANCELLED:  # a row's status is the text; Status is a str
                 cancelled += 1
             else:
                 retried += 1

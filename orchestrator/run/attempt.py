@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Awaitable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ipc_bridge.client.types import BridgeError, BridgeRestarted, Event
 from orchestrator.hosts.farm import SimulatorFarm
@@ -30,11 +30,23 @@ from orchestrator.run.live_transcript import LiveLog, LiveTranscript
 from orchestrator.run.slot_events import AttemptBridge, SlotEvents, is_partial, transcript_row
 from orchestrator.status import Status
 from orchestrator.suite.plan import Attempt
+from orchestrator.verdict import (
+    DISCONNECTED,
+    Cancelled,
+    HostDisconnected,
+    HostEnded,
+    LaunchFailed,
+    SetupFailed,
+    StartFailed,
+    StreamLost,
+    Verdict,
+    decide,
+    of_outcome,
+)
 
 log = logging.getLogger(__name__)
 
 SLOT_DOWN = "slot_down"
-DISCONNECTED = "extension host disconnected"
 EXIT_WAIT = 2.0
 """How long a host whose connection went down is given to exit, so that its record says how it did."""
 TASK_EVENT = "task_event"
@@ -139,9 +151,7 @@ class AttemptRunner:
         host_end: str | None = None  # how the host ended by itself, if it did
         check: CheckResult | None = None
         diff: str | None = None
-        status, reason = Status.INFRA_ERROR, ""
-        error_class: Literal["infra", "harness"] | None = "infra"
-        error: str | None = None
+        verdict: Verdict | None = None
         attached = False  # the slot exists in the bridge: it must be detached, its task cancelled if stopped
         holding = False  # one of this worker's slots: given back as soon as the agent is done
         task_started = False  # StartNewTask may have gone out: the attempt gets a record, whatever happens
@@ -152,7 +162,7 @@ class AttemptRunner:
                 await self._prepare(attempt, workspace)
                 phase.lap("setup_s")
             except _HarnessError as exc:
-                raise _Stop(Status.INFRA_ERROR, "setup failed", "harness", str(exc)) from exc
+                raise _Stop(SetupFailed(str(exc))) from exc
             try:
                 host, socket_path = await self._hosts.host(job, workspace, slot)
                 launched = host
@@ -162,9 +172,9 @@ class AttemptRunner:
                 await self._unless_restart(self._attach(host, slot, socket_path), restart)
                 phase.lap("launch_s")
             except HostExited as exc:
-                raise _Stop(Status.INFRA_ERROR, str(exc), "infra", str(exc)) from exc
+                raise _Stop(HostEnded(str(exc))) from exc
             except (HostError, BridgeError, OSError) as exc:
-                raise _Stop(Status.INFRA_ERROR, "extension host did not come up", "infra", str(exc)) from exc
+                raise _Stop(LaunchFailed(str(exc))) from exc
             # Subscribed while the attempt waits for a slot: the welcome and the snapshot of its stream
             # are then not on the task's clock.
             events = SlotEvents(self.client.events(slot, since_seq=0), restart, lambda: self._restarted)
@@ -181,40 +191,38 @@ class AttemptRunner:
             finally:
                 await events.aclose()
             outcome = tracker.result()
-            status, reason, error = outcome.status, outcome.reason, outcome.error
-            responsive = tracker.host_responsive
-            error_class = "infra" if status.is_infra else None
+            verdict = of_outcome(outcome)
             phase.lap("agent_s")
             # The task is over: a readied attempt may start now, while this one tears down and is checked.
             holding = self._release(holding, ticket)
-            if reason == DISCONNECTED and host is not None:
+            if outcome.reason == DISCONNECTED and host is not None:
                 await host.wait(EXIT_WAIT)  # most likely exiting (a crash): its exit status says how
             # CloseTask is for a task a responsive host has: a host that never reported one (it never
             # answered StartNewTask) would only sit out the grace.
-            host_end = await self._cleanup_host(slot, host, responsive, close=tracker.root is not None)
+            host_end = await self._cleanup_host(
+                slot, host, tracker.host_responsive, close=tracker.root is not None
+            )
             host, attached = None, False
-            if status.is_infra and host_end and error is None:
-                error = f"the extension host {host_end}"
+            verdict = of_outcome(outcome, host_end)
             # Before the check, which may write files of its own: what the agent (and setup) changed.
             diff = await self._diff(job, workspace)
             phase.lap("teardown_s")
-            if not status.is_infra and attempt.case.check:
+            if not verdict.status.is_infra and attempt.case.check:
                 check = await run_command(
                     attempt.case.check, workspace, timeout=attempt.check_timeout, env=attempt.env or None
                 )
                 phase.lap("check_s")
         except _Stop as stop:
-            status, reason, error_class, error = stop.status, stop.reason, stop.error_class, stop.detail
+            verdict = decide(stop.ending)
         except _Unstarted:
             unstarted = True
         except asyncio.CancelledError:
-            status, reason, error_class = Status.CANCELLED, "cancelled by the orchestrator", None
+            # Stopped in its cancel, teardown or check: what the agent did is known, its grade is not.
+            task_ended = tracker.status if tracker is not None else None
+            verdict = decide(Cancelled(task_ended, verdict.error if verdict is not None else None))
             unstarted = not task_started
             if task_started and phase.timings.agent_s is None:
                 phase.lap("agent_s")  # how long the task ran before the stop
-            if tracker is not None and tracker.status is not None:
-                # Stopped in its cancel, teardown or check: what the agent did is known, its grade is not.
-                reason += f" after the task ended {tracker.status.value}"
             if attached and task_started:
                 # A leased host (socket target) is not closed afterwards: its task must be stopped here.
                 with contextlib.suppress(Exception):
@@ -229,26 +237,28 @@ class AttemptRunner:
                 await asyncio.shield(transcript.close())  # before the record, which supersedes it
         # Kept in the results: what a host wrote, and why it died (redacted like every record).
         host_log_name, host_output = await asyncio.shield(
-            self._hosts.output(job, host_log, tail=status is Status.INFRA_ERROR or host_end is not None)
+            self._hosts.output(
+                job,
+                host_log,
+                tail=verdict is None or verdict.status is Status.INFRA_ERROR or host_end is not None,
+            )
         )
         if unstarted:
             # Never run (a stop or a spent budget held it back): nothing to record.
             return JobResult({}, unstarted=True)
+        assert verdict is not None  # every way out of the try that is not unstarted gave one
         if check is not None:
             passed: bool | None = check.passed
         else:
-            passed = True if status is Status.COMPLETED and not attempt.case.check else None
+            passed = True if verdict.status is Status.COMPLETED and not attempt.case.check else None
         ended = datetime.now(timezone.utc)
         record = new_record(
             self.config.run_id,
             job,
-            status,
+            verdict,
             started=started,
             ended=ended,
             passed=passed,
-            reason=reason,
-            error_class=error_class if (status.is_infra or error) else None,
-            error=error,
             task_id=tracker.root if tracker else None,
             slot=slot,
             node=self.config.node,
@@ -312,7 +322,7 @@ class AttemptRunner:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await attach
         if attach.cancelled():
-            raise HostExited(f"extension host {host.ended_by_itself} before listening on its socket")
+            raise HostExited(str(host.ended_by_itself))  # how it ended: the verdict's words say the rest
         attach.result()
 
     async def _follow(
@@ -341,7 +351,7 @@ class AttemptRunner:
                 restart,
             )
         except BridgeError as exc:
-            tracker.force(Status.INFRA_ERROR, f"StartNewTask failed: {exc}", loop.time())
+            tracker.force(StartFailed(str(exc)), loop.time())
             return
         # Before any event: the stream may replay tasks the slot saw before this one.
         tracker.task_started(task_id, loop.time())
@@ -354,7 +364,7 @@ class AttemptRunner:
             try:
                 item = await events.get(wait)
             except Exception as exc:
-                tracker.force(Status.INFRA_ERROR, f"lost the event stream: {exc}", loop.time())
+                tracker.force(StreamLost(str(exc)), loop.time())
                 continue
             if item is not None:
                 self._take(item, tracker, transcript)
@@ -388,7 +398,7 @@ class AttemptRunner:
                 transcript.append(transcript_row(now - tracker.started_at, item.seq, event))
             tracker.feed_raw(event, now)
         elif item.msg_type == SLOT_DOWN:
-            tracker.force(Status.INFRA_ERROR, DISCONNECTED, now)
+            tracker.force(HostDisconnected(), now)
 
     async def _cleanup_host(
         self, slot: str, host: Host | None, responsive: bool = True, *, close: bool = True
@@ -433,11 +443,8 @@ class _Unstarted(Exception):
 
 
 class _Stop(Exception):
-    def __init__(
-        self, status: Status, reason: str, error_class: Literal["infra", "harness"] | None, detail: str
-    ) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.error_class = error_class
-        self.detail = detail
+    """The attempt ended before its task: ``ending`` says how (:func:`orchestrator.verdict.decide`)."""
+
+    def __init__(self, ending: SetupFailed | HostEnded | LaunchFailed) -> None:
+        super().__init__(ending)
+        self.ending = ending

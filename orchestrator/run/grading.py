@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from orchestrator.processes.child_env import command_env
 from orchestrator.results.records import CheckResult
@@ -50,27 +51,19 @@ async def _spawn(
     command: str | Sequence[str], cwd: str, env: dict[str, str]
 ) -> tuple[asyncio.SubprocessTransport, _Protocol]:
     loop = asyncio.get_running_loop()
+    # The same process either way: no stdin, output and errors interleaved in one pipe, and a session of
+    # its own (its whole group is killed on a timeout).
+    options: dict[str, Any] = {
+        "stdin": asyncio.subprocess.DEVNULL,
+        "stdout": asyncio.subprocess.PIPE,
+        "stderr": asyncio.subprocess.STDOUT,
+        "cwd": cwd,
+        "env": env,
+        "start_new_session": True,
+    }
     if isinstance(command, str):
-        return await loop.subprocess_shell(
-            lambda: _Protocol(loop),
-            command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
-    return await loop.subprocess_exec(
-        lambda: _Protocol(loop),
-        *command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-    )
+        return await loop.subprocess_shell(lambda: _Protocol(loop), command, **options)
+    return await loop.subprocess_exec(lambda: _Protocol(loop), *command, **options)
 
 
 def _killpg(pgid: int, sig: int) -> bool:

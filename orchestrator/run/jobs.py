@@ -10,9 +10,9 @@ from typing import Any
 
 from ipc_bridge.redaction import Redactor
 from orchestrator.results.records import AttemptRecord, final_for
-from orchestrator.status import Status
 from orchestrator.suite.plan import Attempt
 from orchestrator.suite.targets import Target
+from orchestrator.verdict import Verdict
 
 HOST_LOGS = "hosts"
 """Where each launched host's output is kept (``<case>__<model>__<repeat>__<attempt>.log``)."""
@@ -67,9 +67,10 @@ class JobResult:
 
 
 def new_record(
-    run_id: str, job: Job, status: Status, *, started: datetime, ended: datetime, **fields: Any
+    run_id: str, job: Job, verdict: Verdict, *, started: datetime, ended: datetime, **fields: Any
 ) -> AttemptRecord:
-    """The record of one try of ``job``: its key, number, finality and timing; ``fields`` add the rest."""
+    """The record of one try of ``job``: its key, number, finality and timing, and the ``verdict``
+    (:mod:`orchestrator.verdict`, the one place that decides it); ``fields`` add the rest."""
     a = job.attempt
     return AttemptRecord(
         run_id=run_id,
@@ -78,8 +79,11 @@ def new_record(
         repeat=a.key.repeat,
         config_hash=a.key.config_hash,
         attempt=job.number,
-        final=final_for(status, job.tries + 1, a.retries),
-        status=status,
+        final=final_for(verdict.status, job.tries + 1, a.retries),
+        status=verdict.status,
+        reason=verdict.reason,
+        error_class=verdict.error_class,
+        error=verdict.error,
         started_at=started,
         ended_at=ended,
         duration_s=round((ended - started).total_seconds(), 4),

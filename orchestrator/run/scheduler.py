@@ -28,6 +28,7 @@ from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
 from orchestrator.status import Status
 from orchestrator.suite.config import Suite
 from orchestrator.suite.plan import Attempt, AttemptKey
+from orchestrator.verdict import WorkerDied, WorkerError, decide
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,9 @@ class Scheduler:
         self._breaker = _Breaker(BREAKER_FACTOR * suite.target.slots)
         self._tried: set[AttemptKey] = set()
         """Keys with a real try recorded by this process (the breaker's first tries)."""
+        self._in_flight: set[str] = set()
+        """Jobs submitted whose result has not come back: if the run ends under them (a bridge that
+        keeps dying, a second Ctrl-C, a stop whose cancel goes unanswered), they are still to run."""
 
     # ------------------------------------------------------------------------------------- run
 
@@ -224,6 +228,7 @@ class Scheduler:
                 return
             item = heapq.heappop(self._queue)
             job_id = f"{item.attempt.key.slug}#{item.number}"
+            self._in_flight.add(job_id)
             executor.submit(
                 job_id, Job(item.attempt, item.number, self._sockets.take(job_id), tries=item.tries)
             )
@@ -243,9 +248,7 @@ class Scheduler:
         self._release(item.job_id)
         match item.result:
             case Crashed(detail):
-                self._record(
-                    job, self._error_record(job, Status.INFRA_ERROR, "harness", "worker error", detail)
-                )
+                self._record(job, self._error_record(job, WorkerError(detail)))
             case JobResult(unstarted=True):
                 # Held back before its task started: it is still to run (skipped now, or on resume).
                 heapq.heappush(
@@ -257,8 +260,7 @@ class Scheduler:
     def _lost(self, lost: Lost) -> None:
         for job_id, job in lost.jobs.items():
             self._release(job_id)
-            detail = f"worker process {lost.wid} died (exit code {lost.exitcode})"
-            self._record(job, self._error_record(job, Status.INFRA_ERROR, "infra", "worker died", detail))
+            self._record(job, self._error_record(job, WorkerDied(lost.wid, lost.exitcode)))
 
     def _record(
         self,
@@ -295,23 +297,14 @@ class Scheduler:
         return float(base * self._rng.uniform(0.5, 1.5))
 
     def _release(self, job_id: str) -> None:
+        """``job_id``'s result came back: its socket lease is free, and it is no longer in flight."""
+        self._in_flight.discard(job_id)
         self._sockets.give_back(job_id)
 
-    def _error_record(
-        self, job: Job, status: Status, error_class: Any, reason: str, detail: str
-    ) -> AttemptRecord:
+    def _error_record(self, job: Job, ending: WorkerError | WorkerDied) -> AttemptRecord:
+        """The record of a job whose worker failed it (its own record never came)."""
         now = datetime.now(timezone.utc)
-        return new_record(
-            self.run_id,
-            job,
-            status,
-            started=now,
-            ended=now,
-            passed=None,
-            reason=reason,
-            error_class=error_class,
-            error=detail,
-        )
+        return new_record(self.run_id, job, decide(ending), started=now, ended=now, passed=None)
 
     def stop_starting(self, reason: str) -> None:
         """Start no more attempts, as a spent budget does: running ones end by themselves, readied ones
@@ -333,7 +326,10 @@ class Scheduler:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Attempts still to run when :meth:`run` ended (summary.json's ``pending``; a resume runs them):
+        those queued (never started, held back, or waiting for a retry) and those in flight that left
+        no record, because the run ended under them."""
+        return len(self._queue) + len(self._in_flight)
 
     @property
     def tripped(self) -> str | None:

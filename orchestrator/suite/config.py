@@ -54,8 +54,8 @@ from orchestrator.suite.types import (
     Settings,
     Strict,
     existing_path,
-    not_bool,
     resolve_path,
+    whole_number,
 )
 from orchestrator.suite.yaml_loader import Problem, SuiteError, interpolate, line_col
 
@@ -83,7 +83,7 @@ class Defaults(OutcomeLimits):
     @field_validator("api_retry_limit", mode="before")
     @classmethod
     def _whole_number(cls, value: Any) -> Any:
-        return not_bool(value)  # as every count of the suite: YAML's yes/no are no numbers
+        return whole_number(value)  # as every count of the suite: YAML's yes/no are no numbers
 
 
 class ModelSpec(Strict):

@@ -26,8 +26,8 @@ from orchestrator.suite.types import (
     PathText,
     Strict,
     existing_path,
-    not_bool,
     resolve_path,
+    whole_number,
 )
 
 MAX_SLOTS = 1024
@@ -35,7 +35,7 @@ MAX_SLOTS = 1024
 
 
 def _slots_not_bool(cls: Any, value: Any) -> Any:
-    return not_bool(value)
+    return whole_number(value)
 
 
 class _Launched(Strict):

@@ -21,6 +21,7 @@ from pydantic import (
     ValidationInfo,
 )
 
+from ipc_bridge.durations import not_bool
 from ipc_bridge.roo.shapes import RooCodeSettings
 from orchestrator.suite.file_checks import kind_of
 
@@ -86,11 +87,9 @@ def _check_command(value: Any) -> Any:
     )
 
 
-def not_bool(value: Any) -> Any:
-    # YAML reads yes/no/on/off as booleans, and pydantic would take True for 1
-    if isinstance(value, bool):
-        raise ValueError(f"expected a whole number, got {value!r}: write a number such as 1 or 4")
-    return value
+def whole_number(value: Any) -> Any:
+    """A count's before-validator: YAML's yes/no are no numbers (:func:`not_bool`)."""
+    return not_bool(value, "a whole number")
 
 
 def path_text(value: Any) -> Any:
@@ -130,7 +129,7 @@ ArgText = Annotated[str, AfterValidator(no_nul)]
 """Text that becomes a command-line argument."""
 EnvMap = dict[Annotated[str, AfterValidator(_env_name)], ArgText]
 """Environment variables added to a process."""
-Count = Annotated[int, BeforeValidator(not_bool)]
+Count = Annotated[int, BeforeValidator(whole_number)]
 PathText = Annotated[Path, BeforeValidator(path_text)]
 Command = Annotated[str | list[str], BeforeValidator(_check_command)]
 """A shell string (run with ``sh -c``) or an argv list."""

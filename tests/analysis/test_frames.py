@@ -19,22 +19,7 @@ from orchestrator.results.records import AttemptRecord
 from orchestrator.results.report import build_report
 from orchestrator.stats import bootstrap_mean, pass_at_k_unbiased, wilson_interval
 from orchestrator.status import Status
-from tests.results.report_runs import G, make_run, rec, run_a_records, run_b_records
-
-
-@pytest.fixture
-def results(tmp_path: Path) -> Path:
-    return tmp_path / "results"
-
-
-@pytest.fixture
-def run_a(results: Path) -> Path:
-    return make_run(results, "run-a", run_a_records())
-
-
-@pytest.fixture
-def run_b(results: Path) -> Path:
-    return make_run(results, "run-b", run_b_records())
+from tests.results.report_runs import G, make_run, rec
 
 
 def repeats_run(results: Path) -> Path:

@@ -6,43 +6,29 @@ full one)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
-from types import ModuleType
 
 import pytest
 
-from tests.conftest import ROOT
+from benchmarks import soak_checks
+from benchmarks.soak_procs import Sample
+from benchmarks.soak_run import SoakOptions, SoakRun, run_soak
+from orchestrator.results.records import AttemptRecord
+
+SHORT = SoakOptions(attempts=200, slots=8, crash=0.05, freeze=0.05, bridge_kills=2, seed=3, run_timeout=100.0)
 
 
-def _load_soak() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("soak_benchmark", ROOT / "benchmarks" / "soak.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    return module
-
-
-soak = _load_soak()
-
-SHORT = soak.SoakOptions(
-    attempts=200, slots=8, crash=0.05, freeze=0.05, bridge_kills=2, seed=3, run_timeout=100.0
-)
-
-
-def failed(report: soak.Report, *, short: bool = True) -> str:
+def failed(report: soak_checks.Report, *, short: bool = True) -> str:
     return "\n".join(f"{c.name}: {c.detail}" for c in report.failures(short=short))
 
 
 @pytest.fixture(scope="module")
-def short_run() -> soak.SoakRun:
-    return soak.run_soak(SHORT)
+def short_run() -> SoakRun:
+    return run_soak(SHORT)
 
 
 @pytest.mark.timeout(150)
-def test_every_invariant_holds_under_crashes_freezes_and_bridge_kills(short_run: soak.SoakRun) -> None:
-    report = soak.analyse(short_run)
+def test_every_invariant_holds_under_crashes_freezes_and_bridge_kills(short_run: SoakRun) -> None:
+    report = soak_checks.analyse(short_run)
     assert not report.failures(short=True), failed(report) + "\n" + short_run.stderr_tail
     f = report.figures
     # The faults really happened, each kind, and were retried to a completed attempt.
@@ -52,23 +38,23 @@ def test_every_invariant_holds_under_crashes_freezes_and_bridge_kills(short_run:
     assert all(r.status.value == "completed" for r in short_run.records if r.final)
 
 
-def _first(run: soak.SoakRun, fault: str) -> int:
-    reason = soak.CRASH_REASON if fault == "crash" else soak.FREEZE_REASON
+def _first(run: SoakRun, fault: str) -> int:
+    reason = soak_checks.CRASH_REASON if fault == "crash" else soak_checks.FREEZE_REASON
     return next(
         i
         for i, r in enumerate(run.records)
-        if soak.injected(r, run.options) == fault
+        if soak_checks.injected(r, run.options) == fault
         and r.reason == reason
-        and not soak.bridge_killed_during(r, run.kills)  # else a wrong reason is blamed on the bridge
+        and not soak_checks.bridge_killed_during(r, run.kills)  # else a wrong reason is blamed on the bridge
     )
 
 
 @pytest.mark.timeout(150)
-def test_the_checks_catch_what_they_are_for(short_run: soak.SoakRun) -> None:
+def test_the_checks_catch_what_they_are_for(short_run: SoakRun) -> None:
     """Doctored copies of the real run, one defect each: the matching check fails."""
 
-    def broken(records: list[soak.AttemptRecord]) -> set[str]:
-        report = soak.analyse(dataclasses.replace(short_run, records=records))
+    def broken(records: list[AttemptRecord]) -> set[str]:
+        report = soak_checks.analyse(dataclasses.replace(short_run, records=records))
         return {c.name for c in report.failures(short=True)}
 
     records = list(short_run.records)
@@ -77,7 +63,7 @@ def test_the_checks_catch_what_they_are_for(short_run: soak.SoakRun) -> None:
 
     crash = _first(short_run, "crash")
     wrong = [*records]
-    wrong[crash] = records[crash].model_copy(update={"reason": soak.FREEZE_REASON})
+    wrong[crash] = records[crash].model_copy(update={"reason": soak_checks.FREEZE_REASON})
     assert broken(wrong) == {"each try's fate follows its injected fault"}
 
     freeze = _first(short_run, "freeze")
@@ -92,22 +78,22 @@ def test_the_checks_catch_what_they_are_for(short_run: soak.SoakRun) -> None:
 def test_rss_quarters_and_growth() -> None:
     mib = 2**20
 
-    def sample(t: float, orchestrator: int, bridge: int = 0) -> soak.Sample:
-        return soak.Sample(t, orchestrator * mib, bridge * mib, 100 * mib, 50 * mib)
+    def sample(t: float, orchestrator: int, bridge: int = 0) -> Sample:
+        return Sample(t, orchestrator * mib, bridge * mib, 100 * mib, 50 * mib)
 
     flat = [sample(t, 50, 40 + (t % 2)) for t in range(40)]
-    peaks = soak.quarters(flat)
+    peaks = soak_checks.quarters(flat)
     assert [q["total"] // mib for q in peaks] == [191] * 4  # peak: 50 + 41 + 100; farms not counted
     growing = [sample(t, 50 + t) for t in range(40)]
-    peaks = soak.quarters(growing)
+    peaks = soak_checks.quarters(growing)
     assert [q["orchestrator"] // mib for q in peaks] == [59, 69, 79, 89]
-    assert soak.quarters([]) == []
+    assert soak_checks.quarters([]) == []
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(1500)
 def test_full_soak() -> None:
-    run = soak.run_soak(soak.SoakOptions())
-    report = soak.analyse(run)
-    soak.print_report(report)
+    run = run_soak(SoakOptions())
+    report = soak_checks.analyse(run)
+    soak_checks.print_report(report)
     assert report.ok, failed(report, short=False)

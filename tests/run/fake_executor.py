@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from orchestrator.run.executor import Crashed, Finished, Launch, Lost
 from orchestrator.run.jobs import Job, JobResult, new_record
 from orchestrator.status import Metrics, Status
+from orchestrator.verdict import Verdict
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -154,11 +155,10 @@ class FakeExecutor:
         record = new_record(
             self.run_id,
             j.job,
-            status,
+            Verdict(status, reason, "infra" if status.is_infra else None),  # as scripted: a fake attempt's
             started=started,
             ended=EPOCH + timedelta(seconds=self.clock.now),
             passed=True if status is Status.COMPLETED else None,
-            reason=reason,
             metrics=Metrics(cost_usd=j.step.cost if status is not Status.CANCELLED else 0.0),
         )
         return JobResult(record.model_dump(mode="json"), [{"t": 0.0, "event": {"fake": j.job_id}}])

@@ -29,17 +29,11 @@ def _the_real_client_fits(client: BridgeClient) -> AttemptBridge:
     return client  # what mypy would refuse if BridgeClient stopped being an AttemptBridge
 
 
-def run_job(
-    tmp: Path,
-    fake: FakeBridge,
-    limits: str = "",
-    *,
-    during: Callable[[FakeBridge, asyncio.Task[JobResult]], None] | None = None,
-    at: float = 0.0,
-    gate: SlotGate | None = None,
-) -> JobResult:
-    """One job against ``fake`` on a socket target (a leased host: nothing is launched); ``during`` is
-    called ``at`` seconds after the run began, with the fake and the run's task."""
+def socket_job(
+    tmp: Path, limits: str = "", case: str = "{id: a, prompt: Say done.}"
+) -> tuple[Job, WorkerConfig]:
+    """The job of a one-case suite (``case``, YAML) on a socket target, its socket leased, and the
+    worker's configuration, working in ``tmp``/work."""
     (tmp / "host.sock").touch()
     suite = tmp / "suite.yaml"
     suite.write_text(
@@ -48,7 +42,7 @@ def run_job(
             name: t
             target: {{kind: socket, sockets: [host.sock]}}
             defaults: {{retries: 1{limits}}}
-            cases: [{{id: a, prompt: Say done.}}]
+            cases: [{case}]
             """
         )
     )
@@ -64,6 +58,22 @@ def run_job(
         target=loaded.target,
         results_dir=str(tmp / "results"),
     )
+    return job, config
+
+
+def run_job(
+    tmp: Path,
+    fake: FakeBridge,
+    limits: str = "",
+    *,
+    during: Callable[[FakeBridge, asyncio.Task[JobResult]], None] | None = None,
+    at: float = 0.0,
+    gate: SlotGate | None = None,
+) -> JobResult:
+    """One job against ``fake`` on a socket target (a leased host: nothing is launched); ``during`` is
+    called ``at`` seconds after the run began, with the fake and the run's task."""
+    job, config = socket_job(tmp, limits)
+    work = Path(config.work_dir)
 
     async def main() -> JobResult:
         runner = AttemptRunner(fake, config, 1, gate=gate)

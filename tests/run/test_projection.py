@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import pytest
 
 from ipc_bridge.redaction import Redactor
 from orchestrator.cli.progress import Progress
-from orchestrator.results.records import AttemptRecord
 from orchestrator.run.projection import Projection, project
-from orchestrator.status import Metrics, Status
+from tests.results.report_runs import rec
 
 
 def test_nothing_is_projected_before_an_attempt_finished() -> None:
@@ -42,37 +39,18 @@ def test_over_budget_only_when_the_projection_exceeds_it() -> None:
     assert p.over(4.99)
 
 
-def _record(cost: float) -> AttemptRecord:
-    now = datetime.now(timezone.utc)
-    return AttemptRecord(
-        run_id="r",
-        case_id="c",
-        model_id="m",
-        repeat=0,
-        config_hash="h",
-        attempt=1,
-        final=True,
-        status=Status.COMPLETED,
-        passed=True,
-        started_at=now,
-        ended_at=now,
-        duration_s=2.0,
-        metrics=Metrics(cost_usd=cost),
-    )
-
-
 def test_the_progress_warns_once_when_the_projection_exceeds_the_budget(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     progress = Progress(4, quiet=True, as_json=False, redactor=Redactor(), slots=2, budget_usd=1.5)
-    progress(_record(0.25))  # $0.25 x 4 = $1.00: within the budget
+    progress(rec("r", "c", "m", duration=2.0, cost=0.25))  # $0.25 x 4 = $1.00: within the budget
     assert capsys.readouterr().err == ""
-    progress(_record(0.75))  # ($0.25 + $0.75) / 2 x 4 = $2.00: over it
+    progress(rec("r", "c", "m", duration=2.0, cost=0.75))  # ($0.25 + $0.75) / 2 x 4 = $2.00: over it
     assert capsys.readouterr().err == (
         "warning: projected cost $2.00 exceeds the budget $1.50: the run will stop starting attempts "
         "once it is spent\n"
     )
-    progress(_record(0.75))  # still over: said once
+    progress(rec("r", "c", "m", duration=2.0, cost=0.75))  # still over: said once
     assert capsys.readouterr().err == ""
 
 
@@ -83,7 +61,7 @@ def test_a_resumed_run_projects_against_the_budget_with_what_it_spent_before(
     progress = Progress(
         2, quiet=True, as_json=False, redactor=Redactor(), slots=1, budget_usd=1.5, spent_before=1.0
     )
-    progress(_record(0.25))
+    progress(rec("r", "c", "m", duration=2.0, cost=0.25))
     assert capsys.readouterr().err == ""
-    progress(_record(0.30))
+    progress(rec("r", "c", "m", duration=2.0, cost=0.30))
     assert "warning: projected cost $1.55 exceeds the budget $1.50" in capsys.readouterr().err

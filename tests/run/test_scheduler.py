@@ -353,6 +353,7 @@ def test_a_second_ctrl_c_stops_at_once_and_kills_the_executor(tmp_path: Path) ->
     done = _run(tmp_path, script, answer_cancel=False, on_poll=interrupt, raises=Interrupted)
     assert done.executor.cancelled and done.executor.closed is True
     assert done.records == []
+    assert done.scheduler.pending == 3  # a and b ran without a record, c never started
 
 
 def test_a_stop_waits_for_cancelled_attempts_only_so_long(
@@ -364,6 +365,7 @@ def test_a_stop_waits_for_cancelled_attempts_only_so_long(
     assert 1.0 + CANCEL_WAIT < done.executor.clock.now <= 1.0 + CANCEL_WAIT + 0.6
     assert "did not finish within" in caplog.text
     assert done.records == []
+    assert done.scheduler.pending == 3  # the two whose cancel went unanswered, and c
 
 
 def test_first_tries_failing_alike_trip_the_circuit_breaker(tmp_path: Path) -> None:
@@ -415,3 +417,10 @@ def test_a_bridge_that_keeps_dying_ends_the_run_with_every_record_written(tmp_pa
     assert done.executor.closed is False  # closed, and the records flushed, on the way out
     assert _ids(done.records) == [("a", 1, "completed", True), ("b", 1, "completed", True)]
     assert done.reported == done.records
+    # c was running when the bridge gave up: no record, so it is still to run (summary.json's pending)
+    assert [job_id for _, job_id in done.executor.starts] == [
+        "a__default__0#1",
+        "b__default__0#1",
+        "c__default__0#1",
+    ]
+    assert done.scheduler.pending == 1

@@ -5,7 +5,6 @@ and leaves the rest to ``--resume``."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,9 @@ import pytest
 from ipc_bridge.redaction import Redactor
 from orchestrator.cli.progress import Progress
 from orchestrator.results.baseline import BaselineWatch
-from orchestrator.results.records import AttemptRecord, read_records
+from orchestrator.results.records import read_records
 from orchestrator.sequential import DiscordantSPRT
-from orchestrator.status import Status
+from tests.results.report_runs import rec
 from tests.run.test_baseline import R
 from tests.runs import SUITE, orchestrate, regressed_suite
 
@@ -48,30 +47,12 @@ def test_the_decision_is_a_line_above_the_bar_once(capsys: pytest.CaptureFixture
     watch = BaselineWatch(Path("base"), {(f"c{i}", "m", 0): True for i in range(10)}, DiscordantSPRT())
     progress = Progress(10, quiet=True, as_json=False, redactor=Redactor(), slots=1, baseline=watch)
     for i in range(10):
-        progress(_failed(f"c{i}"))
+        progress(rec("r", f"c{i}", "m", passed=False, duration=1.0))
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("decided: ")]
     assert lines == [
         "decided: regressed after 9 discordant pairs (9 pass->fail, 0 fail->pass; sequential test at "
         "5%): no more attempts start, running ones finish"
     ]
-
-
-def _failed(case: str) -> AttemptRecord:
-    now = datetime.now(timezone.utc)
-    return AttemptRecord(
-        run_id="r",
-        case_id=case,
-        model_id="m",
-        repeat=0,
-        config_hash="h",
-        attempt=1,
-        final=True,
-        status=Status.COMPLETED,
-        passed=False,
-        started_at=now,
-        ended_at=now,
-        duration_s=1.0,
-    )
 
 
 def test_stop_when_decided_without_a_baseline_is_a_usage_error(tmp_path: Path) -> None:
