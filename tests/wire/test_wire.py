@@ -137,6 +137,24 @@ def test_digest_history_is_bounded() -> None:
     receiver.deserialize(first)  # evicted: the history keeps only the last 3
 
 
+def test_digest_history_evicts_the_oldest_first_and_keeps_exactly_its_size() -> None:
+    sender, receiver = Session(KEY), Session(KEY, digest_history_size=3)
+    sent = [sender.serialize("heartbeat", {}) for _ in range(5)]
+    for frames in sent[:4]:
+        receiver.deserialize(frames)
+    # Seen: 2, 3, 4 (1 was evicted by 4). Within the window a replay is refused, however often asked.
+    for frames in (sent[1], sent[2], sent[3], sent[3]):
+        with pytest.raises(ReplayError):
+            receiver.deserialize(frames)
+    receiver.deserialize(sent[0])  # evicted: accepted again, and now the newest (2 goes)
+    receiver.deserialize(sent[1])
+    with pytest.raises(ReplayError):
+        receiver.deserialize(sent[0])
+    # Parsing without the check (snapshot contents) neither consults nor fills the history.
+    receiver.deserialize(sent[4], check_replay=False)
+    receiver.deserialize(sent[4])
+
+
 def test_unknown_msg_types_and_extra_fields_are_tolerated() -> None:
     s = Session(KEY)
     frames = s.serialize("future_thing", {"slot": "a", "new_field": [1, 2]})
