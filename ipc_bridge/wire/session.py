@@ -383,7 +383,7 @@ class Session:
         """:meth:`deserialize` without the objects: ``(index of the delimiter, header, parent,
         content)`` as parsed, the header checked (:func:`check_header`). The client's event stream
         builds its events from these."""
-        if len(frames) > 1 and frames[1] == DELIM:  # [topic, DELIM, ...]: every event
+        if len(frames) > 1 and frames[1] == DELIM and frames[0] != DELIM:  # [topic, DELIM, ...]: events
             delim = 1
         else:
             try:

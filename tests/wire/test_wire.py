@@ -276,3 +276,13 @@ def test_iso_utc_matches_datetime_isoformat(micros: int) -> None:
 
 def test_iso_utc_without_microseconds_matches_datetime() -> None:
     assert iso_utc(1_700_000_000 * 10**6) == datetime.fromtimestamp(1_700_000_000, timezone.utc).isoformat()
+
+
+def test_the_first_delimiter_is_the_delimiter() -> None:
+    s = Session(KEY)
+    parts = s.serialize("heartbeat", {})[1:]  # [signature, header, parent, content]
+    msg = s.deserialize([b"topic", DELIM, *parts], check_replay=False)
+    assert msg.idents == [b"topic"] and msg.msg_type == "heartbeat"
+    # A second delimiter right after the first is the signature frame, not an empty routing id.
+    with pytest.raises(SignatureError):
+        s.deserialize([DELIM, DELIM, *parts], check_replay=False)
