@@ -18,7 +18,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import zmq
 from pydantic import ValidationError
@@ -38,6 +38,9 @@ from ipc_bridge.wire.session import Header, Message, Session, WireError, slot_to
 from ipc_bridge.wire.zmq_loop import Reader
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_PAGE = 10_000
+"""Events asked for per ``snapshot`` request when filling a stream (the bridge also caps a reply's bytes)."""
 
 _Item = Event | BridgeError
 """What a stream's inbox holds: events, or the error that ends the stream."""
@@ -70,18 +73,21 @@ class _Inbox:
             self.waiter = None
 
 
-def parse_event(msg: Message) -> Event | None:
-    """The event (``wire.EVENTS``; unknown types keep a generic content); None if malformed. A
+def parse_event(
+    msg_type: str, header: dict[str, Any], parent: dict[str, Any], content: dict[str, Any], topic: bytes
+) -> Event | None:
+    """The event of a message as parsed (``Session.deserialize_parts``): its content validated with
+    its model (``wire.EVENTS``; unknown types keep a generic content); None if malformed. A
     ``task_event`` of the bridge's shape skips the model until its ``content`` is asked for."""
-    if msg.msg_type == "task_event" and task_event_shape_ok(msg.content):
-        return Event(msg.msg_type, msg.header, msg.parent, msg.content, msg.topic)
-    model = EVENTS.get(msg.msg_type, Content)
+    if msg_type == "task_event" and task_event_shape_ok(content):
+        return Event.received(msg_type, header, parent, content, topic)
+    model = EVENTS.get(msg_type, Content)
     try:
-        content = model.model_validate(msg.content)
+        validated = model.model_validate(content)
     except ValidationError as exc:
-        log.warning("dropped %s event: %s", msg.msg_type, exc)
+        log.warning("dropped %s event: %s", msg_type, exc)
         return None
-    return Event(msg.msg_type, msg.header, msg.parent, content, msg.topic)
+    return Event(msg_type, Header.from_dict(header), parent, validated, topic)
 
 
 def snapshot_events(session: Session, reply: Message) -> list[Event]:
@@ -89,7 +95,8 @@ def snapshot_events(session: Session, reply: Message) -> list[Event]:
     events = []
     for frames in split_snapshot_buffers(reply.buffers):
         # Seen live already, perhaps: verify the signature but not against the replay history.
-        event = parse_event(session.deserialize(frames, check_replay=False))
+        _, header, parent, content = session.deserialize_parts(frames, check_replay=False)
+        event = parse_event(header["msg_type"], header, parent, content, frames[0])
         if event is not None:
             events.append(event)
     return events
@@ -106,7 +113,9 @@ class StreamOwner(Protocol):
     retries: int
     watch: BridgeWatch
 
-    async def snapshot(self, slot: str, since_seq: int | None = 0) -> tuple[SnapshotReply, list[Event]]: ...
+    async def snapshot(
+        self, slot: str, since_seq: int | None = 0, limit: int = 10_000
+    ) -> tuple[SnapshotReply, list[Event]]: ...
 
 
 class EventStreams:
@@ -118,7 +127,7 @@ class EventStreams:
         self._heard = heard
         self.reader = Reader(sub, self._on_frames)
         self.reader.on_drained = self._after_drain
-        self._last_header: Header | None = None
+        self._last_header: dict[str, Any] | None = None  # the last one heard, as parsed
         self._welcomes: dict[bytes, asyncio.Future[WelcomeContent]] = {}
         self._sub_counts: dict[bytes, int] = {}  # setsockopt(SUBSCRIBE) calls per topic
         self._users: dict[bytes, int] = {}  # streams (or subscribe() calls) using each topic
@@ -128,24 +137,35 @@ class EventStreams:
     # -------------------------------------------------------------------------------------- reading
 
     def _on_frames(self, frames: list[bytes]) -> None:
+        """One message from the SUB: verified and parsed, then to the streams of its slot (or to the
+        welcome it settles). No :class:`Message` and no :class:`Header` per event: the event keeps the
+        parsed header and builds its Header when asked (~5 us per event less)."""
+        client = self._client
         try:
-            msg = self._client.session.deserialize(frames)
+            delim, header, parent, content = client.session.deserialize_parts(frames)
         except WireError as exc:
             log.warning("dropped event: %s", exc)
             return
-        header = msg.header
-        if header.session != self._client.bridge_session:
-            self._heard(header)  # a restart: the old session's streams end before this is dispatched
+        if header["session"] != client.bridge_session:
+            # A restart: the old session's streams end before this is dispatched.
+            self._heard(Header.from_dict(header))
         self._last_header = header
-        event = parse_event(msg)
-        if event is not None:
-            self.dispatch(event)
+        msg_type = header["msg_type"]
+        topic = frames[0] if delim else b""
+        if msg_type == "task_event" and task_event_shape_ok(content):  # the flood: straight through
+            event = Event.received(msg_type, header, parent, content, topic)
+            for inbox in self._listeners.get(content["slot"], ()):
+                inbox.put(event)
+            return
+        parsed = parse_event(msg_type, header, parent, content, topic)
+        if parsed is not None:
+            self.dispatch(parsed)
 
     def _after_drain(self) -> None:
         # Hearing the bridge once per drain is enough for its liveness watch (~1 us per event less).
         header, self._last_header = self._last_header, None
         if header is not None:
-            self._heard(header)
+            self._heard(Header.from_dict(header))
 
     # ------------------------------------------------------------------------------- subscriptions
 
@@ -247,7 +267,11 @@ class EventStreams:
                     continue
                 if item.msg_type == "hugz" or seq > last + 1:
                     log.info("slot %s: gap after seq %d (saw %d), filling from the bridge", slot, last, seq)
-                    async for event in self._replay(slot, last):
+                    # Only what is missing: up to this event (or the hugz's seq, the last published
+                    # before it). Later events are on their way live; fetching them too would parse
+                    # them twice and drop the live copies (and fall further behind in a flood).
+                    until = seq if item.msg_type == "hugz" else seq - 1
+                    async for event in self._replay(slot, last, until):
                         last = cast(int, event.seq)
                         yield event
                     if seq <= last or item.msg_type == "hugz":
@@ -263,15 +287,18 @@ class EventStreams:
             if subscribed:
                 self.unsubscribe(topic)
 
-    async def _replay(self, slot: str, since: int) -> AsyncIterator[Event]:
+    async def _replay(self, slot: str, since: int, until: int | None = None) -> AsyncIterator[Event]:
+        """The slot's events after ``since`` from the bridge's replay buffer, up to ``until`` (None:
+        all it holds), in pages."""
         client = self._client
-        while True:
-            reply, events = await client.snapshot(slot, since)
+        while until is None or since < until:
+            limit = SNAPSHOT_PAGE if until is None else min(SNAPSHOT_PAGE, until - since)
+            reply, events = await client.snapshot(slot, since, limit)
             if not reply.complete:
                 raise EventGap(slot, since + 1, reply.first_seq)
             for event in events:
-                if event.header.session != client.bridge_session:
-                    raise BridgeRestarted(client.bridge_session, event.header.session)
+                if event.session != client.bridge_session:
+                    raise BridgeRestarted(client.bridge_session, event.session)
                 if event.seq != since + 1:
                     raise EventGap(slot, since + 1, event.seq or 0)
                 since += 1

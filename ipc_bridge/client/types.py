@@ -4,7 +4,7 @@ propagate."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from ipc_bridge.roo.events import TaskEvent, parse_task_event
 from ipc_bridge.wire.messages import EVENTS, Content, ErrorCode
@@ -113,9 +113,15 @@ class Event:
     checks the raw content's shape when the event arrives, and :attr:`slot`, :attr:`seq`,
     :attr:`task_id`, :attr:`event_name` and :meth:`task_event` read the raw content, so a consumer that
     never touches ``content`` pays for no pydantic model per event. ``raw`` is the content as received
-    (the model's ``model_dump()`` when built from a model)."""
+    (the model's ``model_dump()`` when built from a model). Events that come off the wire
+    (:meth:`received`) also build their :attr:`header` on first access, from the header as parsed
+    (checked on arrival)."""
 
-    __slots__ = ("_content", "header", "msg_type", "parent", "raw", "topic")
+    __slots__ = ("_content", "_header", "_header_data", "msg_type", "parent", "raw", "seq", "topic")
+
+    seq: int | None
+    """The slot's sequence number of a sequenced event (None for a ``hugz``, whose ``seq`` is the
+    slot's last: read it from ``content``)."""
 
     def __init__(
         self,
@@ -126,7 +132,8 @@ class Event:
         topic: bytes,
     ) -> None:
         self.msg_type = msg_type
-        self.header = header
+        self._header: Header | None = header
+        self._header_data: dict[str, Any] | None = None
         self.parent = parent
         self.topic = topic
         if type(content) is dict:  # not isinstance(..., Content): a model's isinstance is an ABC check
@@ -136,6 +143,42 @@ class Event:
             assert isinstance(content, Content)
             self._content = content
             self.raw = content.model_dump()
+        seq = self.raw.get("seq")
+        self.seq = seq if type(seq) is int and msg_type != "hugz" else None
+
+    @classmethod
+    def received(
+        cls, msg_type: str, header: dict[str, Any], parent: dict[str, Any], raw: dict[str, Any], topic: bytes
+    ) -> Event:
+        """An event as parsed off the wire, its content of the right shape for ``msg_type`` (or checked
+        only when ``content`` is asked for), its header checked (``session.check_header``): the
+        :class:`Header` and the model are built when asked for. The hot path: no ``__init__``."""
+        event = object.__new__(cls)
+        event.msg_type = msg_type
+        event._header = None
+        event._header_data = header
+        event.parent = parent
+        event.topic = topic
+        event._content = None
+        event.raw = raw
+        seq = raw.get("seq")
+        event.seq = seq if type(seq) is int and msg_type != "hugz" else None
+        return event
+
+    @property
+    def header(self) -> Header:
+        if self._header is None:
+            assert self._header_data is not None
+            self._header = Header.from_dict(self._header_data)
+        return self._header
+
+    @property
+    def session(self) -> str:
+        """The sending bridge's session (``header.session``, without building the header)."""
+        if self._header is not None:
+            return self._header.session
+        assert self._header_data is not None
+        return cast(str, self._header_data["session"])
 
     @property
     def content(self) -> Content:
@@ -150,11 +193,6 @@ class Event:
     def slot(self) -> str | None:
         value = self.raw.get("slot")
         return value if isinstance(value, str) else None
-
-    @property
-    def seq(self) -> int | None:
-        value = self.raw.get("seq")
-        return value if type(value) is int and self.msg_type != "hugz" else None
 
     @property
     def task_id(self) -> str | None:

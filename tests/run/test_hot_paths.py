@@ -370,15 +370,17 @@ def test_replay_buffer_entries_leave_the_garbage_collector() -> None:
 # ------------------------------------------------------------------------------- client events
 
 
-def event_message(content: dict[str, Any], msg_type: str = "task_event") -> Any:
+def received(content: dict[str, Any], msg_type: str = "task_event") -> Event | None:
+    """The event the client's stream makes of a signed message with ``content``."""
     session = Session(KEY)
     frames = [b"slot.w1.", DELIM, *session.serialize_event(msg_type, {"msg_id": "m1"}, content)]
-    return Session(KEY).deserialize(frames)
+    _, header, parent, parsed = Session(KEY).deserialize_parts(frames)
+    return parse_event(header["msg_type"], header, parent, parsed, frames[0])
 
 
 def test_task_events_get_their_model_only_when_asked() -> None:
     raw = task_event_content("w1", 7, "t1", {"eventName": "taskCreated", "payload": ["t1"]})
-    ev = parse_event(event_message(raw))
+    ev = received(raw)
     assert isinstance(ev, Event)
     assert ev._content is None  # nothing typed yet
     assert (ev.slot, ev.seq, ev.task_id, ev.event_name, ev.parent_msg_id) == (
@@ -395,10 +397,10 @@ def test_task_events_get_their_model_only_when_asked() -> None:
 
 
 def test_odd_task_events_go_through_the_model_at_once() -> None:
-    coerced = parse_event(event_message({"slot": "w1", "seq": "8", "task_id": None, "event": {}}))
+    coerced = received({"slot": "w1", "seq": "8", "task_id": None, "event": {}})
     assert coerced is not None and coerced.seq == 8  # as pydantic reads it, as before
-    assert parse_event(event_message({"slot": "w1", "seq": "x", "task_id": None, "event": {}})) is None
-    hugz = parse_event(event_message({"slot": "w1", "seq": 3}, "hugz"))
+    assert received({"slot": "w1", "seq": "x", "task_id": None, "event": {}}) is None
+    hugz = received({"slot": "w1", "seq": 3}, "hugz")
     assert hugz is not None and hugz.seq is None and hugz.raw["seq"] == 3
     with pytest.raises(TypeError):
         hugz.task_event()

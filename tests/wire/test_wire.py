@@ -137,6 +137,24 @@ def test_digest_history_is_bounded() -> None:
     receiver.deserialize(first)  # evicted: the history keeps only the last 3
 
 
+def test_digest_history_evicts_the_oldest_first_and_keeps_exactly_its_size() -> None:
+    sender, receiver = Session(KEY), Session(KEY, digest_history_size=3)
+    sent = [sender.serialize("heartbeat", {}) for _ in range(5)]
+    for frames in sent[:4]:
+        receiver.deserialize(frames)
+    # Seen: 2, 3, 4 (1 was evicted by 4). Within the window a replay is refused, however often asked.
+    for frames in (sent[1], sent[2], sent[3], sent[3]):
+        with pytest.raises(ReplayError):
+            receiver.deserialize(frames)
+    receiver.deserialize(sent[0])  # evicted: accepted again, and now the newest (2 goes)
+    receiver.deserialize(sent[1])
+    with pytest.raises(ReplayError):
+        receiver.deserialize(sent[0])
+    # Parsing without the check (snapshot contents) neither consults nor fills the history.
+    receiver.deserialize(sent[4], check_replay=False)
+    receiver.deserialize(sent[4])
+
+
 def test_unknown_msg_types_and_extra_fields_are_tolerated() -> None:
     s = Session(KEY)
     frames = s.serialize("future_thing", {"slot": "a", "new_field": [1, 2]})
@@ -258,3 +276,13 @@ def test_iso_utc_matches_datetime_isoformat(micros: int) -> None:
 
 def test_iso_utc_without_microseconds_matches_datetime() -> None:
     assert iso_utc(1_700_000_000 * 10**6) == datetime.fromtimestamp(1_700_000_000, timezone.utc).isoformat()
+
+
+def test_the_first_delimiter_is_the_delimiter() -> None:
+    s = Session(KEY)
+    parts = s.serialize("heartbeat", {})[1:]  # [signature, header, parent, content]
+    msg = s.deserialize([b"topic", DELIM, *parts], check_replay=False)
+    assert msg.idents == [b"topic"] and msg.msg_type == "heartbeat"
+    # A second delimiter right after the first is the signature frame, not an empty routing id.
+    with pytest.raises(SignatureError):
+        s.deserialize([DELIM, DELIM, *parts], check_replay=False)
