@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import shutil
 from collections.abc import Awaitable
 from datetime import datetime, timezone
@@ -233,7 +232,7 @@ class AttemptRunner:
             if host is not None or attached:
                 host_end = await asyncio.shield(self._cleanup_host(slot, host)) or host_end
             if not self.config.keep_workspaces:
-                await asyncio.shield(_remove(workspace))
+                await asyncio.shield(self._hosts.release(workspace))
         # Kept in the results: what a host wrote, and why it died (redacted like every record).
         host_log_name, host_output = await asyncio.shield(
             self._hosts.output(job, host_log, tail=status is Status.INFRA_ERROR or host_end is not None)
@@ -464,14 +463,6 @@ class AttemptRunner:
             with contextlib.suppress(BridgeError, asyncio.TimeoutError):
                 await asyncio.wait_for(self.client.detach(slot), 5)
         return ended
-
-
-async def _remove(workspace: Path) -> None:
-    try:
-        os.rmdir(workspace)  # nothing was put in it: one syscall, not worth a thread
-    except OSError:
-        # rmdir blocks for milliseconds per directory on some disks: not on the event loop
-        await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
 
 
 class _HarnessError(Exception):
