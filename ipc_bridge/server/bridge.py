@@ -27,14 +27,14 @@ import zmq.asyncio
 from pydantic import ValidationError
 
 from ipc_bridge.log_limits import RateLimitedLog, sample
-from ipc_bridge.roo.protocol import QUERY_RESPONSES, StartNewTask
+from ipc_bridge.roo.protocol import QUERY_RESPONSES
 from ipc_bridge.server.bad_input import RouterRejects
 from ipc_bridge.server.config import BridgeConfig
 from ipc_bridge.server.publisher import Publisher, SendWindow
-from ipc_bridge.server.replay_buffer import BufferedEvent
 from ipc_bridge.server.reply_cache import ReplyCache
+from ipc_bridge.server.slot_commands import ReplyParts, SlotCommands, error_reply, short_reason
 from ipc_bridge.server.slot_registry import SlotRegistry
-from ipc_bridge.server.slots import OWNER_EXPIRED, Slot, SlotError, validate_command
+from ipc_bridge.server.slots import OWNER_EXPIRED, Slot, SlotError
 from ipc_bridge.server.sockets import bind_sockets
 from ipc_bridge.server.tcp_listen import TcpServer
 from ipc_bridge.wire.connection_file import (
@@ -49,23 +49,14 @@ from ipc_bridge.wire.connection_file import (
 from ipc_bridge.wire.liveness import PeerRegistry, Ticker
 from ipc_bridge.wire.messages import (
     REQUESTS,
-    AttachReply,
-    AttachRequest,
     BridgeStoppingContent,
     Content,
-    DetachReply,
-    DetachRequest,
     ErrorCode,
-    ErrorReply,
     HeartbeatReply,
     HeartbeatRequest,
     HugzContent,
     ShutdownReply,
     SlotsReply,
-    SnapshotReply,
-    SnapshotRequest,
-    TaskCommandReply,
-    TaskCommandRequest,
     WelcomeContent,
     reply_type,
 )
@@ -84,11 +75,9 @@ from ipc_bridge.wire.zmq_loop import MessageLimit, Reader, send_frames
 log = logging.getLogger(__name__)
 
 # Commands whose effect must not be repeated for a retried request; reads are answered afresh.
-_CACHED_REPLIES = frozenset({"attach", "detach", "task_command", "shutdown"})
+_CACHED_REPLIES = frozenset({"attach", "detach", "attach_start", "close_detach", "task_command", "shutdown"})
 # Commands that wait on a host (seconds, at worst their timeouts): bounded in number (max_inflight).
-_WAITING = frozenset({"attach", "detach", "task_command"})
-
-ReplyParts = tuple[Content, list[bytes]]
+_WAITING = frozenset({"attach", "detach", "attach_start", "close_detach", "task_command"})
 
 
 class Bridge:
@@ -113,12 +102,15 @@ class Bridge:
         self.rejects = RouterRejects(log)
         self._log = RateLimitedLog(log)
         """Lines that clients can cause at any rate (replies they do not read, sessions they drop)."""
+        on_slot = SlotCommands(self.slots, self.peers, self._new_slot, config.snapshot_max_bytes)
         self._commands: dict[str, Callable[[Message, Any], Awaitable[ReplyParts]]] = {
-            "attach": self._cmd_attach,
-            "detach": self._cmd_detach,
+            "attach": on_slot.attach,
+            "detach": on_slot.detach,
+            "attach_start": on_slot.attach_start,
+            "close_detach": on_slot.close_detach,
             "slots": self._cmd_slots,
-            "task_command": self._cmd_task_command,
-            "snapshot": self._cmd_snapshot,
+            "task_command": on_slot.task_command,
+            "snapshot": on_slot.snapshot,
             "heartbeat": self._cmd_heartbeat,
             "shutdown": self._cmd_shutdown,
         }
@@ -239,10 +231,14 @@ class Bridge:
         """JEP 65: answer every subscription with a welcome on its topic, so subscribers know they
         are connected without sleeping. XPUB_VERBOSE passes repeated subscriptions too."""
         subscription = topic.decode(errors="replace")
-        slot = None
-        if subscription.startswith("slot.") and subscription.endswith("."):
-            slot = self.slots.get(subscription[5:-1])
-        content = WelcomeContent(subscription=subscription, seq=slot.seq if slot is not None else None)
+        seq = None
+        name = subscription[5:-1]
+        if subscription.startswith("slot.") and subscription.endswith(".") and "." not in name:
+            # 1.3: 0 for a slot not held (yet): it has published nothing, so a stream that subscribes
+            # before its attach needs no snapshot (every event of the slot follows this welcome).
+            slot = self.slots.get(name)
+            seq = slot.seq if slot is not None else 0
+        content = WelcomeContent(subscription=subscription, seq=seq)
         self._publish(topic, "welcome", content, None)
 
     async def _hugz_loop(self) -> None:
@@ -296,7 +292,7 @@ class Bridge:
                 msg.header.msg_id[:100],
                 len(self._handlers),
             )
-            self._reply(msg, (_error(ErrorCode.BUSY, f"{len(self._handlers)} commands in progress"), []))
+            self._reply(msg, (error_reply(ErrorCode.BUSY, f"{len(self._handlers)} commands in progress"), []))
             return
         self._handlers.add(asyncio.ensure_future(self._handle(msg)))
 
@@ -317,30 +313,30 @@ class Bridge:
         try:
             parts = await self._dispatch(msg)
         except asyncio.CancelledError:
-            parts = (_error(ErrorCode.SHUTTING_DOWN, "bridge shutting down"), [])
+            parts = (error_reply(ErrorCode.SHUTTING_DOWN, "bridge shutting down"), [])
         self.rejects.answered(msg, parts[0])
         return parts
 
     async def _dispatch(self, msg: Message) -> ReplyParts:
         if major(msg.header.version) != major(VERSION):
-            return _error(
+            return error_reply(
                 ErrorCode.UNSUPPORTED_VERSION, f"version {msg.header.version}, bridge speaks {VERSION}"
             ), []
         if self.stopping and msg.msg_type != "shutdown":
-            return _error(ErrorCode.SHUTTING_DOWN, "bridge shutting down"), []
+            return error_reply(ErrorCode.SHUTTING_DOWN, "bridge shutting down"), []
         handler = self._commands.get(msg.msg_type)
         model = REQUESTS.get(msg.msg_type)
         if handler is None or model is None:
-            return _error(ErrorCode.UNKNOWN_MSG_TYPE, f"unknown msg_type {msg.msg_type!r}"), []
+            return error_reply(ErrorCode.UNKNOWN_MSG_TYPE, f"unknown msg_type {msg.msg_type!r}"), []
         try:
             return await handler(msg, model.model_validate(msg.content))
         except ValidationError as exc:
-            return _error(ErrorCode.INVALID_REQUEST, _short(exc)), []
+            return error_reply(ErrorCode.INVALID_REQUEST, short_reason(exc)), []
         except SlotError as exc:
-            return _error(exc.code, exc.reason), []
+            return error_reply(exc.code, exc.reason), []
         except Exception as exc:
             self._log.exception("command %s failed", msg.msg_type)
-            return _error(ErrorCode.INTERNAL, repr(exc)), []
+            return error_reply(ErrorCode.INTERNAL, repr(exc)), []
 
     def _reply(self, msg: Message, parts: ReplyParts) -> None:
         if self.router is None:
@@ -358,73 +354,8 @@ class Bridge:
         if self._router_reader is not None:
             self._router_reader.poke()  # the send may have consumed the FD's edge
 
-    async def _cmd_attach(self, msg: Message, req: AttachRequest) -> ReplyParts:
-        slot = self.slots.get(req.slot)
-        if slot is not None and slot.state != "detached":
-            raise SlotError(ErrorCode.SLOT_EXISTS, f"slot {req.slot} is already {slot.state}")
-        if slot is None:
-            slot = self.slots[req.slot] = self._new_slot(req.slot, req.socket_path)
-        self.slots.reclaim(req.slot)
-        slot.socket_path = req.socket_path
-        slot.state = "connecting"
-        try:
-            await slot.connect(req.connect_timeout)
-        except BaseException:
-            slot.state = "detached"
-            if slot.seq == 0:
-                del self.slots[req.slot]
-            raise
-        owner = msg.header.session
-        if owner not in self.peers:  # expired while the host was connecting: nobody holds it now
-            await slot.detach(OWNER_EXPIRED)
-            self.slots.retire(slot)
-            raise SlotError(ErrorCode.SLOT_DOWN, f"slot {slot.name}: {OWNER_EXPIRED} during attach")
-        slot.owner = owner
-        return AttachReply(slot=slot.info()), []
-
-    async def _cmd_detach(self, msg: Message, req: DetachRequest) -> ReplyParts:
-        slot = self.slots.lookup(req.slot)
-        await slot.detach()
-        self.slots.retire(slot)
-        return DetachReply(slot=req.slot), []
-
     async def _cmd_slots(self, msg: Message, req: Content) -> ReplyParts:
         return SlotsReply(slots=[s.info() for s in self.slots.values()]), []
-
-    async def _cmd_task_command(self, msg: Message, req: TaskCommandRequest) -> ReplyParts:
-        slot = self.slots.lookup(req.slot)
-        try:
-            command = validate_command(req.command)
-        except ValidationError as exc:
-            raise SlotError(ErrorCode.INVALID_COMMAND, _short(exc)) from None
-        name = command.commandName
-        reply = TaskCommandReply(slot=slot.name, command_name=name)
-        if slot.state == "detached":
-            raise SlotError(ErrorCode.SLOT_DOWN, f"slot {slot.name} is detached")
-        if isinstance(command, StartNewTask):
-            reply.task_id = await slot.start_task(command, msg.header, req.start_timeout)
-        elif name in QUERY_RESPONSES:
-            reply.response = await slot.query(command, QUERY_RESPONSES[name], msg.header)
-        else:
-            await slot.send(command)
-        return reply, []
-
-    async def _cmd_snapshot(self, msg: Message, req: SnapshotRequest) -> ReplyParts:
-        slot = self.slots.lookup(req.slot)
-        events: list[BufferedEvent] = []
-        complete, more = True, False
-        if req.since_seq is not None:
-            events, complete, more = slot.replay(req.since_seq, req.limit, self.config.snapshot_max_bytes)
-        reply = SnapshotReply(
-            slot=slot.name,
-            since_seq=req.since_seq,
-            first_seq=slot.buffer.first_seq,
-            last_seq=slot.seq,
-            count=len(events),
-            complete=complete,
-            more=more,
-        )
-        return reply, [frame for ev in events for frame in ev.frames]
 
     async def _cmd_heartbeat(self, msg: Message, req: Content) -> ReplyParts:
         interval = req.interval if isinstance(req, HeartbeatRequest) else None
@@ -452,16 +383,6 @@ def _keep_reply(msg: Message) -> bool:
         return False
     command = msg.content.get("command") if msg.msg_type == "task_command" else None
     return not (isinstance(command, dict) and command.get("commandName") in QUERY_RESPONSES)
-
-
-def _error(code: ErrorCode, reason: str) -> ErrorReply:
-    return ErrorReply(error=code.value, reason=reason)
-
-
-def _short(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    return f"{first['msg']} at {where or '<root>'} ({exc.error_count()} error(s))"
 
 
 async def run_bridge(config: BridgeConfig, ready: Callable[[ConnectionInfo], None] | None = None) -> None:

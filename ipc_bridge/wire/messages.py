@@ -58,6 +58,23 @@ class DetachRequest(Content):
     slot: SlotName
 
 
+class AttachStartRequest(AttachRequest):
+    """1.3: ``attach``, then the StartNewTask ``command`` once the host is up: one round trip where
+    ``attach`` and ``task_command`` take two. Subscribe to the slot's topic first: its welcome then
+    carries seq 0, and every event of the slot from its first ``slot_up`` reaches the subscriber live."""
+
+    command: dict[str, Any]
+    """A Roo StartNewTask (``{"commandName": "StartNewTask", "data": ...}``); any other command is
+    ``invalid_command``, and nothing is attached."""
+    start_timeout: float | None = Field(default=None, gt=0)
+    """As :attr:`TaskCommandRequest.start_timeout`."""
+
+
+class CloseDetachRequest(DetachRequest):
+    """1.3: CloseTask, then ``detach``, in one round trip. The slot is detached whether or not the
+    CloseTask could be sent (the host was gone, say): :attr:`CloseDetachReply.close_error` says which."""
+
+
 class SlotsRequest(Content):
     pass
 
@@ -135,6 +152,22 @@ class AttachReply(Reply):
 
 class DetachReply(Reply):
     slot: str
+
+
+class AttachStartReply(AttachReply):
+    """The slot is attached (``slot``, as the attach left it). Then either ``task_id`` (the new task's
+    Roo id, as a StartNewTask's ``task_command`` reply gives it) or ``start_error``: what a
+    ``task_command`` StartNewTask would have answered (``timeout``, ``slot_down``...). Either way the
+    slot stays attached: detach it."""
+
+    task_id: str | None = None
+    start_error: ErrorReply | None = None
+
+
+class CloseDetachReply(DetachReply):
+    """Detached. ``close_error``: why the CloseTask could not be sent (``slot_down``...), None if it was."""
+
+    close_error: ErrorReply | None = None
 
 
 class SlotsReply(Reply):
@@ -240,6 +273,8 @@ class HugzContent(Content):
 REQUESTS: dict[str, type[Content]] = {
     "attach": AttachRequest,
     "detach": DetachRequest,
+    "attach_start": AttachStartRequest,
+    "close_detach": CloseDetachRequest,
     "slots": SlotsRequest,
     "task_command": TaskCommandRequest,
     "snapshot": SnapshotRequest,
@@ -249,6 +284,8 @@ REQUESTS: dict[str, type[Content]] = {
 REPLIES: dict[str, type[Reply]] = {
     "attach": AttachReply,
     "detach": DetachReply,
+    "attach_start": AttachStartReply,
+    "close_detach": CloseDetachReply,
     "slots": SlotsReply,
     "task_command": TaskCommandReply,
     "snapshot": SnapshotReply,

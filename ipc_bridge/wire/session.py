@@ -40,7 +40,8 @@ from pydantic import BaseModel
 from ipc_bridge.json_compat import dumps, loads
 
 PROTOCOL = "roo-bridge"
-VERSION = "1.2"  # 1.1: heartbeat interval / hugz_interval / liveness, SlotInfo.owner; 1.2: start_timeout
+VERSION = "1.3"  # 1.1: heartbeat interval / hugz_interval / liveness, SlotInfo.owner; 1.2: start_timeout;
+# 1.3: attach_start, close_detach, welcome seq 0 for a slot not held
 DELIM = b"<IDS|MSG>"
 SIGNATURE_SCHEME = "hmac-sha256"
 DIGEST_HISTORY_SIZE = 2**16

@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
 import shutil
 from collections.abc import Awaitable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ipc_bridge.client.types import BridgeError, BridgeRestarted, Event
+from ipc_bridge.client.task_commands import StartFailed as StartRefused
+from ipc_bridge.client.types import BridgeError, BridgeRestarted, CommandError, Event
 from orchestrator.hosts.farm import SimulatorFarm
 from orchestrator.hosts.host import Host, HostError, HostExited
 from orchestrator.outcome import OutcomeTracker
@@ -167,27 +167,38 @@ class AttemptRunner:
                 host, socket_path = await self._hosts.host(job, workspace, slot)
                 launched = host
                 host_log = host.log_path if host is not None else None
-                attached = True  # even a failed attach may leave a connecting slot behind
-                restart = self._restart  # set by the next bridge restart: then the slot is gone
-                await self._unless_restart(self._attach(host, slot, socket_path), restart)
-                phase.lap("launch_s")
             except HostExited as exc:
                 raise _Stop(HostEnded(str(exc))) from exc
-            except (HostError, BridgeError, OSError) as exc:
+            except (HostError, OSError) as exc:
                 raise _Stop(LaunchFailed(str(exc))) from exc
-            # Subscribed while the attempt waits for a slot: the welcome and the snapshot of its stream
-            # are then not on the task's clock.
+            attached = True  # even a failed attach may leave a connecting slot behind
+            restart = self._restart  # set by the next bridge restart: then the slot is gone
+            # The stream before the attach: its subscription goes out first, so the bridge welcomes it
+            # before the slot's first event and it needs no snapshot. It follows the slot while the
+            # attempt waits for a slot of the run: its welcome is then not on the task's clock.
             events = SlotEvents(self.client.events(slot, since_seq=0), restart, lambda: self._restarted)
             try:
                 if self._gate is not None:
+                    # Readied ahead: attached now, started when the run grants a slot.
+                    attach = self.client.attach(slot, socket_path, self._hosts.launch_timeout())
+                    await self._come_up(host, self._unless_restart(attach, restart))
+                    phase.lap("launch_s")
                     if not await self._gate.acquire(ticket):
                         raise _Unstarted
                     holding = True
                     phase.lap("wait_s")
+                else:
+                    phase.lap("launch_s")  # the attach goes with the StartNewTask, on the task's clock
                 task_started = True
+                now = asyncio.get_running_loop().time()
+                task_id = await self._start(attempt, slot, host, socket_path, restart)
                 # Made here, not in _follow: a Ctrl-C in the middle still finds what it knew.
-                tracker = OutcomeTracker(asyncio.get_running_loop().time(), attempt.limits)
-                await self._follow(attempt, slot, restart, events, tracker, transcript)
+                tracker = OutcomeTracker(now, attempt.limits)
+                if isinstance(task_id, BridgeError):
+                    now = asyncio.get_running_loop().time()
+                    tracker.force(StartFailed(str(task_id)), now)
+                else:
+                    await self._follow(slot, task_id, events, tracker, transcript)
             finally:
                 await events.aclose()
             outcome = tracker.result()
@@ -232,7 +243,7 @@ class AttemptRunner:
             if host is not None or attached:
                 host_end = await asyncio.shield(self._cleanup_host(slot, host)) or host_end
             if not self.config.keep_workspaces:
-                await asyncio.shield(_remove(workspace))
+                await asyncio.shield(self._hosts.release(workspace))
             if isinstance(transcript, LiveTranscript):
                 await asyncio.shield(transcript.close())  # before the record, which supersedes it
         # Kept in the results: what a host wrote, and why it died (redacted like every record).
@@ -301,15 +312,22 @@ class AttemptRunner:
             log.warning("%s: no workspace diff: %s", job.attempt.key.slug, exc)
             return None
 
-    async def _attach(self, host: Host | None, slot: str, socket_path: str) -> None:
-        """Attach the slot to the host's socket; a launched host that ends meanwhile is noticed at once
-        (:class:`HostExited`), not after the whole ``launch_timeout``."""
-        attach = asyncio.ensure_future(
-            self.client.attach(slot, socket_path, connect_timeout=self._hosts.launch_timeout())
-        )
+    async def _come_up(self, host: Host | None, request: Awaitable[T]) -> T:
+        """``request`` (an attach, or an attach_start), whose errors say the host did not come up
+        (:class:`_Stop`). A launched host that ends meanwhile ends it at once (:class:`HostExited`),
+        not after the whole ``launch_timeout``."""
+        try:
+            return await self._while_host(host, request)
+        except HostExited as exc:
+            raise _Stop(HostEnded(str(exc))) from exc
+        except (HostError, BridgeError, OSError) as exc:
+            raise _Stop(LaunchFailed(str(exc))) from exc
+
+    @staticmethod
+    async def _while_host(host: Host | None, request: Awaitable[T]) -> T:
+        attach = asyncio.ensure_future(request)
         if host is None:
-            await attach
-            return
+            return await attach
         ended = asyncio.ensure_future(host.wait(None))
         try:
             await asyncio.wait({attach, ended}, return_when=asyncio.FIRST_COMPLETED)
@@ -323,36 +341,66 @@ class AttemptRunner:
                     await attach
         if attach.cancelled():
             raise HostExited(str(host.ended_by_itself))  # how it ended: the verdict's words say the rest
-        attach.result()
+        return attach.result()
 
-    async def _follow(
-        self,
-        attempt: Attempt,
-        slot: str,
-        restart: asyncio.Event,
-        events: SlotEvents,
-        tracker: OutcomeTracker,
-        transcript: list[dict[str, Any]],
-    ) -> None:
-        """Start the task and follow the slot's ``events`` into ``tracker`` (made at the loop's time of
-        the StartNewTask) until it is settled: its outcome decided and, when that leaves the task
-        running, the CancelTask sent and answered or not (the tracker's rules say what either means)."""
-        loop = asyncio.get_running_loop()
+    async def _start(
+        self, attempt: Attempt, slot: str, host: Host | None, socket_path: str, restart: asyncio.Event
+    ) -> str | BridgeError:
+        """StartNewTask: the new task's id, or the error that left it unstarted. Readied ahead (a
+        gate), the slot is attached already; otherwise the attach goes in the same request
+        (``attach_start``), and its failure is the host's (:class:`_Stop`, as in :meth:`_come_up`)."""
         configuration = dict(attempt.configuration)
         if attempt.case.simulate is not None:
             # Real hosts strip unknown configuration keys (zod strip mode), so any target may get
             # it; a simulator behind a command or vscode target needs it.
             configuration["simulate"] = attempt.case.simulate
+        start_timeout = attempt.limits.start_timeout
         try:
-            task_id = await self._unless_restart(
-                self.client.start_task(
-                    slot, attempt.prompt, configuration, start_timeout=attempt.limits.start_timeout
-                ),
-                restart,
+            if self._gate is not None:
+                start = self.client.start_task(
+                    slot, attempt.prompt, configuration, start_timeout=start_timeout
+                )
+                return await self._unless_restart(start, restart)
+            opening = self.client.attach_start(
+                slot,
+                socket_path,
+                attempt.prompt,
+                configuration,
+                connect_timeout=self._hosts.launch_timeout(),
+                start_timeout=start_timeout,
             )
+            return await self._come_up(host, self._started(self._unless_restart(opening, restart)))
+        except _NotStarted as exc:
+            return exc.error
         except BridgeError as exc:
-            tracker.force(StartFailed(str(exc)), loop.time())
-            return
+            return exc
+
+    @staticmethod
+    async def _started(opening: Awaitable[str]) -> str:
+        """An attach_start's task id; an error that does not say the attach failed (the start did, or
+        no answer came: the bridge restarted or was lost) leaves the task unstarted (:class:`_NotStarted`)
+        rather than the host down."""
+        try:
+            return await opening
+        except StartRefused as exc:
+            raise _NotStarted(exc.cause) from exc
+        except CommandError:
+            raise  # the attach was refused: the host did not come up
+        except BridgeError as exc:
+            raise _NotStarted(exc) from exc
+
+    async def _follow(
+        self,
+        slot: str,
+        task_id: str,
+        events: SlotEvents,
+        tracker: OutcomeTracker,
+        transcript: list[dict[str, Any]],
+    ) -> None:
+        """Follow the slot's ``events`` into ``tracker`` (made at the loop's time of the StartNewTask
+        that created ``task_id``) until it is settled: its outcome decided and, when that leaves the
+        task running, the CancelTask sent and answered or not (the tracker's rules say what either means)."""
+        loop = asyncio.get_running_loop()
         # Before any event: the stream may replay tasks the slot saw before this one.
         tracker.task_started(task_id, loop.time())
         while not tracker.settled:
@@ -407,6 +455,7 @@ class AttemptRunner:
         the slot. A host known to be unresponsive is killed at once: it would sit out the grace and a
         SIGTERM too. Returns how the host had ended by itself before, if it had."""
         ended = None
+        detached = False
         if host is not None:
             ended = host.ended_by_itself
             if not responsive:
@@ -415,23 +464,19 @@ class AttemptRunner:
                 await host.stop(grace=2.0)
             else:
                 try:
-                    await asyncio.wait_for(self.client.close_task(slot), 5)
+                    # CloseTask and detach in one request: the bridge hangs up once the host has it.
+                    closed = await asyncio.wait_for(self.client.close_detach(slot), 5)
                 except (BridgeError, asyncio.TimeoutError):
                     pass  # the host never got it (bridge restarted, host gone): no grace to wait for
                 else:
-                    await host.wait(self._hosts.close_grace)
+                    detached = True
+                    if closed:  # the host has it: its grace to exit
+                        await host.wait(self._hosts.close_grace)
                 await host.stop(grace=2.0)
-        with contextlib.suppress(BridgeError, asyncio.TimeoutError):
-            await asyncio.wait_for(self.client.detach(slot), 5)
+        if not detached:
+            with contextlib.suppress(BridgeError, asyncio.TimeoutError):
+                await asyncio.wait_for(self.client.detach(slot), 5)
         return ended
-
-
-async def _remove(workspace: Path) -> None:
-    try:
-        os.rmdir(workspace)  # nothing was put in it: one syscall, not worth a thread
-    except OSError:
-        # rmdir blocks for milliseconds per directory on some disks: not on the event loop
-        await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
 
 
 class _HarnessError(Exception):
@@ -440,6 +485,14 @@ class _HarnessError(Exception):
 
 class _Unstarted(Exception):
     """Held back before StartNewTask."""
+
+
+class _NotStarted(Exception):
+    """An attach_start attached the host (or may have), but its task did not start: ``error`` says why."""
+
+    def __init__(self, error: BridgeError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Stop(Exception):

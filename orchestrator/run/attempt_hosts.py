@@ -10,7 +10,11 @@ directory, keeps them in its own work directory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import os
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -45,6 +49,10 @@ def _empty(directory: Path) -> bool:
         return next(entries, None) is None
 
 
+SPARE_WORKSPACES = 64
+"""Empty workspaces a worker keeps for its next attempts (at most: one per attempt it runs at once)."""
+
+
 class AttemptHosts:
     """One worker's hosts and workspaces (its simulator farm, started on first use, included)."""
 
@@ -53,6 +61,10 @@ class AttemptHosts:
         self.wid = wid
         self.provider = host_provider(config.target)
         self._farm = farm
+        self._numbers = itertools.count(1)
+        self._spare: list[Path] = []
+        """Workspaces of ended attempts, left empty: the next attempts take them, renamed. On ext4 a
+        mkdir and an rmdir cost a worker ~0.3 ms of CPU per attempt (journalled), a rename a tenth."""
 
     async def close(self) -> None:
         """Stop the simulator farm, if one was started."""
@@ -61,18 +73,51 @@ class AttemptHosts:
             if self._farm.log_path is not None:
                 dest = kept(self.config, HOST_LOGS) / self._farm.log_path.name
                 await asyncio.to_thread(keep_log, self._farm.log_path, dest, self.config.redactor.text)
+        spare, self._spare = self._spare, []
+        for path in spare:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
 
     def workspace(self, job: Job) -> Path:
-        """A fresh workspace: in the runtime directory, or with ``--keep-workspaces`` in the results'
-        ``workspaces/<case>__<model>__<repeat>__<attempt>/``."""
+        """A fresh workspace (0700, empty, a name of its own): in the runtime directory, or with
+        ``--keep-workspaces`` in the results' ``workspaces/<case>__<model>__<repeat>__<attempt>/``."""
         if not self.config.keep_workspaces:
-            return Path(tempfile.mkdtemp(prefix=f"{job.attempt.key.slug[:40]}-", dir=self.config.work_dir))
+            prefix = f"{job.attempt.key.slug[:40]}-"
+            path = Path(self.config.work_dir) / f"{prefix}{os.getpid()}-{next(self._numbers)}"
+            spare = self._spare.pop() if self._spare else None
+            try:
+                if spare is not None:
+                    os.rename(spare, path)
+                else:
+                    os.mkdir(path, 0o700)
+            except OSError:
+                if spare is not None:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(spare)
+                return Path(tempfile.mkdtemp(prefix=prefix, dir=self.config.work_dir))
+            return path
         parent, name = kept(self.config, KEPT_WORKSPACES), _attempt_name(job)
         try:
             (parent / name).mkdir()
         except FileExistsError:  # an attempt of a run killed before its record was written
             return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
         return parent / name
+
+    async def release(self, workspace: Path) -> None:
+        """An ended attempt's workspace (not one kept in the results): a spare for the next attempt when
+        it is as :meth:`workspace` made it (empty, 0700), else removed."""
+        try:
+            fresh = stat.S_IMODE(os.stat(workspace).st_mode) == 0o700 and _empty(workspace)
+        except OSError:
+            return  # gone already
+        if fresh and len(self._spare) < SPARE_WORKSPACES:
+            self._spare.append(workspace)
+            return
+        try:
+            os.rmdir(workspace)
+        except OSError:
+            # rmdir blocks for milliseconds per directory on some disks: not on the event loop
+            await asyncio.to_thread(shutil.rmtree, workspace, ignore_errors=True)
 
     def in_results(self, path: Path) -> str:
         """``path`` as a record names it: relative to the run's results directory when inside it."""

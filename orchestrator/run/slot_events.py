@@ -34,6 +34,24 @@ class AttemptBridge(Protocol):
         """StartNewTask; the id of the task it created (the bridge saw its taskCreated)."""
         ...
 
+    async def attach_start(
+        self,
+        slot: str,
+        socket_path: str,
+        text: str,
+        configuration: dict[str, Any] | None = None,
+        *,
+        connect_timeout: float = 30.0,
+        start_timeout: float | None = None,
+    ) -> str:
+        """attach, then StartNewTask, in one request: the new task's id. A failed attach raises its
+        CommandError (nothing attached); a failed start raises StartFailed (the slot is attached)."""
+        ...
+
+    async def close_detach(self, slot: str) -> bool:
+        """CloseTask, then detach, in one request; whether the CloseTask went out."""
+        ...
+
     def events(self, slot: str, since_seq: int | None = None) -> AsyncIterator[Event]:
         """The slot's events in seq order; a BridgeError ends the stream."""
         ...

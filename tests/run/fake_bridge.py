@@ -1,7 +1,8 @@
 """A fake bridge client (:class:`orchestrator.run.slot_events.AttemptBridge`) whose one host replays a
 recorded event sequence (``tests/fixtures/recordings/``) on the loop's clock: the slot's history at
 attach, the task's events after StartNewTask, the host's answer after CancelTask. It can also freeze the
-host, drop its connection and restart the bridge, as the real ones do."""
+host, drop its connection, refuse the attach, end the host before the task starts and restart the
+bridge, as the real ones do. ``commands`` logs what reached the host, ``requests`` the round trips."""
 
 from __future__ import annotations
 
@@ -11,8 +12,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipc_bridge.client.types import BridgeError, BridgeRestarted, CommandTimeout, Event
+from ipc_bridge.client.task_commands import StartFailed
+from ipc_bridge.client.types import (
+    BridgeError,
+    BridgeRestarted,
+    CommandError,
+    CommandTimeout,
+    Event,
+    SlotDown,
+)
 from ipc_bridge.roo.events import event_route
+from ipc_bridge.wire.messages import SlotInfo
 from ipc_bridge.wire.session import Header
 from tests.conftest import load_recording
 
@@ -31,6 +41,10 @@ class HostScript:
     """The host stops (SIGSTOP) this long after StartNewTask: no event, no answer to CancelTask."""
     down_after: float | None = None
     """The host's connection drops this long after StartNewTask (the bridge publishes slot_down)."""
+    refuse_attach: CommandError | None = None
+    """The attach fails with this (``connect_failed``, say): nothing is attached."""
+    down_before_start: bool = False
+    """The host's connection drops once attached, before the StartNewTask reaches it."""
 
     @classmethod
     def recorded(cls, name: str, **kwargs: Any) -> HostScript:
@@ -68,6 +82,8 @@ class FakeBridge:
         self.script = script
         self.on_restart: list[Callable[[BridgeRestarted], None]] = []
         self.commands: list[tuple[float, str]] = []
+        self.requests: list[str] = []
+        self._down = False
         self.session = "s1"
         self._log: list[Event] = []
         self._seen: set[str] = set()
@@ -94,13 +110,11 @@ class FakeBridge:
     # ---------------------------------------------------------------------------- the Protocol
 
     async def attach(self, slot: str, socket_path: str, connect_timeout: float = 30.0) -> object:
-        self._note("attach")
-        self._publish(slot, "slot_up", {"socket_path": socket_path, "client_id": "c", "pid": 1})
-        for raw in self.script.history:
-            self._task_event(slot, raw)
-        return slot
+        self.requests.append("attach")
+        return self._attach(slot, socket_path)
 
     async def detach(self, slot: str) -> None:
+        self.requests.append("detach")
         self._note("detach")
 
     async def start_task(
@@ -111,23 +125,33 @@ class FakeBridge:
         *,
         start_timeout: float | None = None,
     ) -> str:
-        self._note("StartNewTask")
-        loop = asyncio.get_running_loop()
-        self._started_at = loop.time()
-        self._created = loop.create_future()
-        script = self.script
-        frozen = script.frozen_after
-        self._play(slot, [(t, raw) for t, raw in script.after_start if frozen is None or t < frozen])
-        if script.down_after is not None:
-            self._pending.append(loop.call_later(script.down_after, self._down, slot))
-        timeout = 30.0 if start_timeout is None else start_timeout
+        self.requests.append("task_command")
+        return await self._start_task(slot, start_timeout)
+
+    async def attach_start(
+        self,
+        slot: str,
+        socket_path: str,
+        text: str,
+        configuration: dict[str, Any] | None = None,
+        *,
+        connect_timeout: float = 30.0,
+        start_timeout: float | None = None,
+    ) -> str:
+        self.requests.append("attach_start")
+        self._attach(slot, socket_path)
         try:
-            # As the bridge: the reply waits for the first taskCreated of a task the slot never saw.
-            return await asyncio.wait_for(asyncio.shield(self._created), timeout)
-        except asyncio.TimeoutError:
-            raise CommandTimeout("timeout", f"no taskCreated within {timeout:g} s", "task_command") from None
-        finally:
-            self._created = None
+            return await self._start_task(slot, start_timeout)
+        except CommandError as exc:  # as the bridge: attached, not started
+            raise StartFailed(exc, SlotInfo(slot=slot, state="up", socket_path=socket_path)) from None
+
+    async def close_detach(self, slot: str) -> bool:
+        self.requests.append("close_detach")
+        closed = not self._down
+        if closed:
+            self._note("CloseTask")
+        self._note("detach")
+        return closed
 
     async def events(self, slot: str, since_seq: int | None = None) -> AsyncIterator[Event]:
         last = since_seq or 0
@@ -142,6 +166,7 @@ class FakeBridge:
             await waiter
 
     async def cancel(self, slot: str) -> None:
+        self.requests.append("task_command")
         self._note("CancelTask")
         for handle in self._pending:
             handle.cancel()  # the host's task takes another course
@@ -150,9 +175,44 @@ class FakeBridge:
         self._play(slot, self.script.after_cancel)
 
     async def close_task(self, slot: str) -> None:
+        self.requests.append("task_command")
         self._note("CloseTask")
 
     # ------------------------------------------------------------------------------- internals
+
+    def _attach(self, slot: str, socket_path: str) -> object:
+        if self.script.refuse_attach is not None:
+            raise self.script.refuse_attach
+        self._note("attach")
+        self._publish(slot, "slot_up", {"socket_path": socket_path, "client_id": "c", "pid": 1})
+        for raw in self.script.history:
+            self._task_event(slot, raw)
+        if self.script.down_before_start:
+            self._down_now(slot)
+        return slot
+
+    async def _start_task(self, slot: str, start_timeout: float | None) -> str:
+        if self._down:
+            raise SlotDown(
+                "slot_down", f"slot {slot} down: connection closed by the extension host", "task_command"
+            )
+        self._note("StartNewTask")
+        loop = asyncio.get_running_loop()
+        self._started_at = loop.time()
+        self._created = loop.create_future()
+        script = self.script
+        frozen = script.frozen_after
+        self._play(slot, [(t, raw) for t, raw in script.after_start if frozen is None or t < frozen])
+        if script.down_after is not None:
+            self._pending.append(loop.call_later(script.down_after, self._down_now, slot))
+        timeout = 30.0 if start_timeout is None else start_timeout
+        try:
+            # As the bridge: the reply waits for the first taskCreated of a task the slot never saw.
+            return await asyncio.wait_for(asyncio.shield(self._created), timeout)
+        except asyncio.TimeoutError:
+            raise CommandTimeout("timeout", f"no taskCreated within {timeout:g} s", "task_command") from None
+        finally:
+            self._created = None
 
     def _note(self, name: str) -> None:
         self.commands.append((asyncio.get_running_loop().time(), name))
@@ -187,7 +247,8 @@ class FakeBridge:
                 self._created.set_result(task_id)
         self._publish(slot, "task_event", {"task_id": task_id, "event": raw})
 
-    def _down(self, slot: str) -> None:
+    def _down_now(self, slot: str) -> None:
+        self._down = True
         self._publish(slot, "slot_down", {"reason": "the extension closed the connection"})
 
     def _publish(self, slot: str, msg_type: str, content: dict[str, Any]) -> None:

@@ -13,12 +13,13 @@ from typing import Any
 import pytest
 
 from ipc_bridge.client.bridge_client import BridgeClient
+from ipc_bridge.client.types import ConnectFailed
 from ipc_bridge.roo.events import event_route
 from orchestrator.results.records import AttemptRecord
 from orchestrator.run.attempt import AttemptRunner, SlotGate
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig
 from orchestrator.run.slot_events import AttemptBridge, is_partial
-from orchestrator.status import Status
+from orchestrator.status import Metrics, Status
 from orchestrator.suite.config import load_suite
 from orchestrator.suite.plan import build_plan
 from tests.run.fake_bridge import FakeBridge, HostScript
@@ -202,16 +203,6 @@ def test_bridge_restart_mid_task_loses_the_stream_at_once(tmp_path: Path) -> Non
     assert record.timings.agent_s == pytest.approx(0.5)
 
 
-def test_bridge_restart_before_the_reply_fails_the_start(tmp_path: Path) -> None:
-    script = HostScript.recorded("complete-3.52.1.jsonl")
-    script.after_start = [(t + 5, raw) for t, raw in script.after_start]  # a slow host
-    fake = FakeBridge(script)
-    record, _ = attempt(tmp_path, fake, during=lambda fake, _: fake.restart(), at=1.0)
-    assert record.status is Status.INFRA_ERROR
-    assert record.reason == "StartNewTask failed: bridge restarted (session s1 -> s2)"
-    assert record.task_id is None
-
-
 def test_cancelled_by_the_orchestrator_stops_the_task(tmp_path: Path) -> None:
     fake = FakeBridge(HostScript.recorded("long-stream-3.52.1.jsonl"))
     record, transcript = attempt(tmp_path, fake, during=lambda _, task: task.cancel(), at=0.5)
@@ -281,3 +272,69 @@ def test_a_readied_attempt_held_back_ends_unstarted_without_a_record(tmp_path: P
     assert (result.unstarted, result.record, result.transcript) == (True, {}, [])
     assert fake.names() == ["attach", "detach"]
     assert gate.calls == [("acquire", "ticket")]
+
+
+# ------------------------------------------------------------------ requests to the bridge per attempt
+
+
+@pytest.mark.parametrize("readied", [False, True], ids=["at-once", "readied"])
+def test_an_attempt_takes_one_request_to_start_and_the_tracker_follows_its_reply(
+    tmp_path: Path, readied: bool
+) -> None:
+    """At once: attach and StartNewTask in one request (attach_start). Readied ahead, the attach comes
+    first and the StartNewTask when the run grants a slot. Either way the reply's task id is the root."""
+    script = HostScript.recorded("start-while-streaming-3.52.1.jsonl")
+    fake = FakeBridge(script)
+    record, _ = attempt(tmp_path, fake, gate=Gate(go=True) if readied else None)
+    assert record.status is Status.COMPLETED and record.task_id == task_created(script)
+    starts = ["attach", "task_command"] if readied else ["attach_start"]
+    assert fake.requests == [*starts, "detach"]  # a leased host is not closed: detach alone
+    assert fake.names() == ["attach", "StartNewTask", "detach"]
+
+
+@pytest.mark.parametrize("readied", [False, True], ids=["at-once", "readied"])
+def test_a_host_gone_before_its_task_starts_fails_the_start(tmp_path: Path, readied: bool) -> None:
+    fake = FakeBridge(HostScript.recorded("complete-3.52.1.jsonl", down_before_start=True))
+    record, _ = attempt(tmp_path, fake, gate=Gate(go=True) if readied else None)
+    assert (record.status, record.error_class, record.task_id) == (Status.INFRA_ERROR, "infra", None)
+    assert (
+        record.reason
+        == "StartNewTask failed: task_command: slot w1-1 down: connection closed by the extension host"
+    )
+    assert fake.names() == ["attach", "detach"]  # attached, never started, detached
+
+
+@pytest.mark.parametrize("readied", [False, True], ids=["at-once", "readied"])
+def test_a_start_without_a_task_created_fails_the_start(tmp_path: Path, readied: bool) -> None:
+    script = HostScript.recorded("complete-3.52.1.jsonl")
+    script.after_start = [(t, raw) for t, raw in script.after_start if raw["eventName"] != "taskCreated"]
+    fake = FakeBridge(script)
+    record, _ = attempt(tmp_path, fake, ", start_timeout: 2s", gate=Gate(go=True) if readied else None)
+    assert (record.status, record.task_id) == (Status.INFRA_ERROR, None)
+    assert record.reason == "StartNewTask failed: task_command: no taskCreated within 2 s"
+    assert record.timings.agent_s == pytest.approx(2.0)
+    assert fake.names() == ["attach", "StartNewTask", "detach"]
+
+
+@pytest.mark.parametrize("readied", [False, True], ids=["at-once", "readied"])
+def test_a_refused_attach_is_a_host_that_did_not_come_up(tmp_path: Path, readied: bool) -> None:
+    refused = ConnectFailed("connect_failed", "host.sock: no Ack within 30 s", "attach")
+    fake = FakeBridge(HostScript.recorded("complete-3.52.1.jsonl", refuse_attach=refused))
+    gate = Gate(go=True) if readied else None
+    record, transcript = attempt(tmp_path, fake, gate=gate)
+    assert (record.status, record.reason) == (Status.INFRA_ERROR, "extension host did not come up")
+    assert (record.error, record.task_id, transcript) == (str(refused), None, [])
+    assert record.timings.agent_s is None and record.metrics == Metrics()  # no task: nothing measured
+    assert fake.requests == ["attach_start" if not readied else "attach", "detach"]
+    assert gate is None or gate.calls == []  # never readied: no slot asked for
+
+
+@pytest.mark.parametrize("readied", [False, True], ids=["at-once", "readied"])
+def test_bridge_restart_before_the_start_reply_fails_the_start(tmp_path: Path, readied: bool) -> None:
+    script = HostScript.recorded("complete-3.52.1.jsonl")
+    script.after_start = [(t + 5, raw) for t, raw in script.after_start]  # a slow host
+    fake = FakeBridge(script)
+    gate = Gate(go=True) if readied else None
+    record, _ = attempt(tmp_path, fake, during=lambda fake, _: fake.restart(), at=1.0, gate=gate)
+    assert (record.status, record.error_class, record.task_id) == (Status.INFRA_ERROR, "infra", None)
+    assert record.reason == "StartNewTask failed: bridge restarted (session s1 -> s2)"
