@@ -78,7 +78,11 @@ def of_worker(runtime: str | Path, wid: int) -> Selection:
     """The marks of worker ``wid``'s hosts (slots ``w<wid>-<n>``) of the run whose runtime dir it is."""
     prefix = os.path.join(str(runtime), f"w{wid}-")
     return Selection(
-        lambda mark: mark.startswith(prefix), lambda: _glob(Path(runtime), f"w{wid}-*{owned.RECORD_SUFFIX}")
+        lambda mark: mark.startswith(prefix),
+        lambda: [
+            *_glob(Path(runtime), f"w{wid}-*{owned.RECORD_SUFFIX}"),
+            owned.record_below(os.path.join(str(runtime), f"w{wid}-0.sock")),
+        ],
     )
 
 

@@ -181,15 +181,26 @@ def adopt_orphans() -> bool:
     return bool(prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
 
 
+def record_below(socket_path: str) -> Path:
+    """Where everything below the process that launches a host is recorded (its worker's, for slot
+    ``w<worker>-<n>``: ``w<worker>.below.pids``)."""
+    return Path(socket_path).with_name(f"{Path(socket_path).stem.rsplit('-', 1)[0]}.below{RECORD_SUFFIX}")
+
+
 class Watch:
     """One launched host's processes as they appear: each scan finds them (:func:`members`, marks read
     only below this process, where a subreaper keeps them), appends the new ones to its record, and
-    reaps those of them that ended as our adoptees. Scans run in a thread, one at a time."""
+    reaps those of them that ended as our adoptees. Each scan also records every process below this
+    one (:func:`record_below`): one that shed the mark, left its session and lost its parent between
+    two scans is no longer known as the host's, but it is still the run's, and ended with it. Scans
+    run in a thread, one at a time."""
 
     def __init__(self, socket_path: str, launcher: int, marked: Callable[[int], bool]) -> None:
         self.record = record_of(socket_path)
+        self.below = record_below(socket_path)
         self.launcher = launcher
         self._marked = marked
+        self._below: dict[int, str] = {}
         start = start_time(launcher)
         self.known: dict[int, str] = {} if start is None else {launcher: start}
         try:
@@ -197,20 +208,22 @@ class Watch:
         except OSError as exc:  # the record is a fallback: never fail a host over it
             log.warning("cannot record the processes of %s: %s", self.record.name, exc)
 
-    def _add(self, found: Mapping[int, str]) -> None:
-        new = {pid: start for pid, start in found.items() if self.known.get(pid) != start}
-        self.known.update(new)
+    def _add(self, path: Path, seen: dict[int, str], found: Mapping[int, str]) -> None:
+        new = {pid: start for pid, start in found.items() if seen.get(pid) != start}
+        seen.update(new)
         try:
-            append_record(self.record, new)
+            append_record(path, new)
         except OSError as exc:
-            log.warning("cannot record the processes of %s: %s", self.record.name, exc)
+            log.warning("cannot record the processes of %s: %s", path.name, exc)
 
     def scan(self) -> dict[int, str]:
         """The host's live processes now (the launcher included while it runs)."""
         table = snapshot()
-        found = members(table, self.known, self._marked, subtree(table, os.getpid()))
-        self._add(found)
         me = os.getpid()
+        below = subtree(table, me)
+        found = members(table, self.known, self._marked, below)
+        self._add(self.record, self.known, found)
+        self._add(self.below, self._below, {pid: table[pid].start for pid in below if not table[pid].zombie})
         for pid in self.known:
             stat = table.get(pid)
             if pid != self.launcher and stat is not None and stat.zombie and stat.ppid == me:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.hosts import owned
 from orchestrator.results.records import AttemptRecord, read_records
 from orchestrator.results.store import load
 from tests.runs import (
@@ -39,16 +40,26 @@ from tests.runs import (
 pytestmark = pytest.mark.timeout(240)
 
 STANDIN = Path(__file__).with_name("standin_code.py")
+LAUNCH_TIMEOUT = 60
 HANG = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{outcome: hang}}\n"
 
 
 @pytest.fixture
-def marker() -> Iterator[str]:
+def marker(tmp_path: Path) -> Iterator[str]:
     """``NAME=value`` in every process of the test's runs; whatever still carries it at the end is
-    killed (the test then fails on its own assertion)."""
+    killed (the test then fails on its own assertion), and so is what the stand-ins started that shed
+    it (by pid, if the process still has the start time it had when the test first saw it)."""
     mark = f"ORC_DETACH_TEST={uuid.uuid4().hex}"
     yield mark
     kill_all(marked_processes(mark))
+    for pid, start in _SHED.items():
+        if owned.start_time(pid) == start:
+            kill_all([pid])
+    _SHED.clear()
+
+
+_SHED: dict[int, str] = {}
+"""Processes the stand-ins started without the test's marker: pid -> start time."""
 
 
 def _env(marker: str, **extra: str) -> dict[str, str]:
@@ -57,20 +68,32 @@ def _env(marker: str, **extra: str) -> dict[str, str]:
 
 
 def _suite(
-    tmp_path: Path, *, wait: bool = True, linger: bool = False, helper: bool = False, body: str = TWO_FER
+    tmp_path: Path,
+    *,
+    wait: bool = True,
+    linger: bool = False,
+    helper: bool = False,
+    body: str = TWO_FER,
+    **standin: str,
 ) -> Path:
+    """``standin``: more of the stand-in's variables (``cleared="daemon"``: ``STANDIN_CLEARED=daemon``)."""
     flags = "--wait, " if wait else ""
     argv = f"[{sys.executable}, {STANDIN}, {flags}-n, '{{workspace}}']"
     env = f"STANDIN_REPORT: '{tmp_path / 'report.jsonl'}'"
     env += ", STANDIN_LINGER: '1'" if linger else ""
     env += ", STANDIN_HELPER: '1'" if helper else ""
-    target = f"{{kind: command, slots: 1, close_grace: 1s, argv: {argv}, env: {{{env}}}}}"
-    return write_suite(tmp_path, target, cases(1, body))
+    env += "".join(f", STANDIN_{name.upper()}: '{value}'" for name, value in standin.items())
+    target = f"{{kind: command, slots: 1, close_grace: 1s, launch_timeout: {LAUNCH_TIMEOUT}s, argv: {argv}"
+    return write_suite(tmp_path, f"{target}, env: {{{env}}}}}", cases(1, body))
 
 
 def _reports(tmp_path: Path) -> list[dict[str, Any]]:
     path = tmp_path / "report.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    reports = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    for report in reports:
+        if report.get("cleared") and report["cleared"] not in _SHED:
+            _SHED[report["cleared"]] = owned.start_time(report["cleared"]) or ""
+    return reports
 
 
 def _run(tmp_path: Path, suite: Path, marker: str, *extra: str) -> list[AttemptRecord]:
@@ -256,4 +279,75 @@ def test_the_vscode_target_owns_what_code_starts_detached(tmp_path: Path, marker
     assert record.passed is True
     (started,) = _reports(tmp_path)
     assert {started["app"], started["helper"]} <= _killed(record)
+    assert marked_processes(marker) == []
+
+
+def test_a_handed_off_host_that_dies_before_listening_fails_the_attempt_at_once(
+    tmp_path: Path, marker: str
+) -> None:
+    """``code`` exits 0 (it handed the host over), then the app it started dies before it listens: the
+    attempt fails with the reason, not after the whole launch timeout."""
+    suite = _suite(tmp_path, wait=False, dies="1")
+    suite.write_text(suite.read_text().replace("retries: 1", "retries: 0"))
+    (record,) = _run(tmp_path, suite, marker)
+    assert record.status.value == "infra_error"
+    assert (
+        record.reason
+        == "extension host was handed over by its launcher and ended before listening on its socket"
+    )
+    assert (record.ended_at - record.started_at).total_seconds() < LAUNCH_TIMEOUT / 2
+    assert marked_processes(marker) == []
+
+
+def test_a_process_that_sheds_the_mark_is_ended_with_its_host(tmp_path: Path, marker: str) -> None:
+    """The app starts a process with an empty environment (no mark) whose parent exits at once: found
+    by its session, it is ended at the teardown and named in the record."""
+    (record,) = _run(tmp_path, _suite(tmp_path, cleared="session"), marker)
+    assert record.passed is True
+    (report,) = _reports(tmp_path)
+    assert report["cleared"] in _killed(record)
+    assert not alive(report["cleared"])
+    assert marked_processes(marker) == []
+
+
+def _recorded(parent: Path, pid: int) -> bool:
+    """Whether a run's runtime directory under ``parent`` records ``pid`` (orchestrator.hosts.owned)."""
+    return any(
+        line.split(" ")[0] == str(pid)
+        for path in parent.glob(f"orc-*/*{owned.RECORD_SUFFIX}")
+        for line in path.read_text().splitlines()
+    )
+
+
+def test_a_daemon_without_the_mark_is_ended_by_the_next_run_after_a_sigkill(
+    tmp_path: Path, marker: str, sockdir: Path
+) -> None:
+    """The app starts a daemon that sheds the environment and the session and whose parent exits at
+    once: nothing marks it, nothing of ours is its parent once the run is SIGKILLed. The run recorded
+    it (pid and start time) as it appeared; the next run ends it."""
+    suite = _suite(tmp_path, cleared="daemon", body=HANG + "  timeout: 60s\n")
+    suite.write_text(suite.read_text().replace("retries: 1", "retries: 0"))
+    proc = _start(tmp_path, suite, marker, TMPDIR=str(sockdir))
+    try:
+        report = _app_started(tmp_path)
+        daemon = report["cleared"]
+        poll_until(lambda: _recorded(sockdir, daemon), 60, "the daemon's record")
+        proc.kill()
+        proc.wait()
+    finally:
+        _stop(proc)
+    assert alive(daemon) and daemon not in marked_processes(marker)  # escaped the mark, outlived the run
+    # The next run in the same $TMPDIR, whatever it runs (the resume would run the hanging case again).
+    (tmp_path / "next").mkdir()
+    quick = write_suite(tmp_path / "next", "{kind: simulator, slots: 1}", cases(1))
+    following = subprocess.run(
+        run_argv(quick, tmp_path / "r", "next", "--quiet"),
+        capture_output=True,
+        text=True,
+        env=_env(marker, TMPDIR=str(sockdir)),
+        timeout=200,
+    )
+    assert following.returncode == 0, following.stderr
+    for pid in (daemon, report["app"], report["host"]):
+        assert not alive(pid)
     assert marked_processes(marker) == []
