@@ -299,13 +299,16 @@ def test_a_handed_off_host_that_dies_before_listening_fails_the_attempt_at_once(
     assert marked_processes(marker) == []
 
 
-def test_a_process_that_sheds_the_mark_is_ended_with_its_host(tmp_path: Path, marker: str) -> None:
-    """The app starts a process with an empty environment (no mark) whose parent exits at once: found
-    by its session, it is ended at the teardown and named in the record."""
-    (record,) = _run(tmp_path, _suite(tmp_path, cleared="session"), marker)
+@pytest.mark.parametrize("mode", ["session", "daemon"])
+def test_a_process_that_sheds_the_mark_is_ended(tmp_path: Path, marker: str, mode: str) -> None:
+    """The app starts a process with an empty environment (no mark) whose parent exits at once. Found by
+    its session, it is ended at the teardown and named in the record; one that also left the session
+    is known as the run's only (it was below the worker), and ended with the run."""
+    (record,) = _run(tmp_path, _suite(tmp_path, cleared=mode), marker)
     assert record.passed is True
     (report,) = _reports(tmp_path)
-    assert report["cleared"] in _killed(record)
+    if mode == "session":
+        assert report["cleared"] in _killed(record)
     assert not alive(report["cleared"])
     assert marked_processes(marker) == []
 
@@ -351,3 +354,21 @@ def test_a_daemon_without_the_mark_is_ended_by_the_next_run_after_a_sigkill(
     for pid in (daemon, report["app"], report["host"]):
         assert not alive(pid)
     assert marked_processes(marker) == []
+
+
+@pytest.mark.parametrize("per_host", [False, True], ids=["simulator-farm", "simulator-process"])
+def test_simulated_hosts_die_with_a_run_killed_outright(
+    tmp_path: Path, marker: str, sockdir: Path, per_host: bool
+) -> None:
+    """A farm (one per worker) and a simulator launched per host both die with their worker, which dies
+    with the run (``PR_SET_PDEATHSIG``): nothing of them is left, with no next run to end it."""
+    options = f"{{time_scale: 0.05, status_delay: 0.1, process_per_host: {str(per_host).lower()}}}"
+    suite = write_suite(tmp_path, f"{{kind: simulator, slots: 1, options: {options}}}", cases(1, HANG))
+    proc = _start(tmp_path, suite, marker, TMPDIR=str(sockdir))
+    try:
+        poll_until(lambda: list(sockdir.glob("orc-*/w*-1.sock")), 90, "the host's socket")
+        proc.kill()
+        proc.wait()
+    finally:
+        _stop(proc)
+    poll_until(lambda: not marked_processes(marker), 60, "the killed run's hosts to die")
