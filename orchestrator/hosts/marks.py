@@ -7,10 +7,12 @@ each launched host gets :data:`MARK_ENV` set to its socket path (``<runtime dir>
 value names the host (its slot) and its run (the runtime directory, whose ``owner`` file names the run's
 process): a host's teardown ends every live process carrying its mark, the main process ends the marks
 of a worker that died, and the next run ends those of runs that were killed outright (their owner gone),
-never those of a live run.
+never those of a live run. Each time, so are the processes the same hosts' records name and what those
+marked or recorded processes started (:mod:`orchestrator.hosts.owned`): a process that clears its
+environment sheds the mark.
 
-Signals go through a pidfd opened on a process whose mark was read after opening it, so a pid reused
-meanwhile is never signalled.
+Signals go through a pidfd opened on a process whose start time was read after opening it, so a pid
+reused meanwhile is never signalled.
 """
 
 from __future__ import annotations

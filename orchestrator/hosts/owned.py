@@ -7,15 +7,17 @@ found while the run lives:
 - the process that launches hosts (a worker, a Ray node actor) is a child subreaper (Linux
   ``PR_SET_CHILD_SUBREAPER``): whatever a host starts stays below it, re-parented to it if its own parent
   dies, instead of going to init;
-- a process belongs to a host if its parent does, or if it is in a session one of the host's live
-  processes is in (a session's id is never reused while any process is in it), starting from the
-  launched process and the processes carrying the host's mark.
+- a process belongs to a host if its parent does, or if it is in a session one of the host's processes
+  made and one of them is in (a session's id, its leader's pid, is never reused while the session has a
+  process), starting from the launched process and the processes that carried the host's mark when
+  they were first seen.
 
 A watch of each launched host (:class:`Watch`) looks twice a second and appends every process it finds,
-by pid and start time, to the host's record (``<runtime dir>/<slot>.pids``). After a SIGKILL of the run,
-when nothing of ours is left to be a parent, the next run reads the records of the dead run's runtime
-directory and ends what is still alive under a pid with the recorded start time: a reused pid never
-has it.
+by pid and start time, to the host's record (``<runtime dir>/<slot>.pids``), and everything below the
+process that launches hosts to that process's record (``w<worker>.below.pids``). After a SIGKILL of the
+run, when nothing of ours is left to be a parent, the next run reads the records of the dead run's
+runtime directory and ends what is still alive under a pid with the recorded start time: a reused pid
+never has it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import functools
 import logging
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +78,96 @@ def snapshot() -> dict[int, Stat]:
     return table
 
 
+def _children(pid: int) -> list[int] | None:
+    """``pid``'s children from /proc/<pid>/task/<tid>/children (None where the kernel has no such file)."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    found: list[int] = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                found.extend(int(child) for child in fh.read().split())
+        except FileNotFoundError:
+            if not os.path.exists(f"/proc/{pid}/task"):
+                return []  # gone meanwhile
+            return None
+        except OSError:
+            continue
+    return found
+
+
+def snapshot_below(root: int) -> dict[int, Stat]:
+    """The descendants of ``root``: pid -> :class:`Stat`, read for them only where the kernel lists
+    children (a whole :func:`snapshot` otherwise)."""
+    table: dict[int, Stat] = {}
+    todo = [root]
+    while todo:
+        children = _children(todo.pop())
+        if children is None:
+            whole = snapshot()
+            return {pid: whole[pid] for pid in subtree(whole, root)}
+        for child in children:
+            if child not in table and (stat := _stat(child)) is not None:
+                table[child] = stat
+                todo.append(child)
+    return table
+
+
+class _Below:
+    """What is below this process, shared by the watches of all its hosts: one pass over /proc serves
+    every watch that asks within :data:`SCAN_INTERVAL` / 2, marks are read once per process, and
+    everything is recorded once per record file."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.taken = -1.0
+        self.table: dict[int, Stat] = {}
+        self.marks: dict[tuple[int, str], str | None] = {}
+        self.recorded: dict[Path, dict[int, str]] = {}
+
+    def now(self, after: float) -> dict[int, Stat]:
+        """A pass made since ``after`` (a monotonic time), and not older than half the interval."""
+        with self.lock:
+            now = time.monotonic()
+            if self.taken <= after or now - self.taken >= SCAN_INTERVAL / 2:
+                # Below this process when it is a subreaper (where a host's processes stay), else all.
+                self.table = snapshot_below(os.getpid()) if adopt_orphans() else snapshot()
+                self.taken = now  # when it began: it shows nothing older than that
+                live = {(pid, stat.start) for pid, stat in self.table.items()}
+                self.marks = {key: mark for key, mark in self.marks.items() if key in live}
+            return self.table
+
+    def mark(self, pid: int, stat: Stat, read: Callable[[int], str | None]) -> str | None:
+        """``pid``'s mark, read once: what a process was started with (a process that clears its
+        environment later is still the host's)."""
+        key = (pid, stat.start)
+        with self.lock:
+            if key in self.marks:
+                return self.marks[key]
+        mark = read(pid)
+        with self.lock:
+            return self.marks.setdefault(key, mark)
+
+    def record(self, path: Path, table: Mapping[int, Stat]) -> None:
+        with self.lock:
+            seen = self.recorded.setdefault(path, {})
+            new = {
+                pid: stat.start
+                for pid, stat in table.items()
+                if not stat.zombie and seen.get(pid) != stat.start
+            }
+            seen.update(new)
+        try:
+            append_record(path, new)
+        except OSError as exc:
+            log.warning("cannot record the processes of %s: %s", path.name, exc)
+
+
+_BELOW = _Below()
+
+
 def subtree(table: Mapping[int, Stat], root: int) -> set[int]:
     """The descendants of ``root`` in ``table``."""
     children: dict[int, list[int]] = {}
@@ -103,11 +197,9 @@ def members(
     table: Mapping[int, Stat],
     known: Mapping[int, str],
     marked: Callable[[int], bool],
-    candidates: Iterable[int] | None = None,
 ) -> dict[int, str]:
     """The live processes of a host (or of several): pid -> start time. Those of ``known`` (pid -> start
-    time) still alive with that start time, those of ``candidates`` (default: all of ``table``) that
-    ``marked`` accepts, and then, until nothing is added, every process whose parent is one of them or
+    time) still alive with that start time, those of ``table`` that ``marked`` accepts, and then, until nothing is added, every process whose parent is one of them or
     that is in a session one of them made and one of them is in (a session's id, its leader's pid, is
     not reused while the session has a process). Never this process."""
     spared = _ancestry(table, os.getpid())
@@ -119,8 +211,7 @@ def members(
         and not stat.zombie
         and pid not in spared
     }
-    rest = {pid for pid in (table if candidates is None else candidates) if pid in table}
-    rest -= set(found) | spared
+    rest = set(table) - set(found) - spared
     for pid in list(rest):
         if not table[pid].zombie and marked(pid):
             found[pid] = table[pid].start
@@ -188,19 +279,19 @@ def record_below(socket_path: str) -> Path:
 
 
 class Watch:
-    """One launched host's processes as they appear: each scan finds them (:func:`members`, marks read
-    only below this process, where a subreaper keeps them), appends the new ones to its record, and
-    reaps those of them that ended as our adoptees. Each scan also records every process below this
-    one (:func:`record_below`): one that shed the mark, left its session and lost its parent between
-    two scans is no longer known as the host's, but it is still the run's, and ended with it. Scans
-    run in a thread, one at a time."""
+    """One launched host's processes as they appear: each scan finds them (:func:`members` over what is
+    below this process, where a subreaper keeps them), appends the new ones to its record, and reaps
+    those of them that ended as our adoptees. Each scan also records every process below this one
+    (:func:`record_below`): one that shed the mark, left its session and lost its parent between two
+    scans is no longer known as the host's, but it is still the run's, and ended with it. Scans run in
+    a thread; the watches of one process share their passes over /proc (:class:`_Below`)."""
 
-    def __init__(self, socket_path: str, launcher: int, marked: Callable[[int], bool]) -> None:
+    def __init__(self, socket_path: str, launcher: int, mark_of: Callable[[int], str | None]) -> None:
+        self.socket_path = socket_path
         self.record = record_of(socket_path)
         self.below = record_below(socket_path)
         self.launcher = launcher
-        self._marked = marked
-        self._below: dict[int, str] = {}
+        self._mark_of = mark_of
         start = start_time(launcher)
         self.known: dict[int, str] = {} if start is None else {launcher: start}
         try:
@@ -208,22 +299,23 @@ class Watch:
         except OSError as exc:  # the record is a fallback: never fail a host over it
             log.warning("cannot record the processes of %s: %s", self.record.name, exc)
 
-    def _add(self, path: Path, seen: dict[int, str], found: Mapping[int, str]) -> None:
-        new = {pid: start for pid, start in found.items() if seen.get(pid) != start}
-        seen.update(new)
-        try:
-            append_record(path, new)
-        except OSError as exc:
-            log.warning("cannot record the processes of %s: %s", path.name, exc)
+    def scan(self, *, after: float = 0.0) -> dict[int, str]:
+        """The host's live processes now (the launcher included while it runs), from a pass over /proc
+        made after ``after`` (a monotonic time: another watch's may serve)."""
+        table = _BELOW.now(after)
 
-    def scan(self) -> dict[int, str]:
-        """The host's live processes now (the launcher included while it runs)."""
-        table = snapshot()
+        def marked(pid: int) -> bool:
+            return _BELOW.mark(pid, table[pid], self._mark_of) == self.socket_path
+
+        found = members(table, self.known, marked)
+        new = {pid: start for pid, start in found.items() if self.known.get(pid) != start}
+        self.known.update(new)
+        try:
+            append_record(self.record, new)
+        except OSError as exc:
+            log.warning("cannot record the processes of %s: %s", self.record.name, exc)
+        _BELOW.record(self.below, table)
         me = os.getpid()
-        below = subtree(table, me)
-        found = members(table, self.known, self._marked, below)
-        self._add(self.record, self.known, found)
-        self._add(self.below, self._below, {pid: table[pid].start for pid in below if not table[pid].zombie})
         for pid in self.known:
             stat = table.get(pid)
             if pid != self.launcher and stat is not None and stat.zombie and stat.ppid == me:

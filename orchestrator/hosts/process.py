@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -100,13 +101,16 @@ class ProcessHost(Host):
             self._watching = asyncio.ensure_future(self._watch(self.watch, self.process))
 
     async def _watch(self, watch: owned.Watch, launcher: asyncio.subprocess.Process) -> None:
+        exited: float | None = None
         while True:
+            if exited is None and launcher.returncode is not None:
+                exited = time.monotonic()  # from now on, only a pass made after its exit decides
             try:
-                live = await asyncio.to_thread(watch.scan)
+                live = await asyncio.to_thread(partial(watch.scan, after=exited or 0.0))
             except OSError as exc:  # /proc unreadable: the marks still find what carries them
                 log.warning("cannot look for the processes of host pid %d: %s", launcher.pid, exc)
                 return
-            if launcher.returncode is not None and not set(live) - {launcher.pid}:
+            if exited is not None and not set(live) - {launcher.pid}:
                 self._gone.set()
                 return
             await asyncio.sleep(owned.SCAN_INTERVAL)
@@ -133,7 +137,7 @@ class ProcessHost(Host):
         proc, watch = self.process, self.watch
         if proc is None or watch is None or proc.returncode != 0 or self._stopped:
             return False
-        live = await asyncio.to_thread(watch.scan)
+        live = await asyncio.to_thread(partial(watch.scan, after=time.monotonic()))
         self.handed_off = bool(set(live) - {proc.pid})
         return self.handed_off
 
@@ -262,9 +266,7 @@ async def launch(
         log_path=log_path,
         tmpdir=tmpdir,
         stdin=stdin_w,
-        watch=owned.Watch(
-            socket_path, proc.pid, partial(host_marks.carries, match=host_marks.of_host(socket_path))
-        ),
+        watch=owned.Watch(socket_path, proc.pid, host_marks.mark_of),
     )
     host.start_watching()
     return host
