@@ -91,9 +91,8 @@ def test_a_marked_process_in_a_session_it_did_not_make_takes_nothing_else_with_i
     marked = _marked(spawn, str(tmp_path / "w0-1.sock"))
     sibling = subprocess.Popen(SLEEP)
     spawn.append(sibling)
-    assert host_marks.end_marked(host_marks.of_host(str(tmp_path / "w0-1.sock"))) == [
-        host_marks.describe(marked.pid)
-    ]
+    expected = [host_marks.describe(marked.pid)]
+    assert host_marks.end_marked(host_marks.of_host(str(tmp_path / "w0-1.sock"))) == expected
     assert marked.wait(timeout=30) is not None
     assert sibling.poll() is None
 
