@@ -7,10 +7,12 @@ each launched host gets :data:`MARK_ENV` set to its socket path (``<runtime dir>
 value names the host (its slot) and its run (the runtime directory, whose ``owner`` file names the run's
 process): a host's teardown ends every live process carrying its mark, the main process ends the marks
 of a worker that died, and the next run ends those of runs that were killed outright (their owner gone),
-never those of a live run.
+never those of a live run. Each time, so are the processes the same hosts' records name and what those
+marked or recorded processes started (:mod:`orchestrator.hosts.owned`): a process that clears its
+environment sheds the mark.
 
-Signals go through a pidfd opened on a process whose mark was read after opening it, so a pid reused
-meanwhile is never signalled.
+Signals go through a pidfd opened on a process whose start time was read after opening it, so a pid
+reused meanwhile is never signalled.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ import os
 import select
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+from orchestrator.hosts import owned
 from orchestrator.processes import runtime_dir
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,7 @@ _PREFIX = f"{MARK_ENV}=".encode()
 _POLL = 0.05
 
 
-def _mark(pid: int) -> str | None:
+def mark_of(pid: int) -> str | None:
     """The mark in ``pid``'s environment, if it is a live process of ours that has one (a zombie's
     environment reads empty; another user's cannot be read)."""
     try:
@@ -48,45 +52,64 @@ def _mark(pid: int) -> str | None:
     return None
 
 
-def marked(match: Callable[[str], bool]) -> dict[int, str]:
-    """Live processes whose mark ``match`` accepts: pid -> mark. Not this process."""
-    me = os.getpid()
-    found: dict[int, str] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != me:
-            mark = _mark(int(entry.name))
-            if mark is not None and match(mark):
-                found[int(entry.name)] = mark
-    return found
+@dataclass(frozen=True)
+class Selection:
+    """Which hosts' processes: a test of a mark, and where the same hosts' processes are recorded
+    (:mod:`orchestrator.hosts.owned`: those found without the mark)."""
+
+    match: Callable[[str], bool]
+    records: Callable[[], list[Path]]
+
+    def __call__(self, mark: str) -> bool:
+        return self.match(mark)
 
 
-def of_host(socket_path: str) -> Callable[[str], bool]:
+def _glob(directory: Path, pattern: str) -> list[Path]:
+    try:
+        return list(directory.glob(pattern))
+    except OSError:
+        return []
+
+
+def of_host(socket_path: str) -> Selection:
     """The mark of one host."""
-    return lambda mark: mark == socket_path
+    return Selection(lambda mark: mark == socket_path, lambda: [owned.record_of(socket_path)])
 
 
-def of_worker(runtime: str | Path, wid: int) -> Callable[[str], bool]:
+def of_worker(runtime: str | Path, wid: int) -> Selection:
     """The marks of worker ``wid``'s hosts (slots ``w<wid>-<n>``) of the run whose runtime dir it is."""
     prefix = os.path.join(str(runtime), f"w{wid}-")
-    return lambda mark: mark.startswith(prefix)
+    return Selection(
+        lambda mark: mark.startswith(prefix),
+        lambda: [
+            *_glob(Path(runtime), f"w{wid}-*{owned.RECORD_SUFFIX}"),
+            owned.record_below(os.path.join(str(runtime), f"w{wid}-0.sock")),
+        ],
+    )
 
 
-def of_run(runtime: str | Path) -> Callable[[str], bool]:
+def of_run(runtime: str | Path) -> Selection:
     """The marks of every host of the run whose runtime dir it is."""
-    return lambda mark: os.path.dirname(mark) == str(runtime)
+    return Selection(
+        lambda mark: os.path.dirname(mark) == str(runtime),
+        lambda: _glob(Path(runtime), f"*{owned.RECORD_SUFFIX}"),
+    )
 
 
-def of_dead_runs(parent: str | Path) -> Callable[[str], bool]:
+def of_dead_runs(parent: str | Path) -> Selection:
     """The marks of hosts of runs under ``parent`` whose owner is gone (killed outright): their runtime
     directory is gone, or names an owner no longer alive. A live run's directory lives as long as it."""
 
-    def match(mark: str) -> bool:
-        directory = Path(os.path.dirname(mark))
+    def dead(directory: Path) -> bool:
         if directory.parent != Path(parent) or not directory.name.startswith(runtime_dir.PREFIX):
             return False
         return not directory.is_dir() or not runtime_dir.owner_alive(directory)
 
-    return match
+    def records() -> list[Path]:
+        dirs = _glob(Path(parent), f"{runtime_dir.PREFIX}*")
+        return [path for d in dirs if dead(d) for path in _glob(d, f"*{owned.RECORD_SUFFIX}")]
+
+    return Selection(lambda mark: dead(Path(os.path.dirname(mark))), records)
 
 
 def describe(pid: int) -> str:
@@ -98,18 +121,30 @@ def describe(pid: int) -> str:
     return f"{name} (pid {pid})"
 
 
-def _open(pid: int, match: Callable[[str], bool]) -> int | None:
-    """A pidfd of ``pid`` if it still carries a mark ``match`` accepts (read after opening: not a
-    reused pid)."""
+def _open(pid: int, start: str) -> int | None:
+    """A pidfd of ``pid`` if it is still the process that started at ``start`` (read after opening:
+    not a reused pid)."""
     try:
         fd = os.pidfd_open(pid)
     except OSError:
         return None
-    mark = _mark(pid)
-    if mark is None or not match(mark):
+    if owned.start_time(pid) != start:
         os.close(fd)
         return None
     return fd
+
+
+def members(selection: Selection, also: Mapping[int, str] | None = None) -> dict[int, str]:
+    """The live processes of the hosts ``selection`` names: pid -> start time. Those carrying their
+    mark, those their records name, ``also``, and what those started (:func:`owned.members`)."""
+    known = {**owned.read_records(selection.records()), **(also or {})}
+    return owned.members(owned.snapshot(), known, lambda pid: carries(pid, selection))
+
+
+def carries(pid: int, match: Callable[[str], bool]) -> bool:
+    """Whether ``pid`` carries a mark ``match`` accepts."""
+    mark = mark_of(pid)
+    return mark is not None and match(mark)
 
 
 def _signal(fd: int, sig: signal.Signals) -> None:
@@ -134,27 +169,29 @@ def _wait(fds: dict[int, int], deadline: float) -> None:
 
 
 def end_marked(
-    match: Callable[[str], bool], *, grace: float = 0.0, exclude: int | None = None, timeout: float = 10.0
+    selection: Selection, *, grace: float = 0.0, exclude: int | None = None, timeout: float = 10.0
 ) -> list[str]:
-    """End every live process whose mark ``match`` accepts: SIGTERM, ``grace`` seconds to exit, then
-    SIGKILL, until none is left (a process may fork meanwhile) or ``timeout`` after the SIGKILL.
-    Returns what it found alive (:func:`describe`), ``exclude`` (the host's own process, whose end its
-    owner reports) left out of the list though not spared."""
+    """End every live process of the hosts ``selection`` names (:func:`members`): SIGTERM, ``grace``
+    seconds to exit, then SIGKILL, until none is left (a process may fork meanwhile) or ``timeout``
+    after the SIGKILL. Returns what it found alive (:func:`describe`), ``exclude`` (the host's own
+    process, whose end its owner reports) left out of the list though not spared."""
     found: list[str] = []
-    seen: set[int] = set()
+    seen: dict[int, str] = {}
     fds: dict[int, int] = {}
 
-    def collect() -> None:
-        for pid in marked(match):
-            if pid in seen:
+    def collect() -> dict[int, str]:
+        live = members(selection, seen)
+        for pid, start in live.items():
+            if seen.get(pid) == start:
                 continue
-            fd = _open(pid, match)
+            fd = _open(pid, start)
             if fd is None:
                 continue
-            seen.add(pid)
+            seen[pid] = start
             fds[pid] = fd
             if pid != exclude:
                 found.append(describe(pid))
+        return live
 
     try:
         collect()
@@ -170,10 +207,11 @@ def end_marked(
             for fd in fds.values():
                 _signal(fd, signal.SIGKILL)
             _wait(fds, deadline)
-            if not marked(match) or time.monotonic() >= deadline:
+            left = members(selection, seen)
+            if not left or time.monotonic() >= deadline:
                 break
             time.sleep(_POLL)  # not yet visible as gone: /proc lags the pidfd by a moment
-        if left := marked(match):
+        if left:
             log.error("processes %s of a host survived SIGKILL for %.0fs", sorted(left), timeout)
     finally:
         for fd in fds.values():
@@ -181,13 +219,3 @@ def end_marked(
     if found:
         log.warning("ended %d process(es) a host left: %s", len(found), ", ".join(found))
     return found
-
-
-def wait_unmarked(match: Callable[[str], bool], timeout: float | None) -> bool:
-    """Wait until no live process carries a mark ``match`` accepts; whether none does by ``timeout``."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while marked(match):
-        if deadline is not None and time.monotonic() >= deadline:
-            return False
-        time.sleep(_POLL * 4)
-    return True

@@ -27,12 +27,15 @@ import logging
 import os
 import shutil
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ipc_bridge.lifeline import preexec_die_with_parent
 from orchestrator.hosts import marks as host_marks
+from orchestrator.hosts import owned
 from orchestrator.hosts.host import STOP_GRACE, Host, HostError, HostPlace, signal_group
 from orchestrator.processes.child_env import service_env
 
@@ -68,7 +71,12 @@ class ProcessHost(Host):
     killed: list[str] = field(default_factory=list)
     """What its stop had to end besides its own process (:func:`host_marks.end_marked`)."""
     handed_off: bool = False
-    """Its launcher exited 0 leaving marked processes: they are the host now."""
+    """Its launcher exited 0 leaving processes of its own: they are the host now."""
+    watch: owned.Watch | None = None
+    """Its processes as they appear, recorded for the next run (:mod:`orchestrator.hosts.owned`)."""
+    _watching: asyncio.Task[None] | None = field(default=None, repr=False)
+    _gone: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set when its launcher has exited and a scan finds no process of it left."""
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -81,33 +89,63 @@ class ProcessHost(Host):
 
     @property
     def ended_by_itself(self) -> str | None:
-        if self._stopped or self.handed_off or self.process is None or self.process.returncode is None:
+        if self._stopped or self.process is None or self.process.returncode is None:
             return None
+        if self.handed_off:
+            return "was handed over by its launcher and ended" if self._gone.is_set() else None
         return describe_exit(self.process.returncode)
 
+    def start_watching(self) -> None:
+        """Look for its processes until it is stopped (each scan in a thread)."""
+        if self.watch is not None and self.process is not None and self._watching is None:
+            self._watching = asyncio.ensure_future(self._watch(self.watch, self.process))
+
+    async def _watch(self, watch: owned.Watch, launcher: asyncio.subprocess.Process) -> None:
+        exited: float | None = None
+        while True:
+            if exited is None and launcher.returncode is not None:
+                exited = time.monotonic()  # from now on, only a pass made after its exit decides
+            try:
+                live = await asyncio.to_thread(partial(watch.scan, after=exited or 0.0))
+            except OSError as exc:  # /proc unreadable: the marks still find what carries them
+                log.warning("cannot look for the processes of host pid %d: %s", launcher.pid, exc)
+                return
+            if exited is not None and not set(live) - {launcher.pid}:
+                self._gone.set()
+                return
+            await asyncio.sleep(owned.SCAN_INTERVAL)
+
     async def wait(self, timeout: float | None) -> bool:
+        """Until the launcher has exited and, for a handed-off host, every process of it has."""
         if self.process is None:
             return True
         try:
-            await asyncio.wait_for(self.process.wait(), timeout)
+            await asyncio.wait_for(self._ended(self.process), timeout)
         except asyncio.TimeoutError:
             return False
-        if self.handed_off:
-            return await asyncio.to_thread(
-                host_marks.wait_unmarked, host_marks.of_host(self.socket_path), timeout
-            )
         return True
 
+    async def _ended(self, launcher: asyncio.subprocess.Process) -> None:
+        await launcher.wait()
+        if self.handed_off:
+            await self._gone.wait()
+
     async def hand_off(self) -> bool:
-        """Whether the launcher, having exited 0, left marked processes that are the host now (and if
-        so, from now on the host is them)."""
-        proc = self.process
-        if proc is None or proc.returncode != 0 or self._stopped:
+        """Whether the launcher, having exited 0, left processes that are the host now (and if so,
+        from now on the host is them: :meth:`wait` waits for them, and their end is noticed within
+        about a second)."""
+        proc, watch = self.process, self.watch
+        if proc is None or watch is None or proc.returncode != 0 or self._stopped:
             return False
-        self.handed_off = bool(
-            await asyncio.to_thread(host_marks.marked, host_marks.of_host(self.socket_path))
-        )
+        live = await asyncio.to_thread(partial(watch.scan, after=time.monotonic()))
+        self.handed_off = bool(set(live) - {proc.pid})
         return self.handed_off
+
+    async def _stop_watching(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watching
 
     async def stop(self, grace: float = STOP_GRACE) -> int | None:
         """End the host: SIGTERM its process group, SIGKILL after ``grace``. Idempotent.
@@ -117,6 +155,7 @@ class ProcessHost(Host):
         if proc is None or self._stopped:
             return proc.returncode if proc else None
         self._stopped = True
+        await self._stop_watching()
         if proc.returncode is None:
             signal_group(proc.pid, signal.SIGTERM)
             try:
@@ -138,6 +177,7 @@ class ProcessHost(Host):
         if proc is None or self._stopped:
             return
         self._stopped = True
+        await self._stop_watching()
         signal_group(proc.pid, signal.SIGKILL)
         await proc.wait()
         await self._end_marked(0.0)
@@ -161,6 +201,8 @@ class ProcessHost(Host):
             self.stdin = None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
+        if self.watch is not None:
+            self.watch.forget()  # all it recorded has been ended
         if self.tmpdir is not None:
             await asyncio.to_thread(shutil.rmtree, self.tmpdir, ignore_errors=True)
 
@@ -192,6 +234,7 @@ async def launch(
         **dict.fromkeys(SOCKET_ENVS, socket_path),
         host_marks.MARK_ENV: socket_path,
     }
+    owned.adopt_orphans()  # before its first host: what hosts start stays below this process
     out = open(log_path, "ab") if log_path else asyncio.subprocess.DEVNULL  # noqa: SIM115, ASYNC230
     stdin_r, stdin_w = os.pipe()  # both close-on-exec: no other child inherits the write end
     try:
@@ -216,14 +259,17 @@ async def launch(
         if not isinstance(out, int):
             out.close()
     log.debug("host pid %d on %s: %s", proc.pid, socket_path, " ".join(argv))
-    return ProcessHost(
+    host = ProcessHost(
         socket_path=socket_path,
         workspace=workspace,
         process=proc,
         log_path=log_path,
         tmpdir=tmpdir,
         stdin=stdin_w,
+        watch=owned.Watch(socket_path, proc.pid, host_marks.mark_of),
     )
+    host.start_watching()
+    return host
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from typing import Any
 
 from ipc_bridge.server.launcher import BridgeProcess, start_bridge_process
 from ipc_bridge.wire.connection_file import read_connection_file
+from orchestrator.hosts import marks as host_marks
 from orchestrator.processes import runtime_dir
 from orchestrator.processes.child_env import service_env
 from orchestrator.ray.events import Forwarder, ForwardingClient
@@ -223,6 +224,10 @@ class NodeRunner:
         finally:
             if self._bridge is not None:
                 self._bridge.stop()
+            if self._runtime is not None:
+                # What escaped its host's teardown (recorded below this actor, its subreaper): as at a
+                # local run's end.
+                await asyncio.to_thread(host_marks.end_marked, host_marks.of_run(self._runtime))
             if self._runtime is not None and not self._base.keep_workspaces:
                 with contextlib.suppress(OSError):
                     shutil.rmtree(self._runtime)

@@ -332,7 +332,10 @@ class AttemptRunner:
         try:
             await asyncio.wait({attach, ended}, return_when=asyncio.FIRST_COMPLETED)
             if not attach.done() and await host.hand_off():
-                await asyncio.wait({attach})  # a launcher that started the host detached, as `code` does
+                # A launcher that started the host detached, as `code` does: now the host is what it
+                # started, whose end is noticed as the launcher's was.
+                ended = asyncio.ensure_future(host.wait(None))
+                await asyncio.wait({attach, ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ended.cancel()
             if not attach.done():

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.hosts import owned
 from orchestrator.results.records import AttemptRecord, read_records
 from orchestrator.results.store import load
 from tests.runs import (
@@ -39,16 +40,26 @@ from tests.runs import (
 pytestmark = pytest.mark.timeout(240)
 
 STANDIN = Path(__file__).with_name("standin_code.py")
+LAUNCH_TIMEOUT = 60
 HANG = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{outcome: hang}}\n"
 
 
 @pytest.fixture
-def marker() -> Iterator[str]:
+def marker(tmp_path: Path) -> Iterator[str]:
     """``NAME=value`` in every process of the test's runs; whatever still carries it at the end is
-    killed (the test then fails on its own assertion)."""
+    killed (the test then fails on its own assertion), and so is what the stand-ins started that shed
+    it (by pid, if the process still has the start time it had when the test first saw it)."""
     mark = f"ORC_DETACH_TEST={uuid.uuid4().hex}"
     yield mark
     kill_all(marked_processes(mark))
+    for pid, start in _SHED.items():
+        if owned.start_time(pid) == start:
+            kill_all([pid])
+    _SHED.clear()
+
+
+_SHED: dict[int, str] = {}
+"""Processes the stand-ins started without the test's marker: pid -> start time."""
 
 
 def _env(marker: str, **extra: str) -> dict[str, str]:
@@ -57,20 +68,33 @@ def _env(marker: str, **extra: str) -> dict[str, str]:
 
 
 def _suite(
-    tmp_path: Path, *, wait: bool = True, linger: bool = False, helper: bool = False, body: str = TWO_FER
+    tmp_path: Path,
+    *,
+    wait: bool = True,
+    linger: bool = False,
+    helper: bool = False,
+    body: str = TWO_FER,
+    **standin: str,
 ) -> Path:
+    """``standin``: more of the stand-in's variables (``cleared="daemon"``: ``STANDIN_CLEARED=daemon``)."""
     flags = "--wait, " if wait else ""
     argv = f"[{sys.executable}, {STANDIN}, {flags}-n, '{{workspace}}']"
     env = f"STANDIN_REPORT: '{tmp_path / 'report.jsonl'}'"
     env += ", STANDIN_LINGER: '1'" if linger else ""
     env += ", STANDIN_HELPER: '1'" if helper else ""
-    target = f"{{kind: command, slots: 1, close_grace: 1s, argv: {argv}, env: {{{env}}}}}"
-    return write_suite(tmp_path, target, cases(1, body))
+    env += "".join(f", STANDIN_{name.upper()}: '{value}'" for name, value in standin.items())
+    # A grace a closing app meets on a busy machine: what it names in host_killed is then only what stayed.
+    target = f"{{kind: command, slots: 1, close_grace: 5s, launch_timeout: {LAUNCH_TIMEOUT}s, argv: {argv}"
+    return write_suite(tmp_path, f"{target}, env: {{{env}}}}}", cases(1, body))
 
 
 def _reports(tmp_path: Path) -> list[dict[str, Any]]:
     path = tmp_path / "report.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    reports = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    for report in reports:
+        if report.get("cleared") and report["cleared"] not in _SHED:
+            _SHED[report["cleared"]] = owned.start_time(report["cleared"]) or ""
+    return reports
 
 
 def _run(tmp_path: Path, suite: Path, marker: str, *extra: str) -> list[AttemptRecord]:
@@ -211,7 +235,7 @@ def test_the_next_run_ends_what_a_killed_run_left_and_spares_a_live_runs(
     live_dir.mkdir()
     dead_suite = _suite(dead_dir, linger=True, helper=True, body=HANG + "  timeout: 3s\n")
     dead_suite.write_text(dead_suite.read_text().replace("retries: 1", "retries: 0"))
-    live_suite = _suite(live_dir, linger=True, body=HANG)
+    live_suite = _suite(live_dir, linger=True, body=HANG + "  timeout: 150s\n")  # running all along
     dead = _start(dead_dir, dead_suite, marker, TMPDIR=str(sockdir))
     live = _start(live_dir, live_suite, marker, TMPDIR=str(sockdir))
     try:
@@ -257,3 +281,95 @@ def test_the_vscode_target_owns_what_code_starts_detached(tmp_path: Path, marker
     (started,) = _reports(tmp_path)
     assert {started["app"], started["helper"]} <= _killed(record)
     assert marked_processes(marker) == []
+
+
+def test_a_handed_off_host_that_dies_before_listening_fails_the_attempt_at_once(
+    tmp_path: Path, marker: str
+) -> None:
+    """``code`` exits 0 (it handed the host over), then the app it started dies before it listens: the
+    attempt fails with the reason, not after the whole launch timeout."""
+    suite = _suite(tmp_path, wait=False, dies="1")
+    suite.write_text(suite.read_text().replace("retries: 1", "retries: 0"))
+    (record,) = _run(tmp_path, suite, marker)
+    assert record.status.value == "infra_error"
+    assert (
+        record.reason
+        == "extension host was handed over by its launcher and ended before listening on its socket"
+    )
+    assert (record.ended_at - record.started_at).total_seconds() < LAUNCH_TIMEOUT / 2
+    assert marked_processes(marker) == []
+
+
+@pytest.mark.parametrize("mode", ["session", "daemon"])
+def test_a_process_that_sheds_the_mark_is_ended(tmp_path: Path, marker: str, mode: str) -> None:
+    """The app starts a process with an empty environment (no mark) whose parent exits at once. Found by
+    its session, it is ended at the teardown and named in the record; one that also left the session
+    is known as the run's only (it was below the worker), and ended with the run."""
+    (record,) = _run(tmp_path, _suite(tmp_path, cleared=mode), marker)
+    assert record.passed is True
+    (report,) = _reports(tmp_path)
+    if mode == "session":
+        assert report["cleared"] in _killed(record)
+    assert not alive(report["cleared"])
+    assert marked_processes(marker) == []
+
+
+def _recorded(parent: Path, pid: int) -> bool:
+    """Whether a run's runtime directory under ``parent`` records ``pid`` (orchestrator.hosts.owned)."""
+    return any(
+        line.split(" ")[0] == str(pid)
+        for path in parent.glob(f"orc-*/*{owned.RECORD_SUFFIX}")
+        for line in path.read_text().splitlines()
+    )
+
+
+def test_a_daemon_without_the_mark_is_ended_by_the_next_run_after_a_sigkill(
+    tmp_path: Path, marker: str, sockdir: Path
+) -> None:
+    """The app starts a daemon that sheds the environment and the session and whose parent exits at
+    once: nothing marks it, nothing of ours is its parent once the run is SIGKILLed. The run recorded
+    it (pid and start time) as it appeared; the next run ends it."""
+    suite = _suite(tmp_path, cleared="daemon", body=HANG + "  timeout: 60s\n")
+    suite.write_text(suite.read_text().replace("retries: 1", "retries: 0"))
+    proc = _start(tmp_path, suite, marker, TMPDIR=str(sockdir))
+    try:
+        report = _app_started(tmp_path)
+        daemon = report["cleared"]
+        poll_until(lambda: _recorded(sockdir, daemon), 60, "the daemon's record")
+        proc.kill()
+        proc.wait()
+    finally:
+        _stop(proc)
+    assert alive(daemon) and daemon not in marked_processes(marker)  # escaped the mark, outlived the run
+    # The next run in the same $TMPDIR, whatever it runs (the resume would run the hanging case again).
+    (tmp_path / "next").mkdir()
+    quick = write_suite(tmp_path / "next", "{kind: simulator, slots: 1}", cases(1))
+    following = subprocess.run(
+        run_argv(quick, tmp_path / "r", "next", "--quiet"),
+        capture_output=True,
+        text=True,
+        env=_env(marker, TMPDIR=str(sockdir)),
+        timeout=200,
+    )
+    assert following.returncode == 0, following.stderr
+    for pid in (daemon, report["app"], report["host"]):
+        assert not alive(pid)
+    assert marked_processes(marker) == []
+
+
+@pytest.mark.parametrize("per_host", [False, True], ids=["simulator-farm", "simulator-process"])
+def test_simulated_hosts_die_with_a_run_killed_outright(
+    tmp_path: Path, marker: str, sockdir: Path, per_host: bool
+) -> None:
+    """A farm (one per worker) and a simulator launched per host both die with their worker, which dies
+    with the run (``PR_SET_PDEATHSIG``): nothing of them is left, with no next run to end it."""
+    options = f"{{time_scale: 0.05, status_delay: 0.1, process_per_host: {str(per_host).lower()}}}"
+    suite = write_suite(tmp_path, f"{{kind: simulator, slots: 1, options: {options}}}", cases(1, HANG))
+    proc = _start(tmp_path, suite, marker, TMPDIR=str(sockdir))
+    try:
+        poll_until(lambda: list(sockdir.glob("orc-*/w*-1.sock")), 90, "the host's socket")
+        proc.kill()
+        proc.wait()
+    finally:
+        _stop(proc)
+    poll_until(lambda: not marked_processes(marker), 60, "the killed run's hosts to die")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from orchestrator.hosts import marks as host_marks
+from orchestrator.hosts import owned
 from orchestrator.processes import runtime_dir
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(600)"]
@@ -79,3 +81,50 @@ def test_the_next_run_ends_only_marks_of_runs_whose_owner_is_gone(
     assert host_marks.end_marked(match) == expected
     assert left.wait(timeout=30) is not None
     assert spared.poll() is None
+
+
+def test_a_marked_process_in_a_session_it_did_not_make_takes_nothing_else_with_it(
+    tmp_path: Path, spawn: list[subprocess.Popen[bytes]]
+) -> None:
+    """Marked but in this test's session (which no host made): its session-mates, this process among
+    them, are not the host's."""
+    marked = _marked(spawn, str(tmp_path / "w0-1.sock"))
+    sibling = subprocess.Popen(SLEEP)
+    spawn.append(sibling)
+    expected = [host_marks.describe(marked.pid)]
+    assert host_marks.end_marked(host_marks.of_host(str(tmp_path / "w0-1.sock"))) == expected
+    assert marked.wait(timeout=30) is not None
+    assert sibling.poll() is None
+
+
+def test_what_a_host_started_without_its_mark_is_ended_by_session_and_by_record(
+    tmp_path: Path, spawn: list[subprocess.Popen[bytes]]
+) -> None:
+    """A marked session leader's child that cleared its environment is found by its session; a process
+    its record names is found if it still has the recorded start time, and only then."""
+    socket = str(tmp_path / "w0-1.sock")
+    code = f"import subprocess, time; subprocess.Popen({SLEEP!r}, env={{}}); time.sleep(600)"
+    leader = subprocess.Popen(
+        [sys.executable, "-c", code], env={**os.environ, host_marks.MARK_ENV: socket}, start_new_session=True
+    )
+    spawn.append(leader)
+    recorded = subprocess.Popen(SLEEP, start_new_session=True)
+    misrecorded = subprocess.Popen(SLEEP, start_new_session=True)
+    spawn.extend([recorded, misrecorded])
+    start = owned.start_time(recorded.pid)
+    owned.record_of(socket).write_text(f"{recorded.pid} {start}\n{misrecorded.pid} 1\n")
+
+    def child() -> list[int]:
+        return [p for p, s in owned.snapshot().items() if s.ppid == leader.pid]
+
+    deadline = time.monotonic() + 30
+    while not child() and time.monotonic() < deadline:
+        time.sleep(0.02)  # nothing tells us when the leader has started its child
+    (cleared,) = child()
+    assert host_marks.mark_of(cleared) is None
+    expected = sorted(host_marks.describe(p) for p in (leader.pid, cleared, recorded.pid))
+    assert sorted(host_marks.end_marked(host_marks.of_host(socket))) == expected
+    assert recorded.wait(timeout=30) is not None and leader.wait(timeout=30) is not None
+    left = owned.snapshot().get(cleared)
+    assert left is None or left.zombie
+    assert misrecorded.poll() is None

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import textwrap
 import threading
@@ -24,12 +25,13 @@ from typing import Any
 
 import pytest
 
+from orchestrator.hosts import owned
 from orchestrator.results.records import AttemptRecord, read_records
 from orchestrator.run.executor import Finished, Lost
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig
 from orchestrator.suite.config import load_suite
 from orchestrator.suite.plan import build_plan
-from tests.runs import cmdline, descendants, run_argv
+from tests.runs import alive, cmdline, descendants, poll_until, run_argv
 
 # Loopback addresses for every Ray process (Ray otherwise picks the machine's outward address), and no
 # usage statistics sent anywhere. Read by Ray when it is imported, and by every driver we start.
@@ -428,6 +430,76 @@ def test_a_lost_node_s_attempts_are_retried_on_the_other(tmp_path: Path, cluster
     }
     summary = [json.loads(line) for line in out_path.read_text().splitlines() if '"summary"' in line]
     assert summary and summary[-1]["stop_reason"] == "finished"
+
+
+STANDIN = ROOT / "tests" / "faults" / "standin_code.py"
+
+
+def _report(path: Path) -> dict[str, Any] | None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[0]) if lines else None
+
+
+def test_what_a_node_actor_killed_outright_leaves_is_ended_when_its_node_gets_a_new_one(
+    tmp_path: Path, cluster: RayCluster
+) -> None:
+    """A node's host started detached, as ``code`` starts VS Code (tests/faults/standin_code.py), with
+    a helper in a session of its own and a daemon that shed the environment (no mark) and its session:
+    the node's actor is SIGKILLed; its launcher dies with it, the rest does not. The node's new actor
+    (the pool's own recovery) ends every one of them as it makes its runtime directory."""
+    report_path = tmp_path / "report.jsonl"
+    argv = f"[{sys.executable}, {STANDIN}, --wait, -n, '{{workspace}}']"
+    env = f"{{STANDIN_REPORT: '{report_path}', STANDIN_LINGER: '1', STANDIN_HELPER: '1', STANDIN_CLEARED: daemon}}"
+    (tmp_path / "suite.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            name: ray-detach
+            target: {{kind: command, slots: 1, close_grace: 1s, argv: {argv}, env: {env}}}
+            defaults: {{timeout: 120s, retries: 0}}
+            cases:
+              - id: hang
+                prompt: Wait.
+                workspace: {EXERCISES}/leap
+                simulate: {{outcome: hang}}
+            """
+        )
+    )
+    suite = load_suite(tmp_path / "suite.yaml")
+    (attempt,) = build_plan(suite).attempts
+    config = WorkerConfig(
+        run_id="detach", connection_file="", runtime_dir="", work_dir="", target=suite.target
+    )
+    started: dict[int, str] = {}
+    pool = RayPool(config, slots=1, address=None)
+    try:
+        pool.submit("hang#1", Job(attempt, 1))
+        poll_until(lambda: _report(report_path) is not None, 90, "the detached app on a node")
+        report = _report(report_path)
+        assert report is not None
+        left = [report["app"], report["host"], report["helper"], report["cleared"]]
+        started = {pid: owned.start_time(pid) or "" for pid in left}
+        runtime = Path(report["socket"]).parent
+        actor = int((runtime / "owner").read_text().split()[0])
+        assert actor in descendants(os.getpid()) and cmdline(actor).startswith(b"ray::NodeRunner")
+        # Found by no mark: the node recorded it as it appeared (orchestrator.hosts.owned).
+        poll_until(
+            lambda: str(report["cleared"]) in owned.record_below(report["socket"]).read_text().split(),
+            60,
+            "the record",
+        )
+        os.kill(actor, signal.SIGKILL)
+        lost: list[Lost] = []
+        deadline = time.monotonic() + 90
+        while any(alive(pid) for pid in left) and time.monotonic() < deadline:
+            lost.extend(item for item in pool.poll(0.5) if isinstance(item, Lost))
+        assert [pid for pid in left if alive(pid)] == []
+        assert [set(item.jobs) for item in lost] == [{"hang#1"}]
+        poll_until(lambda: not runtime.exists(), 30, "the dead actor's runtime directory to go too")
+    finally:
+        pool.close()
+        for pid, start in started.items():
+            if owned.start_time(pid) == start:
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_an_unreachable_cluster_is_one_clear_error_at_once(tmp_path: Path) -> None:
