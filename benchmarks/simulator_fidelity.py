@@ -32,10 +32,10 @@ async def main(args: argparse.Namespace) -> int:
             files = recording_files(RECORDINGS, scenario.name, engine)
             if not files:
                 continue
-            simulated = await play(
-                scenario, engine, time_scale=args.time_scale, status_delay=args.status_delay
-            )
             for path in files:
+                simulated = await play(
+                    scenario, engine, path, time_scale=args.time_scale, status_delay=args.status_delay
+                )
                 recorded = load_events(path)
                 result = compare(simulated, recorded)
                 ratios.append(result.overall)

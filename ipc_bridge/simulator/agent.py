@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +38,28 @@ AUTH_ERROR = (
 """What the Anthropic SDK says when the re-created parent on 3.50 has no key (cli-runs subtask)."""
 
 _NO_REQUEST_END = {"hang", "crash", "freeze", "api_error", "api_error_noauto"}
+
+_POINTS = {"text": 0, "ask": 1, "end": 2}
+"""Where in its turn a request's token update can show, in the order the turn reaches them."""
+
+
+@dataclass
+class _Request:
+    """One model request of a turn: its ``say:api_req_started`` and where its token update shows.
+
+    The engine updates that message from a background drain of the stream, which races with what the
+    turn does next (Task.ts ``drainStreamInBackgroundToFindAllUsage``): the update may land while the
+    text is still being finalized (``text``), before the tool's ask or the completion (``ask``), or after
+    the turn's last message (``end``). ``at`` is the script's choice, or the turn's usual point."""
+
+    ts: int
+    at: str | None
+    shown: str | None = None
+    """The api_req_started text with the tokens, once counted (the task's usage counts them then)."""
+    done: bool = False
+
+    def resolve(self, default: str) -> None:
+        self.at = self.at or default
 
 
 class HostLink(Protocol):
@@ -115,9 +138,18 @@ class Agent:
         # drawn even without jitter: every other seeded choice stays the same
         await self.clock.sleep(self.budget * fraction * self.rng.uniform(1 - jitter, 1 + jitter))
 
-    def _finish_request(self, inst: TaskInstance, req: int) -> None:
-        """The model request ``req`` ends: its api_req_started text gets the token counts."""
-        inst.update(req, text=self._count_request(inst))
+    def _count(self, inst: TaskInstance, request: _Request) -> None:
+        """The request's tokens count in the task's usage (its message may show them later)."""
+        if request.shown is None:
+            request.shown = self._count_request(inst)
+
+    def _reach(self, inst: TaskInstance, request: _Request, point: str) -> None:
+        """The turn reaches ``point``: the request's token update shows here if it is due by now."""
+        if request.done or request.at is None or _POINTS[request.at] > _POINTS[point]:
+            return
+        self._count(inst, request)
+        request.done = True
+        inst.update(request.ts, text=request.shown)
 
     def _count_request(self, inst: TaskInstance) -> str:
         """A request ends: its tokens count in the task's usage. Returns the api_req_started text that
@@ -148,7 +180,15 @@ class Agent:
         info |= {"cacheWrites": c_w, "cacheReads": c_r, "cost": shown_cost}
         return dumps(info)
 
-    async def _stream(self, inst: TaskInstance, text: str, fraction: float, *, finish: bool = True) -> None:
+    async def _stream(
+        self,
+        inst: TaskInstance,
+        text: str,
+        fraction: float,
+        *,
+        finish: bool = True,
+        request: _Request | None = None,
+    ) -> None:
         n = max(1, min(self.script.chunks, len(text)))
         cuts = [len(text) * k // n for k in range(n + 1)]
         ts = inst.say("text", text[: cuts[1]], partial=True)
@@ -156,6 +196,9 @@ class Agent:
             await self._sleep(fraction / n)
             inst.update(ts, text=text[: cuts[k]], partial=True)
         if finish:
+            if request is not None:
+                # the usage drain finishes while the engine still finalizes the text
+                self._reach(inst, request, "text")
             await self._sleep(fraction / n)
             inst.update(ts, text=text, partial=False)
 
@@ -179,12 +222,15 @@ class Agent:
                 if self.script.final_text is not None:
                     text = self.script.final_text
                 return await self._final(current, text, arg, subtask)
-            req = current.say("api_req_started", dumps({"apiProtocol": "openai"}))
+            usage_at = (
+                arg.usage_at if kind == "tool" else self.script.usage_at if kind == "followup" else None
+            )
+            req = _Request(current.say("api_req_started", dumps({"apiProtocol": "openai"})), usage_at)
             await self._sleep(0.25)
             if kind == "tool" and arg.text:
                 text = arg.text
             if text:
-                await self._stream(current, text, 0.25)
+                await self._stream(current, text, 0.25, request=req)
             if kind == "tool":
                 await self._tool(current, req, arg, after_text=bool(text))
             elif kind == "followup":
@@ -197,13 +243,14 @@ class Agent:
                     await self._lost_provider(current)
         raise AssertionError("a script always ends with a final turn")
 
-    async def _tool(self, inst: TaskInstance, req: int, call: ToolCall, *, after_text: bool) -> None:
+    async def _tool(self, inst: TaskInstance, req: _Request, call: ToolCall, *, after_text: bool) -> None:
         step = prepare(call, self.workspace)
         if step.ask == "command" and step.failure is None:
             await self._command(inst, req, call, after_text=after_text)
         elif step.ask is not None:
+            req.resolve("ask")
             ts = inst.ask(step.ask, step.partial_text, partial=True)
-            self._finish_request(inst, req)
+            self._reach(inst, req, "ask")
             await self._sleep(0.3)
             inst.update(ts, text=step.final_text, partial=False, isProtected=False)
             inst.update(ts, isAnswered=True)
@@ -212,6 +259,7 @@ class Agent:
             inst.count_tool(step.name, failed=failed)
             if step.output is not None and not failed:
                 inst.say("command_output", step.output)
+            self._reach(inst, req, "end")
             if step.apply is not None and not failed:
                 # the engine waits writeDelayMs (1 s by default) after a file edit, for diagnostics,
                 # before its next request: real runs show ~1.03 s there, not the model's latency
@@ -219,19 +267,23 @@ class Agent:
         else:
             # a call that fails before asking reports the failure while the stream ends: the request's
             # token update follows the error (cli-runs tool-fail)
+            req.resolve("end")
             await self._sleep(0.3)
+            self._reach(inst, req, "ask")
             if step.failure in ("say_error", "both"):
                 inst.say("error", step.error)
             if step.failure in ("tool_failed", "both"):
                 inst.event("taskToolFailed", step.name, step.error)
-            self._finish_request(inst, req)
+            self._reach(inst, req, "end")
             inst.count_tool(step.name, failed=True)
         await self._sleep(0.2)
 
-    async def _command(self, inst: TaskInstance, req: int, call: ToolCall, *, after_text: bool) -> None:
+    async def _command(self, inst: TaskInstance, req: _Request, call: ToolCall, *, after_text: bool) -> None:
         """execute_command (cli-runs write-ok): ``ask:command``, answered; ``ask:command_output``, answered;
         then ``say:command_output`` (streamed on 3.52, whole on 3.50) and the request's token update."""
         command = call.command or ""
+        req.resolve("end")
+        self._reach(inst, req, "ask")
         if after_text:
             inst.ask("command", command)
         else:
@@ -251,7 +303,7 @@ class Agent:
             inst.update(ts, partial=False)
         else:
             inst.say("command_output", output)
-        self._finish_request(inst, req)
+        self._reach(inst, req, "end")
         inst.count_tool("execute_command")
         await self._sleep(0.1)
 
@@ -267,16 +319,18 @@ class Agent:
             return True
         return False
 
-    async def _followup(self, inst: TaskInstance, req: int, *, after_text: bool) -> None:
+    async def _followup(self, inst: TaskInstance, req: _Request, *, after_text: bool) -> None:
         spec = self.script.followup
         question = {"question": spec.question, "suggest": [{"answer": s, "mode": None} for s in spec.suggest]}
+        req.resolve("end")
+        self._reach(inst, req, "ask")
         if after_text:
             inst.ask("followup", dumps(question))
         else:
             # a question that opens the model's answer is shown while it streams: partial, then whole
             ts = inst.ask("followup", dumps(question), partial=True)
             inst.update(ts, partial=False)
-        self._finish_request(inst, req)
+        self._reach(inst, req, "end")
         inst.count_tool("ask_followup_question")
         interactive = False
         if inst.queue:
@@ -304,13 +358,15 @@ class Agent:
         inst.say("user_feedback", answer)
         await self._sleep(0.2)
 
-    async def _delegate(self, parent: TaskInstance, req: int, sub: Script, index: int) -> TaskInstance | None:
+    async def _delegate(
+        self, parent: TaskInstance, req: _Request, sub: Script, index: int
+    ) -> TaskInstance | None:
         """new_task (7.3): the parent is aborted, the child runs, the parent is re-created (same id)."""
         prompt = sub.prompt or f"Subtask {index} of {parent.id}"
         ask = {"tool": "newTask", "mode": MODE_NAMES.get(sub.mode, sub.mode), "content": prompt, "todos": []}
         ts = parent.ask("tool", dumps(ask), isProtected=False)
         # the request's tokens count, but the parent is aborted before its api_req_started shows them
-        self._count_request(parent)
+        self._count(parent, req)
         await self._sleep(0.1)
         parent.update(ts, isAnswered=True)
         parent.event("taskAskResponded")
@@ -363,7 +419,7 @@ class Agent:
     # ------------------------------------------------------------------------------- outcomes
 
     async def _final(self, inst: TaskInstance, text: str | None, outcome: str, subtask: bool) -> bool:
-        req = inst.say("api_req_started", dumps({"apiProtocol": "openai"}))
+        req = _Request(inst.say("api_req_started", dumps({"apiProtocol": "openai"})), self.script.usage_at)
         if outcome in ("api_error", "api_error_noauto"):
             await self._api_error(inst, auto=outcome == "api_error" and self.auto_approval)
         if outcome == "crash":
@@ -381,9 +437,10 @@ class Agent:
                 await self._stream(inst, text, 0.75, finish=False)
             await self.clock.forever()
         if text:
-            await self._stream(inst, text, 0.25)
+            await self._stream(inst, text, 0.25, request=req)
         if outcome == "aborted":
-            self._finish_request(inst, req)
+            req.resolve("end")
+            self._reach(inst, req, "end")
             await self._sleep(0.2)
             inst.throttle.flush()
             inst.event("taskAborted")
@@ -396,10 +453,12 @@ class Agent:
             return await self._complete_after_text(inst, req, subtask)
         return await self._complete(inst, req, subtask)
 
-    async def _complete(self, inst: TaskInstance, req: int, subtask: bool) -> bool:
+    async def _complete(self, inst: TaskInstance, req: _Request, subtask: bool) -> bool:
         """attempt_completion (7.2): 3.50 sends taskCompleted, 3.52 only the completion ask."""
+        req.resolve("ask")
         result = inst.say("completion_result", "", partial=True)
-        self._finish_request(inst, req)
+        self._reach(inst, req, "ask")
+        self._count(inst, req)
         await self._sleep(0.1)
         inst.count_tool("attempt_completion")
         if self.engine == "3.50":
@@ -411,16 +470,20 @@ class Agent:
             await self._finish_subtask(inst)
             return True
         inst.ask("completion_result", "")
+        self._reach(inst, req, "end")
         inst.schedule_status("taskIdle", self.host.status_delay)
         await self.clock.forever()
         return False  # pragma: no cover - forever() only ends by cancellation
 
-    async def _complete_after_text(self, inst: TaskInstance, req: int, subtask: bool) -> bool:
+    async def _complete_after_text(self, inst: TaskInstance, req: _Request, subtask: bool) -> bool:
         """attempt_completion after the turn's text (the cli-runs recordings): ``say:completion_result``
         arrives whole; on 3.50 the usage and ``taskCompleted`` follow it, before the ask. The request's
-        token update comes after the ask (most real runs), and never for a subtask, which is aborted first."""
-        shown = self._count_request(inst)
+        token update comes after the ask by default (most real runs), and then never for a subtask, which
+        is aborted first."""
+        req.resolve("end")
+        self._count(inst, req)
         await self._sleep(0.05)
+        self._reach(inst, req, "ask")
         inst.count_tool("attempt_completion")
         inst.say("completion_result", self.script.completion)
         if self.engine == "3.50":
@@ -432,7 +495,7 @@ class Agent:
             return True
         inst.ask("completion_result", "")
         await self._sleep(0.05)
-        inst.update(req, text=shown)
+        self._reach(inst, req, "end")
         inst.schedule_status("taskIdle", self.host.status_delay)
         await self.clock.forever()
         return False  # pragma: no cover - forever() only ends by cancellation

@@ -31,6 +31,7 @@ Outcome = Literal[
 ]
 Engine = Literal["3.52", "3.50"]
 ToolFailure = Literal["say_error", "tool_failed", "both"]
+UsagePoint = Literal["text", "ask", "end"]
 
 ENGINES: tuple[str, ...] = get_args(Engine)
 
@@ -134,6 +135,10 @@ class ToolCall(_Strict):
     error: str | None = None
     text: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
+    usage_at: UsagePoint | None = None
+    """Where this call's request shows its token update (``text``, ``ask`` or ``end`` of the turn); by
+    default as the engine mostly does: before the ask of a file tool, after a command's output or a
+    failure's error."""
 
     @field_validator("path")
     @classmethod
@@ -246,6 +251,9 @@ class Script(_Strict):
     mode: str = "code"
     workspace: str | None = None
     chaos: Chaos | None = None
+    usage_at: UsagePoint | None = None
+    """Where the final turn's (and a followup question's) request shows its token update; by default
+    after the completion ask when the turn has text, else with the completion."""
     parent_keeps_provider: bool | None = None
     """Whether a parent re-created after its subtask still has the provider StartNewTask gave it. By
     default as the engine: 3.52 keeps it, 3.50 loses it and every later request fails (issue #14)."""
