@@ -6,7 +6,8 @@ setting, and compared per task role.
 
     .venv/bin/python benchmarks/simulator_fidelity.py [--verbose] [--time-scale 0.05]
 
-Per scenario, engine and recorded try it prints the in-order similarity of the per-role event sequences
+Each recorded try is played with its own script (``Scenario.tries``: where the engine raced, the try's
+``usage_at`` and durations). Per scenario, engine and recorded try it prints the in-order similarity of the per-role event sequences
 (difflib ratio, 1.00 = equal; runs of repeated updates merged, see ``ipc_bridge.simulator.replay``) and the
 record fields that differ (simulated != recorded). ``--verbose`` adds the sequence diffs.
 

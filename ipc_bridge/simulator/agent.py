@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ipc_bridge.redaction import Redactor
+from ipc_bridge.simulator.failures import api_error, lost_provider
+from ipc_bridge.simulator.requests import Request, share_of
 from ipc_bridge.simulator.script import Script, ToolCall
 from ipc_bridge.simulator.task import Clock, TaskInstance, Tokens
 from ipc_bridge.simulator.tools import dumps, prepare, run_command
@@ -28,38 +30,7 @@ MODE_NAMES = {
 }
 """Built-in modes, as modesResponse and the newTask ask name them."""
 
-DEFAULT_REQUEST = (1234, 56)
-"""(tokens in, tokens out) per model request when the script gives no ``tokens`` (the recordings' stub)."""
-
-AUTH_ERROR = (
-    "Could not resolve authentication method. Expected either apiKey or authToken to be set. Or for one"
-    ' of the "X-Api-Key" or "Authorization" headers to be explicitly omitted\n'
-)
-"""What the Anthropic SDK says when the re-created parent on 3.50 has no key (cli-runs subtask)."""
-
 _NO_REQUEST_END = {"hang", "crash", "freeze", "api_error", "api_error_noauto"}
-
-_POINTS = {"text": 0, "ask": 1, "end": 2}
-"""Where in its turn a request's token update can show, in the order the turn reaches them."""
-
-
-@dataclass
-class _Request:
-    """One model request of a turn: its ``say:api_req_started`` and where its token update shows.
-
-    The engine updates that message from a background drain of the stream, which races with what the
-    turn does next (Task.ts ``drainStreamInBackgroundToFindAllUsage``): the update may land while the
-    text is still being finalized (``text``), before the tool's ask or the completion (``ask``), or after
-    the turn's last message (``end``). ``at`` is the script's choice, or the turn's usual point."""
-
-    ts: int
-    at: str | None
-    shown: str | None = None
-    """The api_req_started text with the tokens, once counted (the task's usage counts them then)."""
-    done: bool = False
-
-    def resolve(self, default: str) -> None:
-        self.at = self.at or default
 
 
 class HostLink(Protocol):
@@ -74,6 +45,8 @@ class HostLink(Protocol):
     def next_ts(self) -> int: ...
 
     def new_task_id(self) -> str: ...
+
+    def start_lag(self) -> float: ...
 
     def set_current(self, instance: TaskInstance) -> None: ...
 
@@ -95,8 +68,16 @@ class Agent:
         workspace: Path,
         clock: Clock,
         auto_approval: bool = True,
+        redactor: Redactor | None = None,
+        no_profile: bool = False,
     ) -> None:
         self.host = host
+        self.no_profile = no_profile
+        """StartNewTask's configuration named no provider profile (``currentApiConfigName: ""``): a
+        re-created parent then has nothing to restore and keeps its provider, on 3.50 too
+        (docs/delegation-3.50.md)."""
+        self.redactor = redactor
+        """Secrets of the task's configuration, redacted out of a command's real output."""
         self.script = script
         self.engine = script.engine or engine
         self.seed = script.seed if script.seed is not None else seed
@@ -138,14 +119,14 @@ class Agent:
         # drawn even without jitter: every other seeded choice stays the same
         await self.clock.sleep(self.budget * fraction * self.rng.uniform(1 - jitter, 1 + jitter))
 
-    def _count(self, inst: TaskInstance, request: _Request) -> None:
+    def _count(self, inst: TaskInstance, request: Request) -> None:
         """The request's tokens count in the task's usage (its message may show them later)."""
         if request.shown is None:
             request.shown = self._count_request(inst)
 
-    def _reach(self, inst: TaskInstance, request: _Request, point: str) -> None:
+    def _reach(self, inst: TaskInstance, request: Request, point: str) -> None:
         """The turn reaches ``point``: the request's token update shows here if it is due by now."""
-        if request.done or request.at is None or _POINTS[request.at] > _POINTS[point]:
+        if not request.due(point):
             return
         self._count(inst, request)
         request.done = True
@@ -155,30 +136,10 @@ class Agent:
         """A request ends: its tokens count in the task's usage. Returns the api_req_started text that
         shows them; the engine sends that update only when the stream's usage chunk has been handled,
         which may come after the task moved on (or never, when the task is aborted first)."""
-        i = self._done_requests
+        share = share_of(self.script, self._done_requests, self._requests)
         self._done_requests += 1
-        tokens = self.script.tokens
-        if tokens is None:
-            t_in, t_out, c_w, c_r = (*DEFAULT_REQUEST, 0, 0)
-        else:
-            # cumulative integer split, so the totals equal the script's exactly; requests past the
-            # planned number (a followup answered) each add one more share of the same size
-            n = max(1, self._requests)
-            k = i % n
-
-            def share(total: int) -> int:
-                return total * (k + 1) // n - total * k // n
-
-            t_in, t_out = share(tokens.in_), share(tokens.out)
-            c_w, c_r = share(tokens.cache_writes), share(tokens.cache_reads)
-        n = max(1, self._requests)
-        k = i % n
-        cost = round(self.script.cost * (k + 1) / n, 10) - round(self.script.cost * k / n, 10)
-        inst.add_request(t_in, t_out, c_w, c_r, cost)
-        shown_cost = int(cost) if float(cost).is_integer() else round(cost, 10)
-        info = {"apiProtocol": "openai", "tokensIn": t_in, "tokensOut": t_out}
-        info |= {"cacheWrites": c_w, "cacheReads": c_r, "cost": shown_cost}
-        return dumps(info)
+        inst.add_request(share.tokens_in, share.tokens_out, share.cache_writes, share.cache_reads, share.cost)
+        return share.shown()
 
     async def _stream(
         self,
@@ -187,7 +148,7 @@ class Agent:
         fraction: float,
         *,
         finish: bool = True,
-        request: _Request | None = None,
+        request: Request | None = None,
     ) -> None:
         n = max(1, min(self.script.chunks, len(text)))
         cuts = [len(text) * k // n for k in range(n + 1)]
@@ -204,11 +165,25 @@ class Agent:
 
     # ---------------------------------------------------------------------------------- task
 
-    def start(self, inst: TaskInstance, prompt: str) -> None:
-        """A task starts (7.1): created, focused, the prompt, zero usage (leading throttle), started."""
+    def start_at_once(self, inst: TaskInstance, prompt: str) -> None:
+        """A task starts (7.1) with no lag: created, focused, the prompt, zero usage, started."""
         inst.event("taskCreated")
         inst.event("taskFocused")
         inst.say("text", prompt)
+        inst.event("taskStarted")
+
+    async def start(self, inst: TaskInstance, prompt: str) -> None:
+        """A task starts (7.1): created, focused, the prompt, zero usage (leading throttle), started,
+        spread over the engine's lag."""
+        lag = self.host.start_lag()
+        if not lag:
+            self.start_at_once(inst, prompt)
+            return
+        inst.event("taskCreated")
+        inst.event("taskFocused")
+        await self.clock.sleep(lag / 3)
+        inst.say("text", prompt)
+        await self.clock.sleep(lag - lag / 3)
         inst.event("taskStarted")
 
     async def work(self, inst: TaskInstance, *, subtask: bool = False) -> bool:
@@ -225,7 +200,7 @@ class Agent:
             usage_at = (
                 arg.usage_at if kind == "tool" else self.script.usage_at if kind == "followup" else None
             )
-            req = _Request(current.say("api_req_started", dumps({"apiProtocol": "openai"})), usage_at)
+            req = Request(current.say("api_req_started", dumps({"apiProtocol": "openai"})), usage_at)
             await self._sleep(0.25)
             if kind == "tool" and arg.text:
                 text = arg.text
@@ -240,10 +215,10 @@ class Agent:
                 if current is None:
                     return False
                 if not self._keeps_provider():
-                    await self._lost_provider(current)
+                    await lost_provider(current, self.script.error, self.host.time_scale)
         raise AssertionError("a script always ends with a final turn")
 
-    async def _tool(self, inst: TaskInstance, req: _Request, call: ToolCall, *, after_text: bool) -> None:
+    async def _tool(self, inst: TaskInstance, req: Request, call: ToolCall, *, after_text: bool) -> None:
         step = prepare(call, self.workspace)
         if step.ask == "command" and step.failure is None:
             await self._command(inst, req, call, after_text=after_text)
@@ -278,7 +253,7 @@ class Agent:
             inst.count_tool(step.name, failed=True)
         await self._sleep(0.2)
 
-    async def _command(self, inst: TaskInstance, req: _Request, call: ToolCall, *, after_text: bool) -> None:
+    async def _command(self, inst: TaskInstance, req: Request, call: ToolCall, *, after_text: bool) -> None:
         """execute_command (cli-runs write-ok): ``ask:command``, answered; ``ask:command_output``, answered;
         then ``say:command_output`` (streamed on 3.52, whole on 3.50) and the request's token update."""
         command = call.command or ""
@@ -295,8 +270,10 @@ class Agent:
         await self._sleep(0.05)
         inst.event("taskAskResponded")
         output = call.output
-        if call.run:
-            output = await run_command(call.command or "", self.workspace, call.run_timeout, self.clock)
+        if call.runs:
+            output = await run_command(
+                call.command or "", self.workspace, call.run_timeout, self.clock, redactor=self.redactor
+            )
         await self._sleep(0.05)
         if self.engine == "3.52":
             ts = inst.say("command_output", output, partial=True)
@@ -319,7 +296,7 @@ class Agent:
             return True
         return False
 
-    async def _followup(self, inst: TaskInstance, req: _Request, *, after_text: bool) -> None:
+    async def _followup(self, inst: TaskInstance, req: Request, *, after_text: bool) -> None:
         spec = self.script.followup
         question = {"question": spec.question, "suggest": [{"answer": s, "mode": None} for s in spec.suggest]}
         req.resolve("end")
@@ -359,7 +336,7 @@ class Agent:
         await self._sleep(0.2)
 
     async def _delegate(
-        self, parent: TaskInstance, req: _Request, sub: Script, index: int
+        self, parent: TaskInstance, req: Request, sub: Script, index: int
     ) -> TaskInstance | None:
         """new_task (7.3): the parent is aborted, the child runs, the parent is re-created (same id)."""
         prompt = sub.prompt or f"Subtask {index} of {parent.id}"
@@ -386,10 +363,12 @@ class Agent:
             workspace=self.workspace,
             clock=self.clock,
             auto_approval=self.auto_approval,
+            redactor=self.redactor,
+            no_profile=self.no_profile,
         )
         child = child_agent.new_instance(self.host.new_task_id(), parent_id=parent.id)
         self.host.set_current(child)
-        child_agent.start(child, prompt)
+        await child_agent.start(child, prompt)
         if not await child_agent.work(child, subtask=True):
             return None
         await self._sleep(0.05)
@@ -406,22 +385,16 @@ class Agent:
     def _keeps_provider(self) -> bool:
         if self.script.parent_keeps_provider is not None:
             return self.script.parent_keeps_provider
-        return self.engine != "3.50"
-
-    async def _lost_provider(self, inst: TaskInstance) -> None:
-        """3.50 re-creates a delegating parent from the saved provider settings, not from StartNewTask's
-        configuration: with none saved it falls back to Anthropic without a key, and every request fails
-        (cli-runs subtask 3.50.4). Retries run for ever, like any API error with auto-approval."""
-        inst.say("api_req_started", dumps({"apiProtocol": "anthropic"}))
-        await self.clock.sleep(0.05 * self.host.time_scale)
-        await self._retry_forever(inst, AUTH_ERROR)
+        return self.engine != "3.50" or self.no_profile
 
     # ------------------------------------------------------------------------------- outcomes
 
     async def _final(self, inst: TaskInstance, text: str | None, outcome: str, subtask: bool) -> bool:
-        req = _Request(inst.say("api_req_started", dumps({"apiProtocol": "openai"})), self.script.usage_at)
+        req = Request(inst.say("api_req_started", dumps({"apiProtocol": "openai"})), self.script.usage_at)
         if outcome in ("api_error", "api_error_noauto"):
-            await self._api_error(inst, auto=outcome == "api_error" and self.auto_approval)
+            auto = outcome == "api_error" and self.auto_approval
+            scale, delay = self.host.time_scale, self.host.status_delay
+            await api_error(inst, self.script.error, auto=auto, scale=scale, status_delay=delay)
         if outcome == "crash":
             await self._sleep(0.25)
             self.host.crash()
@@ -453,7 +426,7 @@ class Agent:
             return await self._complete_after_text(inst, req, subtask)
         return await self._complete(inst, req, subtask)
 
-    async def _complete(self, inst: TaskInstance, req: _Request, subtask: bool) -> bool:
+    async def _complete(self, inst: TaskInstance, req: Request, subtask: bool) -> bool:
         """attempt_completion (7.2): 3.50 sends taskCompleted, 3.52 only the completion ask."""
         req.resolve("ask")
         result = inst.say("completion_result", "", partial=True)
@@ -475,7 +448,7 @@ class Agent:
         await self.clock.forever()
         return False  # pragma: no cover - forever() only ends by cancellation
 
-    async def _complete_after_text(self, inst: TaskInstance, req: _Request, subtask: bool) -> bool:
+    async def _complete_after_text(self, inst: TaskInstance, req: Request, subtask: bool) -> bool:
         """attempt_completion after the turn's text (the cli-runs recordings): ``say:completion_result``
         arrives whole; on 3.50 the usage and ``taskCompleted`` follow it, before the ask. The request's
         token update comes after the ask by default (most real runs), and then never for a subtask, which
@@ -511,30 +484,3 @@ class Agent:
         inst.event("taskAborted")
         inst.aborted = True
         inst.end()
-
-    async def _api_error(self, inst: TaskInstance, *, auto: bool) -> None:
-        """7.8: with auto-approval, retry countdowns forever; without, api_req_failed then idle."""
-        err = self.script.error
-        scale = self.host.time_scale
-        if not auto:
-            await self.clock.sleep(1.4 * scale)
-            inst.ask("api_req_failed", err.failed_text())
-            inst.schedule_status("taskIdle", self.host.status_delay)
-            await self.clock.forever()
-        await self.clock.sleep(1.3 * scale)
-        await self._retry_forever(inst, err.retry_text())
-
-    async def _retry_forever(self, inst: TaskInstance, head: str) -> None:
-        """Auto-approved retries of a failing request: countdowns of growing waits, never ending."""
-        err = self.script.error
-        scale = self.host.time_scale
-        wait = err.first_wait
-        while True:
-            ts = inst.say("api_req_retry_delayed", f"{head}<retry_timer>{wait}</retry_timer>", partial=True)
-            for remaining in range(wait - 1, 0, -1):
-                await self.clock.sleep(scale)
-                inst.update(ts, text=f"{head}<retry_timer>{remaining}</retry_timer>", partial=True)
-            await self.clock.sleep(scale)
-            inst.update(ts, text=head, partial=False)
-            await self.clock.sleep(1.2 * scale)
-            wait = min(wait * 2, err.max_wait)

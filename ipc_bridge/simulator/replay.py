@@ -329,6 +329,7 @@ async def play(
     seed: int = 0,
     timeout: float = 30.0,
     host_options: Mapping[str, Any] | None = None,
+    configuration: Mapping[str, Any] | None = None,
 ) -> list[Event]:
     """Run ``scenario`` (as in ``recording``, one of its tries) on a fresh simulator host the way the
     orchestrator did: start it, wait for the point where the recorded attempt stopped, cancel it if it
@@ -359,7 +360,8 @@ async def play(
 
         try:
             script = scenario.script_for(engine, recording)
-            data = StartNewTaskData(configuration={"simulate": script}, text=scenario.prompt)
+            config = {**(configuration or {}), "simulate": script}
+            data = StartNewTaskData(configuration=config, text=scenario.prompt)
             await conn.send_command(StartNewTask(data=data))
             await asyncio.wait_for(until(_stop_condition(scenario.stop_for(engine))), timeout)
             if scenario.stop_for(engine) is not None:

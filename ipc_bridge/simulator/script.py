@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -70,8 +71,8 @@ def _not_bool(value: Any) -> Any:
 
 class HostOptions(BaseModel):
     """How a simulated host runs, whatever its tasks' scripts say: ``orchestrate simulate``'s
-    ``--seed``, ``--time-scale`` and ``--status-delay``, a farm's ``open`` keys, and a suite's
-    ``target.options``. The one definition of what the simulator accepts for them."""
+    ``--seed``, ``--time-scale``, ``--status-delay`` and ``--no-engine-lags``, a farm's ``open`` keys,
+    and a suite's ``target.options``. The one definition of what the simulator accepts for them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,6 +84,9 @@ class HostOptions(BaseModel):
         2.0, ge=0, le=3600, allow_inf_nan=False
     )
     """Seconds between an ask and its taskIdle/taskInteractive/taskResumable, as in the engine."""
+    engine_lags: StrictBool = True
+    """The engine's own lags (:mod:`ipc_bridge.simulator.lags`: ~2 s to listen, tens of ms to create and
+    start a task), scaled by ``time_scale``; false leaves them out (benchmarks of the orchestrator)."""
 
 
 def host_options(**values: Any) -> HostOptions:
@@ -128,8 +132,10 @@ class ToolCall(_Strict):
     replace: str | None = None
     command: str | None = None
     output: str = ""
-    run: bool = False
-    """execute_command only: run ``command`` in the workspace (``sh -c``) and show its real output."""
+    """execute_command only: the output shown when the command is not run (``run: false``)."""
+    run: bool | None = None
+    """execute_command only: run ``command`` in the workspace (``sh -c``) and show its real output. By
+    default it runs unless the script gives ``output``: see :attr:`runs`."""
     run_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
     fail: ToolFailure | None = None
     error: str | None = None
@@ -144,6 +150,12 @@ class ToolCall(_Strict):
     @classmethod
     def _path(cls, value: str | None) -> str | None:
         return None if value is None else _relative_path(value)
+
+    @property
+    def runs(self) -> bool:
+        """Whether execute_command runs for real: ``run`` if given, else unless ``output`` is given (a
+        scripted output is the opt-out)."""
+        return self.run if self.run is not None else "output" not in self.model_fields_set
 
     @model_validator(mode="after")
     def _required_for_tool(self) -> ToolCall:

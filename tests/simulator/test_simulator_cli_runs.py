@@ -103,3 +103,16 @@ async def test_usage_at_places_the_token_update(usage_at: str | None, after: str
     seq = sequences(await play(scenario, "3.52"))["t0"]
     first_update = seq.index("say:api_req_started~")
     assert seq[first_update - 1] == after
+
+
+async def test_without_a_provider_profile_the_3_50_parent_keeps_its_provider() -> None:
+    """Issue #14 item 1: on 3.50 the re-created parent restores the profile its history names; with
+    ``currentApiConfigName: ""`` it names none and keeps StartNewTask's provider (docs/delegation-3.50.md),
+    so the delegation completes as on 3.52."""
+    base = next(s for s in SCENARIOS if s.name == "subtask")
+    scenario = Scenario(base.name, base.prompt, base.script)  # stops at the completion ask's taskIdle
+    events = await play(scenario, "3.50", configuration={"currentApiConfigName": ""})
+    assert record_fields(events)["ended"] == "taskIdle"
+    assert "say:api_req_retry_delayed~" not in sequences(events)["t0"]
+    lost = await play(base, "3.50")  # the named profile ("default") is restored: retries for ever
+    assert "say:api_req_retry_delayed~" in sequences(lost)["t0"]
