@@ -80,6 +80,7 @@ def make_suite(
     prelaunch: int | None = None,
 ) -> None:
     options: dict[str, Any] = {"time_scale": 1.0, "status_delay": status_delay_ms / 1000, "seed": SIM_SEED}
+    options["engine_lags"] = False  # the orchestrator's own overhead, not the engine's start-up
     if process:
         options["process_per_host"] = True
     suite = {

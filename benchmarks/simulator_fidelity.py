@@ -6,7 +6,8 @@ setting, and compared per task role.
 
     .venv/bin/python benchmarks/simulator_fidelity.py [--verbose] [--time-scale 0.05]
 
-Per scenario, engine and recorded try it prints the in-order similarity of the per-role event sequences
+Each recorded try is played with its own script (``Scenario.tries``: where the engine raced, the try's
+``usage_at`` and durations). Per scenario, engine and recorded try it prints the in-order similarity of the per-role event sequences
 (difflib ratio, 1.00 = equal; runs of repeated updates merged, see ``ipc_bridge.simulator.replay``) and the
 record fields that differ (simulated != recorded). ``--verbose`` adds the sequence diffs.
 
@@ -32,10 +33,10 @@ async def main(args: argparse.Namespace) -> int:
             files = recording_files(RECORDINGS, scenario.name, engine)
             if not files:
                 continue
-            simulated = await play(
-                scenario, engine, time_scale=args.time_scale, status_delay=args.status_delay
-            )
             for path in files:
+                simulated = await play(
+                    scenario, engine, path, time_scale=args.time_scale, status_delay=args.status_delay
+                )
                 recorded = load_events(path)
                 result = compare(simulated, recorded)
                 ratios.append(result.overall)

@@ -207,13 +207,26 @@ REGRESSIONS = {
 }
 
 
-def regressed_suite(tmp: Path) -> Path:
-    """The default suite with the REGRESSIONS applied, beside a link to its exercises."""
+FAST_TIMING = {
+    "options: {time_scale: 0.25}": "options: {time_scale: 0.25, status_delay: 0.5, engine_lags: false}",
+}
+"""The default suite's simulator at the fast timing (no engine lags, a short status lag), for tests about
+what a run decides, not about when the engine answers."""
+
+
+def regressed_suite(tmp: Path, *, fast: bool = False) -> Path:
+    """The default suite with the REGRESSIONS applied (and FAST_TIMING if ``fast``), beside a link to its
+    exercises."""
+    return suite_copy(tmp / "suite", {**REGRESSIONS, **(FAST_TIMING if fast else {})})
+
+
+def suite_copy(directory: Path, replacements: dict[str, str]) -> Path:
+    """``directory/suite.yaml``: the default suite with each text replaced (once), beside its exercises."""
     text = SUITE.read_text()
-    for old, new in REGRESSIONS.items():
+    for old, new in replacements.items():
         assert text.count(old) == 1, old
         text = text.replace(old, new)
-    suite = tmp / "suite" / "suite.yaml"
+    suite = directory / "suite.yaml"
     suite.parent.mkdir()
     (suite.parent / "exercises").symlink_to(SUITE.parent / "exercises")
     suite.write_text(text)

@@ -14,6 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ipc_bridge.redaction import Redactor
+from ipc_bridge.simulator.failures import api_error, lost_provider
+from ipc_bridge.simulator.requests import Request, share_of
 from ipc_bridge.simulator.script import Script, ToolCall
 from ipc_bridge.simulator.task import Clock, TaskInstance, Tokens
 from ipc_bridge.simulator.tools import dumps, prepare, run_command
@@ -26,15 +29,6 @@ MODE_NAMES = {
     "orchestrator": "🪃 Orchestrator",
 }
 """Built-in modes, as modesResponse and the newTask ask name them."""
-
-DEFAULT_REQUEST = (1234, 56)
-"""(tokens in, tokens out) per model request when the script gives no ``tokens`` (the recordings' stub)."""
-
-AUTH_ERROR = (
-    "Could not resolve authentication method. Expected either apiKey or authToken to be set. Or for one"
-    ' of the "X-Api-Key" or "Authorization" headers to be explicitly omitted\n'
-)
-"""What the Anthropic SDK says when the re-created parent on 3.50 has no key (cli-runs subtask)."""
 
 _NO_REQUEST_END = {"hang", "crash", "freeze", "api_error", "api_error_noauto"}
 
@@ -51,6 +45,8 @@ class HostLink(Protocol):
     def next_ts(self) -> int: ...
 
     def new_task_id(self) -> str: ...
+
+    def start_lag(self) -> float: ...
 
     def set_current(self, instance: TaskInstance) -> None: ...
 
@@ -72,8 +68,16 @@ class Agent:
         workspace: Path,
         clock: Clock,
         auto_approval: bool = True,
+        redactor: Redactor | None = None,
+        no_profile: bool = False,
     ) -> None:
         self.host = host
+        self.no_profile = no_profile
+        """StartNewTask's configuration named no provider profile (``currentApiConfigName: ""``): a
+        re-created parent then has nothing to restore and keeps its provider, on 3.50 too
+        (docs/delegation-3.50.md)."""
+        self.redactor = redactor
+        """Secrets of the task's configuration, redacted out of a command's real output."""
         self.script = script
         self.engine = script.engine or engine
         self.seed = script.seed if script.seed is not None else seed
@@ -115,40 +119,37 @@ class Agent:
         # drawn even without jitter: every other seeded choice stays the same
         await self.clock.sleep(self.budget * fraction * self.rng.uniform(1 - jitter, 1 + jitter))
 
-    def _finish_request(self, inst: TaskInstance, req: int) -> None:
-        """The model request ``req`` ends: its api_req_started text gets the token counts."""
-        inst.update(req, text=self._count_request(inst))
+    def _count(self, inst: TaskInstance, request: Request) -> None:
+        """The request's tokens count in the task's usage (its message may show them later)."""
+        if request.shown is None:
+            request.shown = self._count_request(inst)
+
+    def _reach(self, inst: TaskInstance, request: Request, point: str) -> None:
+        """The turn reaches ``point``: the request's token update shows here if it is due by now."""
+        if not request.due(point):
+            return
+        self._count(inst, request)
+        request.done = True
+        inst.update(request.ts, text=request.shown)
 
     def _count_request(self, inst: TaskInstance) -> str:
         """A request ends: its tokens count in the task's usage. Returns the api_req_started text that
         shows them; the engine sends that update only when the stream's usage chunk has been handled,
         which may come after the task moved on (or never, when the task is aborted first)."""
-        i = self._done_requests
+        share = share_of(self.script, self._done_requests, self._requests)
         self._done_requests += 1
-        tokens = self.script.tokens
-        if tokens is None:
-            t_in, t_out, c_w, c_r = (*DEFAULT_REQUEST, 0, 0)
-        else:
-            # cumulative integer split, so the totals equal the script's exactly; requests past the
-            # planned number (a followup answered) each add one more share of the same size
-            n = max(1, self._requests)
-            k = i % n
+        inst.add_request(share.tokens_in, share.tokens_out, share.cache_writes, share.cache_reads, share.cost)
+        return share.shown()
 
-            def share(total: int) -> int:
-                return total * (k + 1) // n - total * k // n
-
-            t_in, t_out = share(tokens.in_), share(tokens.out)
-            c_w, c_r = share(tokens.cache_writes), share(tokens.cache_reads)
-        n = max(1, self._requests)
-        k = i % n
-        cost = round(self.script.cost * (k + 1) / n, 10) - round(self.script.cost * k / n, 10)
-        inst.add_request(t_in, t_out, c_w, c_r, cost)
-        shown_cost = int(cost) if float(cost).is_integer() else round(cost, 10)
-        info = {"apiProtocol": "openai", "tokensIn": t_in, "tokensOut": t_out}
-        info |= {"cacheWrites": c_w, "cacheReads": c_r, "cost": shown_cost}
-        return dumps(info)
-
-    async def _stream(self, inst: TaskInstance, text: str, fraction: float, *, finish: bool = True) -> None:
+    async def _stream(
+        self,
+        inst: TaskInstance,
+        text: str,
+        fraction: float,
+        *,
+        finish: bool = True,
+        request: Request | None = None,
+    ) -> None:
         n = max(1, min(self.script.chunks, len(text)))
         cuts = [len(text) * k // n for k in range(n + 1)]
         ts = inst.say("text", text[: cuts[1]], partial=True)
@@ -156,16 +157,33 @@ class Agent:
             await self._sleep(fraction / n)
             inst.update(ts, text=text[: cuts[k]], partial=True)
         if finish:
+            if request is not None:
+                # the usage drain finishes while the engine still finalizes the text
+                self._reach(inst, request, "text")
             await self._sleep(fraction / n)
             inst.update(ts, text=text, partial=False)
 
     # ---------------------------------------------------------------------------------- task
 
-    def start(self, inst: TaskInstance, prompt: str) -> None:
-        """A task starts (7.1): created, focused, the prompt, zero usage (leading throttle), started."""
+    def start_at_once(self, inst: TaskInstance, prompt: str) -> None:
+        """A task starts (7.1) with no lag: created, focused, the prompt, zero usage, started."""
         inst.event("taskCreated")
         inst.event("taskFocused")
         inst.say("text", prompt)
+        inst.event("taskStarted")
+
+    async def start(self, inst: TaskInstance, prompt: str) -> None:
+        """A task starts (7.1): created, focused, the prompt, zero usage (leading throttle), started,
+        spread over the engine's lag."""
+        lag = self.host.start_lag()
+        if not lag:
+            self.start_at_once(inst, prompt)
+            return
+        inst.event("taskCreated")
+        inst.event("taskFocused")
+        await self.clock.sleep(lag / 3)
+        inst.say("text", prompt)
+        await self.clock.sleep(lag - lag / 3)
         inst.event("taskStarted")
 
     async def work(self, inst: TaskInstance, *, subtask: bool = False) -> bool:
@@ -179,12 +197,15 @@ class Agent:
                 if self.script.final_text is not None:
                     text = self.script.final_text
                 return await self._final(current, text, arg, subtask)
-            req = current.say("api_req_started", dumps({"apiProtocol": "openai"}))
+            usage_at = (
+                arg.usage_at if kind == "tool" else self.script.usage_at if kind == "followup" else None
+            )
+            req = Request(current.say("api_req_started", dumps({"apiProtocol": "openai"})), usage_at)
             await self._sleep(0.25)
             if kind == "tool" and arg.text:
                 text = arg.text
             if text:
-                await self._stream(current, text, 0.25)
+                await self._stream(current, text, 0.25, request=req)
             if kind == "tool":
                 await self._tool(current, req, arg, after_text=bool(text))
             elif kind == "followup":
@@ -194,16 +215,17 @@ class Agent:
                 if current is None:
                     return False
                 if not self._keeps_provider():
-                    await self._lost_provider(current)
+                    await lost_provider(current, self.script.error, self.host.time_scale)
         raise AssertionError("a script always ends with a final turn")
 
-    async def _tool(self, inst: TaskInstance, req: int, call: ToolCall, *, after_text: bool) -> None:
+    async def _tool(self, inst: TaskInstance, req: Request, call: ToolCall, *, after_text: bool) -> None:
         step = prepare(call, self.workspace)
         if step.ask == "command" and step.failure is None:
             await self._command(inst, req, call, after_text=after_text)
         elif step.ask is not None:
+            req.resolve("ask")
             ts = inst.ask(step.ask, step.partial_text, partial=True)
-            self._finish_request(inst, req)
+            self._reach(inst, req, "ask")
             await self._sleep(0.3)
             inst.update(ts, text=step.final_text, partial=False, isProtected=False)
             inst.update(ts, isAnswered=True)
@@ -212,6 +234,7 @@ class Agent:
             inst.count_tool(step.name, failed=failed)
             if step.output is not None and not failed:
                 inst.say("command_output", step.output)
+            self._reach(inst, req, "end")
             if step.apply is not None and not failed:
                 # the engine waits writeDelayMs (1 s by default) after a file edit, for diagnostics,
                 # before its next request: real runs show ~1.03 s there, not the model's latency
@@ -219,19 +242,23 @@ class Agent:
         else:
             # a call that fails before asking reports the failure while the stream ends: the request's
             # token update follows the error (cli-runs tool-fail)
+            req.resolve("end")
             await self._sleep(0.3)
+            self._reach(inst, req, "ask")
             if step.failure in ("say_error", "both"):
                 inst.say("error", step.error)
             if step.failure in ("tool_failed", "both"):
                 inst.event("taskToolFailed", step.name, step.error)
-            self._finish_request(inst, req)
+            self._reach(inst, req, "end")
             inst.count_tool(step.name, failed=True)
         await self._sleep(0.2)
 
-    async def _command(self, inst: TaskInstance, req: int, call: ToolCall, *, after_text: bool) -> None:
+    async def _command(self, inst: TaskInstance, req: Request, call: ToolCall, *, after_text: bool) -> None:
         """execute_command (cli-runs write-ok): ``ask:command``, answered; ``ask:command_output``, answered;
         then ``say:command_output`` (streamed on 3.52, whole on 3.50) and the request's token update."""
         command = call.command or ""
+        req.resolve("end")
+        self._reach(inst, req, "ask")
         if after_text:
             inst.ask("command", command)
         else:
@@ -243,15 +270,17 @@ class Agent:
         await self._sleep(0.05)
         inst.event("taskAskResponded")
         output = call.output
-        if call.run:
-            output = await run_command(call.command or "", self.workspace, call.run_timeout, self.clock)
+        if call.runs:
+            output = await run_command(
+                call.command or "", self.workspace, call.run_timeout, self.clock, redactor=self.redactor
+            )
         await self._sleep(0.05)
         if self.engine == "3.52":
             ts = inst.say("command_output", output, partial=True)
             inst.update(ts, partial=False)
         else:
             inst.say("command_output", output)
-        self._finish_request(inst, req)
+        self._reach(inst, req, "end")
         inst.count_tool("execute_command")
         await self._sleep(0.1)
 
@@ -267,16 +296,18 @@ class Agent:
             return True
         return False
 
-    async def _followup(self, inst: TaskInstance, req: int, *, after_text: bool) -> None:
+    async def _followup(self, inst: TaskInstance, req: Request, *, after_text: bool) -> None:
         spec = self.script.followup
         question = {"question": spec.question, "suggest": [{"answer": s, "mode": None} for s in spec.suggest]}
+        req.resolve("end")
+        self._reach(inst, req, "ask")
         if after_text:
             inst.ask("followup", dumps(question))
         else:
             # a question that opens the model's answer is shown while it streams: partial, then whole
             ts = inst.ask("followup", dumps(question), partial=True)
             inst.update(ts, partial=False)
-        self._finish_request(inst, req)
+        self._reach(inst, req, "end")
         inst.count_tool("ask_followup_question")
         interactive = False
         if inst.queue:
@@ -304,13 +335,15 @@ class Agent:
         inst.say("user_feedback", answer)
         await self._sleep(0.2)
 
-    async def _delegate(self, parent: TaskInstance, req: int, sub: Script, index: int) -> TaskInstance | None:
+    async def _delegate(
+        self, parent: TaskInstance, req: Request, sub: Script, index: int
+    ) -> TaskInstance | None:
         """new_task (7.3): the parent is aborted, the child runs, the parent is re-created (same id)."""
         prompt = sub.prompt or f"Subtask {index} of {parent.id}"
         ask = {"tool": "newTask", "mode": MODE_NAMES.get(sub.mode, sub.mode), "content": prompt, "todos": []}
         ts = parent.ask("tool", dumps(ask), isProtected=False)
         # the request's tokens count, but the parent is aborted before its api_req_started shows them
-        self._count_request(parent)
+        self._count(parent, req)
         await self._sleep(0.1)
         parent.update(ts, isAnswered=True)
         parent.event("taskAskResponded")
@@ -330,10 +363,12 @@ class Agent:
             workspace=self.workspace,
             clock=self.clock,
             auto_approval=self.auto_approval,
+            redactor=self.redactor,
+            no_profile=self.no_profile,
         )
         child = child_agent.new_instance(self.host.new_task_id(), parent_id=parent.id)
         self.host.set_current(child)
-        child_agent.start(child, prompt)
+        await child_agent.start(child, prompt)
         if not await child_agent.work(child, subtask=True):
             return None
         await self._sleep(0.05)
@@ -350,22 +385,16 @@ class Agent:
     def _keeps_provider(self) -> bool:
         if self.script.parent_keeps_provider is not None:
             return self.script.parent_keeps_provider
-        return self.engine != "3.50"
-
-    async def _lost_provider(self, inst: TaskInstance) -> None:
-        """3.50 re-creates a delegating parent from the saved provider settings, not from StartNewTask's
-        configuration: with none saved it falls back to Anthropic without a key, and every request fails
-        (cli-runs subtask 3.50.4). Retries run for ever, like any API error with auto-approval."""
-        inst.say("api_req_started", dumps({"apiProtocol": "anthropic"}))
-        await self.clock.sleep(0.05 * self.host.time_scale)
-        await self._retry_forever(inst, AUTH_ERROR)
+        return self.engine != "3.50" or self.no_profile
 
     # ------------------------------------------------------------------------------- outcomes
 
     async def _final(self, inst: TaskInstance, text: str | None, outcome: str, subtask: bool) -> bool:
-        req = inst.say("api_req_started", dumps({"apiProtocol": "openai"}))
+        req = Request(inst.say("api_req_started", dumps({"apiProtocol": "openai"})), self.script.usage_at)
         if outcome in ("api_error", "api_error_noauto"):
-            await self._api_error(inst, auto=outcome == "api_error" and self.auto_approval)
+            auto = outcome == "api_error" and self.auto_approval
+            scale, delay = self.host.time_scale, self.host.status_delay
+            await api_error(inst, self.script.error, auto=auto, scale=scale, status_delay=delay)
         if outcome == "crash":
             await self._sleep(0.25)
             self.host.crash()
@@ -381,9 +410,10 @@ class Agent:
                 await self._stream(inst, text, 0.75, finish=False)
             await self.clock.forever()
         if text:
-            await self._stream(inst, text, 0.25)
+            await self._stream(inst, text, 0.25, request=req)
         if outcome == "aborted":
-            self._finish_request(inst, req)
+            req.resolve("end")
+            self._reach(inst, req, "end")
             await self._sleep(0.2)
             inst.throttle.flush()
             inst.event("taskAborted")
@@ -396,10 +426,12 @@ class Agent:
             return await self._complete_after_text(inst, req, subtask)
         return await self._complete(inst, req, subtask)
 
-    async def _complete(self, inst: TaskInstance, req: int, subtask: bool) -> bool:
+    async def _complete(self, inst: TaskInstance, req: Request, subtask: bool) -> bool:
         """attempt_completion (7.2): 3.50 sends taskCompleted, 3.52 only the completion ask."""
+        req.resolve("ask")
         result = inst.say("completion_result", "", partial=True)
-        self._finish_request(inst, req)
+        self._reach(inst, req, "ask")
+        self._count(inst, req)
         await self._sleep(0.1)
         inst.count_tool("attempt_completion")
         if self.engine == "3.50":
@@ -411,16 +443,20 @@ class Agent:
             await self._finish_subtask(inst)
             return True
         inst.ask("completion_result", "")
+        self._reach(inst, req, "end")
         inst.schedule_status("taskIdle", self.host.status_delay)
         await self.clock.forever()
         return False  # pragma: no cover - forever() only ends by cancellation
 
-    async def _complete_after_text(self, inst: TaskInstance, req: int, subtask: bool) -> bool:
+    async def _complete_after_text(self, inst: TaskInstance, req: Request, subtask: bool) -> bool:
         """attempt_completion after the turn's text (the cli-runs recordings): ``say:completion_result``
         arrives whole; on 3.50 the usage and ``taskCompleted`` follow it, before the ask. The request's
-        token update comes after the ask (most real runs), and never for a subtask, which is aborted first."""
-        shown = self._count_request(inst)
+        token update comes after the ask by default (most real runs), and then never for a subtask, which
+        is aborted first."""
+        req.resolve("end")
+        self._count(inst, req)
         await self._sleep(0.05)
+        self._reach(inst, req, "ask")
         inst.count_tool("attempt_completion")
         inst.say("completion_result", self.script.completion)
         if self.engine == "3.50":
@@ -432,7 +468,7 @@ class Agent:
             return True
         inst.ask("completion_result", "")
         await self._sleep(0.05)
-        inst.update(req, text=shown)
+        self._reach(inst, req, "end")
         inst.schedule_status("taskIdle", self.host.status_delay)
         await self.clock.forever()
         return False  # pragma: no cover - forever() only ends by cancellation
@@ -448,30 +484,3 @@ class Agent:
         inst.event("taskAborted")
         inst.aborted = True
         inst.end()
-
-    async def _api_error(self, inst: TaskInstance, *, auto: bool) -> None:
-        """7.8: with auto-approval, retry countdowns forever; without, api_req_failed then idle."""
-        err = self.script.error
-        scale = self.host.time_scale
-        if not auto:
-            await self.clock.sleep(1.4 * scale)
-            inst.ask("api_req_failed", err.failed_text())
-            inst.schedule_status("taskIdle", self.host.status_delay)
-            await self.clock.forever()
-        await self.clock.sleep(1.3 * scale)
-        await self._retry_forever(inst, err.retry_text())
-
-    async def _retry_forever(self, inst: TaskInstance, head: str) -> None:
-        """Auto-approved retries of a failing request: countdowns of growing waits, never ending."""
-        err = self.script.error
-        scale = self.host.time_scale
-        wait = err.first_wait
-        while True:
-            ts = inst.say("api_req_retry_delayed", f"{head}<retry_timer>{wait}</retry_timer>", partial=True)
-            for remaining in range(wait - 1, 0, -1):
-                await self.clock.sleep(scale)
-                inst.update(ts, text=f"{head}<retry_timer>{remaining}</retry_timer>", partial=True)
-            await self.clock.sleep(scale)
-            inst.update(ts, text=head, partial=False)
-            await self.clock.sleep(1.2 * scale)
-            wait = min(wait * 2, err.max_wait)

@@ -49,6 +49,7 @@ def run_simulator(
     seed: int = 0,
     time_scale: float = 1.0,
     status_delay: float = 2.0,
+    engine_lags: bool = True,
     on_crash: Callable[[], None] | None = None,
     handle_signals: bool = True,
 ) -> int:
@@ -61,6 +62,7 @@ def run_simulator(
         seed=seed,
         time_scale=time_scale,
         status_delay=status_delay,
+        engine_lags=engine_lags,
         on_crash=on_crash,
     )
     asyncio.run(serve(host, handle_signals=handle_signals))
@@ -153,6 +155,13 @@ A task's StartNewTask configuration may carry its own script under the key
     show_default=True,
     help="Seconds between an ask and its taskIdle/taskInteractive/taskResumable, as in the engine.",
 )
+@click.option(
+    "--engine-lags/--no-engine-lags",
+    default=True,
+    show_default=True,
+    help="The engine's own lags (~2 s to listen, tens of ms to create and start a task), scaled by "
+    "--time-scale; --no-engine-lags leaves them out.",
+)
 @click.pass_context
 def simulate(
     ctx: click.Context,
@@ -164,6 +173,7 @@ def simulate(
     seed: int,
     time_scale: float,
     status_delay: float,
+    engine_lags: bool,
 ) -> None:
     """Serve a simulated Roo Code extension host on a unix socket.
 
@@ -186,7 +196,7 @@ def simulate(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--engine") from exc
     try:
-        host_options(seed=seed, time_scale=time_scale, status_delay=status_delay)
+        host_options(seed=seed, time_scale=time_scale, status_delay=status_delay, engine_lags=engine_lags)
     except ScriptError as exc:
         raise click.BadParameter(str(exc)) from exc
     if workspace is not None and not workspace.is_dir():
@@ -198,6 +208,7 @@ def simulate(
     if farm_path is not None:
         defaults: dict[str, Any] = {"engine": engine, "seed": seed, "time_scale": time_scale}
         defaults |= {"status_delay": status_delay, "script": script, "workspace": workspace}
+        defaults |= {"engine_lags": engine_lags}
         run_farm(farm_path, defaults={k: v for k, v in defaults.items() if v is not None})
         return
     assert socket_path is not None
@@ -209,5 +220,6 @@ def simulate(
         seed=seed,
         time_scale=time_scale,
         status_delay=status_delay,
+        engine_lags=engine_lags,
         on_crash=_crash_now,
     )

@@ -5,7 +5,8 @@ under a millisecond. Hosts are opened and closed over a control socket with a li
 request carries an ``id`` that its reply repeats, so one connection serves many concurrent attempts::
 
     {"id": 1, "op": "open", "socket": P, "workspace": W, "engine": "3.52", "time_scale": 1.0,
-     "status_delay": 2.0, "seed": 0, "script": {...}}       -> {"id": 1, "ok": true}  (once it listens)
+     "status_delay": 2.0, "engine_lags": true, "seed": 0, "script": {...}}
+                                                            -> {"id": 1, "ok": true}  (once it listens)
     {"id": 2, "op": "close", "socket": P}                   -> {"id": 2, "ok": true}  (CloseTask's effect)
     {"id": 3, "op": "kill", "socket": P}                    -> {"id": 3, "ok": true}  (a SIGKILL's effect)
     {"id": 4, "op": "list"}                                 -> {"id": 4, "ok": true, "hosts": [P, ...]}
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 
 LINE_LIMIT = 1024 * 1024
 """Longest control line (an ``open`` carries the host script)."""
-OPEN_KEYS = frozenset({"workspace", "engine", "script", "seed", "time_scale", "status_delay"})
+OPEN_KEYS = frozenset({"workspace", "engine", "script", "seed", "time_scale", "status_delay", "engine_lags"})
 
 
 class FarmError(Exception):
@@ -71,7 +72,7 @@ class SimulatorFarm:
     """Serves simulated hosts opened over the control socket ``control_path``.
 
     ``defaults`` fill what an ``open`` leaves out (``workspace``, ``engine``, ``script``, ``seed``,
-    ``time_scale``, ``status_delay``).
+    ``time_scale``, ``status_delay``, ``engine_lags``).
     """
 
     def __init__(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+from ipc_bridge.redaction import Redactor
 from ipc_bridge.roo.events import make_event
 from ipc_bridge.roo.protocol import (
     CancelTask,
@@ -32,6 +33,7 @@ from ipc_bridge.roo.protocol import (
     event_message,
 )
 from ipc_bridge.simulator.agent import MODE_NAMES, Agent
+from ipc_bridge.simulator.lags import EngineLags
 from ipc_bridge.simulator.script import (
     DEFAULT_SCRIPT,
     Script,
@@ -44,6 +46,7 @@ from ipc_bridge.simulator.script import (
 )
 from ipc_bridge.simulator.server import IpcServer
 from ipc_bridge.simulator.task import Clock, TaskInstance
+from ipc_bridge.simulator.tools import secret_values
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +91,9 @@ class SimulatorHost:
     """A simulated Roo Code extension host listening on ``socket_path``.
 
     ``script`` (a :class:`Script`, a mapping, or a YAML/JSON file) applies to every task; a task's own
-    ``configuration["simulate"]`` is merged over it. ``time_scale`` multiplies every scripted duration and
-    the usage throttle window; ``status_delay`` is the engine's 2 s lag of taskIdle/taskInteractive/
+    ``configuration["simulate"]`` is merged over it. ``time_scale`` multiplies every scripted duration,
+    the usage throttle window and the engine's own lags (``engine_lags``: ~2 s to listen, tens of ms to
+    create and start a task); ``status_delay`` is the engine's 2 s lag of taskIdle/taskInteractive/
     taskResumable behind their ask. ``on_crash`` is what the ``crash`` outcome does: the CLI passes
     ``os._exit``; by default the host drops every connection and stops listening, leaving the socket
     file behind like a dead process. A script's ``chaos`` turns a task's outcome into ``crash`` or
@@ -106,11 +110,15 @@ class SimulatorHost:
         time_scale: float = 1.0,
         status_delay: float = 2.0,
         *,
+        engine_lags: bool = True,
         usage_window: float | None = None,
         on_crash: Callable[[], None] | None = None,
     ) -> None:
-        options = host_options(seed=seed, time_scale=time_scale, status_delay=status_delay)
+        options = host_options(
+            seed=seed, time_scale=time_scale, status_delay=status_delay, engine_lags=engine_lags
+        )
         seed, time_scale, status_delay = options.seed, options.time_scale, options.status_delay
+        self.lags = EngineLags(seed, time_scale) if options.engine_lags else None
         self.socket_path = os.fspath(socket_path)
         self.workspace = Path(workspace) if workspace is not None else None
         self.engine = normalize_engine(engine)
@@ -139,6 +147,11 @@ class SimulatorHost:
     async def start(self) -> None:
         if self.workspace is None:
             self.workspace = Path.cwd()
+        if self.lags is not None:
+            # the extension host loads before it listens (node-ipc unlinks the path only then)
+            await asyncio.sleep(self.lags.startup())
+            if self._stopping:
+                return
         await self.server.start()
 
     async def wait_closed(self) -> None:
@@ -241,6 +254,10 @@ class SimulatorHost:
         self._current = instance
         self._history[instance.id] = instance
 
+    def start_lag(self) -> float:
+        """taskCreated -> taskStarted of the next task (0 without engine lags)."""
+        return self.lags.start() if self.lags is not None else 0.0
+
     # ------------------------------------------------------------------------------ commands
 
     def _on_command(self, client_id: str, message: TaskCommandMessage) -> None:
@@ -274,12 +291,13 @@ class SimulatorHost:
 
     def _abort_current(self, *, unfocus: bool) -> TaskInstance | None:
         """removeClineFromStack / abortTask: the current task stops; usage flushed before taskAborted."""
+        if self._runner is not None:
+            # also a task still being created: it never will be
+            self._runner.cancel()
+            self._runner = None
         inst = self._current
         if inst is None:
             return None
-        if self._runner is not None:
-            self._runner.cancel()
-            self._runner = None
         if unfocus:
             inst.event("taskUnfocused")
         if not inst.aborted:
@@ -317,14 +335,40 @@ class SimulatorHost:
             workspace=self.workspace,
             clock=Clock(),
             auto_approval=config.get("autoApprovalEnabled", True) is not False,
+            redactor=Redactor(secret_values(config)),
+            no_profile=config.get("currentApiConfigName") == "",
         )
         inst = agent.new_instance(self.new_task_id())
-        self.set_current(inst)
-        agent.start(inst, cmd.data.text)
+        if self.lags is None:
+            # every event of the start is out before the next command is read
+            self.set_current(inst)
+            agent.start_at_once(inst, cmd.data.text)
+            self._runner = self._spawn(self._run_task(agent, inst, error))
+            return
+        # nothing is current until the task exists: a CancelTask meanwhile finds no task
+        self._current = None
+        lag = self.lags.create(first=self._tasks_started == 1)
+        self._runner = self._spawn(self._run_task(agent, inst, error, prompt=cmd.data.text, lag=lag))
+
+    async def _run_task(
+        self,
+        agent: Agent,
+        inst: TaskInstance,
+        error: str | None,
+        *,
+        prompt: str | None = None,
+        lag: float = 0,
+    ) -> None:
+        """A new task's script (or its script error); given its ``prompt``, it is created after the
+        engine's ``lag`` and started first."""
+        if prompt is not None:
+            await agent.clock.sleep(lag)
+            self.set_current(inst)
+            await agent.start(inst, prompt)
         if error is None:
-            self._runner = self._spawn(agent.work(inst))
+            await agent.work(inst)
         else:
-            self._runner = self._spawn(self._invalid_script(inst, error))
+            await self._invalid_script(inst, error)
 
     async def _invalid_script(self, inst: TaskInstance, error: str) -> None:
         # Visible in the task's own messages, and a "stuck" signal for the orchestrator.
@@ -358,9 +402,12 @@ class SimulatorHost:
         self._runner = self._spawn(clock.forever())
 
     def _cancel_task(self) -> None:
+        if self._current is None:
+            # also while a new task is being created: the engine has no task to cancel yet
+            log.info("CancelTask without a current task ignored")
+            return
         old = self._abort_current(unfocus=False)
         if old is None:
-            log.info("CancelTask without a current task ignored")
             return
         self._rehydrate(old.id, abort_current=False)
 

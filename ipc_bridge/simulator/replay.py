@@ -32,13 +32,40 @@ WRITE = {"write_to_file": {"tool": "write_to_file", "path": "hello.py", "content
 _CHILD = "SCENARIO: child-write. Write hello.py that prints hello, then complete."
 
 
+def _delegation(child: Mapping[str, Any], child_tool: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The subtask scenario's script, with ``child`` keys (and ``child_tool`` keys of its write) set."""
+    tool = {**WRITE["write_to_file"], "text": "Writing hello.py in the subtask.", **(child_tool or {})}
+    return {
+        "text": "Delegating.",
+        "jitter": 0,
+        "subtasks": [
+            {
+                "prompt": _CHILD,
+                "text": "",
+                "jitter": 0,
+                "tools": [tool],
+                "final_text": "Subtask done.",
+                "completion": "hello.py written by the subtask",
+                "tokens": {"in": 2000, "out": 100},
+                **child,
+            }
+        ],
+        "final_text": "The subtask is done.",
+        "completion": "the subtask wrote hello.py",
+        "tokens": {"in": 2000, "out": 100},
+    }
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One recorded scenario: the simulator script, the prompt, and when the orchestrator cancelled.
 
     ``stop`` names what the attempt waited for before it cancelled the task (``None``: the task idled at
     its completion ask and was left alone): ``"interactive"`` (a followup nobody answers), ``"retries"``
-    (three API retry waits, then the case's timeout) or ``"started"`` (a model that never answers)."""
+    (three API retry waits, then the case's timeout) or ``"started"`` (a model that never answers).
+
+    The scripts set ``jitter: 0`` and durations near the recorded ones: where the throttled usage event
+    falls depends on the model's latency against the engine's 2 s window."""
 
     name: str
     prompt: str
@@ -47,9 +74,17 @@ class Scenario:
     engines: tuple[str, ...] = ("3.52", "3.50")
     stop_on: Mapping[str, str] = field(default_factory=dict)
     """Engine-specific ``stop`` (the 3.50 delegation ends in retries, not at the completion ask)."""
+    tries: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    """The script of one recorded try (``"3.50/subtask__2"``) where it differs from ``script``: two
+    tries of one scenario can differ where the engine races (when a request's token update lands,
+    Task.ts ``drainStreamInBackgroundToFindAllUsage``), which a script states with ``usage_at``."""
 
     def stop_for(self, engine: str) -> str | None:
         return self.stop_on.get(engine, self.stop)
+
+    def script_for(self, engine: str, recording: Path | None = None) -> dict[str, Any]:
+        key = f"{engine}/{recording.stem}" if recording is not None else ""
+        return self.tries.get(key, self.script)
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -58,8 +93,12 @@ SCENARIOS: tuple[Scenario, ...] = (
         "SCENARIO: write-ok. Write hello.py that prints hello.",
         {
             "text": "",
+            # the model takes ~1 s to answer after the write: the usage throttle's trailing edge (2 s
+            # after the start) falls before the second request's text
+            "duration": "2.4s",
+            "jitter": 0,
             "tools": [
-                {**WRITE["write_to_file"], "text": "Writing hello.py."},
+                {**WRITE["write_to_file"], "text": "Writing hello.py.", "usage_at": "text"},
                 {
                     "tool": "execute_command",
                     "command": "python3 hello.py",
@@ -88,23 +127,16 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "subtask",
         "SCENARIO: subtask. Delegate writing hello.py to a subtask.",
-        {
-            "text": "Delegating.",
-            "subtasks": [
-                {
-                    "prompt": _CHILD,
-                    "text": "",
-                    "tools": [{**WRITE["write_to_file"], "text": "Writing hello.py in the subtask."}],
-                    "final_text": "Subtask done.",
-                    "completion": "hello.py written by the subtask",
-                    "tokens": {"in": 2000, "out": 100},
-                }
-            ],
-            "final_text": "The subtask is done.",
-            "completion": "the subtask wrote hello.py",
-            "tokens": {"in": 2000, "out": 100},
-        },
+        # the child's second request starts before the throttle's trailing edge, its text after it
+        _delegation({"duration": "1.6s"}),
         stop_on={"3.50": "retries"},
+        tries={
+            # the child completes within 2 s of its start: no trailing usage before its completion
+            "3.50/subtask__1": _delegation({"duration": "1s"}),
+            # both child requests show their tokens while the text streams; the second one's comes
+            # just before the throttle's trailing edge
+            "3.50/subtask__2": _delegation({"duration": "1.5s", "usage_at": "text"}, {"usage_at": "text"}),
+        },
     ),
     Scenario(
         "followup",
@@ -141,6 +173,7 @@ SCENARIOS: tuple[Scenario, ...] = (
                 {**WRITE["write_to_file"], "text": "That failed; writing hello.py instead."},
             ],
             "final_text": "Done.",
+            "usage_at": "text",
             "completion": "hello.py written after a failed diff",
             "tokens": {"in": 3000, "out": 150},
         },
@@ -289,15 +322,18 @@ def _stop_condition(stop: str | None) -> Callable[[Event], bool]:
 async def play(
     scenario: Scenario,
     engine: str,
+    recording: Path | None = None,
     *,
     time_scale: float = 0.05,
     status_delay: float = 0.1,
     seed: int = 0,
     timeout: float = 30.0,
     host_options: Mapping[str, Any] | None = None,
+    configuration: Mapping[str, Any] | None = None,
 ) -> list[Event]:
-    """Run ``scenario`` on a fresh simulator host the way the orchestrator did: start it, wait for the
-    point where the recorded attempt stopped, cancel it if it did, and return every event until then."""
+    """Run ``scenario`` (as in ``recording``, one of its tries) on a fresh simulator host the way the
+    orchestrator did: start it, wait for the point where the recorded attempt stopped, cancel it if it
+    did, and return every event until then."""
     with tempfile.TemporaryDirectory(prefix="sim-replay-") as tmp:
         sock, workspace = Path(tmp) / "sim.sock", Path(tmp) / "ws"
         workspace.mkdir()
@@ -323,7 +359,9 @@ async def play(
                         return
 
         try:
-            data = StartNewTaskData(configuration={"simulate": scenario.script}, text=scenario.prompt)
+            script = scenario.script_for(engine, recording)
+            config = {**(configuration or {}), "simulate": script}
+            data = StartNewTaskData(configuration=config, text=scenario.prompt)
             await conn.send_command(StartNewTask(data=data))
             await asyncio.wait_for(until(_stop_condition(scenario.stop_for(engine))), timeout)
             if scenario.stop_for(engine) is not None:

@@ -19,6 +19,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -31,6 +32,7 @@ Outcome = Literal[
 ]
 Engine = Literal["3.52", "3.50"]
 ToolFailure = Literal["say_error", "tool_failed", "both"]
+UsagePoint = Literal["text", "ask", "end"]
 
 ENGINES: tuple[str, ...] = get_args(Engine)
 
@@ -62,8 +64,8 @@ def normalize_engine(value: str | float) -> str:
 
 class HostOptions(BaseModel):
     """How a simulated host runs, whatever its tasks' scripts say: ``orchestrate simulate``'s
-    ``--seed``, ``--time-scale`` and ``--status-delay``, a farm's ``open`` keys, and a suite's
-    ``target.options``. The one definition of what the simulator accepts for them."""
+    ``--seed``, ``--time-scale``, ``--status-delay`` and ``--no-engine-lags``, a farm's ``open`` keys,
+    and a suite's ``target.options``. The one definition of what the simulator accepts for them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -73,6 +75,9 @@ class HostOptions(BaseModel):
     """Multiplies every scripted duration (0.05 = 20x faster)."""
     status_delay: Annotated[float, BeforeValidator(not_bool)] = Field(2.0, ge=0, le=3600, allow_inf_nan=False)
     """Seconds between an ask and its taskIdle/taskInteractive/taskResumable, as in the engine."""
+    engine_lags: StrictBool = True
+    """The engine's own lags (:mod:`ipc_bridge.simulator.lags`: ~2 s to listen, tens of ms to create and
+    start a task), scaled by ``time_scale``; false leaves them out (benchmarks of the orchestrator)."""
 
 
 def host_options(**values: Any) -> HostOptions:
@@ -118,18 +123,30 @@ class ToolCall(_Strict):
     replace: str | None = None
     command: str | None = None
     output: str = ""
-    run: bool = False
-    """execute_command only: run ``command`` in the workspace (``sh -c``) and show its real output."""
+    """execute_command only: the output shown when the command is not run (``run: false``)."""
+    run: bool | None = None
+    """execute_command only: run ``command`` in the workspace (``sh -c``) and show its real output. By
+    default it runs unless the script gives ``output``: see :attr:`runs`."""
     run_timeout: float = Field(60.0, gt=0, allow_inf_nan=False)
     fail: ToolFailure | None = None
     error: str | None = None
     text: str | None = None
     args: dict[str, Any] = Field(default_factory=dict)
+    usage_at: UsagePoint | None = None
+    """Where this call's request shows its token update (``text``, ``ask`` or ``end`` of the turn); by
+    default as the engine mostly does: before the ask of a file tool, after a command's output or a
+    failure's error."""
 
     @field_validator("path")
     @classmethod
     def _path(cls, value: str | None) -> str | None:
         return None if value is None else _relative_path(value)
+
+    @property
+    def runs(self) -> bool:
+        """Whether execute_command runs for real: ``run`` if given, else unless ``output`` is given (a
+        scripted output is the opt-out)."""
+        return self.run if self.run is not None else "output" not in self.model_fields_set
 
     @model_validator(mode="after")
     def _required_for_tool(self) -> ToolCall:
@@ -237,6 +254,9 @@ class Script(_Strict):
     mode: str = "code"
     workspace: str | None = None
     chaos: Chaos | None = None
+    usage_at: UsagePoint | None = None
+    """Where the final turn's (and a followup question's) request shows its token update; by default
+    after the completion ask when the turn has text, else with the completion."""
     parent_keeps_provider: bool | None = None
     """Whether a parent re-created after its subtask still has the provider StartNewTask gave it. By
     default as the engine: 3.52 keeps it, 3.50 loses it and every later request fails (issue #14)."""

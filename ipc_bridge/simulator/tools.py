@@ -14,11 +14,12 @@ import difflib
 import json
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ipc_bridge.redaction import SECRET_KEY, Redactor
 from ipc_bridge.simulator.script import ToolCall
 
 if TYPE_CHECKING:
@@ -181,33 +182,103 @@ def _apply_diff(call: ToolCall, path: str, target: Path) -> ToolStep:
     )
 
 
-async def run_command(command: str, cwd: Path, timeout: float, clock: Clock) -> str:
-    """Run an execute_command for real, like the engine's terminal: ``sh -c`` in the workspace, stdout
-    and stderr together. Timers due meanwhile (usage, status) fire on time through ``clock``. A command
-    past ``timeout`` seconds is killed with everything it started, and its output so far is shown."""
+OUTPUT_LIMIT = 50_000
+"""Characters of a command's output that are shown: the first 20 % and the last 80 %, with a
+``[...N characters omitted...]`` line between, as Roo's ``truncateOutput`` keeps its
+``terminalOutputCharacterLimit`` (50,000 by default). Only that much is ever held in memory."""
+
+
+def command_env() -> tuple[dict[str, str], Redactor]:
+    """The environment a command runs with: the host's, less every variable whose name looks secret
+    (``*key*``, ``*token*``...: the rule the orchestrator applies to its own children); and a redactor of
+    those variables' values, in case the command finds them some other way."""
+    env = {name: value for name, value in os.environ.items() if not SECRET_KEY.search(name)}
+    return env, Redactor(value for name, value in os.environ.items() if SECRET_KEY.search(name))
+
+
+def secret_values(config: Mapping[str, Any]) -> list[str]:
+    """The string values under secret-looking keys of a StartNewTask configuration (API keys)."""
+    return [v for k, v in config.items() if isinstance(v, str) and v and SECRET_KEY.search(k)]
+
+
+class _CappedOutput:
+    """The head and the tail of a stream, at most ``limit`` characters in all (counted as bytes)."""
+
+    def __init__(self, limit: int) -> None:
+        self.head_size = limit // 5
+        self.tail_size = limit - self.head_size
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.head_size - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        self.tail += chunk
+        if len(self.tail) > self.tail_size:
+            del self.tail[: len(self.tail) - self.tail_size]
+
+    def text(self) -> str:
+        omitted = self.total - len(self.head) - len(self.tail)
+        head = self.head.decode("utf-8", errors="replace")
+        tail = self.tail.decode("utf-8", errors="replace")
+        return head + tail if omitted <= 0 else f"{head}\n[...{omitted} characters omitted...]\n{tail}"
+
+
+async def run_command(
+    command: str,
+    cwd: Path,
+    timeout: float,
+    clock: Clock,
+    *,
+    redactor: Redactor | None = None,
+    limit: int = OUTPUT_LIMIT,
+) -> str:
+    """Run an execute_command for real, like the engine's terminal: ``sh -c`` in the task's workspace
+    (the attempt's own copy, under the orchestrator), stdout and stderr together, with no secret-looking
+    environment variable (:func:`command_env`). Timers due meanwhile (usage, status) fire on time through
+    ``clock``. A command past ``timeout`` seconds is killed with everything it started, and its output so
+    far is shown. The output is capped at ``limit`` characters and redacted: of the variables left out,
+    and of ``redactor``'s secrets (the task's API keys)."""
+    env, hidden = command_env()
     proc = await asyncio.create_subprocess_shell(
         command,
         cwd=cwd,
+        env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,  # its own process group, so a kill reaches whatever it started
     )
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    output = _CappedOutput(limit)
 
     def kill_group() -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
 
-    reader = asyncio.ensure_future(proc.communicate())
+    async def read() -> None:
+        while chunk := await stdout.read(65536):
+            output.add(chunk)
+        await proc.wait()
+
+    reader = asyncio.ensure_future(read())
     bounded = asyncio.ensure_future(asyncio.wait_for(asyncio.shield(reader), timeout))
     try:
-        out, _ = await clock.wait(bounded)
+        await clock.wait(bounded)
     except TimeoutError:
         kill_group()
-        out, _ = await reader
+        # the output so far; a process that left the group could hold the pipe open for ever
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader, 5.0)
     finally:
         if proc.returncode is None:
             kill_group()
             bounded.cancel()
             await proc.wait()
-    return out.decode("utf-8", errors="replace")
+    text = hidden.text(output.text())
+    return redactor.text(text) if redactor is not None else text

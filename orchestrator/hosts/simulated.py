@@ -20,9 +20,11 @@ def host_seed(base: Any, key: AttemptKey, number: int) -> int:
 
 
 def host_params(target: SimulatorTarget, place: HostPlace) -> dict[str, Any]:
-    """``engine``, ``time_scale`` and ``status_delay`` where the suite sets them, and the host's seed."""
+    """``engine``, ``time_scale``, ``status_delay`` and ``engine_lags`` where the suite sets them, and the
+    host's seed."""
     opts = target.options
-    params: dict[str, Any] = {k: opts[k] for k in ("time_scale", "status_delay") if opts.get(k) is not None}
+    keys = ("time_scale", "status_delay", "engine_lags")
+    params: dict[str, Any] = {k: opts[k] for k in keys if opts.get(k) is not None}
     params["seed"] = host_seed(opts.get("seed"), place.key, place.number)
     if target.engine:
         params["engine"] = target.engine

@@ -18,6 +18,7 @@ def simulator_argv(
     engine: str | None = None,
     time_scale: float | None = None,
     status_delay: float | None = None,
+    engine_lags: bool | None = None,
     seed: int | None = None,
 ) -> list[str]:
     """The command line of a simulated host (the socket comes from the environment)."""
@@ -28,6 +29,8 @@ def simulator_argv(
         argv += ["--time-scale", repr(time_scale)]
     if status_delay is not None:
         argv += ["--status-delay", repr(status_delay)]
+    if engine_lags is not None:
+        argv.append("--engine-lags" if engine_lags else "--no-engine-lags")
     if seed is not None:
         argv += ["--seed", str(seed)]
     return argv

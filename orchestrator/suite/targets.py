@@ -94,7 +94,7 @@ class SimulatorTarget(_Launched):
     engine: Annotated[str, AfterValidator(_known_engine)] | None = None
     """Engine version the simulator imitates (e.g. 3.52.1, 3.50.4); the simulator's default if unset."""
     options: Annotated[dict[str, Any], BeforeValidator(SimulatorOptions.given)] = Field(default_factory=dict)
-    """Passed to the simulator: seed, time_scale, status_delay (:class:`SimulatorOptions`)."""
+    """Passed to the simulator: seed, time_scale, status_delay, engine_lags (:class:`SimulatorOptions`)."""
 
     _slots = field_validator("slots", mode="before")(_slots_not_bool)
 

@@ -208,7 +208,7 @@ HOSTILE = [
     row("seed-not-a-number", SIM + "  options: {seed: abc}\n" + ONE_CASE, 4, "target.options.seed", "valid integer",
         "(got 'abc')"),
     row("options-misspelt", SIM + "  options: {time_scael: 0.1}\n" + ONE_CASE, 4, "target.options.time_scael",
-        "unknown key 'time_scael'", "keys allowed here: seed, time_scale, status_delay, process_per_host"),
+        "unknown key 'time_scael'", "keys allowed here: seed, time_scale, status_delay, engine_lags, process_per_host"),
     row("options-a-list", SIM + "  options: [0.1]\n" + ONE_CASE, 4, "target.options", "should be a mapping",
         "(got a list)"),
     row("engine-unknown", SIM + "  engine: '99.99'\n" + ONE_CASE, 4, "target.engine", "unknown engine '99.99'",

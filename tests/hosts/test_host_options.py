@@ -30,6 +30,7 @@ BAD = [
         {"status_delay": -0.5}, "status_delay", "greater than or equal to 0", id="status-delay-negative"
     ),
     pytest.param({"seed": True}, "seed", "expected a number", id="seed-bool"),
+    pytest.param({"engine_lags": "sometimes"}, "engine_lags", "valid boolean", id="engine-lags-text"),
 ]
 
 

@@ -136,7 +136,7 @@ def _suite(tmp: Path, *, duration: str, repeats: int, slots: int = 2 * SLOTS_PER
         shutil.copytree(EXERCISES / name, tmp / "exercises" / name)
     text = f"""
     name: ray-t
-    target: {{kind: simulator, slots: {slots}, options: {{time_scale: 0.5, status_delay: 0.1}}}}
+    target: {{kind: simulator, slots: {slots}, options: {{time_scale: 0.5, status_delay: 0.1, engine_lags: false}}}}
     defaults:
       timeout: 60s
       retries: 2

@@ -75,7 +75,7 @@ def _most_at_once(intervals: list[tuple[float, float]]) -> int:
 
 @pytest.mark.timeout(120)
 def test_readied_attempts_wait_for_a_slot(tmp_path: Path) -> None:
-    target = "{kind: simulator, slots: 2, prelaunch: 2, options: {time_scale: 1.0, status_delay: 0.02}}"
+    target = "{kind: simulator, slots: 2, prelaunch: 2, options: {time_scale: 1.0, status_delay: 0.02, engine_lags: false}}"
     # Tasks long enough that readying the next attempts ends within them, however busy the machine.
     records = _run(tmp_path, target, 6, duration="1500ms")
     assert _most_at_once([_task(r) for r in records]) <= 2
@@ -97,7 +97,7 @@ def test_a_readied_attempt_takes_any_free_slot_not_only_its_workers(tmp_path: Pa
         textwrap.dedent(
             """
             name: t
-            target: {kind: simulator, slots: 2, prelaunch: 2, options: {time_scale: 1.0, status_delay: 0.02}}
+            target: {kind: simulator, slots: 2, prelaunch: 2, options: {time_scale: 1.0, status_delay: 0.02, engine_lags: false}}
             defaults: {timeout: 30s, retries: 0}
             cases:
               - {id: long, prompt: x, simulate: {duration: 4s, text: Done., files: {}}}
@@ -126,7 +126,7 @@ def _worker(r: AttemptRecord) -> str:
 
 @pytest.mark.timeout(120)
 def test_without_prelaunch_an_attempt_starts_only_when_one_ended(tmp_path: Path) -> None:
-    target = "{kind: simulator, slots: 2, prelaunch: 0, options: {time_scale: 1.0, status_delay: 0.02}}"
+    target = "{kind: simulator, slots: 2, prelaunch: 0, options: {time_scale: 1.0, status_delay: 0.02, engine_lags: false}}"
     records = _run(tmp_path, target, 5)
     assert _most_at_once([_life(r) for r in records]) <= 2
 
@@ -148,7 +148,7 @@ def test_a_spent_budget_holds_back_readied_attempts_without_records(tmp_path: Pa
         textwrap.dedent(
             """
             name: t
-            target: {kind: simulator, slots: 1, prelaunch: 2, options: {time_scale: 1.0, status_delay: 0.02}}
+            target: {kind: simulator, slots: 1, prelaunch: 2, options: {time_scale: 1.0, status_delay: 0.02, engine_lags: false}}
             defaults: {timeout: 30s, retries: 0}
             budget: {max_cost_usd: 0.9}
             repeats: 5

@@ -16,7 +16,7 @@ from orchestrator.results.records import read_records
 from orchestrator.sequential import DiscordantSPRT
 from tests.results.report_runs import rec
 from tests.run.test_baseline import R
-from tests.runs import SUITE, orchestrate, regressed_suite
+from tests.runs import FAST_TIMING, SUITE, orchestrate, regressed_suite, suite_copy
 
 
 def test_the_watch_feeds_only_discordant_graded_pairs_to_the_test_and_reports_its_decision() -> None:
@@ -69,9 +69,11 @@ PAIRS = 2 * 2 * REPEATS  # two cases, two models
 
 def test_a_regressed_run_stops_once_decided_and_resume_runs_the_rest(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    base = orchestrate("run", str(SUITE), "--results", str(results), "--run-id", "a", "-q", *CASES)
+    # at the simulator's fast timing: this is about when the test decides, not when the engine answers
+    fast = suite_copy(tmp_path / "fast", FAST_TIMING)
+    base = orchestrate("run", str(fast), "--results", str(results), "--run-id", "a", "-q", *CASES)
     assert base.returncode == 0, base.stderr
-    suite = regressed_suite(tmp_path)  # both cases fail in every repeat now: every pair regresses
+    suite = regressed_suite(tmp_path, fast=True)  # both cases fail in every repeat: every pair regresses
     args = ("run", str(suite), "--results", str(results), *CASES, "--baseline", "a")
     done = orchestrate(*args, "--run-id", "b", "--json", "--stop-when-decided")
     assert done.returncode == 0, done.stderr
