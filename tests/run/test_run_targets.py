@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -160,12 +159,12 @@ def test_second_sigint_exits_at_once_with_valid_files(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.send_signal(signal.SIGINT)
 
-        start = time.monotonic()
-        proc.communicate(timeout=20)
-        assert time.monotonic() - start < 8
+        proc.communicate(timeout=60)  # a hang would never end: no cancel is waited for
     assert proc.returncode == 130
     run_dir = tmp_path / "r" / "r"
     finals = [r for r in read_records(run_dir / "results.jsonl") if r.final]
+    # "At once": the hung attempt's CancelTask was not waited for, so it has no record (after one Ctrl-C
+    # it would be recorded as cancelled). A wall-clock bound would fail on a busy machine, not on a wait.
     assert [r.case_id for r in finals] == ["c0"]
     assert json.loads((run_dir / "summary.json").read_text())["stop_reason"] in ("killed", "interrupted")
 
