@@ -27,7 +27,13 @@ from orchestrator.run.attempt_hosts import AttemptHosts
 from orchestrator.run.grading import run_command
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
 from orchestrator.run.live_transcript import LiveLog, LiveTranscript
-from orchestrator.run.slot_events import AttemptBridge, SlotEvents, is_partial, transcript_row
+from orchestrator.run.slot_events import (
+    AttemptBridge,
+    SlotEvents,
+    is_partial,
+    transcript_row,
+    unless_restart,
+)
 from orchestrator.status import Status
 from orchestrator.suite.plan import Attempt
 from orchestrator.verdict import (
@@ -110,26 +116,8 @@ class AttemptRunner:
         self._restart.set()
         self._restart = asyncio.Event()
 
-    async def _unless_restart(self, request: Awaitable[T], restart: asyncio.Event) -> T:
-        """Await a bridge request or stream, ended by BridgeError as soon as ``restart`` is set.
-
-        The slot of an attempt lives on the bridge it was attached to; once that bridge is gone, what
-        was in flight may have gone with it: a request would only be resent to the successor after its
-        whole timeout (30-40 s for attach and StartNewTask), and a stream still subscribing or taking
-        its snapshot would wait as long, the attempt then timing out as if its host were silent."""
-        waiter = asyncio.ensure_future(restart.wait())
-        task = asyncio.ensure_future(request)
-        try:
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if task.cancelled():
-            raise BridgeError(self._restarted)
-        return task.result()
+    def _unless_restart(self, request: Awaitable[T], restart: asyncio.Event) -> Awaitable[T]:
+        return unless_restart(request, restart, lambda: self._restarted)
 
     async def close(self) -> None:
         """Stop what the runner started for its attempts (the simulator farm). The worker calls it last."""

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from ipc_bridge.client.types import BridgeError, BridgeRestarted, Event
+
+T = TypeVar("T")
 
 
 class AttemptBridge(Protocol):
@@ -133,3 +135,26 @@ def is_partial(event: dict[str, Any]) -> bool:
 def transcript_row(t: float, seq: int | None, event: dict[str, Any]) -> dict[str, Any]:
     """One line of an attempt's transcript: the event as the bridge relayed it, not re-serialised."""
     return {"t": round(t, 4), "dir": "in", "seq": seq, "event": event}
+
+
+async def unless_restart(request: Awaitable[T], restart: asyncio.Event, restarted: Callable[[], str]) -> T:
+    """Await a bridge request, ended by BridgeError (``restarted()`` its words) as soon as ``restart``
+    is set.
+
+    The slot of an attempt lives on the bridge it was attached to; once that bridge is gone, what
+    was in flight may have gone with it: a request would only be resent to the successor after its
+    whole timeout (30-40 s for attach and StartNewTask), the attempt then timing out as if its host
+    were silent."""
+    waiter = asyncio.ensure_future(restart.wait())
+    task = asyncio.ensure_future(request)
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if task.cancelled():
+        raise BridgeError(restarted())
+    return task.result()
