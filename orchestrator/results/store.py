@@ -5,7 +5,7 @@
     manifest.json      the resolved suite (secrets redacted), config hash, versions, git, command line
     results.jsonl      one AttemptRecord a line, appended, flushed and fsynced as each attempt ends
     events/<case>__<model>__<repeat>__<attempt>.jsonl   each attempt's transcript (non-partial events)
-    events/<case>__<model>__<repeat>__<attempt>.idx     its offset index for the viewer
+    events/<case>__<model>__<repeat>__<attempt>.idx     its offset index for the viewer, when it is big
                                                         (orchestrator.results.transcript_index)
     events/<case>__<model>__<repeat>__<attempt>.diff    what the agent changed in its workspace (taken by
                                                         the worker: orchestrator.run.workspace_diff)
@@ -54,7 +54,7 @@ from orchestrator.results.records import (
 )
 from orchestrator.results.run_lock import RunInProgressError, RunLock
 from orchestrator.results.summary import summarize
-from orchestrator.results.transcript_index import index_path, save_index
+from orchestrator.results.transcript_index import SAVE_FROM, index_path, save_index
 from orchestrator.status import Status
 from orchestrator.suite.config import Suite
 from orchestrator.suite.plan import AttemptKey
@@ -389,10 +389,11 @@ class ResultsWriter:
             atomic_write(path, data)
         # After the transcript, so a crash between leaves none. The index only speeds the viewer up (it
         # builds its own without one): failing to write it must not stop the run.
-        try:
-            save_index(path, data)
-        except OSError as exc:
-            log.warning("%s: cannot save the transcript's index: %s", index_path(path), exc)
+        if len(data) >= SAVE_FROM:
+            try:
+                save_index(path, data)
+            except OSError as exc:
+                log.warning("%s: cannot save the transcript's index: %s", index_path(path), exc)
         return f"{EVENTS}/{name}"
 
     def write_diff(self, key: AttemptKey, attempt: int, text: str) -> str:

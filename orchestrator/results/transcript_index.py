@@ -3,8 +3,9 @@ parent, token usage over time. Built from the transcript's bytes with a few rege
 sees only the lines that matter to it: a message's later states (``action: updated``), task creations and
 delegations, each task's first text (its prompt), token usage.
 
-The run's writer saves it beside the transcript (``events/<attempt>.idx``) while it holds the bytes, so
-``orchestrate view`` opens a 100 MB transcript by reading the index and one page, not the whole file.
+The run's writer saves it beside a big transcript (``events/<attempt>.idx``, from :data:`SAVE_FROM` on)
+while it holds the bytes, so ``orchestrate view`` opens a 100 MB transcript by reading the index and one
+page, not the whole file.
 On disk: one JSON object, ``v`` (format), ``size``, ``mtime_ns`` and ``ends`` (a hash of the
 transcript's first and last 64 KiB), then ``last`` (task id -> flat ``[ts, offset, ...]`` of each updated
 message's last state), ``prompts`` (task id -> ``ts``), ``parents`` and ``usage``. A reader uses it
@@ -45,6 +46,11 @@ _LINE = 1 << 20
 """The longest token usage line read (a few hundred bytes in practice)."""
 _CHUNK = 1 << 22
 _FORMAT = 1
+SAVE_FROM = 1 << 20
+"""The writer saves the index of transcripts from this size on. A smaller one the viewer indexes in a few
+ms; saving its index would cost the writer more per attempt than that (a second file in the events
+directory its next fsyncs must flush: measured, it doubled ``write_transcript``'s time for a 60-row
+transcript)."""
 _ENDS = 1 << 16
 """How much of each end of the transcript the saved index's hash covers."""
 

@@ -13,6 +13,7 @@ import pytest
 
 from orchestrator.results.store import ResultsWriter
 from orchestrator.results.transcript_index import (
+    SAVE_FROM,
     TranscriptIndex,
     build_index,
     index_path,
@@ -28,14 +29,17 @@ def _message(task: str, ts: int, action: str, text: str) -> dict[str, Any]:
 
 
 def _rows() -> list[dict[str, Any]]:
-    """A root task and a spawned subtask, messages updated several times, token usage."""
+    """A root task and a spawned subtask, messages updated several times, token usage: over 1 MiB, so
+    the writer saves its index (:data:`SAVE_FROM`)."""
     rows: list[dict[str, Any]] = [
         {"t": 0.0, "dir": "in", "event": {"eventName": "taskCreated", "payload": ["r"]}}
     ]
     rows.append({"t": 0.1, "dir": "in", "event": _message("r", 1, "created", "the prompt")})
     for ts in range(2, 40):
         for k in range(1, 4):
-            rows.append({"t": ts + k / 10, "dir": "in", "event": _message("r", ts, "updated", "word " * k)})
+            rows.append(
+                {"t": ts + k / 10, "dir": "in", "event": _message("r", ts, "updated", "word " * (1000 * k))}
+            )
         usage = {"totalCost": ts / 100, "totalTokensIn": ts * 10, "totalTokensOut": ts}
         rows.append(
             {
@@ -76,6 +80,7 @@ def _load(path: Path) -> TranscriptIndex | None:
 
 def test_the_writer_saves_an_index_equal_to_the_one_built_from_the_file(transcript: Path) -> None:
     assert index_path(transcript) == transcript.with_suffix(".idx")
+    assert transcript.stat().st_size >= SAVE_FROM
     saved = _load(transcript)
     assert saved is not None
     built = build_index(transcript)
@@ -83,6 +88,18 @@ def test_the_writer_saves_an_index_equal_to_the_one_built_from_the_file(transcri
     # Not trivially equal: it holds updated messages, both prompts, the subtask and the usage chart.
     assert len(built.last) == 39 and len(built.prompts) == 2
     assert built.parents == {"c": "r"} and len(built.usage) == 38
+
+
+def test_a_small_transcript_has_no_saved_index(tmp_path: Path) -> None:
+    """Below :data:`SAVE_FROM` the viewer's own index costs it less than saving one costs the writer."""
+    writer = ResultsWriter.create(tmp_path / "results" / "run-1", {"run_id": "run-1"})
+    try:
+        rows = _rows()[:40]
+        path = writer.run_dir / writer.write_transcript(AttemptKey("c1", "m1", 0, "h" * 16), 1, rows)
+    finally:
+        writer.close()
+    assert 0 < path.stat().st_size < SAVE_FROM
+    assert not index_path(path).exists()
 
 
 def test_an_index_of_a_transcript_that_grew_is_ignored(transcript: Path) -> None:
