@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from orchestrator.results.transcript_index import index_path, load_index, save_index
 from orchestrator.view.transcript import TranscriptCache, page
 from tests.view.synthetic import write_transcript
@@ -78,3 +80,20 @@ def test_a_stale_index_is_not_used(tmp_path: Path) -> None:
     assert pages == _pages(plain)
     texts = [i["text"] for items, _ in pages[1:] for i in items]
     assert not any("turn 0:" in t for t in texts) and any("TURN 0!" in t for t in texts)
+
+
+def test_the_viewer_reads_a_matching_saved_index_instead_of_the_transcript(tmp_path: Path) -> None:
+    """A saved index that matches its transcript is what the viewer uses: one edited to hold no prompt
+    (its header left as the writer wrote it) shows the prompt as plain assistant text."""
+    path = tmp_path / "t.jsonl"
+    write_transcript(path, 64 << 10)
+    save_index(path, path.read_bytes())
+    saved = index_path(path)
+    obj = orjson.loads(saved.read_bytes())
+    assert obj["prompts"]
+    obj["prompts"] = {}
+    saved.write_bytes(orjson.dumps(obj))
+    first = page(TranscriptCache().get(path), 0, 1)[0][0]
+    assert first["text"] == "Implement the big task." and first["kind"] == "assistant"
+    saved.unlink()
+    assert page(TranscriptCache().get(path), 0, 1)[0][0]["kind"] == "prompt"
