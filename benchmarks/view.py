@@ -5,7 +5,8 @@
 - a run of 100,000 attempts: the run page's first paint (GET /api/runs/R + the first page of
   attempts) in <= 1 s, cold (the server has never seen the run) and warm;
 - a 100 MB events file: its attempt page (GET the attempt + the first page of its transcript) in
-  <= 1 s, cold;
+  <= 1 s, cold, with the index a run's writer saves beside the transcript (and, for comparison, without
+  it: an old run's transcript, whose index the viewer builds by reading it whole);
 - the server's memory: its peak RSS after all of that (bounded: it holds indexes, never whole files).
 
     .venv/bin/python benchmarks/view.py [--keep DIR] [--json]
@@ -37,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from orchestrator.results.transcript_index import index_path, save_index  # noqa: E402
 from tests.view.synthetic import write_run, write_transcript  # noqa: E402
 
 _SERVER = """
@@ -110,6 +112,7 @@ def generate(base: Path) -> Path:
     big = write_run(results / "zz-big", 100_000)
     events = big / "events" / "big.jsonl"
     write_transcript(events, 100 * 1024 * 1024)
+    save_index(events, events.read_bytes())  # as the run's writer saves it beside each transcript
     # The big transcript belongs to the big run's first attempt.
     lines = (big / "results.jsonl").read_bytes().split(b"\n", 1)
     first = lines[0].replace(b'"events_file":null', b'"events_file":"events/big.jsonl"')
@@ -238,6 +241,18 @@ def measure(results: Path, as_json: bool) -> None:
         show({"peak_rss_mb_after_the_100_mb_transcript": round(_peak_rss_mb(server.proc.pid))})
     finally:
         server.close()
+    # An old run's (or a copied) transcript has no index the viewer can use: it builds its own.
+    saved = index_path(results / "zz-big" / "events" / "big.jsonl")
+    aside = saved.with_name(saved.name + ".aside")
+    saved.rename(aside)
+    try:
+        server = Server(results)
+        try:
+            show(server.timed("attempt page, 100 MB transcript, no saved index (cold)", 1.0, *attempt))
+        finally:
+            server.close()
+    finally:
+        aside.rename(saved)
     show({"load_average_1m": os.getloadavg()[0]})
 
 
@@ -249,6 +264,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object a line")
     args = parser.parse_args()
     if args.keep is not None and (args.keep / "results").is_dir():
+        events = args.keep / "results" / "zz-big" / "events" / "big.jsonl"
+        if not index_path(events).exists():  # kept from before the writer saved indexes
+            save_index(events, events.read_bytes())
         measure(args.keep / "results", args.json)
         return
     base = args.keep or Path(tempfile.mkdtemp(prefix="view-bench-"))

@@ -5,6 +5,8 @@
     manifest.json      the resolved suite (secrets redacted), config hash, versions, git, command line
     results.jsonl      one AttemptRecord a line, appended, flushed and fsynced as each attempt ends
     events/<case>__<model>__<repeat>__<attempt>.jsonl   each attempt's transcript (non-partial events)
+    events/<case>__<model>__<repeat>__<attempt>.idx     its offset index for the viewer, when it is big
+                                                        (orchestrator.results.transcript_index)
     events/<case>__<model>__<repeat>__<attempt>.diff    what the agent changed in its workspace (taken by
                                                         the worker: orchestrator.run.workspace_diff)
     live/<case>__<model>__<repeat>__<attempt>.jsonl     a running attempt's transcript so far, gone once its
@@ -52,6 +54,7 @@ from orchestrator.results.records import (
 )
 from orchestrator.results.run_lock import RunInProgressError, RunLock
 from orchestrator.results.summary import summarize
+from orchestrator.results.transcript_index import SAVE_FROM, index_path, save_index
 from orchestrator.status import Status
 from orchestrator.suite.config import Suite
 from orchestrator.suite.plan import AttemptKey
@@ -384,6 +387,13 @@ class ResultsWriter:
         path = self.events_dir / name
         with _writing(path):
             atomic_write(path, data)
+        # After the transcript, so a crash between leaves none. The index only speeds the viewer up (it
+        # builds its own without one): failing to write it must not stop the run.
+        if len(data) >= SAVE_FROM:
+            try:
+                save_index(path, data)
+            except OSError as exc:
+                log.warning("%s: cannot save the transcript's index: %s", index_path(path), exc)
         return f"{EVENTS}/{name}"
 
     def write_diff(self, key: AttemptKey, attempt: int, text: str) -> str:

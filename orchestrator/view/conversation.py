@@ -7,16 +7,7 @@ from typing import Any
 
 import orjson
 
-
-def event_of(row: Any) -> Mapping[str, Any]:
-    """The event inside a transcript row: under ``event`` (what a worker writes), ``msg`` or ``data``
-    (older transcripts)."""
-    event = row
-    for key in ("event", "msg", "data"):
-        inner = event.get(key) if isinstance(event, Mapping) else None
-        if isinstance(inner, Mapping):
-            event = inner
-    return event if isinstance(event, Mapping) else {}
+from orchestrator.results.transcript_index import event_of
 
 
 def _json_text(text: Any) -> dict[str, Any] | None:

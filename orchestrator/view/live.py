@@ -21,8 +21,9 @@ from typing import Any
 import orjson
 
 from orchestrator.results.live_transcripts import HEADER, live_dir, valid_name
+from orchestrator.results.transcript_index import event_of
 from orchestrator.view.attempts import AttemptIndex
-from orchestrator.view.conversation import event_of, render
+from orchestrator.view.conversation import render
 from orchestrator.view.transcript import _HIDDEN
 
 _MAX_READ = 8 << 20

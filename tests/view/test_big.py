@@ -6,10 +6,11 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
+from orchestrator.results.transcript_index import build_index
 from orchestrator.view.app import PAGE_LIMIT, build_app
 from orchestrator.view.attempts import AttemptIndex
 from orchestrator.view.runs import Sources
-from orchestrator.view.transcript import build_index, page
+from orchestrator.view.transcript import page
 from tests.view.synthetic import write_run, write_transcript
 
 
