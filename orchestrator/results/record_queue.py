@@ -3,7 +3,9 @@
 Each record costs fsyncs (its transcript, the events directory, results.jsonl): milliseconds each on
 many disks, far more on network filesystems. Written on the scheduler's thread, they would hold up what
 that thread must do at once (grant slots, start attempts, notice a dead worker). The thread takes every
-record waiting when it wakes, so a burst of finished attempts shares its wake-ups.
+record waiting when it wakes, so a burst of finished attempts shares its wake-ups, and its fsyncs: the
+batch's transcripts and diffs (each fsynced), one fsync of their directory, then every record in one write
+and one fsync of results.jsonl (group commit).
 
 A record counts as written once :class:`~orchestrator.results.store.ResultsWriter` has fsynced it; only then
 is it reported (:meth:`RecordQueue.written`). One that was handed over but not written when the process
@@ -20,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.results.records import AttemptRecord, ResultsError
+from orchestrator.results.records import AttemptRecord, DuplicateRecordError, ResultsError
 from orchestrator.results.store import ResultsWriter
 from orchestrator.suite.plan import AttemptKey
 
@@ -95,26 +97,48 @@ class RecordQueue:
                     batch.append(self._todo.get_nowait())
                 except queue.Empty:
                     break
-            for item in batch:
-                if item is None:
-                    return
-                if self._error is None:
-                    self._write(item)
-                else:
-                    self._dropped += 1  # never written: resume runs it again
+            stop = None in batch
+            items = [item for item in batch if item is not None]
+            if self._error is None:
+                self._write(items)
+            else:
+                self._dropped += len(items)  # never written: resume runs them again
+            if stop:
+                return
 
-    def _write(self, item: _Item) -> None:
+    def _write(self, items: list[_Item]) -> None:
+        """Group commit: every transcript and diff of the batch, one fsync of their directory, then every
+        record with one fsync of results.jsonl; a record is reported only after that fsync."""
+        ready = 0
         try:
-            if item.transcript:
-                item.record.events_file = self._writer.write_transcript(
-                    item.key, item.number, item.transcript
-                )
-            if item.diff:
-                item.record.diff_file = self._writer.write_diff(item.key, item.number, item.diff)
-            self._writer.append(item.record)
+            for item in items:
+                if item.transcript:
+                    item.record.events_file = self._writer.write_transcript(
+                        item.key, item.number, item.transcript, sync_dir=False
+                    )
+                if item.diff:
+                    item.record.diff_file = self._writer.write_diff(
+                        item.key, item.number, item.diff, sync_dir=False
+                    )
+                ready += 1
         except ResultsError as exc:
-            log.error("%s", exc)
-            self._error = exc
-            self._dropped += 1
-            return
-        self._written.append(item.record)
+            self._fail(exc)
+        written = 0
+        try:
+            if ready:
+                # The records name their files: those are made durable first.
+                if any(item.transcript or item.diff for item in items[:ready]):
+                    self._writer.sync_events()
+                self._writer.append_many([item.record for item in items[:ready]])
+            written = ready
+        except DuplicateRecordError as exc:
+            written = exc.written
+            self._fail(exc)
+        except ResultsError as exc:
+            self._fail(exc)
+        self._written.extend(item.record for item in items[:written])
+        self._dropped += len(items) - written  # never written: resume runs them again
+
+    def _fail(self, exc: ResultsError) -> None:
+        log.error("%s", exc)
+        self._error = exc

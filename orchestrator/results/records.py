@@ -36,6 +36,9 @@ class ResultsError(Exception):
 class DuplicateRecordError(ResultsError):
     """A second final record for an attempt key, or a reused attempt number: refused."""
 
+    written = 0
+    """How many records before the refused one :meth:`ResultsWriter.append_many` wrote."""
+
 
 class ResultsWriteError(ResultsError):
     """A file of the run could not be written (disk full, file too large, I/O error, not writable).

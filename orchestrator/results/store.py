@@ -30,7 +30,7 @@ import importlib
 import logging
 import os
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -83,8 +83,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a reader (or a crash) sees the old file or the new one."""
+def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that a reader (or a crash) sees the old file or the new one.
+    ``sync_dir=False`` leaves the directory's fsync (which makes the rename durable) to the caller, who
+    then writes several files and fsyncs their directory once."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -100,7 +102,8 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):  # a full disk must not also keep a half-written temp file
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def _json(obj: Any) -> bytes:
@@ -340,31 +343,65 @@ class ResultsWriter:
             self._final.add(record.key)
 
     def append(self, record: AttemptRecord) -> None:
-        """Write one record durably (one write, then fsync). Refuses a second final record for a key and
-        a reused attempt number. When the write fails (disk full, ...), the file is cut back to its last
-        complete record and :class:`ResultsWriteError` is raised."""
+        """Write one record durably: :meth:`append_many` of one."""
+        self.append_many([record])
+
+    def append_many(self, records: Sequence[AttemptRecord]) -> None:
+        """Write records durably with one fsync (group commit): none counts as written (indexed, its
+        live transcript removed) before that fsync. Refuses a second final record for a key and a reused
+        attempt number: the records before the refused one are written, then
+        :class:`DuplicateRecordError` is raised. When the write fails (disk full, ...), the file is cut
+        back to its last complete record, none of ``records`` is written, and
+        :class:`ResultsWriteError` is raised."""
         if self._fd is None:
             raise ResultsError("the writer is closed")
-        key = record.key
-        if key in self._final:
-            raise DuplicateRecordError(f"{key.slug} ({key.config_hash}) already has a final record")
-        if record.attempt in self._numbers.get((key.case_id, key.model_id, key.repeat), set()):
-            raise DuplicateRecordError(f"{key.slug}: attempt {record.attempt} is already recorded")
-        line = orjson.dumps(self._redact(record.model_dump(mode="json"))) + b"\n"
+        lines, refused = self._lines(records)
+        if lines:
+            self._write_synced(b"".join(lines))
+            for record in records[: len(lines)]:
+                self._index(record)
+                # The record (and the transcript it names) supersede what the attempt showed while it ran.
+                with contextlib.suppress(OSError):
+                    live_transcripts.remove(self.run_dir, record.key.events_name(record.attempt))
+        if refused is not None:
+            refused.written = len(lines)
+            raise refused
+
+    def _lines(self, records: Sequence[AttemptRecord]) -> tuple[list[bytes], DuplicateRecordError | None]:
+        """The lines of ``records`` up to the first one refused, and why it was."""
+        final = set(self._final)
+        numbers: set[tuple[str, str, int, int]] = set()
+        lines: list[bytes] = []
+        for record in records:
+            key = record.key
+            number = (key.case_id, key.model_id, key.repeat, record.attempt)
+            if key in final:
+                return lines, DuplicateRecordError(
+                    f"{key.slug} ({key.config_hash}) already has a final record"
+                )
+            if number in numbers or record.attempt in self._numbers.get(number[:3], set()):
+                return lines, DuplicateRecordError(
+                    f"{key.slug}: attempt {record.attempt} is already recorded"
+                )
+            if record.final:
+                final.add(key)
+            numbers.add(number)
+            lines.append(orjson.dumps(self._redact(record.model_dump(mode="json"))) + b"\n")
+        return lines, None
+
+    def _write_synced(self, data: bytes) -> None:
+        """Append ``data`` to results.jsonl and fsync it; on failure cut it back and raise."""
+        assert self._fd is not None
         with _writing(self.results_path):
             size = os.fstat(self._fd).st_size
         try:
-            view = memoryview(line)
+            view = memoryview(data)
             while view:
                 view = view[os.write(self._fd, view) :]
             os.fsync(self._fd)
         except OSError as exc:
             self._cut_back(size)
             raise ResultsWriteError(self.results_path, exc) from exc
-        self._index(record)
-        # The record (and the transcript it names) supersede what the attempt showed while it ran.
-        with contextlib.suppress(OSError):
-            live_transcripts.remove(self.run_dir, key.events_name(record.attempt))
 
     def _cut_back(self, size: int) -> None:
         """Remove a partly written line, so that the file ends with a complete record."""
@@ -377,16 +414,19 @@ class ResultsWriter:
             log.error("%s: cannot remove a partly written record: %s", self.results_path, exc)
             self._close_records()  # the run stays owned: nobody may resume it while this process lives
 
-    def write_transcript(self, key: AttemptKey, attempt: int, rows: Iterable[Mapping[str, Any]]) -> str:
+    def write_transcript(
+        self, key: AttemptKey, attempt: int, rows: Iterable[Mapping[str, Any]], *, sync_dir: bool = True
+    ) -> str:
         """Write an attempt's transcript whole, redacted; returns its path relative to the run directory
         (for ``AttemptRecord.events_file``). Each row is a JSON-ready mapping, e.g. ``{"t": seconds,
         "dir": "in", "seq": n, "event": {...}}``, written as given: the worker left partial messages out
-        (:mod:`orchestrator.run.slot_events`)."""
+        (:mod:`orchestrator.run.slot_events`). ``sync_dir=False``: the caller fsyncs the events directory
+        (:meth:`sync_events`) before any record names the transcript."""
         name = key.events_name(attempt)
         data = live_transcripts.encode(rows, self._redact)  # the lines its live file had, redacted alike
         path = self.events_dir / name
         with _writing(path):
-            atomic_write(path, data)
+            atomic_write(path, data, sync_dir=sync_dir)
         # After the transcript, so a crash between leaves none. The index only speeds the viewer up (it
         # builds its own without one): failing to write it must not stop the run.
         if len(data) >= SAVE_FROM:
@@ -396,15 +436,20 @@ class ResultsWriter:
                 log.warning("%s: cannot save the transcript's index: %s", index_path(path), exc)
         return f"{EVENTS}/{name}"
 
-    def write_diff(self, key: AttemptKey, attempt: int, text: str) -> str:
+    def write_diff(self, key: AttemptKey, attempt: int, text: str, *, sync_dir: bool = True) -> str:
         """Write what an attempt's agent changed in its workspace (a unified diff, redacted again here)
         beside its transcript; returns its path relative to the run directory (for
-        ``AttemptRecord.diff_file``)."""
+        ``AttemptRecord.diff_file``; ``sync_dir`` as for :meth:`write_transcript`)."""
         name = f"{key.slug}__{attempt}.diff"
         path = self.events_dir / name
         with _writing(path):
-            atomic_write(path, self._redact.text(text).encode())
+            atomic_write(path, self._redact.text(text).encode(), sync_dir=sync_dir)
         return f"{EVENTS}/{name}"
+
+    def sync_events(self) -> None:
+        """Make the transcripts and diffs written with ``sync_dir=False`` durable (one directory fsync)."""
+        with _writing(self.events_dir):
+            _fsync_dir(self.events_dir)
 
     # ---------------------------------------------------------------------------------- summary
 

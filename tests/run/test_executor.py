@@ -4,6 +4,7 @@ it closes and keeps) with a fake pool and a fake supervisor."""
 
 from __future__ import annotations
 
+import pickle
 import queue
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,16 @@ def test_every_message_crosses_a_queue_as_itself(tmp_path: Path) -> None:
             assert (wid, job_id, detail) == (3, "a#2", "KeyError: 'x'")
         case _:
             pytest.fail(f"not a crash: {received[7]!r}")
+
+
+def test_a_message_that_cannot_be_pickled_fails_at_send() -> None:
+    """The pool's queue pickles in a feeder thread, which only logs an error and drops the message: a
+    Done lost so would leave its attempt in flight for good. ``send`` pickles in the caller (the
+    stdlib's C pickler), so such a message raises there and nothing reaches the queue."""
+    q: queue.Queue[bytes] = queue.Queue()
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+        send(q, Done(3, "a#1", JobResult({"status": "completed", "why": lambda: None})))
+    assert q.empty()
 
 
 # ------------------------------------------------------------------------------------- grants
