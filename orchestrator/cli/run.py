@@ -16,6 +16,7 @@ from orchestrator.cli.progress import Progress
 from orchestrator.hosts.provider import host_provider
 from orchestrator.processes.child_env import withhold
 from orchestrator.results.baseline import BaselineWatch
+from orchestrator.results.manifest import build_manifest
 from orchestrator.results.records import (
     RESULTS,
     AttemptRecord,
@@ -24,7 +25,7 @@ from orchestrator.results.records import (
     iter_rows,
 )
 from orchestrator.results.report import resolve_run
-from orchestrator.results.store import ResultsWriter, build_manifest
+from orchestrator.results.store import ResultsWriter
 from orchestrator.run.executor import Executor, ExecutorFactory, ExecutorStartError, Launch
 from orchestrator.run.jobs import KEPT_WORKSPACES
 from orchestrator.run.local import LocalExecutor

@@ -18,6 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from ipc_bridge.redaction import Redactor
+from orchestrator.results.manifest import build_manifest
 from orchestrator.results.records import (
     COLUMNS,
     RESULTS,
@@ -30,7 +31,7 @@ from orchestrator.results.records import (
     read_records,
 )
 from orchestrator.results.run_lock import RunInProgressError
-from orchestrator.results.store import ResultsWriter, build_manifest, load
+from orchestrator.results.store import ResultsWriter, load
 from orchestrator.status import Metrics, Status, ToolCount, ToolFailure
 from orchestrator.suite.config import load_suite
 from orchestrator.suite.plan import AttemptKey, build_plan

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.results.manifest import build_manifest
 from orchestrator.results.records import AttemptRecord, read_records
-from orchestrator.results.store import ResultsWriter, build_manifest
+from orchestrator.results.store import ResultsWriter
 from orchestrator.run.jobs import Job
 from orchestrator.run.scheduler import CANCEL_WAIT, Interrupted, RunOptions, Scheduler
 from orchestrator.run.supervisor import BridgeFailed
