@@ -106,6 +106,8 @@ def test_the_bundle_compares_its_runs_from_file(two_runs: Path, tmp_path: Path) 
     compared = dom(chromium, url + "#/compare?a=r1&b=r2")
     row = re.search(r"<tr><td>broken</td><td>m1</td><td[^>]*>0</td><td>fail-&gt;pass</td>", compared)
     assert row is not None, compared
+    # Runs are named by their directories: r2 is a copy of r1, whose manifest still says r1.
+    assert re.search(r">r2</a><span[^>]*> \(run id r1\)</span>", compared), compared
     screenshot(chromium, url + "#/compare?a=r1&b=r2", tmp_path / "bundle-compare.png")
 
 

@@ -451,6 +451,13 @@ function toAttempt(name, index) {
 
 // ------------------------------------------------------------------------------------------ compare
 
+// A run is named by its directory (what the URL and the runs page use); a copied run whose manifest
+// still carries another run id says so, else two copies of one run would read "A: r1 · B: r1".
+function runName(dir, runId) {
+  const a = h("a", { href: link(`/run/${enc(dir)}`), text: dir });
+  return runId && runId !== dir ? h("span", {}, a, h("span", { class: "muted", text: ` (run id ${runId})` })) : a;
+}
+
 async function comparePage() {
   const q = pageQuery();
   const [a, b] = [q.get("a") || "", q.get("b") || ""];
@@ -465,7 +472,7 @@ async function comparePage() {
   const heads = ["", "paired", "pass A", "pass B", "delta", "cost A", "cost B", "delta", "p50 A", "p50 B", "flips"];
   show(
     h("h1", { text: "Compare" }),
-    h("p", {}, "A: ", h("a", { href: link(`/run/${enc(a)}`), text: c.a.run_id }), " · B: ", h("a", { href: link(`/run/${enc(b)}`), text: c.b.run_id })),
+    h("p", {}, "A: ", runName(a, c.a.run_id), " · B: ", runName(b, c.b.run_id)),
     h("table", { id: "compare" }, h("thead", {}, h("tr", {}, ...heads.map((x) => h("th", { text: x })))),
       h("tbody", {}, line("total", c.totals), ...Object.entries(c.by_model).map(([m, g]) => line(`model ${m}`, g)))),
     h("h2", { text: `${c.changes.length} changed outcome(s)` }),
