@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,16 @@ def test_sigint_or_sigterm_stops_cancels_and_resume_completes(tmp_path: Path, si
     with running(suite, tmp_path / "r") as (proc, first):
         # Plan order starts hang-0 and hang-1 before quick; once quick's record is out, both hang.
         assert first["case_id"] == "quick"
+        # Both hang tasks started (their live transcripts hold taskStarted): on a busy machine 3 s may
+        # not be enough, and an attempt stopped before its task started rightly leaves no record.
+        live = tmp_path / "r" / "r" / "live"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            (live / f"hang-{i}__m1__0__1.jsonl").is_file()
+            and b'"taskStarted"' in (live / f"hang-{i}__m1__0__1.jsonl").read_bytes()
+            for i in range(2)
+        ):
+            time.sleep(0.05)
         proc.send_signal(signum)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130
