@@ -22,7 +22,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.results.records import AttemptRecord, DuplicateRecordError, ResultsError
+from orchestrator.results.records import (
+    AttemptRecord,
+    DuplicateRecordError,
+    ResultsError,
+    ResultsWriteError,
+)
 from orchestrator.results.store import ResultsWriter
 from orchestrator.suite.plan import AttemptKey
 
@@ -131,7 +136,7 @@ class RecordQueue:
                     self._writer.sync_events()
                 self._writer.append_many([item.record for item in items[:ready]])
             written = ready
-        except DuplicateRecordError as exc:
+        except (DuplicateRecordError, ResultsWriteError) as exc:
             written = exc.written
             self._fail(exc)
         except ResultsError as exc:

@@ -46,6 +46,8 @@ class ResultsWriteError(ResultsError):
     resuming the run continues it. ``orchestrate run`` exits with :attr:`exit_code`."""
 
     exit_code = 3
+    written = 0
+    """How many records of the batch :meth:`ResultsWriter.append_many` wrote before the failure."""
 
     def __init__(self, path: Path, error: OSError) -> None:
         self.path = Path(path)

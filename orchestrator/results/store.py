@@ -287,22 +287,41 @@ class ResultsWriter:
         """Write records durably with one fsync (group commit): none counts as written (indexed, its
         live transcript removed) before that fsync. Refuses a second final record for a key and a reused
         attempt number: the records before the refused one are written, then
-        :class:`DuplicateRecordError` is raised. When the write fails (disk full, ...), the file is cut
-        back to its last complete record, none of ``records`` is written, and
-        :class:`ResultsWriteError` is raised."""
+        :class:`DuplicateRecordError` is raised. When the write fails (disk full, ...), the records are
+        written one by one, as many as fit (a nearly full disk still takes those before the failure), the
+        file is cut back to its last complete record, and :class:`ResultsWriteError` says how many were."""
         if self._fd is None:
             raise ResultsError("the writer is closed")
         lines, refused = self._lines(records)
         if lines:
-            self._write_synced(b"".join(lines))
-            for record in records[: len(lines)]:
-                self._index(record)
-                # The record (and the transcript it names) supersede what the attempt showed while it ran.
-                with contextlib.suppress(OSError):
-                    live_transcripts.remove(self.run_dir, record.key.events_name(record.attempt))
+            try:
+                self._write_synced(b"".join(lines))
+            except ResultsWriteError as failed:
+                failed.written = self._write_each(lines) if len(lines) > 1 else 0
+                self._index_written(records[: failed.written])
+                raise
+            self._index_written(records[: len(lines)])
         if refused is not None:
             refused.written = len(lines)
             raise refused
+
+    def _write_each(self, lines: list[bytes]) -> int:
+        """Write ``lines`` one synced write each, up to the first that fails; returns how many were."""
+        for n, line in enumerate(lines):
+            if self._fd is None:  # a cut back that failed closed the file: nothing more is written
+                return n
+            try:
+                self._write_synced(line)
+            except ResultsWriteError:
+                return n
+        return len(lines)
+
+    def _index_written(self, records: Sequence[AttemptRecord]) -> None:
+        for record in records:
+            self._index(record)
+            # The record (and the transcript it names) supersede what the attempt showed while it ran.
+            with contextlib.suppress(OSError):
+                live_transcripts.remove(self.run_dir, record.key.events_name(record.attempt))
 
     def _lines(self, records: Sequence[AttemptRecord]) -> tuple[list[bytes], DuplicateRecordError | None]:
         """The lines of ``records`` up to the first one refused, and why it was."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.results.record_queue import RecordQueue
-from orchestrator.results.records import DuplicateRecordError, read_records
+from orchestrator.results.records import DuplicateRecordError, ResultsWriteError, read_records
 from orchestrator.results.store import ResultsWriter
 from tests.results.test_results import key, record
 
@@ -162,3 +162,23 @@ def test_a_kill_between_write_and_fsync_loses_nothing_reported(writer: ResultsWr
             assert r.events_file is not None and (run_dir / r.events_file).is_file()
     finally:
         resumed.close()
+
+
+def test_a_batch_too_big_for_the_disk_still_writes_the_records_that_fit(writer: ResultsWriter) -> None:
+    """A nearly full disk (here a file size limit: EFBIG, as the disk-full fault test uses) takes the
+    records before the one that does not fit, one by one, as it did before group commit."""
+    import resource
+
+    records = [record(key(f"c{i}")) for i in range(3)]
+    line = len(writer.results_path.read_bytes()) + len(json.dumps(records[0].model_dump(mode="json")))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Room for one record and a half: the batch of three fails, the first alone fits.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (line + line // 2, hard))
+    try:
+        with pytest.raises(ResultsWriteError) as failed:
+            writer.append_many(records)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert failed.value.written == 1
+    assert [r.case_id for r in read_records(writer.results_path)] == ["c0"]
+    assert writer.finished_keys() == {records[0].key}
