@@ -50,8 +50,31 @@ def test_every_recording_has_a_scenario() -> None:
 async def test_scenario_replays_like_the_engine(scenario: Scenario, engine: str, recording: Path) -> None:
     simulated = await play(scenario, engine, recording)
     recorded = load_events(recording)
-    assert sequences(simulated) == sequences(recorded), "\n".join(diff_lines(simulated, recorded))
+    ours, theirs = sequences(simulated), sequences(recorded)
+    why = "\n".join(diff_lines(simulated, recorded))
+    # Equal but for token updates the 2 s usage throttle adds when a busy machine stretches a turn past
+    # it (the engine does the same): every recorded one is there, in its place.
+    assert {r: _without_usage(s) for r, s in ours.items()} == {
+        r: _without_usage(s) for r, s in theirs.items()
+    }, why
+    for role, recorded_seq in theirs.items():
+        assert _in_order(recorded_seq, ours[role]), why
     assert record_fields(simulated) == record_fields(recorded)
+
+
+def _without_usage(seq: list[str]) -> list[str]:
+    return [e for e in seq if e != USAGE]
+
+
+def _in_order(part: list[str], whole: list[str]) -> bool:
+    """``part`` is ``whole`` with none but some of its token updates left out."""
+    i = 0
+    for event in whole:
+        if i < len(part) and part[i] == event:
+            i += 1
+        elif event != USAGE:
+            return False
+    return i == len(part)
 
 
 @pytest.mark.parametrize("engine", ["3.52", "3.50"])
