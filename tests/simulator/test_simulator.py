@@ -10,7 +10,6 @@ import asyncio
 import os
 import re
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +33,6 @@ from ipc_bridge.simulator.task import Clock
 from tests.simulator.sim_events import FAST, Event, collect, created, kinds, named, start_cmd
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def host(sockdir: Path) -> AsyncIterator[SimulatorHost]:
-    (sockdir / "ws").mkdir()
-    h = SimulatorHost(sockdir / "h.sock", sockdir / "ws", **FAST)
-    await h.start()
-    try:
-        yield h
-    finally:
-        await h.stop()
-
-
-@pytest.fixture
-async def client(host: SimulatorHost) -> AsyncIterator[ExtensionConnection]:
-    conn = await connect(host.socket_path, timeout=5)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 # ------------------------------------------------------------------------------------------ server

@@ -4,39 +4,17 @@ that gives ``output`` (or ``run: false``) shows that output instead."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ipc_bridge.roo.extension import ExtensionConnection, connect
+from ipc_bridge.roo.extension import ExtensionConnection
 from ipc_bridge.simulator.host import SimulatorHost
 from ipc_bridge.simulator.script import parse_script
 from ipc_bridge.simulator.tools import OUTPUT_LIMIT
-from tests.simulator.sim_events import FAST, Event, collect, named, start_cmd
+from tests.simulator.sim_events import Event, collect, named, start_cmd
 
 pytestmark = pytest.mark.timeout(20)
-
-
-@pytest.fixture
-async def host(sockdir: Path) -> AsyncIterator[SimulatorHost]:
-    (sockdir / "ws").mkdir()
-    h = SimulatorHost(sockdir / "h.sock", sockdir / "ws", **FAST)
-    await h.start()
-    try:
-        yield h
-    finally:
-        await h.stop()
-
-
-@pytest.fixture
-async def client(host: SimulatorHost) -> AsyncIterator[ExtensionConnection]:
-    conn = await connect(host.socket_path, timeout=5)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 def command_outputs(events: list[Event]) -> list[str]:
