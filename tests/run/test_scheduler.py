@@ -7,14 +7,17 @@ from __future__ import annotations
 import itertools
 import signal
 import textwrap
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.results.manifest import build_manifest
+from orchestrator.results.record_queue import RecordQueue
 from orchestrator.results.records import AttemptRecord, read_records
 from orchestrator.results.store import ResultsWriter
 from orchestrator.run.jobs import Job
@@ -24,7 +27,6 @@ from orchestrator.status import Status
 from orchestrator.suite.config import load_suite
 from orchestrator.suite.plan import build_plan, pending
 from tests.run.fake_executor import FakeClock, FakeExecutor, Step, factory
-from tests.runs import poll_until
 
 RUN = "r"
 INFRA = Step(seconds=0.5, status=Status.INFRA_ERROR, reason="extension host did not start")
@@ -271,24 +273,37 @@ def test_a_spent_budget_holds_back_readied_attempts_and_they_leave_no_record(tmp
 # ------------------------------------------------------------------------- --stop-when-decided
 
 
-def _after_first_record(run_dir: Path) -> Callable[[FakeExecutor], None]:
-    """An ``on_poll`` that, once the first attempt has ended (at 1 s), waits until its record is on
-    disk (written by the scheduler's writing thread), so that it is reported at once, in fake time."""
-    results = run_dir / "results.jsonl"
+def _after_first_record(monkeypatch: pytest.MonkeyPatch) -> Callable[[FakeExecutor], None]:
+    """An ``on_poll`` that, once the first attempt has ended (at 1 s), waits until the writing thread
+    has written its record and queued it for the scheduler, so that it is reported at once, in fake
+    time. (Its line in results.jsonl shows before that: a loaded machine can run a poll in between.)"""
+    batches = threading.Semaphore(0)
+    write = RecordQueue._write
+
+    def write_and_signal(self: RecordQueue, items: Any) -> None:
+        write(self, items)
+        batches.release()  # the batch's records are in the queue the scheduler reads
+
+    monkeypatch.setattr(RecordQueue, "_write", write_and_signal)
+    seen = False
 
     def wait(executor: FakeExecutor) -> None:
-        if executor.clock.now >= 1.0:
-            poll_until(lambda: results.exists() and results.read_text().strip(), 60, "the first record")
+        nonlocal seen
+        if executor.clock.now >= 1.0 and not seen:
+            assert batches.acquire(timeout=60), "the first record was not written within 60 s"
+            seen = True
 
     return wait
 
 
-def test_a_decision_stops_starting_attempts_but_lets_running_ones_finish(tmp_path: Path) -> None:
+def test_a_decision_stops_starting_attempts_but_lets_running_ones_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # slots 2 and one readied ahead: a (1 s) and b, c (10 s) run; the decision comes with a's record;
     # at 1 s c had taken a's slot and a's second repeat was readied. b and c end at 10 and 11 s with
     # free slots and six attempts queued: none starts, the readied one comes back unstarted.
     script = lambda job: Step(seconds=1.0 if job.attempt.index == 0 else 10.0)  # noqa: E731
-    on_poll = _after_first_record(tmp_path / "results" / RUN)
+    on_poll = _after_first_record(monkeypatch)
     done = _run(tmp_path, script, prelaunch=1, repeats=3, decide_at=1, on_poll=on_poll)
     assert done.stop == "decided"
     assert done.executor.held and not done.executor.cancelled
