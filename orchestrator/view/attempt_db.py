@@ -26,7 +26,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 2
 """The schema's version: a file of another is dropped and built again."""
 _WINDOW = 4096
 """How many bytes at results.jsonl's start, and before the offset read up to, the pin hashes."""
@@ -63,6 +63,7 @@ CREATE TABLE attempts (
     idx INTEGER PRIMARY KEY, offset, reason, live_name, {", ".join(COLUMNS)}
 );
 CREATE TABLE tags (idx, tag);
+CREATE TABLE choices (kind, value, PRIMARY KEY (kind, value)) WITHOUT ROWID;
 CREATE INDEX tags_by_tag ON tags (tag, idx);
 CREATE INDEX attempts_by_live_name ON attempts (live_name);
 """
@@ -112,7 +113,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         except sqlite3.OperationalError:
             row = None
         if row is None or row[0] != VERSION:
-            for table in ("meta", "attempts", "tags"):
+            for table in ("meta", "attempts", "tags", "choices"):
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
             for statement in _SCHEMA.strip().split(";"):
                 if statement.strip():
@@ -176,4 +177,5 @@ def still_valid(p: Pin, st: os.stat_result, fd: int) -> bool:
 def clear(conn: sqlite3.Connection) -> None:
     conn.execute("DELETE FROM attempts")
     conn.execute("DELETE FROM tags")
+    conn.execute("DELETE FROM choices")
     write_pin(conn, Pin(0, 0, 0, "", 0))

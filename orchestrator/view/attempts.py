@@ -14,6 +14,7 @@ reads only what was appended since the offset the index reached, and leaves a li
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +36,10 @@ _SELECT = f"idx, offset, reason, {', '.join(COLUMNS)}"
 _AS_ROW = itemgetter(*(3 + COLUMNS.index(c) if c in COLUMNS else -1 for c in Row._fields))
 """A selected entry, its last item a None, -> its row's fields in order (None where not kept)."""
 _FINAL, _PASSED, _TAGS, _EVENTS = (Row._fields.index(c) for c in ("final", "passed", "tags", "events_file"))
+_SHARED = tuple(Row._fields.index(c) for c in ("run_id", "model_id", "config_hash", "status", "error_class"))
 _KEPT = itemgetter(*(Row._fields.index(c) for c in COLUMNS))
+_STATUS_AT, _MODEL_AT = (4 + COLUMNS.index(c) for c in ("status", "model_id"))
+"""Where an inserted row (number, offset, reason, live name, then the columns) has these."""
 _INSERT = f"INSERT INTO attempts VALUES ({', '.join('?' * (len(COLUMNS) + 4))})"
 
 
@@ -58,6 +62,9 @@ def _entry(values: tuple[Any, ...]) -> Entry:
     if row[_PASSED] is not None:
         row[_PASSED] = bool(row[_PASSED])
     row[_TAGS] = orjson.loads(row[_TAGS])
+    for i in _SHARED:  # a few distinct values each: one string each, not one a row (compare holds rows)
+        if type(row[i]) is str:
+            row[i] = sys.intern(row[i])
     # tuple.__new__ as records.flat_values does: a Row without a Python-level call of 53 arguments.
     return Entry(values[0], values[1], tuple.__new__(Row, row), values[2], row[_EVENTS])
 
@@ -191,6 +198,10 @@ class AttemptIndex:
     def _insert(self, rows: list[tuple[Any, ...]], tags: list[tuple[int, str]]) -> None:
         self._conn.executemany(_INSERT, rows)
         self._conn.executemany("INSERT INTO tags VALUES (?, ?)", tags)
+        # The filters' choices, kept apart: a few rows to read, not a scan of every attempt.
+        choices = {("status", r[_STATUS_AT]) for r in rows} | {("model", r[_MODEL_AT]) for r in rows}
+        choices |= {("tag", tag) for _, tag in tags}
+        self._conn.executemany("INSERT OR IGNORE INTO choices VALUES (?, ?)", choices)
         rows.clear()
         tags.clear()
 
@@ -263,11 +274,10 @@ class AttemptIndex:
 
     def choices(self) -> dict[str, list[str]]:
         """The values the table's filters offer."""
-        with self._lock:
-            statuses = [r[0] for r in self._conn.execute("SELECT DISTINCT status FROM attempts")]
-            models = [r[0] for r in self._conn.execute("SELECT DISTINCT model_id FROM attempts")]
-            tags = [r[0] for r in self._conn.execute("SELECT DISTINCT tag FROM tags")]
-        return {"status": sorted(statuses), "model": sorted(models), "tag": sorted(tags)}
+        found: dict[str, list[str]] = {"status": [], "model": [], "tag": []}
+        for kind, value in self._query("SELECT kind, value FROM choices"):
+            found[kind].append(value)
+        return {kind: sorted(values) for kind, values in found.items()}
 
     def summary(self) -> dict[str, Any]:
         """The run's figures (summary.json's definitions), over what is indexed now; cached per size."""
