@@ -130,6 +130,8 @@ def open_index(run_dir: Path) -> tuple[sqlite3.Connection, Path]:
     """The run's index, opened (created if need be): in the run directory, else in the fallback place.
     A file SQLite cannot read as a database is removed and made again."""
     for path in (run_dir / ".view" / "attempts.sqlite", fallback_path(run_dir)):
+        if path.parent.is_symlink() or path.is_symlink():
+            continue  # results are data: a link in them must not choose what the viewer writes
         for _ in range(2):
             try:
                 return _connect(path), path

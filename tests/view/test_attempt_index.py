@@ -170,6 +170,20 @@ def test_a_run_directory_that_cannot_be_written_is_indexed_elsewhere(tmp_path: P
         fallback_path(run).unlink(missing_ok=True)
 
 
+def test_a_link_in_the_run_directory_never_chooses_where_the_index_is_written(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "r", 20)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "attempts.sqlite").write_text("someone's file")
+    (run / ".view").symlink_to(elsewhere)
+    try:
+        index = AttemptIndex(run)
+        assert index.refresh() == 20 and index.db_path == fallback_path(run)
+    finally:
+        fallback_path(run).unlink(missing_ok=True)
+    assert (elsewhere / "attempts.sqlite").read_text() == "someone's file"
+
+
 def test_a_damaged_index_file_is_built_again(tmp_path: Path) -> None:
     run = write_run(tmp_path / "r", 30)
     index = AttemptIndex(run)
