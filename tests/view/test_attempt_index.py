@@ -19,6 +19,7 @@ from orchestrator.results.records import RESULTS, Row, read_rows
 from orchestrator.results.summary import summarize
 from orchestrator.view.attempt_db import COLUMNS, fallback_path
 from orchestrator.view.attempts import AttemptIndex, Filters
+from orchestrator.view.bundle import write_bundle
 from tests.view.synthetic import record, write_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -170,6 +171,23 @@ def test_a_run_directory_that_cannot_be_written_is_indexed_elsewhere(tmp_path: P
         fallback_path(run).unlink(missing_ok=True)
 
 
+def test_a_bundle_of_a_run_that_cannot_be_written(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "src" / "ro", 40)
+    (run / ".view").write_text("not a directory")  # as root, the mode below alone would not stop a write
+    before = sorted(p.name for p in run.rglob("*"))
+    run.chmod(0o555)
+    try:
+        html = write_bundle([run], tmp_path / "out")
+    finally:
+        run.chmod(0o755)
+        fallback_path(run).unlink(missing_ok=True)
+    assert html.is_file() and sorted(p.name for p in run.rglob("*")) == before
+    text = (tmp_path / "out" / "data" / "0" / "run.js").read_text()
+    data = json.loads(text[text.index(", ") + 2 : text.rindex(");")])
+    assert [r["index"] for r in data["rows"]] == list(range(40)) and data["run"]["count"] == 40
+    assert data["run"]["summary"] == summarize(read_rows(run / RESULTS))
+
+
 def test_a_link_in_the_run_directory_never_chooses_where_the_index_is_written(tmp_path: Path) -> None:
     run = write_run(tmp_path / "r", 20)
     elsewhere = tmp_path / "elsewhere"
@@ -199,6 +217,7 @@ _MEASURE = """
 import json, resource, sys
 from pathlib import Path
 from orchestrator.view.attempts import AttemptIndex, Filters
+from orchestrator.view.bundle import write_bundle
 run = Path(sys.argv[1])
 index = AttemptIndex(run)
 while index.refresh(until=index.count + 2000):
