@@ -7,7 +7,9 @@
 - a 100 MB events file: its attempt page (GET the attempt + the first page of its transcript) in
   <= 1 s, cold, with the index a run's writer saves beside the transcript (and, for comparison, without
   it: an old run's transcript, whose index the viewer builds by reading it whole);
-- the server's memory: its peak RSS after all of that (bounded: it holds indexes, never whole files).
+- the server's memory: its peak RSS after all of that, and in a server of its own after the whole
+  100,000-attempt run was indexed, paged and filtered, then compared with itself (bounded: the attempt
+  index is a file on disk, and the server holds a page of it, never the run's records).
 
     .venv/bin/python benchmarks/view.py [--keep DIR] [--json]
 
@@ -190,8 +192,16 @@ def _show(row: dict[str, Any], as_json: bool) -> None:
     )
 
 
+def forget_indexes(results: Path) -> None:
+    """Remove the attempt indexes a former measure left in the run directories (``.view/``): the first
+    server builds them again, as on a run never viewed."""
+    for run in results.iterdir():
+        shutil.rmtree(run / ".view", ignore_errors=True)
+
+
 def measure(results: Path, as_json: bool) -> None:
     big = "/api/runs/zz-big"
+    forget_indexes(results)
 
     def show(row: dict[str, Any]) -> None:
         _show(row, as_json)
@@ -203,7 +213,14 @@ def measure(results: Path, as_json: bool) -> None:
         show(server.timed("runs page first rows, 1,001 runs (cold)", 0.5, "/api/runs?first=100"))
         show(server.timed("runs page, all 1,001 rows, right after", None, "/api/runs"))
         show(server.timed("runs page, all 1,001 rows (warm)", 0.5, "/api/runs"))
-        show(server.timed("run page first paint, 100,000 attempts", 1.0, big, big + "/attempts?limit=100"))
+        show(
+            server.timed(
+                "run page first paint, 100,000 attempts (never indexed)",
+                1.0,
+                big,
+                big + "/attempts?limit=100",
+            )
+        )
         _get(server.port, big + "/attempts?model=model-0")  # waits for the whole index
         show(
             server.timed(
@@ -228,6 +245,18 @@ def measure(results: Path, as_json: bool) -> None:
                 "run page first paint, 100,000 attempts (cold)", 1.0, big, big + "/attempts?limit=100"
             )
         )
+        _get(server.port, big + "/attempts?model=model-0")  # the whole run indexed
+        show(
+            server.timed(
+                "run page, 100,000 attempts, filtered pages",
+                1.0,
+                big + "/attempts?start=50000&model=model-1&tag=hard",
+                big + "/attempts?passed=false&status=timeout&start=9000",
+            )
+        )
+        show({"peak_rss_mb_100000_attempts": round(_peak_rss_mb(server.proc.pid))})
+        show(server.timed("compare 100,000 attempts with themselves", None, "/api/compare?a=zz-big&b=zz-big"))
+        show({"peak_rss_mb_after_that_compare": round(_peak_rss_mb(server.proc.pid))})
     finally:
         server.close()
     server = Server(results)

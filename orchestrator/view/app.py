@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ class Viewer:
     """The state behind the routes: what is served, and the indexes built so far (a few, reused)."""
 
     def __init__(self, sources: Sources, *, max_runs: int = 6) -> None:
-        # An index costs ~1 kB an attempt (100,000 attempts: ~80 MB): few are kept, the least recent go.
+        # An index is a file on disk; open, it holds SQLite's page cache (a few MB at most): few are
+        # kept open, the least recent closed when the last request using it is done.
         self.sources = sources
         self._indexes: OrderedDict[Path, AttemptIndex] = OrderedDict()
         self._max_runs = max_runs
@@ -107,7 +109,7 @@ class Viewer:
             self._indexes.move_to_end(run_dir)
             while len(self._indexes) > self._max_runs:
                 self._indexes.popitem(last=False)
-        if until is None or not index.opened or len(index.entries) < until:
+        if until is None or not index.opened or index.count < until:
             index.refresh(until)
         if until is not None and background and not index.complete:
             with self._lock:
@@ -119,7 +121,7 @@ class Viewer:
     def _complete(self, run_dir: Path, index: AttemptIndex) -> None:
         try:
             # In steps, so that a page's request waits for one step at most, not for the whole file.
-            while index.refresh(until=len(index.entries) + _STEP):
+            while index.refresh(until=index.count + _STEP):
                 pass
         finally:
             with self._lock:
@@ -264,7 +266,7 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
         index = viewer.index(name)
         limit = _int(request, "limit", 100, 1, MAX_HITS)
         hits: list[dict[str, Any]] = []
-        for entry in list(index.entries):
+        for entry in index.entries(events_only=True):
             path = events_path(run_dir, entry.events_file)
             if path is None:
                 continue
@@ -279,7 +281,7 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
     def api_compare(request: Request) -> JSON:
         a = request.query_params.get("a", "")
         b = request.query_params.get("b", "")
-        rows = [[e.row for e in viewer.index(n).entries] for n in (a, b)]
+        rows = [viewer.index(n).rows() for n in (a, b)]
         return JSON(
             {"a": run_info(viewer.run_dir(a)), "b": run_info(viewer.run_dir(b)), **compare_rows(*rows)}
         )
@@ -287,7 +289,7 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
     async def api_live(request: Request) -> StreamingResponse:
         name = request.path_params["run"]
         index = await run_in_threadpool(viewer.index, name)
-        since = _int(request, "from", len(index.entries))
+        since = _int(request, "from", index.count)
         return StreamingResponse(
             _live(request, viewer, name, since),
             media_type="text/event-stream",
@@ -306,7 +308,7 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
         path = live_path(run_dir, attempt)
         if path is None:
             raise NotFound(f"no attempt {attempt!r} in run {name!r}")
-        index = viewer.live.recorded(run_dir, viewer.index(name), attempt)
+        index = viewer.index(name).recorded(attempt)
         head = read_header(path)
         if index is None and (head is None or run_info(run_dir)["state"] != "running"):
             raise NotFound(f"attempt {attempt!r} of run {name!r} is not running")
@@ -365,9 +367,9 @@ async def _live(request: Request, viewer: Viewer, name: str, since: int) -> Asyn
     yield b"retry: 1000\n\n"
     while not await request.is_disconnected():
         index = await run_in_threadpool(viewer.index, name)
-        entries = index.entries[sent:]
+        entries = list(islice(index.entries(sent), PAGE_LIMIT))  # a batch an event, whatever arrived
         if entries:
-            sent += len(entries)
+            sent = entries[-1].index + 1
             data = {"rows": [as_json(e) for e in entries], "count": sent, "summary": index.summary()}
             yield b"event: attempts\ndata: " + orjson.dumps(data) + b"\n\n"
         info = await run_in_threadpool(run_info, viewer.run_dir(name))
@@ -402,7 +404,7 @@ def _follow_step(viewer: Viewer, name: str, tail: Tail) -> tuple[str, dict[str, 
     """One look at a running attempt: its record first (then its live file is done with), else what
     its live file gained."""
     run_dir = viewer.run_dir(name)
-    recorded = viewer.live.recorded(run_dir, viewer.index(name), tail.path.name)
+    recorded = viewer.index(name).recorded(tail.path.name)
     if recorded is not None:
         return "ended", {"index": recorded}
     items = tail.read()

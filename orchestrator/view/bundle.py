@@ -108,13 +108,13 @@ def _write_run(k: int, run_dir: Path, out: Path) -> tuple[dict[str, Any], Attemp
         "info": info,
         "summary": summary,
         "choices": index.choices(),
-        "count": len(index.entries),
+        "count": index.count,
         "intervals": pass_rate_intervals(summary),
     }
-    rows = [as_json(e) for e in index.entries]
+    rows = [as_json(e) for e in index.entries()]
     (data / "run.js").write_bytes(_script({"run": run, "rows": rows}, f"run/{k}"))
     search = _SearchIndex()
-    for entry in index.entries:
+    for entry in index.entries():
         record = index.record(entry.index)
         detail = attempt_detail(viewer, run_dir, entry.index, record)
         detail["items"] = _transcript(viewer, run_dir, record)
@@ -139,9 +139,9 @@ def write_bundle(run_dirs: list[Path], out: Path) -> Path:
     for asset in ("app.js", "style.css"):
         (out / "static" / asset).write_bytes(static.joinpath(asset).read_bytes())
     written = [_write_run(k, d, out) for k, d in enumerate(dirs)]
-    rows = {k: [e.row for e in index.entries] for k, (_, index) in enumerate(written)}
     for i, j in permutations(range(len(dirs)), 2):
-        compare = {"a": written[i][0], "b": written[j][0], **compare_rows(rows[i], rows[j])}
+        rows = (written[i][1].rows(), written[j][1].rows())
+        compare = {"a": written[i][0], "b": written[j][0], **compare_rows(*rows)}
         (out / "data" / f"compare-{i}-{j}.js").write_bytes(_script(compare, f"compare/{i}/{j}"))
     runs = [info for info, _ in written]
     (out / "data" / "runs.js").write_bytes(_script({"runs": runs, "names": names}))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from orchestrator.results.live_transcripts import HEADER, live_dir, valid_name
 from orchestrator.results.transcript_index import event_of
 from orchestrator.view.attempts import AttemptIndex
 from orchestrator.view.conversation import render
-from orchestrator.view.transcript import _HIDDEN
+from orchestrator.view.transcript import HIDDEN
 
 _MAX_READ = 8 << 20
 """The most one read of a live file takes: a client far behind catches up over several reads."""
@@ -75,32 +74,12 @@ def running_row(name: str, head: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@dataclass
-class _Recorded:
-    """Transcript name -> attempt index, of the records indexed so far (extended as the index grows)."""
-
-    seen: int = 0
-    names: dict[str, int] = field(default_factory=dict)
-
-
 class LiveAttempts:
     """The running attempts of the runs served (thread-safe: handlers run in worker threads)."""
 
     def __init__(self) -> None:
-        self._recorded: dict[Path, _Recorded] = {}
         self._headers: dict[Path, dict[str, Any]] = {}
         self._lock = threading.Lock()
-
-    def recorded(self, run_dir: Path, index: AttemptIndex, name: str) -> int | None:
-        """The index of ``name``'s record, if it has one."""
-        with self._lock:
-            known = self._recorded.setdefault(run_dir, _Recorded())
-            entries = index.entries
-            for entry in entries[known.seen :]:
-                r = entry.row
-                known.names[f"{r.case_id}__{r.model_id}__{r.repeat}__{r.attempt}.jsonl"] = entry.index
-            known.seen = len(entries)
-            return known.names.get(name)
 
     def running(self, run_dir: Path, index: AttemptIndex, *, run_running: bool) -> list[dict[str, Any]]:
         """The attempts running now, oldest start first (none unless the run is)."""
@@ -116,7 +95,7 @@ class LiveAttempts:
             return []
         rows = []
         for name in names:
-            if self.recorded(run_dir, index, name) is not None:
+            if index.recorded(name) is not None:
                 continue
             path = live_dir(run_dir) / name
             head = self._headers.get(path)
@@ -183,7 +162,7 @@ class Tail:
         payload = event.get("payload")
         args: list[Any] = payload if isinstance(payload, list) else []
         self._follow_tree(name, args)
-        if name.encode() in _HIDDEN:
+        if name.encode() in HIDDEN:
             return None
         item = render(row)
         key = _message_key(args) if name == "message" else None

@@ -22,7 +22,7 @@ from orchestrator.results.transcript_index import KEY, TranscriptIndex, build_in
 from orchestrator.view.conversation import render
 
 _NAME = re.compile(rb'"eventName":"([A-Za-z]+)"')
-_HIDDEN = frozenset(
+HIDDEN = frozenset(
     {
         b"taskCreated",
         b"taskFocused",
@@ -63,7 +63,7 @@ class TranscriptCache:
 def _shown(index: TranscriptIndex, line: bytes, offset: int) -> tuple[bool, bytes | None]:
     """Whether a line is part of the conversation, and its message key (if it is a message)."""
     name = _NAME.search(line)
-    if name is not None and name.group(1) in _HIDDEN:
+    if name is not None and name.group(1) in HIDDEN:
         return False, None
     key = KEY.search(line)
     if key is None:
