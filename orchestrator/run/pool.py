@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import pickle
-import queue
+import select
 import signal
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from typing import Any
 import multiprocess as mp
 
 from ipc_bridge.lifeline import die_with_parent
+from orchestrator.run.channel import Receiver, Sender
 from orchestrator.run.executor import (
     Assign,
     Cancel,
@@ -44,9 +46,9 @@ from orchestrator.run.jobs import Job
 
 log = logging.getLogger(__name__)
 
-# The messages (orchestrator.run.executor) cross the queues as stdlib pickles (see send/receive):
-# multiprocess would pickle them with dill's pure-Python pickler, ~20x slower per Job, and that was most
-# of the main process's CPU per attempt.
+# The messages (orchestrator.run.executor) cross the pipes as stdlib pickles (see send/receive), on
+# pipes that carry bytes as they are (orchestrator.run.channel): multiprocess would pickle them with
+# dill's pure-Python pickler, ~20x slower per Job, and its queues pickled even the bytes again.
 WorkerMain = Callable[[int, Any, Any, Any, bool], None] | str
 """The worker's entry point, or ``"module:function"`` naming it: then the main process need not import
 the worker's machinery at all (it is imported in the worker)."""
@@ -58,7 +60,9 @@ class WorkerHandle:
     seat: int
     """Its place in the pool: a dead worker's replacement takes its seat, and with it its share."""
     process: Any
-    inbox: Any
+    inbox: Sender
+    results: Receiver
+    """Its own pipe back: what it wrote whole before it died is still read (see :meth:`Pool._reap`)."""
     capacity: int
     jobs: dict[str, Job] = field(default_factory=dict)
 
@@ -145,7 +149,9 @@ class Pool:
         self._slots = slots
         self._spare = spare
         self._grants = Grants(slots)
-        self._outbox = self._ctx.Queue()
+        self._readable = select.poll()
+        self._by_fd: dict[int, int] = {}
+        """A worker's pipe back -> its wid."""
         self._workers: dict[int, WorkerHandle] = {}
         self._next_wid = 0
         self._closing = False
@@ -156,18 +162,33 @@ class Pool:
     def _start_worker(self, seat: int) -> WorkerHandle:
         wid = self._next_wid
         self._next_wid += 1
-        inbox = self._ctx.Queue()
+        inbox_r, inbox_w = self._ctx.Pipe(duplex=False)
+        results_r, results_w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=_worker_entry,
-            args=(self._target, wid, inbox, self._outbox, self._config, self._spare > 0, os.getpid()),
+            args=(self._target, wid, inbox_r, results_w, self._config, self._spare > 0, os.getpid()),
             name=f"orchestrate-worker-{wid}",
             daemon=True,
         )
-        proc.start()
+        try:
+            proc.start()
+        finally:
+            # The worker has its ends now: ours would keep its pipe back from ever ending when it dies.
+            inbox_r.close()
+            results_w.close()
+        handle = WorkerHandle(
+            wid,
+            seat,
+            proc,
+            Sender(inbox_w),
+            Receiver(results_r),
+            share(self._slots + self._spare, self._seats, seat),
+        )
         if self._announcement is not None:
-            send(inbox, self._announcement)
-        handle = WorkerHandle(wid, seat, proc, inbox, share(self._slots + self._spare, self._seats, seat))
+            send(handle.inbox, self._announcement)
         self._workers[wid] = handle
+        self._by_fd[handle.results.fileno()] = wid
+        self._readable.register(handle.results.fileno(), select.POLLIN)
         return handle
 
     @property
@@ -204,29 +225,41 @@ class Pool:
         out: list[Finished | Lost] = []
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            try:
-                raw = self._outbox.get(timeout=max(0.0, remaining)) if not out else self._outbox.get_nowait()
-            except queue.Empty:
+            # Until the first result or the deadline; then only what is there already.
+            wait = 0 if out else math.ceil(max(0.0, deadline - time.monotonic()) * 1000)
+            ready = self._readable.poll(wait)
+            if not ready:
                 break
-            match receive(raw):
-                case Done(wid, job_id, result):
-                    job = self._workers[wid].jobs.pop(job_id, None) if wid in self._workers else None
-                    self._grants.release(job_id)
-                    if job is not None:  # else lost with its worker already, and reported so
-                        out.append(Finished(job_id, job, result))
-                case Ready(wid, job_id):
-                    self._grants.ready(wid, job_id)
-                case Released(_, job_id):
-                    self._grants.release(job_id)
-                case Handoff(_, job_id, to_job_id):
-                    self._grants.hand_off(job_id, to_job_id)
-                case other:
-                    log.error("unexpected message from a worker: %r", other)
-            self._grant()
-        out.extend(self._reap())
+            for fd, _ in ready:
+                self._read(self._workers[self._by_fd[fd]], out)
+        self._reap(out)
         self._grant()
         return out
+
+    def _read(self, worker: WorkerHandle, out: list[Finished | Lost]) -> None:
+        """Handle what ``worker`` wrote so far; its pipe leaves the poll once it has ended."""
+        for raw in worker.results.read():
+            self._handle(worker, receive(raw), out)
+            self._grant()
+        if worker.results.ended and worker.results.fileno() in self._by_fd:
+            del self._by_fd[worker.results.fileno()]
+            self._readable.unregister(worker.results.fileno())
+
+    def _handle(self, worker: WorkerHandle, msg: ToWorker | FromWorker, out: list[Finished | Lost]) -> None:
+        match msg:
+            case Done(_, job_id, result):
+                job = worker.jobs.pop(job_id, None)
+                self._grants.release(job_id)
+                if job is not None:
+                    out.append(Finished(job_id, job, result))
+            case Ready(_, job_id):
+                self._grants.ready(worker.wid, job_id)
+            case Released(_, job_id):
+                self._grants.release(job_id)
+            case Handoff(_, job_id, to_job_id):
+                self._grants.hand_off(job_id, to_job_id)
+            case other:
+                log.error("unexpected message from a worker: %r", other)
 
     def _grant(self) -> None:
         for wid, job_id in self._grants.grant(self._waiting):
@@ -236,12 +269,14 @@ class Pool:
         worker = self._workers.get(wid)
         return worker is not None and job_id in worker.jobs
 
-    def _reap(self) -> list[Lost]:
-        lost: list[Lost] = []
+    def _reap(self, out: list[Finished | Lost]) -> None:
+        """Dead workers: what they wrote whole is handled first (a result written just before the
+        worker died is a result, not a lost job), then their jobs still in flight are lost."""
         for wid, worker in list(self._workers.items()):
             if worker.process.is_alive():
                 continue
-            del self._workers[wid]
+            self._read(worker, out)
+            self._forget(worker)
             if worker.jobs:
                 log.error(
                     "worker %d died (exit code %s) with %d attempt(s) in flight",
@@ -249,12 +284,18 @@ class Pool:
                     worker.process.exitcode,
                     len(worker.jobs),
                 )
-                lost.append(Lost(wid, worker.process.exitcode, dict(worker.jobs)))
+                out.append(Lost(wid, worker.process.exitcode, dict(worker.jobs)))
                 for job_id in worker.jobs:
                     self._grants.release(job_id)
             if not self._closing:
                 self._start_worker(worker.seat)
-        return lost
+
+    def _forget(self, worker: WorkerHandle) -> None:
+        del self._workers[worker.wid]
+        if self._by_fd.pop(worker.results.fileno(), None) is not None:
+            self._readable.unregister(worker.results.fileno())
+        worker.inbox.close()
+        worker.results.close()
 
     def hold_all(self) -> None:
         """Start no more tasks: jobs readied ahead come back unstarted (``JobResult.unstarted``)."""
@@ -287,16 +328,8 @@ class Pool:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(1)
-        self._outbox.close()
-        self._outbox.cancel_join_thread()
-        for worker in self._workers.values():
-            worker.inbox.close()
-            worker.inbox.cancel_join_thread()
-        # A queue's semaphores leave multiprocess's resource tracker when the queue is collected: drop
-        # them now, whatever still refers to the pool, so that the tracker can be stopped and waited
-        # for (orchestrator.processes.children) without finding them leaked.
-        self._workers.clear()
-        self._outbox = None
+        for worker in list(self._workers.values()):
+            self._forget(worker)
 
 
 _WIRE: tuple[type[ToWorker | FromWorker], ...] = (
@@ -316,7 +349,7 @@ _TAG = {kind: tag for tag, kind in enumerate(_WIRE)}
 
 
 def send(q: Any, msg: ToWorker | FromWorker) -> None:
-    """Put a message on a pool queue: a stdlib pickle (the C pickler, protocol 5) of a tuple, its type's
+    """Put a message on a pool pipe (:class:`~orchestrator.run.channel.Sender`): a stdlib pickle (the C pickler, protocol 5) of a tuple, its type's
     number then its fields. Pickling the dataclass itself names its class, which costs an import
     look-up each way: 3-5x the time of the tuple, on every message of every attempt."""
     q.put(pickle.dumps((_TAG[type(msg)], *msg.__dict__.values()), protocol=5))

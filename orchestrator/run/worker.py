@@ -1,7 +1,8 @@
 """A worker process: one event loop, one bridge client, several attempts at once.
 
-The inbox is a multiprocess queue read by a thread (its ``get`` blocks) and handed to the loop; the
-loop never blocks on it. Messages are described in :mod:`orchestrator.run.executor`.
+The inbox and the pipe back are :mod:`orchestrator.run.channel` pipes: the loop reads the inbox when it is
+readable (no thread), and neither end ever blocks it. Messages are described in
+:mod:`orchestrator.run.executor`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 import gc
 import logging
 import os
-import threading
 import traceback
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from orchestrator.hosts.farm import SimulatorFarm
 from orchestrator.processes.child_env import withhold
 from orchestrator.run.attempt import AttemptRunner
 from orchestrator.run.attempt_hosts import simulator_farm
+from orchestrator.run.channel import Receiver, Sender
 from orchestrator.run.executor import (
     Assign,
     Cancel,
@@ -46,7 +47,7 @@ class Gate:
     """A worker's side of the run's slots (see :mod:`orchestrator.run.pool`): a readied attempt says it is
     ready and waits for its go; a task that is over gives its slot back at once."""
 
-    def __init__(self, wid: int, outbox: Any) -> None:
+    def __init__(self, wid: int, outbox: Sender) -> None:
         self._wid = wid
         self._outbox = outbox
         self._waiting: dict[str, asyncio.Future[bool]] = {}
@@ -120,26 +121,28 @@ def worker_main(wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: 
     # The start-up's objects (modules, pydantic schemas) out of the collector's sight, as the bridge
     # does: every full collection walked them all, ~20 % of a subscriber's CPU per event.
     gc.freeze()
-    asyncio.run(_serve(wid, inbox, outbox, config, gated, farm))
+    asyncio.run(_serve(wid, Receiver(inbox), Sender(outbox), config, gated, farm))
+
+
+def read_inbox(inbox: Receiver, messages: asyncio.Queue[ToWorker]) -> None:
+    """Hand what arrived to the loop's queue; a pipe that ended (the main process is gone) is a Stop."""
+    loop = asyncio.get_running_loop()
+    for raw in inbox.read():
+        msg = receive(raw)
+        if not isinstance(msg, ToWorker):
+            log.error("unexpected message from the main process: %r", msg)
+            continue
+        messages.put_nowait(msg)
+    if inbox.ended:
+        loop.remove_reader(inbox.fileno())
+        messages.put_nowait(Stop())
 
 
 async def _serve(
-    wid: int, inbox: Any, outbox: Any, config: WorkerConfig, gated: bool, farm: SimulatorFarm | None
+    wid: int, inbox: Receiver, outbox: Sender, config: WorkerConfig, gated: bool, farm: SimulatorFarm | None
 ) -> None:
-    loop = asyncio.get_running_loop()
     messages: asyncio.Queue[ToWorker] = asyncio.Queue()
-
-    def read_inbox() -> None:
-        while True:
-            msg = receive(inbox.get())
-            if not isinstance(msg, ToWorker):
-                log.error("unexpected message from the main process: %r", msg)
-                continue
-            loop.call_soon_threadsafe(messages.put_nowait, msg)
-            if isinstance(msg, Stop):
-                return
-
-    threading.Thread(target=read_inbox, name="inbox", daemon=True).start()
+    asyncio.get_running_loop().add_reader(inbox.fileno(), read_inbox, inbox, messages)
     # The farm starts while the bridge does: the first attempt need not wait for it (a failed start
     # is retried by the first attempt that needs a host).
     warming = asyncio.ensure_future(farm.start()) if farm is not None else None

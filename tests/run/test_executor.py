@@ -81,9 +81,9 @@ def test_every_message_crosses_a_queue_as_itself(tmp_path: Path) -> None:
 
 
 def test_a_message_that_cannot_be_pickled_fails_at_send() -> None:
-    """The pool's queue pickles in a feeder thread, which only logs an error and drops the message: a
-    Done lost so would leave its attempt in flight for good. ``send`` pickles in the caller (the
-    stdlib's C pickler), so such a message raises there and nothing reaches the queue."""
+    """A message that failed to pickle in a feeder thread (as multiprocess's queues did) would only be
+    logged and dropped: a Done lost so would leave its attempt in flight for good. ``send`` pickles in
+    the caller (the stdlib's C pickler), so such a message raises there and nothing reaches the pipe."""
     q: queue.Queue[bytes] = queue.Queue()
     with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
         send(q, Done(3, "a#1", JobResult({"status": "completed", "why": lambda: None})))
