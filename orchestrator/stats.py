@@ -258,31 +258,61 @@ def paired_test(
     and the three intervals come from the same resamples of the cases."""
     import numpy as np
 
-    a = np.asarray(pass_a, dtype=bool)
-    b = np.asarray(pass_b, dtype=bool)
-    n = len(a)
-    if not all(len(s) == n for s in (b, cost_a, cost_b, duration_a, duration_b, cases)):
+    n = len(pass_a)
+    if not all(len(s) == n for s in (pass_b, cost_a, cost_b, duration_a, duration_b, cases)):
         raise ValueError("paired_test: every sequence holds one entry a pair")
-    pass_to_fail = int(np.sum(a & ~b))
-    fail_to_pass = int(np.sum(~a & b))
     index = {case: i for i, case in enumerate(dict.fromkeys(cases))}
     cluster = np.fromiter((index[c] for c in cases), dtype=np.intp, count=n)
-    size = np.bincount(cluster, minlength=len(index)).astype(float)
-    diffs = [
-        b.astype(float) - a.astype(float),
-        np.asarray(cost_b, dtype=float) - np.asarray(cost_a, dtype=float),
-        np.asarray(duration_b, dtype=float) - np.asarray(duration_a, dtype=float),
-    ]
+    return clustered_paired_test(
+        np.asarray(pass_a, dtype=bool),
+        np.asarray(pass_b, dtype=bool),
+        np.asarray(cost_a, dtype=float),
+        np.asarray(cost_b, dtype=float),
+        np.asarray(duration_a, dtype=float),
+        np.asarray(duration_b, dtype=float),
+        cluster,
+        alpha=alpha,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def clustered_paired_test(
+    a: npt.NDArray[np.bool_],
+    b: npt.NDArray[np.bool_],
+    cost_a: npt.NDArray[np.float64],
+    cost_b: npt.NDArray[np.float64],
+    duration_a: npt.NDArray[np.float64],
+    duration_b: npt.NDArray[np.float64],
+    cluster: npt.NDArray[np.intp],
+    *,
+    alpha: float = ALPHA,
+    n_resamples: int = RESAMPLES,
+    seed: int = SEED,
+) -> PairedTest:
+    """:func:`paired_test` of pairs given as arrays, each pair's case as its cluster's number (0, 1, ...
+    in the order the cases first appear): what a caller that streams its pairs into compact columns
+    passes, without a Python object a pair."""
+    import numpy as np
+
+    n = len(a)
+    if not all(len(s) == n for s in (b, cost_a, cost_b, duration_a, duration_b, cluster)):
+        raise ValueError("paired_test: every array holds one entry a pair")
+    pass_to_fail = int(np.sum(a & ~b))
+    fail_to_pass = int(np.sum(~a & b))
+    clusters = int(cluster.max()) + 1 if n else 0
+    size = np.bincount(cluster, minlength=clusters).astype(float)
+    diffs = [b.astype(float) - a.astype(float), cost_b - cost_a, duration_b - duration_a]
     if n:
         means = [float(d.mean()) for d in diffs]
-        sums = np.stack([np.bincount(cluster, weights=d, minlength=len(index)) for d in diffs])
+        sums = np.stack([np.bincount(cluster, weights=d, minlength=clusters) for d in diffs])
         cis = bootstrap_ratios(sums, size, confidence=1 - alpha, n_resamples=n_resamples, seed=seed)
     else:
         means, cis = [math.nan] * 3, [NAN_INTERVAL] * 3
     (rate_delta, cost_delta, duration_delta), (rate_ci, cost_ci, duration_ci) = means, cis
     return PairedTest(
         pairs=n,
-        cases=len(index),
+        cases=clusters,
         pass_to_fail=pass_to_fail,
         fail_to_pass=fail_to_pass,
         p_value=mcnemar_exact(pass_to_fail, fail_to_pass),

@@ -1,6 +1,6 @@
 """``orchestrate run --baseline RUN``: the running paired comparison of a run against an earlier one, fed
 one record at a time, so that a case that passed in the baseline and now fails is known the moment its
-record is written. Pairs and counts are :func:`~orchestrator.results.compare.paired_statistics`'s: final
+record is written. Pairs and counts are :func:`~orchestrator.results.compare.compare_sorted`'s: final
 records paired on (case, model, repeat), whatever the config hash; a pair where either side ended in an
 infrastructure error is not graded (it says nothing about the agent). With ``--stop-when-decided`` the
 watch also runs :mod:`orchestrator.sequential`'s test on the discordant pairs as they come."""

@@ -27,7 +27,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from orchestrator.results.compare import compare_rows
+from orchestrator.results.compare import compare_sorted
 from orchestrator.results.report import pass_rate_intervals, read_manifest
 from orchestrator.view.attempts import AttemptIndex, Filters, as_json
 from orchestrator.view.auth import AccessMiddleware
@@ -281,10 +281,12 @@ def build_app(sources: Sources, *, token: str | None = None, loopback_only: bool
     def api_compare(request: Request) -> JSON:
         a = request.query_params.get("a", "")
         b = request.query_params.get("b", "")
-        rows = [viewer.index(n).rows() for n in (a, b)]
-        return JSON(
-            {"a": run_info(viewer.run_dir(a)), "b": run_info(viewer.run_dir(b)), **compare_rows(*rows)}
+        finals = [viewer.index(n).finals() for n in (a, b)]
+        start = _int(request, "start", 0)
+        compared = compare_sorted(
+            *finals, changes_from=start, limit=_int(request, "limit", 100, 1, PAGE_LIMIT)
         )
+        return JSON({"a": run_info(viewer.run_dir(a)), "b": run_info(viewer.run_dir(b)), **compared})
 
     async def api_live(request: Request) -> StreamingResponse:
         name = request.path_params["run"]

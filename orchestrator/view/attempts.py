@@ -14,6 +14,7 @@ reads only what was appended since the offset the index reached, and leaves a li
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
@@ -265,6 +266,24 @@ class AttemptIndex:
     def rows(self) -> Iterator[Row]:
         """Every entry's row, in file order (what summarize and compare read)."""
         return (e.row for e in self.entries())
+
+    def finals(self) -> Iterator[Row]:
+        """The final row of each (case, model, repeat) -- the last written, when a forced resume left
+        several -- in :func:`~orchestrator.results.compare.pairing_order`: what compare pairs, streamed.
+        Read on a connection of its own, in one statement, so the index's lock is not held while the
+        consumer works; SQLite sorts in its bounded cache (and temp files past it), never in Python."""
+        conn = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        try:
+            cursor = conn.execute(
+                f"SELECT {_SELECT} FROM attempts WHERE idx IN"
+                " (SELECT max(idx) FROM attempts WHERE final GROUP BY case_id, model_id, repeat)"
+                " ORDER BY model_id, case_id, repeat"  # BINARY collation: UTF-8 bytes sort as str does
+            )
+            while rows := cursor.fetchmany(_BATCH):
+                for r in rows:
+                    yield _entry(r).row
+        finally:
+            conn.close()
 
     def recorded(self, live_name: str) -> int | None:
         """The index of the last record whose live transcript was named ``live_name``

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from orchestrator.results.compare import compare_rows
+from orchestrator.results.compare import compare_sorted
 from orchestrator.results.report import pass_rate_intervals
 from orchestrator.view.app import Viewer, attempt_detail
 from orchestrator.view.attempts import AttemptIndex, as_json
@@ -38,6 +38,8 @@ MAX_SEARCH_CHARS = 16_000_000
 second, whatever the transcripts hold."""
 MAX_RUNS = 8
 """Runs in one bundle: each ordered pair is compared ahead (8 runs: 56 comparisons)."""
+COMPARE_LIMIT = 1000
+"""Changed pairs a bundle's comparison lists (the page says how many there are in all)."""
 
 
 class BundleError(ValueError):
@@ -140,8 +142,8 @@ def write_bundle(run_dirs: list[Path], out: Path) -> Path:
         (out / "static" / asset).write_bytes(static.joinpath(asset).read_bytes())
     written = [_write_run(k, d, out) for k, d in enumerate(dirs)]
     for i, j in permutations(range(len(dirs)), 2):
-        rows = (written[i][1].rows(), written[j][1].rows())
-        compare = {"a": written[i][0], "b": written[j][0], **compare_rows(*rows)}
+        finals = (written[i][1].finals(), written[j][1].finals())
+        compare = {"a": written[i][0], "b": written[j][0], **compare_sorted(*finals, limit=COMPARE_LIMIT)}
         (out / "data" / f"compare-{i}-{j}.js").write_bytes(_script(compare, f"compare/{i}/{j}"))
     runs = [info for info, _ in written]
     (out / "data" / "runs.js").write_bytes(_script({"runs": runs, "names": names}))

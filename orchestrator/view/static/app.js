@@ -458,11 +458,20 @@ function runName(dir, runId) {
   return runId && runId !== dir ? h("span", {}, a, h("span", { class: "muted", text: ` (run id ${runId})` })) : a;
 }
 
+const COMPARE_PAGE = 500;
+
 async function comparePage() {
   const q = pageQuery();
   const [a, b] = [q.get("a") || "", q.get("b") || ""];
+  const start = Math.max(0, Number(q.get("start")) || 0);
   crumbs(`compare ${a} ↔ ${b}`);
-  const c = await api(`/api/compare?a=${enc(a)}&b=${enc(b)}`);
+  // The changed pairs come a page at a time (a compare of big runs may list many thousands).
+  const c = await api(`/api/compare?a=${enc(a)}&b=${enc(b)}&start=${start}&limit=${COMPARE_PAGE}`);
+  const at = (s) => link(`/compare?a=${enc(a)}&b=${enc(b)}&start=${s}`);
+  const shown = c.changes.length ? `${num(start + 1)}–${num(start + c.changes.length)} of ${num(c.changes_count)}` : "";
+  const pager = c.changes_count > c.changes.length ? h("p", { class: "pager" },
+    BUNDLE || start === 0 ? null : h("a", { href: at(Math.max(0, start - COMPARE_PAGE)), text: "‹ prev" }), ` ${shown} `,
+    BUNDLE || start + c.changes.length >= c.changes_count ? null : h("a", { href: at(start + COMPARE_PAGE), text: "next ›" })) : null;
   const line = (label, g) => h("tr", {}, h("td", { text: label }), h("td", { class: "num", text: num(g.paired) }),
     h("td", { class: "num", text: pct(g.pass_rate_a) }), h("td", { class: "num", text: pct(g.pass_rate_b) }),
     h("td", { class: "num", text: g.pass_rate_delta === null ? "–" : (g.pass_rate_delta >= 0 ? "+" : "") + (100 * g.pass_rate_delta).toFixed(1) + " pt" }),
@@ -475,12 +484,12 @@ async function comparePage() {
     h("p", {}, "A: ", runName(a, c.a.run_id), " · B: ", runName(b, c.b.run_id)),
     h("table", { id: "compare" }, h("thead", {}, h("tr", {}, ...heads.map((x) => h("th", { text: x })))),
       h("tbody", {}, line("total", c.totals), ...Object.entries(c.by_model).map(([m, g]) => line(`model ${m}`, g)))),
-    h("h2", { text: `${c.changes.length} changed outcome(s)` }),
+    h("h2", { text: `${num(c.changes_count)} changed outcome(s)` }), pager,
     h("table", { id: "changes" }, h("thead", {}, h("tr", {}, ...["case", "model", "repeat", "change", "status A", "status B", "cost delta", "duration delta", "config"].map((x) => h("th", { text: x })))),
       h("tbody", {}, ...c.changes.map((x) => h("tr", {}, h("td", { text: x.case_id }), h("td", { text: x.model_id }), h("td", { class: "num", text: x.repeat }),
         h("td", { text: x.change }), h("td", { text: x.status_a }), h("td", { text: x.status_b }), h("td", { class: "num", text: usd(x.cost_delta) }),
         h("td", { class: "num", text: secs(x.duration_delta) }), h("td", { text: x.config }))))),
-    c.only_a.length || c.only_b.length ? h("p", { class: "muted", text: `only in A: ${c.only_a.length} · only in B: ${c.only_b.length}` }) : null);
+    c.only_a_count || c.only_b_count ? h("p", { class: "muted", text: `only in A: ${num(c.only_a_count)} · only in B: ${num(c.only_b_count)}` }) : null);
   document.body.dataset.ready = "1";
 }
 
