@@ -17,8 +17,8 @@ from orchestrator.results.records import RESULTS, read_rows
 from orchestrator.view.attempt_db import COLUMNS
 from orchestrator.view.attempts import AttemptIndex
 from tests.results.compare_reference import expected_comparison, varied_records, write_records
-from tests.view.test_api import client
 from tests.view.synthetic import write_run
+from tests.view.test_api import client
 
 ROOT = Path(__file__).resolve().parents[2]
 
