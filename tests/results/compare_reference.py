@@ -123,11 +123,16 @@ def _figures(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, An
 
 def _tests(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
     graded = [(a, b) for a, b in pairs if not (Status(a["status"]).is_infra or Status(b["status"]).is_infra)]
-    columns = [[f(a) for a, _ in graded] for f in (lambda r: bool(r.get("passed")),)]
-    columns += [[bool(b.get("passed")) for _, b in graded]]
-    for field in (_cost, lambda r: r["duration_s"]):
-        columns += [[field(a) for a, _ in graded], [field(b) for _, b in graded]]
-    test = paired_test(*columns, [a["case_id"] for a, _ in graded])
+    firsts, seconds = [a for a, _ in graded], [b for _, b in graded]
+    test = paired_test(
+        [bool(r.get("passed")) for r in firsts],
+        [bool(r.get("passed")) for r in seconds],
+        [_cost(r) for r in firsts],
+        [_cost(r) for r in seconds],
+        [r["duration_s"] for r in firsts],
+        [r["duration_s"] for r in seconds],
+        [r["case_id"] for r in firsts],
+    )
     return {**test.as_dict(), "infra_pairs": len(pairs) - len(graded), "sentence": test.sentence()}
 
 
