@@ -5,22 +5,26 @@ not grow with the runs it compares."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 from orchestrator.results.compare import build_comparison, compare_sorted, sorted_finals
 from orchestrator.results.records import RESULTS, read_rows
 from orchestrator.view.attempt_db import COLUMNS
 from orchestrator.view.attempts import AttemptIndex
 from tests.results.compare_reference import expected_comparison, varied_records, write_records
+from tests.view.browser import dom, screenshot, serving
 from tests.view.synthetic import write_run
 from tests.view.test_api import client
 
 ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium")
 
 
 def _indexed(run: Path) -> AttemptIndex:
@@ -114,3 +118,25 @@ def test_comparing_runs_of_100000_attempts_peaks_near_runs_of_20000(tmp_path: Pa
         peaks[n] = got["peak_kb"]
     growth_mb = (peaks[100_000] - peaks[20_000]) / 1024
     assert growth_mb < 20, f"peak RSS {peaks[20_000] / 1024:.0f} MB -> {peaks[100_000] / 1024:.0f} MB"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+def test_the_compare_page_shows_its_changes_a_page_at_a_time(tmp_path: Path) -> None:
+    assert CHROMIUM is not None
+    results = tmp_path / "results"
+    write_run(results / "r1", 1500, summary=False)
+    _flipped(results / "r1", results / "r2")
+    count = len(build_comparison(results / "r1", results / "r2")["changes"])
+    assert count > 1000
+    with serving(results) as url:
+        first = dom(CHROMIUM, url + "compare?a=r1&b=r2")
+        assert f"{count:,} changed outcome(s)" in first and f"1\u2013500 of {count:,}" in first
+        assert len(re.findall(r"<tr><td>case\d+</td>", first)) == 500  # the first page only
+        assert "\u2039 prev" not in first and 'href="/compare?a=r1&amp;b=r2&amp;start=500"' in first
+        second = dom(CHROMIUM, url + "compare?a=r1&b=r2&start=500")
+        assert (
+            f"501\u20131,000 of {count:,}" in second and "\u2039 prev" in second and "next \u203a" in second
+        )
+        out = tmp_path / "compare.png"
+        screenshot(CHROMIUM, url + "compare?a=r1&b=r2&start=500", out)
+        assert out.stat().st_size > 10_000
