@@ -20,7 +20,7 @@ from orchestrator.view.attempt_db import COLUMNS
 from orchestrator.view.attempts import AttemptIndex
 from tests.results.compare_reference import expected_comparison, varied_records, write_records
 from tests.view.browser import dom, screenshot, serving
-from tests.view.synthetic import write_run
+from tests.view.synthetic import record
 from tests.view.test_api import client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,17 +60,24 @@ def test_the_compare_page_gets_a_page_of_the_changes(tmp_path: Path) -> None:
         assert orjson.dumps(first[k]) == orjson.dumps(full[k])
 
 
-def _flipped(run: Path, out: Path) -> Path:
-    """A copy of ``run`` in which every attempt's check went the other way: every pair changes."""
-    out.mkdir()
-    shutil.copy(run / "manifest.json", out / "manifest.json")
-    with (run / RESULTS).open("rb") as src, (out / RESULTS).open("wb") as dst:
-        for line in src:
-            r = orjson.loads(line)
-            if r["passed"] is not None:
-                r["passed"] = not r["passed"]
-            dst.write(orjson.dumps(r) + b"\n")
-    return out
+def _two_runs(base: Path, n: int) -> tuple[Path, Path]:
+    """Two runs of ``n`` attempts on the same keys (ten repeats of each case and model: the bootstrap's
+    cost goes with the cases), the second with every attempt's check gone the other way: every graded
+    pair changes."""
+    runs = []
+    for name, flip in (("a", False), ("b", True)):
+        run = base / name
+        (run / "events").mkdir(parents=True)
+        (run / "manifest.json").write_bytes(orjson.dumps({"schema_version": 1, "run_id": name}))
+        with (run / RESULTS).open("wb") as fh:
+            for i in range(n):
+                r = record(name, i)
+                r.update(case_id=f"case{i // 30:06d}", repeat=i // 3 % 10)
+                if flip and r["passed"] is not None:
+                    r["passed"] = not r["passed"]
+                fh.write(orjson.dumps(r) + b"\n")
+        runs.append(run)
+    return runs[0], runs[1]
 
 
 _INDEX = """
@@ -101,14 +108,14 @@ def _python(script: str, *args: Path) -> str:
     return subprocess.run(run, capture_output=True, text=True, timeout=900, cwd=ROOT, check=True).stdout
 
 
+@pytest.mark.timeout(900)  # 240,000 records written and indexed, two compares: minutes on a busy machine
 def test_comparing_runs_of_100000_attempts_peaks_near_runs_of_20000(tmp_path: Path) -> None:
-    """Compare of two runs of 100,000 attempts each (every pair changed) peaks within a few MB of two
-    runs of 20,000 (measured: +12 MB). Holding every final row of both runs grew ~2.6 kB a pair: +208 MB."""
+    """Compare of two runs of 100,000 attempts each (every graded pair changed) peaks within a few MB of
+    two runs of 20,000 (measured: +7 MB). Holding every final row of both runs grew ~2.6 kB a pair: +206 MB."""
     peaks = {}
     for n in (20_000, 100_000):
         base = tmp_path / str(n)
-        a = write_run(base / "a", n, summary=False)
-        b = _flipped(a, base / "b")
+        a, b = _two_runs(base, n)
         try:
             _python(_INDEX, a, b)
             got = json.loads(_python(_MEASURE, a, b))
@@ -124,19 +131,18 @@ def test_comparing_runs_of_100000_attempts_peaks_near_runs_of_20000(tmp_path: Pa
 def test_the_compare_page_shows_its_changes_a_page_at_a_time(tmp_path: Path) -> None:
     assert CHROMIUM is not None
     results = tmp_path / "results"
-    write_run(results / "r1", 1500, summary=False)
-    _flipped(results / "r1", results / "r2")
-    count = len(build_comparison(results / "r1", results / "r2")["changes"])
+    _two_runs(results, 1500)
+    count = len(build_comparison(results / "a", results / "b")["changes"])
     assert count > 1000
     with serving(results) as url:
-        first = dom(CHROMIUM, url + "compare?a=r1&b=r2")
+        first = dom(CHROMIUM, url + "compare?a=a&b=b")
         assert f"{count:,} changed outcome(s)" in first and f"1\u2013500 of {count:,}" in first
         assert len(re.findall(r"<tr><td>case\d+</td>", first)) == 500  # the first page only
-        assert "\u2039 prev" not in first and 'href="/compare?a=r1&amp;b=r2&amp;start=500"' in first
-        second = dom(CHROMIUM, url + "compare?a=r1&b=r2&start=500")
+        assert "\u2039 prev" not in first and 'href="/compare?a=a&amp;b=b&amp;start=500"' in first
+        second = dom(CHROMIUM, url + "compare?a=a&b=b&start=500")
         assert (
             f"501\u20131,000 of {count:,}" in second and "\u2039 prev" in second and "next \u203a" in second
         )
         out = tmp_path / "compare.png"
-        screenshot(CHROMIUM, url + "compare?a=r1&b=r2&start=500", out)
+        screenshot(CHROMIUM, url + "compare?a=a&b=b&start=500", out)
         assert out.stat().st_size > 10_000
