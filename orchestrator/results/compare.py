@@ -1,5 +1,8 @@
 """``orchestrate compare``: two runs side by side, paired by (case, model, repeat), as pure functions over
-their flat rows (:func:`~orchestrator.results.records.iter_rows` reads them)."""
+their flat rows (:func:`~orchestrator.results.records.iter_rows` reads them). One aggregation,
+:func:`compare_sorted`, serves the command line and the viewer: a merge-join of two streams of final rows
+sorted by key, which keeps a few numbers a pair rather than the rows, so that its memory stays small
+whatever the runs' size when its input is streamed (the viewer streams it out of its SQLite index)."""
 
 from __future__ import annotations
 
