@@ -270,15 +270,19 @@ class AttemptIndex:
     def finals(self) -> Iterator[Row]:
         """The final row of each (case, model, repeat) -- the last written, when a forced resume left
         several -- in :func:`~orchestrator.results.compare.pairing_order`: what compare pairs, streamed.
-        Read on a connection of its own, in one statement, so the index's lock is not held while the
-        consumer works; SQLite sorts in its bounded cache (and temp files past it), never in Python."""
+        Read on a connection of its own, so the index's lock is not held while the consumer works.
+        SQLite sorts them into a temporary table in a file (its cache bounded, never in Python), and
+        they are streamed from there: the index file is read-locked only while that table is made, not
+        for the whole compare (a refresh of a live run's index would wait for it)."""
         conn = sqlite3.connect(f"{self.db_path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
         try:
-            cursor = conn.execute(
-                f"SELECT {_SELECT} FROM attempts WHERE idx IN"
+            conn.execute("PRAGMA temp_store = FILE")
+            conn.execute(
+                f"CREATE TEMP TABLE finals AS SELECT {_SELECT} FROM attempts WHERE idx IN"
                 " (SELECT max(idx) FROM attempts WHERE final GROUP BY case_id, model_id, repeat)"
                 " ORDER BY model_id, case_id, repeat"  # BINARY collation: UTF-8 bytes sort as str does
             )
+            cursor = conn.execute("SELECT * FROM temp.finals ORDER BY rowid")
             while rows := cursor.fetchmany(_BATCH):
                 for r in rows:
                     yield _entry(r).row

@@ -146,3 +146,18 @@ def test_the_compare_page_shows_its_changes_a_page_at_a_time(tmp_path: Path) -> 
         out = tmp_path / "compare.png"
         screenshot(CHROMIUM, url + "compare?a=a&b=b&start=500", out)
         assert out.stat().st_size > 10_000
+
+
+def test_a_refresh_need_not_wait_for_a_compare_that_is_streaming(tmp_path: Path) -> None:
+    """A live run's index is refreshed while a compare reads its finals: the refresh commits (it would
+    wait for the read lock, then fail, if the stream held the index file read-locked)."""
+    records = varied_records("a", 600, seed=3)  # more finals than a batch of the stream
+    run = write_records(tmp_path / "a", records)
+    index = _indexed(run)
+    stream = index.finals()
+    first = next(stream)
+    with (run / RESULTS).open("ab") as fh:
+        fh.write(orjson.dumps({**records[0], "case_id": "zz-late", "final": True}) + b"\n")
+    assert index.refresh() == 1
+    rest = [first, *stream]  # the finals as they were when the stream began
+    assert len(rest) == len(sorted_finals(read_rows(run / RESULTS))) - 1
