@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ipc_bridge.roo.events import (
     Message,
@@ -41,12 +41,15 @@ from ipc_bridge.roo.events import (
     TaskEvent,
     TaskTokenUsageUpdated,
     TaskToolFailed,
+    id_only_event,
     parse_task_event,
 )
 from ipc_bridge.roo.shapes import IDLE_ASKS, INTERACTIVE_ASKS, RESUMABLE_ASKS
 from orchestrator.status import AttemptOutcome, Metrics, OutcomeLimits, Status
 from orchestrator.tally import Tally, TaskUsage
 from orchestrator.verdict import HostDisconnected, StartFailed, StreamLost, Unresponsive, decide
+
+_Timer = Literal["timeout", "start", "abort", "ask", "idle"]
 
 # Asks that wait for a person. Others (command_output while a command runs, ...) mean work goes on.
 _WAITING_ASKS = INTERACTIVE_ASKS | IDLE_ASKS | RESUMABLE_ASKS
@@ -161,7 +164,11 @@ class OutcomeTracker:
         self._tasks[task_id] = _Task()
 
     def feed_raw(self, data: dict[str, Any], now: float) -> bool:
-        """:meth:`feed` for a raw TaskEvent dict."""
+        """:meth:`feed` for a raw TaskEvent dict. An event that says no more than its name and task
+        (taskCreated, taskIdle, ...) is taken without its model: nothing else of it is read."""
+        simple = id_only_event(data)
+        if simple is not None:
+            return self._take(simple[0], simple[1], None, now)
         return self.feed(parse_task_event(data), now)
 
     def feed(self, event: TaskEvent, now: float) -> bool:
@@ -169,11 +176,14 @@ class OutcomeTracker:
 
         Events after :attr:`done` still update the metrics (the final token usage may come late)
         but never change the outcome."""
+        return self._take(getattr(event, "eventName", ""), event.task_id, event, now)
+
+    def _take(self, name: str, tid: str | None, event: TaskEvent | None, now: float) -> bool:
+        """:meth:`feed` of an event named ``name`` about task ``tid``; ``event`` is its model, None for
+        an event of :data:`~ipc_bridge.roo.events.ID_ONLY_EVENTS` (whose rules read no more)."""
         self.tick(now)
         if self._cancel_state == "sent":
             self._cancel_state = "answered"  # any event at all: the host is alive and reacting
-        tid = event.task_id
-        name: str = getattr(event, "eventName", "")
         if tid is None:
             return False
         if self._root is None:
@@ -194,7 +204,7 @@ class OutcomeTracker:
             if tid in self._old:
                 return False
             self._add_child(tid)
-        elif name in ("taskSpawned", "taskDelegated"):
+        elif name in ("taskSpawned", "taskDelegated") and event is not None:
             child = _second_str(event)
             if tid in self._tasks and child is not None and child not in self._tasks:
                 self._add_child(child)
@@ -221,9 +231,10 @@ class OutcomeTracker:
             if now >= self._grace_until:
                 self._ended_at = self._grace_until
             return
-        due = [t for t in self._timers() if t[0] <= now]
-        if due:
-            at, status, reason = min(due, key=lambda t: t[0])
+        timer = self._first_timer()
+        if timer is not None and timer[0] <= now:
+            at, kind, tid = timer
+            status, reason = self._timer_verdict(kind, tid)
             if status in (Status.TIMEOUT, Status.STUCK) and self._waiting_on_api is not None:
                 status, reason = Status.API_ERROR, self._outage_reason(reason)
             self._decide(status, reason, at)
@@ -258,8 +269,8 @@ class OutcomeTracker:
             return None
         if self._status is Status.COMPLETED:
             return self._grace_until
-        times = [t[0] for t in self._timers()]
-        return min(times) if times else None
+        timer = self._first_timer()
+        return None if timer is None else timer[0]
 
     # ---------------------------------------------------------------------------------- outputs
 
@@ -321,51 +332,56 @@ class OutcomeTracker:
             self._decide(status, reason, now)
             self._ended_at = now
 
-    def _timers(self) -> list[tuple[float, Status, str]]:
+    def _first_timer(self) -> tuple[float, _Timer, str | None] | None:
+        """The running timer that runs out first (of those that run out together, the first in this
+        order: the wall clock, the start, an abort's settling, the tree's asks, idleness): when, which
+        one and, for an ask, whose. Called at every event and deadline, so nothing is worded here: the
+        reason is written only when the timer decides (:meth:`_timer_verdict`)."""
         lim = self.limits
-        out: list[tuple[float, Status, str]] = []
+        first: tuple[float, _Timer, str | None] | None = None
         if lim.timeout is not None:
-            out.append(
-                (self.started_at + lim.timeout, Status.TIMEOUT, f"no outcome within {lim.timeout:g} s")
-            )
+            first = (self.started_at + lim.timeout, "timeout", None)
         if self._root is None:
-            out.append(
-                (
-                    self.started_at + lim.start_timeout,
-                    Status.INFRA_ERROR,
-                    f"no task was created within {lim.start_timeout:g} s of StartNewTask "
-                    "(the host dropped the command: a wrong-typed configuration value does that)",
-                )
-            )
+            at = self.started_at + lim.start_timeout
+            if first is None or at < first[0]:
+                first = (at, "start", None)
         if self._abort_since is not None:
-            out.append(
-                (
-                    self._abort_since + lim.abort_settle,
-                    Status.ABORTED,
-                    "the root task was aborted and neither resumed nor delegated",
-                )
-            )
+            at = self._abort_since + lim.abort_settle
+            if first is None or at < first[0]:
+                first = (at, "abort", None)
         for tid, task in self._tasks.items():
             if task.pending is not None:
-                who = "the root task" if tid == self._root else f"subtask {tid}"
-                out.append(
-                    (
-                        task.pending.since + lim.ask_timeout,
-                        Status.STUCK,
-                        f"{who} waited {lim.ask_timeout:g} s on an unanswered ask: {task.pending.ask}",
-                    )
-                )
+                at = task.pending.since + lim.ask_timeout
+                if first is None or at < first[0]:
+                    first = (at, "ask", tid)
         if lim.idle_timeout is not None:
-            out.append(
-                (
-                    self._last_progress + lim.idle_timeout,
-                    Status.STUCK,
-                    f"no event from the task for {lim.idle_timeout:g} s",
-                )
-            )
-        return out
+            at = self._last_progress + lim.idle_timeout
+            if first is None or at < first[0]:
+                first = (at, "idle", None)
+        return first
 
-    def _apply(self, name: str, tid: str, event: TaskEvent, now: float) -> None:
+    def _timer_verdict(self, kind: _Timer, tid: str | None) -> tuple[Status, str]:
+        """The status and reason of timer ``kind`` (of task ``tid``'s ask) running out now."""
+        lim = self.limits
+        if kind == "timeout":
+            return Status.TIMEOUT, f"no outcome within {lim.timeout:g} s"
+        if kind == "start":
+            return (
+                Status.INFRA_ERROR,
+                f"no task was created within {lim.start_timeout:g} s of StartNewTask "
+                "(the host dropped the command: a wrong-typed configuration value does that)",
+            )
+        if kind == "abort":
+            return Status.ABORTED, "the root task was aborted and neither resumed nor delegated"
+        if kind == "ask":
+            assert tid is not None
+            pending = self._tasks[tid].pending
+            assert pending is not None
+            who = "the root task" if tid == self._root else f"subtask {tid}"
+            return Status.STUCK, f"{who} waited {lim.ask_timeout:g} s on an unanswered ask: {pending.ask}"
+        return Status.STUCK, f"no event from the task for {lim.idle_timeout:g} s"
+
+    def _apply(self, name: str, tid: str, event: TaskEvent | None, now: float) -> None:
         task = self._tasks[tid]
         is_root = tid == self._root
         if name == "message" and isinstance(event, Message):
@@ -468,7 +484,7 @@ def _second_str(event: TaskEvent) -> str | None:
     return None
 
 
-def _subtask_flag(event: TaskEvent) -> bool:
+def _subtask_flag(event: TaskEvent | None) -> bool:
     """``isSubtask`` of a taskCompleted whose payload did not validate (a newer engine's shape)."""
     payload: Any = getattr(event, "payload", None)
     if isinstance(payload, (list, tuple)):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ipc_bridge.roo.events import Message
+from ipc_bridge.roo.events import Message, parse_task_event
+from orchestrator.outcome import OutcomeTracker
 from orchestrator.status import OutcomeLimits, Status
 from tests.conftest import load_recording, recording_names
 from tests.outcome_events import LIMITS, is_msg, name_of, replay, t_of
@@ -54,6 +55,23 @@ def test_recording_outcome(name: str) -> None:
         assert result.metrics.task_ids[0] == result.task_id
         assert result.metrics.time_to_first_event_s is not None
         assert 0 <= result.metrics.time_to_first_event_s < 0.1
+
+
+@pytest.mark.parametrize("name", recording_names())
+def test_raw_events_decide_as_their_models_do(name: str) -> None:
+    # feed_raw takes taskCreated, taskIdle & co. without their model: same attribution, same deadlines
+    # at every step, same outcome and metrics as feeding every event's model.
+    rows = [r for r in load_recording(name) if r["dir"] == "in" and r["msg"]["type"] == "TaskEvent"]
+    now = start = rows[0]["t"] / 1000 - 0.01 if rows else 0.0
+    by_model, raw = OutcomeTracker(start, LIMITS), OutcomeTracker(start, LIMITS)
+    for row in rows:
+        now, data = row["t"] / 1000, row["msg"]["data"]
+        assert raw.feed_raw(data, now) == by_model.feed(parse_task_event(data), now)
+        assert raw.next_deadline() == by_model.next_deadline()
+        assert raw.status == by_model.status
+    for tracker in (raw, by_model):
+        tracker.tick(now + 600)
+    assert raw.result() == by_model.result()
 
 
 @pytest.mark.parametrize("name", ["complete-3.52.1.jsonl", "complete-3.50.4.jsonl"])

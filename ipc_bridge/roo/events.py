@@ -240,6 +240,30 @@ def parse_task_event(data: Any) -> _Event:
     return UnknownEvent.model_validate(data)
 
 
+ID_ONLY_EVENTS = frozenset(
+    name
+    for name, cls in KNOWN_EVENTS.items()
+    if cls.model_fields["payload"].annotation == tuple[str] and cls is not ModeChanged  # (its mode)
+)
+"""The events whose payload is the task id alone (taskCreated, taskIdle, taskAborted, ...)."""
+
+
+def id_only_event(data: dict[str, Any]) -> tuple[str, str] | None:
+    """``(eventName, task id)`` of a raw TaskEvent of :data:`ID_ONLY_EVENTS` that certainly validates as
+    its model (nothing but ``eventName`` and a one-string ``payload``), without building the model: a
+    consumer that needs no more than these two (the outcome tracker) skips the parse. None for any other
+    event, which :func:`parse_task_event` is for."""
+    if len(data) != 2:
+        return None
+    name = data.get("eventName")
+    payload = data.get("payload")
+    if name in ID_ONLY_EVENTS and type(payload) is list and len(payload) == 1:
+        task = payload[0]
+        if type(task) is str:
+            return name, task
+    return None
+
+
 def make_event(event_name: str, *payload: Any) -> _Event:
     """Build an outgoing event (simulator side), validated against its typed tuple."""
     cls = KNOWN_EVENTS.get(event_name)

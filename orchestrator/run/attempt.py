@@ -34,7 +34,7 @@ from orchestrator.run.slot_events import (
     transcript_row,
     unless_restart,
 )
-from orchestrator.status import Status
+from orchestrator.status import AttemptOutcome, Status
 from orchestrator.suite.plan import Attempt
 from orchestrator.verdict import (
     DISCONNECTED,
@@ -133,6 +133,7 @@ class AttemptRunner:
         slot = f"w{self.wid}-{n}"
         transcript = self._live.transcript(job, slot) if self._live is not None else []
         tracker: OutcomeTracker | None = None
+        outcome: AttemptOutcome | None = None
         host: Host | None = None
         launched: Host | None = None  # the host, kept for its record after teardown
         host_log: Path | None = None
@@ -268,7 +269,9 @@ class AttemptRunner:
             host_killed=list(launched.killed) if launched is not None else [],
             kept_workspace=self._hosts.in_results(workspace) if self.config.keep_workspaces else None,
         )
-        if tracker is not None:
+        if outcome is not None:
+            record.metrics = outcome.metrics  # no event is taken after the outcome: still the same
+        elif tracker is not None:
             record.metrics = tracker.metrics()
         return JobResult(record.model_dump(mode="json"), transcript, diff=diff)
 

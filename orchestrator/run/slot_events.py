@@ -86,8 +86,7 @@ class SlotEvents:
             return None
         if self._next is None:
             self._next = asyncio.ensure_future(anext(self._stream))
-        either: set[asyncio.Future[Any]] = {self._next, self._restart}
-        await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        await _first_of(self._next, self._restart, timeout)
         if self._next.done():
             ready, self._next = self._next, None
             try:
@@ -119,6 +118,28 @@ class SlotEvents:
         if aclose is not None:
             with contextlib.suppress(Exception):
                 await aclose()
+
+
+async def _first_of(a: asyncio.Future[Any], b: asyncio.Future[Any], timeout: float) -> None:
+    """Until ``a`` or ``b`` is done, or ``timeout`` has passed: ``asyncio.wait(..., FIRST_COMPLETED)``
+    without the sets and checks it makes per call (~6 us of a worker's CPU per event). Neither future
+    is cancelled, whatever happens, as with ``asyncio.wait``."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    a.add_done_callback(wake)
+    b.add_done_callback(wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        a.remove_done_callback(wake)
+        b.remove_done_callback(wake)
 
 
 def is_partial(event: dict[str, Any]) -> bool:

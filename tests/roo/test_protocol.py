@@ -7,6 +7,8 @@ import math
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ipc_bridge.roo import events as ev
@@ -188,3 +190,35 @@ def test_commands_built_from_defaults_keep_their_name(cls: type[sh.WireModel]) -
 
 def test_events_built_directly_keep_their_name() -> None:
     assert ev.TaskCreated(payload=("t",)).wire() == {"eventName": "taskCreated", "payload": ["t"]}
+
+
+_SOME_NAMES = [*sorted(ev.KNOWN_EVENTS), "headlessTaskResult"]
+_PAYLOAD_ITEMS = st.one_of(st.text(max_size=3), st.integers(), st.none(), st.just({"taskId": "t"}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    name=st.sampled_from(_SOME_NAMES),
+    payload=st.one_of(st.lists(_PAYLOAD_ITEMS, max_size=3), st.none(), st.text(max_size=2)),
+    extra=st.dictionaries(st.sampled_from(["taskId", "x"]), st.one_of(st.integers(), st.text(max_size=2))),
+)
+def test_an_id_only_event_is_one_that_parses_as_its_model(
+    name: str, payload: object, extra: dict[str, object]
+) -> None:
+    # The tracker skips the model of an event id_only_event accepts: it must say what the model would.
+    raw = {"eventName": name, "payload": payload, **extra}
+    simple = ev.id_only_event(raw)
+    if simple is not None:
+        event = ev.parse_task_event(raw)
+        assert type(event) is ev.KNOWN_EVENTS[name]
+        assert simple == (event.eventName, event.task_id)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", recording_names())
+def test_recorded_id_only_events_skip_their_model(name: str) -> None:
+    for row in load_recording(name):
+        data = row["msg"]["data"] if row["msg"]["type"] == "TaskEvent" else None
+        if isinstance(data, dict) and data["eventName"] in ev.ID_ONLY_EVENTS:
+            assert ev.id_only_event(data) == (data["eventName"], data["payload"][0])
+    assert ev.id_only_event({"eventName": "modeChanged", "payload": ["code"]}) is None  # not a task id
+    assert ev.id_only_event({"eventName": "taskSpawned", "payload": ["a", "b"]}) is None
