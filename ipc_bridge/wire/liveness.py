@@ -16,6 +16,7 @@ was stopped or blocked heard nothing because it did not listen, not because its 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,16 +38,18 @@ class Ticker:
     """Periodic wake-ups that also report how long the process overslept (it was stopped or its loop
     was blocked): that time must not count as the peer's silence."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
+        self._clock = clock
+        """The loop's clock unless one is given (tests drive their own)."""
         self._last: float | None = None
 
     async def sleep(self, tick: float) -> tuple[float, float]:
         """Sleep ``tick``; return ``(now, stall)``, stall being 0 unless the wake-up came a whole tick late."""
-        loop = asyncio.get_running_loop()
+        clock = self._clock or asyncio.get_running_loop().time
         if self._last is None:
-            self._last = loop.time()
+            self._last = clock()
         await asyncio.sleep(tick)
-        now = loop.time()
+        now = clock()
         late = now - self._last - tick
         self._last = now
         return now, late if late > tick else 0.0

@@ -260,13 +260,14 @@ def test_sigint_or_sigterm_stops_cancels_and_resume_completes(tmp_path: Path, si
 def test_a_bridge_that_keeps_dying_stops_the_run_cleanly_and_resume_completes(
     tmp_path: Path, sockdir: Path
 ) -> None:
-    # s0 and s1 (5 s each) still run when q0's record is out, whatever the machine's load.
+    # One record is out and at least one 5 s case still runs, whichever came first: on a loaded machine
+    # q0's grading can outlast s0's whole task, so the order of the first record is not asserted.
     slow = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{duration: 100s}}\n"
     quick = f"\n  workspace: {EXERCISES}/python/leap\n  simulate: {{duration: 1s}}\n"
     suite = write_suite(tmp_path, SIM_IN_ORDER, cases(1, quick, prefix="q") + cases(2, slow, prefix="s"))
     env = {"TMPDIR": str(sockdir)}
     with running(suite, tmp_path / "r", env=env, args=("--max-bridge-restarts", "0")) as (proc, first):
-        assert first["case_id"] == "q0"
+        assert first["case_id"] in {"q0", "s0"}, first
         (bridge,) = _bridges(proc.pid)
         os.kill(bridge, signal.SIGKILL)
         out, _ = proc.communicate(timeout=60)
