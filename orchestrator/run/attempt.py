@@ -54,6 +54,14 @@ log = logging.getLogger(__name__)
 
 SLOT_DOWN = "slot_down"
 EXIT_WAIT = 2.0
+STOP_CANCEL_TIMEOUT = 2.0
+"""How long a stopped attempt waits for its CancelTask to be delivered."""
+STOP_HOST_GRACE = 2.0
+"""A stopped attempt's host gets this long after SIGTERM, not the target's close grace: the user wants out."""
+DETACH_TIMEOUT = 5.0
+CANCELLED_WITHIN = STOP_CANCEL_TIMEOUT + STOP_HOST_GRACE + DETACH_TIMEOUT + 6.0
+"""A cancelled attempt has its record by then: the steps above plus room for the rest of its teardown (the
+workspace, the transcript, the host's log) on a loaded machine. The scheduler waits as long after a stop."""
 """How long a host whose connection went down is given to exit, so that its record says how it did."""
 TASK_EVENT = "task_event"
 
@@ -145,6 +153,7 @@ class AttemptRunner:
         holding = False  # one of this worker's slots: given back as soon as the agent is done
         task_started = False  # StartNewTask may have gone out: the attempt gets a record, whatever happens
         unstarted = False
+        stopped = False  # cancelled (a stop of the run): the host is not given its close grace
         workspace = self._hosts.workspace(job)
         try:
             try:
@@ -223,14 +232,16 @@ class AttemptRunner:
             unstarted = not task_started
             if task_started and phase.timings.agent_s is None:
                 phase.lap("agent_s")  # how long the task ran before the stop
+            stopped = True
             if attached and task_started:
                 # A leased host (socket target) is not closed afterwards: its task must be stopped here.
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.client.cancel(slot), 2)
+                    await asyncio.wait_for(self.client.cancel(slot), STOP_CANCEL_TIMEOUT)
         finally:
             self._release(holding, ticket)
             if host is not None or attached:
-                host_end = await asyncio.shield(self._cleanup_host(slot, host)) or host_end
+                cleanup = self._cleanup_host(slot, host, close=not stopped)
+                host_end = await asyncio.shield(cleanup) or host_end
             if not self.config.keep_workspaces:
                 await asyncio.shield(self._hosts.release(workspace))
             if isinstance(transcript, LiveTranscript):
@@ -445,9 +456,9 @@ class AttemptRunner:
     async def _cleanup_host(
         self, slot: str, host: Host | None, responsive: bool = True, *, close: bool = True
     ) -> str | None:
-        """CloseTask (if ``close``), give the host its grace to exit, then make sure it is gone; detach
-        the slot. A host known to be unresponsive is killed at once: it would sit out the grace and a
-        SIGTERM too. Returns how the host had ended by itself before, if it had."""
+        """CloseTask and the host's grace to exit (if ``close``), then make sure it is gone; detach the
+        slot. A host known to be unresponsive is killed at once: it would sit out the grace and a SIGTERM
+        too. Returns how the host had ended by itself before, if it had."""
         ended = None
         detached = False
         if host is not None:
@@ -455,21 +466,21 @@ class AttemptRunner:
             if not responsive:
                 await host.kill()
             elif not close:
-                await host.stop(grace=2.0)
+                await host.stop(grace=STOP_HOST_GRACE)
             else:
                 try:
                     # CloseTask and detach in one request: the bridge hangs up once the host has it.
-                    closed = await asyncio.wait_for(self.client.close_detach(slot), 5)
+                    closed = await asyncio.wait_for(self.client.close_detach(slot), DETACH_TIMEOUT)
                 except (BridgeError, asyncio.TimeoutError):
                     pass  # the host never got it (bridge restarted, host gone): no grace to wait for
                 else:
                     detached = True
                     if closed:  # the host has it: its grace to exit
                         await host.wait(self._hosts.close_grace)
-                await host.stop(grace=2.0)
+                await host.stop(grace=STOP_HOST_GRACE)
         if not detached:
             with contextlib.suppress(BridgeError, asyncio.TimeoutError):
-                await asyncio.wait_for(self.client.detach(slot), 5)
+                await asyncio.wait_for(self.client.detach(slot), DETACH_TIMEOUT)
         return ended
 
 

@@ -23,6 +23,7 @@ from orchestrator.hosts.provider import host_provider
 from orchestrator.results.record_queue import RecordQueue
 from orchestrator.results.records import AttemptRecord
 from orchestrator.results.store import ResultsWriter
+from orchestrator.run.attempt import CANCELLED_WITHIN
 from orchestrator.run.executor import Crashed, Executor, ExecutorFactory, Finished, Launch, Lost
 from orchestrator.run.jobs import Job, JobResult, WorkerConfig, new_record
 from orchestrator.status import Status
@@ -33,7 +34,6 @@ from orchestrator.verdict import WorkerDied, WorkerError, decide
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
-CANCEL_WAIT = 8.0
 BREAKER_FACTOR = 2
 """The circuit breaker trips when the first tries of the first ``BREAKER_FACTOR x slots`` keys all fail
 alike."""
@@ -188,7 +188,7 @@ class Scheduler:
         while True:
             if self._stopping in ("interrupted", "circuit_breaker") and cancel_deadline is None:
                 executor.cancel_all()
-                cancel_deadline = self._clock() + CANCEL_WAIT
+                cancel_deadline = self._clock() + CANCELLED_WITHIN
             if not self._stopping:
                 self._start_ready(executor)
             if self._stopping in SOFT_STOPS and not held:
@@ -199,7 +199,7 @@ class Scheduler:
             if executor.in_flight == 0 and (self._stopping or not self._queue):
                 break
             if cancel_deadline is not None and self._clock() > cancel_deadline:
-                log.error("in-flight attempts did not finish within %.0fs of the stop", CANCEL_WAIT)
+                log.error("in-flight attempts did not finish within %.0fs of the stop", CANCELLED_WITHIN)
                 break
             if self._interrupts > 1:
                 raise Interrupted

@@ -214,15 +214,30 @@ def test_the_detached_hosts_of_a_worker_killed_are_ended_while_the_run_goes_on(
     assert marked_processes(marker) == []
 
 
-def test_a_run_stopped_by_ctrl_c_leaves_nothing(tmp_path: Path, marker: str) -> None:
-    proc = _start(tmp_path, _suite(tmp_path, linger=True, helper=True, body=HANG), marker)
+def test_a_run_stopped_by_ctrl_c_leaves_nothing_and_records_the_cancelled_try(
+    tmp_path: Path, marker: str
+) -> None:
+    # A close grace far longer than the run waits for its cancelled attempts after a ctrl-c: a stop does
+    # not sit it out (the user wants out), and the try is still recorded.
+    suite = _suite(tmp_path, linger=True, helper=True, body=HANG)
+    suite.write_text(suite.read_text().replace("close_grace: 5s", "close_grace: 300s"))
+    proc = _start(tmp_path, suite, marker)
     try:
-        _app_started(tmp_path)
+        report = _app_started(tmp_path)
+        poll_until(lambda: _task_started(tmp_path), 90, "the task")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=120) == 130
     finally:
         _stop(proc)
     assert marked_processes(marker) == []
+    (record,) = read_records(tmp_path / "r" / "r" / "results.jsonl")
+    assert (record.status.value, record.final) == ("cancelled", False)
+    assert report["app"] in _killed(record)
+
+
+def _task_started(tmp_path: Path) -> bool:
+    live = tmp_path / "r" / "r" / "live"
+    return any(b'"taskStarted"' in path.read_bytes() for path in live.glob("*.jsonl"))
 
 
 def test_the_next_run_ends_what_a_killed_run_left_and_spares_a_live_runs(

@@ -20,8 +20,9 @@ from orchestrator.results.manifest import build_manifest
 from orchestrator.results.record_queue import RecordQueue
 from orchestrator.results.records import AttemptRecord, read_records
 from orchestrator.results.store import ResultsWriter
+from orchestrator.run.attempt import CANCELLED_WITHIN
 from orchestrator.run.jobs import Job
-from orchestrator.run.scheduler import CANCEL_WAIT, Interrupted, RunOptions, Scheduler
+from orchestrator.run.scheduler import Interrupted, RunOptions, Scheduler
 from orchestrator.run.supervisor import BridgeFailed
 from orchestrator.status import Status
 from orchestrator.suite.config import load_suite
@@ -378,7 +379,7 @@ def test_a_stop_waits_for_cancelled_attempts_only_so_long(
     script = lambda job: Step(seconds=100.0)  # noqa: E731
     done = _run(tmp_path, script, answer_cancel=False, on_poll=_interrupt_at(1.0))
     assert done.stop == "interrupted"
-    assert 1.0 + CANCEL_WAIT < done.executor.clock.now <= 1.0 + CANCEL_WAIT + 0.6
+    assert 1.0 + CANCELLED_WITHIN < done.executor.clock.now <= 1.0 + CANCELLED_WITHIN + 0.6
     assert "did not finish within" in caplog.text
     assert done.records == []
     assert done.scheduler.pending == 3  # the two whose cancel went unanswered, and c
