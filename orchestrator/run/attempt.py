@@ -59,9 +59,11 @@ STOP_CANCEL_TIMEOUT = 2.0
 STOP_HOST_GRACE = 2.0
 """A stopped attempt's host gets this long after SIGTERM, not the target's close grace: the user wants out."""
 DETACH_TIMEOUT = 5.0
-CANCELLED_WITHIN = STOP_CANCEL_TIMEOUT + STOP_HOST_GRACE + DETACH_TIMEOUT + 6.0
-"""A cancelled attempt has its record by then: the steps above plus room for the rest of its teardown (the
-workspace, the transcript, the host's log) on a loaded machine. The scheduler waits as long after a stop."""
+CANCELLED_WITHIN = STOP_CANCEL_TIMEOUT + 3 * STOP_HOST_GRACE + DETACH_TIMEOUT + 4.0
+"""A cancelled attempt has its record by then: the steps above (a host's stop takes up to three graces: a
+farmed host's close, kill and exit; a launched host's SIGTERM and what it left outside its group), plus
+room for the rest of its teardown (the workspace, the transcript, the host's log) on a loaded machine. The
+scheduler waits as long after a stop."""
 """How long a host whose connection went down is given to exit, so that its record says how it did."""
 TASK_EVENT = "task_event"
 
