@@ -484,8 +484,10 @@ def test_what_a_node_actor_killed_outright_leaves_is_ended_when_its_node_gets_a_
         actor = int((runtime / "owner").read_text().split()[0])
         assert actor in descendants(os.getpid()) and cmdline(actor).startswith(b"ray::NodeRunner")
         # Found by no mark: the node recorded it as it appeared (orchestrator.hosts.owned).
+        below = owned.record_below(report["socket"])
+        # The report can come before the node's first scan has written the record at all.
         poll_until(
-            lambda: str(report["cleared"]) in owned.record_below(report["socket"]).read_text().split(),
+            lambda: below.exists() and str(report["cleared"]) in below.read_text().split(),
             60,
             "the record",
         )
