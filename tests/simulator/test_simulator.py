@@ -251,7 +251,8 @@ async def test_messages_queue_while_busy_and_can_be_deleted(client: ExtensionCon
 
 
 async def test_a_queued_message_answers_the_next_question(client: ExtensionConnection) -> None:
-    # the followup turn takes ~0.25 s here; the message is queued long before the question comes
+    # the question comes ~0.28 s in (20 s are 1 s here, half of it the followup turn's, most of that its
+    # request's latency): the message is queued long before
     await client.send_command(start_cmd({"outcome": "followup", "duration": "20s"}))
     await collect(client, named("taskStarted"))
     await client.send_command(SendMessage(data=SendMessageData(text="first")))
