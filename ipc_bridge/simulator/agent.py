@@ -3,7 +3,10 @@
 A script becomes a list of *turns*, one model request each: an optional followup question, one turn per
 tool call (``files`` first, then ``tools``), one per subtask delegation, then the final turn, which
 carries the outcome. The first turn streams the script's ``text``. ``duration`` is spread evenly over the
-turns; the seed jitters each step by +-20 % (``jitter``), so timings vary between seeds and never within one.
+turns, and each turn's share over the steps it plans (:mod:`ipc_bridge.simulator.pace`), so the agent's own
+work takes ``duration`` whatever its turns do; waits on outside things (an answer, a subtask, a command
+that runs, the write delay, API retries) come on top. The seed jitters each step by +-20 % (``jitter``), so
+timings vary between seeds and never within one.
 """
 
 from __future__ import annotations
@@ -16,10 +19,19 @@ from typing import Any, Protocol
 
 from ipc_bridge.redaction import Redactor
 from ipc_bridge.simulator.failures import api_error, lost_provider
+from ipc_bridge.simulator.pace import (
+    COMMAND_STEPS,
+    DELEGATE_STEPS,
+    FOLLOWUP_STEPS,
+    TOOL_STEPS,
+    Pace,
+    final_steps,
+    turn_steps,
+)
 from ipc_bridge.simulator.requests import Request, share_of
 from ipc_bridge.simulator.script import Script, ToolCall
 from ipc_bridge.simulator.task import Clock, TaskInstance, Tokens
-from ipc_bridge.simulator.tools import dumps, prepare, run_command
+from ipc_bridge.simulator.tools import ToolStep, dumps, prepare, run_command
 
 MODE_NAMES = {
     "architect": "🏗️ Architect",
@@ -92,6 +104,8 @@ class Agent:
         self.turns += [("delegate", sub) for sub in script.subtasks]
         self.turns.append(("final", script.outcome))
         self.budget = script.duration * host.time_scale / len(self.turns)
+        """Each turn's share of ``duration`` (seconds, scaled)."""
+        self._pace = self._plan(())
         self._requests = len(self.turns) - (1 if script.outcome in _NO_REQUEST_END else 0)
         if script.outcome == "followup":
             # the turns after the question are not planned: they happen only if it is answered. The
@@ -114,10 +128,17 @@ class Agent:
             parent_id=parent_id,
         )
 
-    async def _sleep(self, fraction: float) -> None:
+    def _factor(self) -> float:
         jitter = self.script.jitter
-        # drawn even without jitter: every other seeded choice stays the same
-        await self.clock.sleep(self.budget * fraction * self.rng.uniform(1 - jitter, 1 + jitter))
+        return self.rng.uniform(1 - jitter, 1 + jitter)
+
+    def _plan(self, steps: tuple[str, ...]) -> Pace:
+        """The next turn's steps: together they take the turn's share of ``duration``."""
+        return Pace(self.budget, steps, self._factor)
+
+    async def _sleep(self, step: str, part: float = 1.0) -> None:
+        """The agent's own work: ``part`` of the current turn's planned ``step``."""
+        await self.clock.sleep(self._pace.seconds(step, part))
 
     def _count(self, inst: TaskInstance, request: Request) -> None:
         """The request's tokens count in the task's usage (its message may show them later)."""
@@ -145,7 +166,7 @@ class Agent:
         self,
         inst: TaskInstance,
         text: str,
-        fraction: float,
+        step: str,
         *,
         finish: bool = True,
         request: Request | None = None,
@@ -154,13 +175,13 @@ class Agent:
         cuts = [len(text) * k // n for k in range(n + 1)]
         ts = inst.say("text", text[: cuts[1]], partial=True)
         for k in range(2, n + 1):
-            await self._sleep(fraction / n)
+            await self._sleep(step, 1 / n)
             inst.update(ts, text=text[: cuts[k]], partial=True)
         if finish:
             if request is not None:
                 # the usage drain finishes while the engine still finalizes the text
                 self._reach(inst, request, "text")
-            await self._sleep(fraction / n)
+            await self._sleep(step, 1 / n)
             inst.update(ts, text=text, partial=False)
 
     # ---------------------------------------------------------------------------------- task
@@ -200,33 +221,44 @@ class Agent:
             usage_at = (
                 arg.usage_at if kind == "tool" else self.script.usage_at if kind == "followup" else None
             )
-            req = Request(current.say("api_req_started", dumps({"apiProtocol": "openai"})), usage_at)
-            await self._sleep(0.25)
             if kind == "tool" and arg.text:
                 text = arg.text
+            step = prepare(arg, self.workspace) if kind == "tool" else None
+            self._pace = self._plan(turn_steps(self._branch_steps(kind, step), text=bool(text)))
+            req = Request(current.say("api_req_started", dumps({"apiProtocol": "openai"})), usage_at)
+            await self._sleep("latency")
             if text:
-                await self._stream(current, text, 0.25, request=req)
-            if kind == "tool":
-                await self._tool(current, req, arg, after_text=bool(text))
+                await self._stream(current, text, "text", request=req)
+            if step is not None:
+                await self._tool(current, req, arg, step, after_text=bool(text))
             elif kind == "followup":
                 await self._followup(current, req, after_text=bool(text))
             else:
                 current = await self._delegate(current, req, arg, index)
                 if current is None:
                     return False
-                if not self._keeps_provider():
-                    await lost_provider(current, self.script.error, self.host.time_scale)
+            self._pace.finish()
+            if kind == "delegate" and not self._keeps_provider():
+                await lost_provider(current, self.script.error, self.host.time_scale)
         raise AssertionError("a script always ends with a final turn")
 
-    async def _tool(self, inst: TaskInstance, req: Request, call: ToolCall, *, after_text: bool) -> None:
-        step = prepare(call, self.workspace)
+    @staticmethod
+    def _branch_steps(kind: str, step: ToolStep | None) -> tuple[str, ...]:
+        """The steps of a turn after its text, by what the turn does."""
+        if step is not None:
+            return COMMAND_STEPS if step.ask == "command" and step.failure is None else TOOL_STEPS
+        return FOLLOWUP_STEPS if kind == "followup" else DELEGATE_STEPS
+
+    async def _tool(
+        self, inst: TaskInstance, req: Request, call: ToolCall, step: ToolStep, *, after_text: bool
+    ) -> None:
         if step.ask == "command" and step.failure is None:
             await self._command(inst, req, call, after_text=after_text)
         elif step.ask is not None:
             req.resolve("ask")
             ts = inst.ask(step.ask, step.partial_text, partial=True)
             self._reach(inst, req, "ask")
-            await self._sleep(0.3)
+            await self._sleep("tool_ask")
             inst.update(ts, text=step.final_text, partial=False, isProtected=False)
             inst.update(ts, isAnswered=True)
             inst.event("taskAskResponded")
@@ -243,7 +275,7 @@ class Agent:
             # a call that fails before asking reports the failure while the stream ends: the request's
             # token update follows the error (cli-runs tool-fail)
             req.resolve("end")
-            await self._sleep(0.3)
+            await self._sleep("tool_ask")
             self._reach(inst, req, "ask")
             if step.failure in ("say_error", "both"):
                 inst.say("error", step.error)
@@ -251,7 +283,7 @@ class Agent:
                 inst.event("taskToolFailed", step.name, step.error)
             self._reach(inst, req, "end")
             inst.count_tool(step.name, failed=True)
-        await self._sleep(0.2)
+        await self._sleep("next_request")
 
     async def _command(self, inst: TaskInstance, req: Request, call: ToolCall, *, after_text: bool) -> None:
         """execute_command (cli-runs write-ok): ``ask:command``, answered; ``ask:command_output``, answered;
@@ -264,17 +296,17 @@ class Agent:
         else:
             ts = inst.ask("command", command, partial=True)
             inst.update(ts, partial=False)
-        await self._sleep(0.1)
+        await self._sleep("command_ask")
         inst.event("taskAskResponded")
         inst.ask("command_output", "")
-        await self._sleep(0.05)
+        await self._sleep("command_output_ask")
         inst.event("taskAskResponded")
         output = call.output
         if call.runs:
             output = await run_command(
                 call.command or "", self.workspace, call.run_timeout, self.clock, redactor=self.redactor
             )
-        await self._sleep(0.05)
+        await self._sleep("command_output")
         if self.engine == "3.52":
             ts = inst.say("command_output", output, partial=True)
             inst.update(ts, partial=False)
@@ -282,7 +314,7 @@ class Agent:
             inst.say("command_output", output)
         self._reach(inst, req, "end")
         inst.count_tool("execute_command")
-        await self._sleep(0.1)
+        await self._sleep("command_done")
 
     @staticmethod
     def _apply(inst: TaskInstance, apply: Callable[[], None] | None) -> bool:
@@ -333,7 +365,7 @@ class Agent:
         if interactive:
             inst.event("taskActive")
         inst.say("user_feedback", answer)
-        await self._sleep(0.2)
+        await self._sleep("next_request")
 
     async def _delegate(
         self, parent: TaskInstance, req: Request, sub: Script, index: int
@@ -344,7 +376,7 @@ class Agent:
         ts = parent.ask("tool", dumps(ask), isProtected=False)
         # the request's tokens count, but the parent is aborted before its api_req_started shows them
         self._count(parent, req)
-        await self._sleep(0.1)
+        await self._sleep("delegate_ask")
         parent.update(ts, isAnswered=True)
         parent.event("taskAskResponded")
         parent.count_tool("new_task")
@@ -353,7 +385,7 @@ class Agent:
         parent.event("taskAborted")
         parent.aborted = True
         parent.end()
-        await self._sleep(0.1)
+        await self._sleep("delegate_start")
 
         child_agent = Agent(
             self.host,
@@ -371,7 +403,7 @@ class Agent:
         await child_agent.start(child, prompt)
         if not await child_agent.work(child, subtask=True):
             return None
-        await self._sleep(0.05)
+        await self._sleep("resume")
 
         resumed = self.new_instance(parent.id, tokens=parent.tokens, parent_id=parent.parent_id)
         self.host.set_current(resumed)
@@ -390,31 +422,33 @@ class Agent:
     # ------------------------------------------------------------------------------- outcomes
 
     async def _final(self, inst: TaskInstance, text: str | None, outcome: str, subtask: bool) -> bool:
+        self._pace = self._plan(final_steps(outcome, text=bool(text), subtask=subtask))
         req = Request(inst.say("api_req_started", dumps({"apiProtocol": "openai"})), self.script.usage_at)
         if outcome in ("api_error", "api_error_noauto"):
             auto = outcome == "api_error" and self.auto_approval
             scale, delay = self.host.time_scale, self.host.status_delay
             await api_error(inst, self.script.error, auto=auto, scale=scale, status_delay=delay)
         if outcome == "crash":
-            await self._sleep(0.25)
+            await self._sleep("latency")
             self.host.crash()
             await self.clock.forever()
         if outcome == "freeze":
-            await self._sleep(0.25)
+            await self._sleep("latency")
             self.host.freeze()
             await self.clock.forever()
-        await self._sleep(0.25)
+        await self._sleep("latency")
         if outcome == "hang":
             # the model stream never ends: partial text (if any), then silence
             if text:
-                await self._stream(inst, text, 0.75, finish=False)
+                await self._stream(inst, text, "hang_text", finish=False)
             await self.clock.forever()
         if text:
-            await self._stream(inst, text, 0.25, request=req)
+            await self._stream(inst, text, "text", request=req)
         if outcome == "aborted":
             req.resolve("end")
             self._reach(inst, req, "end")
-            await self._sleep(0.2)
+            await self._sleep("abort")
+            self._pace.finish()
             inst.throttle.flush()
             inst.event("taskAborted")
             inst.aborted = True
@@ -432,7 +466,7 @@ class Agent:
         result = inst.say("completion_result", "", partial=True)
         self._reach(inst, req, "ask")
         self._count(inst, req)
-        await self._sleep(0.1)
+        await self._sleep("complete")
         inst.count_tool("attempt_completion")
         if self.engine == "3.50":
             inst.throttle.flush()
@@ -442,6 +476,7 @@ class Agent:
         if subtask:
             await self._finish_subtask(inst)
             return True
+        self._pace.finish()
         inst.ask("completion_result", "")
         self._reach(inst, req, "end")
         inst.schedule_status("taskIdle", self.host.status_delay)
@@ -455,7 +490,7 @@ class Agent:
         is aborted first."""
         req.resolve("end")
         self._count(inst, req)
-        await self._sleep(0.05)
+        await self._sleep("complete_after_text")
         self._reach(inst, req, "ask")
         inst.count_tool("attempt_completion")
         inst.say("completion_result", self.script.completion)
@@ -466,8 +501,10 @@ class Agent:
         if subtask:
             await self._finish_subtask(inst)
             return True
+        self._pace.finish()
         inst.ask("completion_result", "")
-        await self._sleep(0.05)
+        # the stream's usage drain ends after the work: its wait is not part of ``duration``
+        await self.clock.sleep(self._pace.after(0.05))
         self._reach(inst, req, "end")
         inst.schedule_status("taskIdle", self.host.status_delay)
         await self.clock.forever()
@@ -476,7 +513,8 @@ class Agent:
     async def _finish_subtask(self, inst: TaskInstance) -> None:
         """A subtask hands back to its parent: finishTask ask (answered), unfocused, usage, aborted."""
         ts = inst.ask("tool", dumps({"tool": "finishTask"}), isProtected=False)
-        await self._sleep(0.05)
+        await self._sleep("hand_back")
+        self._pace.finish()
         inst.update(ts, isAnswered=True)
         inst.event("taskAskResponded")
         inst.event("taskUnfocused")

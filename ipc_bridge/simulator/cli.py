@@ -90,7 +90,10 @@ def _crash_now() -> None:
 EPILOG = """\b
 Script format (YAML or JSON; every key optional; full reference in docs/simulator.md):
   outcome: completed | aborted | hang | followup | crash | api_error | api_error_noauto
-  duration: 2s              total time of the agent's work ("500ms", "1m" or seconds)
+  duration: 2s              total time of the agent's own work ("500ms", "1m" or seconds):
+                            taskStarted -> completion ask with jitter: 0; waits on outside
+                            things come on top (start lag, write_delay, an answer, a
+                            subtask's own work, a command that runs, API retries)
   text: "I will ..."        assistant text streamed first;  chunks: 1
   files: {"a.py": "..."}    files written into the workspace (write_to_file calls)
   tools: [{tool: apply_diff, path: a.py, search: x, replace: y}, ...]

@@ -94,8 +94,10 @@ SCENARIOS: tuple[Scenario, ...] = (
         {
             "text": "",
             # the model takes ~1 s to answer after the write: the usage throttle's trailing edge (2 s
-            # after the start) falls before the second request's text
-            "duration": "2.4s",
+            # after the start) falls before the second request's text (a turn's share s: s + 1 < 2 <
+            # 1.5 s + 1, the write delay being 1 s); the shorter, the more room for the command's real run
+            # before the edge after it (4 s), which must come after the final request's token update
+            "duration": "2.1s",
             "jitter": 0,
             "tools": [
                 {**WRITE["write_to_file"], "text": "Writing hello.py.", "usage_at": "text"},
@@ -134,8 +136,8 @@ SCENARIOS: tuple[Scenario, ...] = (
             # the child completes within 2 s of its start: no trailing usage before its completion
             "3.50/subtask__1": _delegation({"duration": "1s"}),
             # both child requests show their tokens while the text streams; the second one's comes
-            # just before the throttle's trailing edge
-            "3.50/subtask__2": _delegation({"duration": "1.5s", "usage_at": "text"}, {"usage_at": "text"}),
+            # just before the throttle's trailing edge (2 s), its text just after
+            "3.50/subtask__2": _delegation({"duration": "1.25s", "usage_at": "text"}, {"usage_at": "text"}),
         },
     ),
     Scenario(

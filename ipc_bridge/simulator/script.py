@@ -232,6 +232,8 @@ class Script(_Strict):
     engine: EngineName | None = None
     seed: int | None = None
     duration: Duration = 2.0
+    """The agent's own work, spread evenly over its turns and, in each turn, over its planned steps
+    (:mod:`ipc_bridge.simulator.pace`); waits on outside things come on top."""
     jitter: float = Field(0.2, ge=0, lt=1, allow_inf_nan=False)
     """Each step of the agent's work takes its share of ``duration`` times a seeded factor in
     [1 - jitter, 1 + jitter]; 0 gives exact timings (benchmarks)."""

@@ -59,8 +59,9 @@ def test_each_page_shows_the_run_in_chromium(sim_results: Path, tmp_path: Path) 
 
 def test_a_run_in_progress_updates_in_chromium_without_a_reload(tmp_path: Path) -> None:
     assert CHROMIUM is not None
+    # 1.75 s of agent work each at time_scale 0.05 (one final turn: duration is all its work)
     cases = "".join(
-        f"\n- id: c{i}\n  prompt: Implement two_fer.\n  simulate: {{duration: 100s, cost: 0.1}}\n"
+        f"\n- id: c{i}\n  prompt: Implement two_fer.\n  simulate: {{duration: 35s, cost: 0.1}}\n"
         for i in range(6)
     )
     suite = simulator_suite(tmp_path, cases, slots=1)

@@ -87,11 +87,12 @@ def sse_events(url: str, path: str) -> Iterator[tuple[str, dict[str, object]]]:
 
 
 def test_a_run_in_progress_updates_live(tmp_path: Path) -> None:
+    # 0.35 s of agent work each at time_scale 0.05 (one final turn: duration is all its work)
     cases = "".join(
         f"""
 - id: c{i}
   prompt: Implement two_fer.
-  simulate: {{duration: 20s, cost: 0.1}}
+  simulate: {{duration: 7s, cost: 0.1}}
 """
         for i in range(4)
     )
