@@ -15,10 +15,11 @@ import asyncio
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ipc_bridge.redaction import Redactor
 from ipc_bridge.simulator.failures import api_error, lost_provider
+from ipc_bridge.simulator.host_link import MODE_NAMES, HostLink
 from ipc_bridge.simulator.pace import (
     COMMAND_STEPS,
     DELEGATE_STEPS,
@@ -33,38 +34,7 @@ from ipc_bridge.simulator.script import Script, ToolCall
 from ipc_bridge.simulator.task import Clock, TaskInstance, Tokens
 from ipc_bridge.simulator.tools import ToolStep, dumps, prepare, run_command
 
-MODE_NAMES = {
-    "architect": "🏗️ Architect",
-    "code": "💻 Code",
-    "ask": "❓ Ask",
-    "debug": "🪲 Debug",
-    "orchestrator": "🪃 Orchestrator",
-}
-"""Built-in modes, as modesResponse and the newTask ask name them."""
-
 _NO_REQUEST_END = {"hang", "crash", "freeze", "api_error", "api_error_noauto"}
-
-
-class HostLink(Protocol):
-    """What the agent needs from the host."""
-
-    time_scale: float
-    status_delay: float
-    usage_window: float
-
-    def emit(self, name: str, *payload: Any) -> None: ...
-
-    def next_ts(self) -> int: ...
-
-    def new_task_id(self) -> str: ...
-
-    def start_lag(self) -> float: ...
-
-    def set_current(self, instance: TaskInstance) -> None: ...
-
-    def crash(self) -> None: ...
-
-    def freeze(self) -> None: ...
 
 
 class Agent:

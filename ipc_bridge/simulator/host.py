@@ -32,7 +32,8 @@ from ipc_bridge.roo.protocol import (
     TaskCommandMessage,
     event_message,
 )
-from ipc_bridge.simulator.agent import MODE_NAMES, Agent
+from ipc_bridge.simulator.agent import Agent
+from ipc_bridge.simulator.host_link import MODE_NAMES
 from ipc_bridge.simulator.lags import EngineLags
 from ipc_bridge.simulator.script import (
     DEFAULT_SCRIPT,
