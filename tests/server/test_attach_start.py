@@ -238,7 +238,8 @@ async def test_a_host_gone_between_attach_and_start_fails_the_start(
             await client.attach_start("w1", str(sockdir / "dies.sock"), "hi", connect_timeout=5)
         assert isinstance(failed.value.cause, SlotDown)
         await stream.wait(kind("slot_down"))
-        assert [e.msg_type for e in stream.events] == ["slot_up", "slot_down"]
+        # The socket still accepts, so the bridge may reconnect (slot_up again) before this line runs.
+        assert [e.msg_type for e in stream.events][:2] == ["slot_up", "slot_down"]
         assert_contiguous(stream.events)
         (info,) = await client.slots()
         assert info.owner == client.session.session  # still ours: the worker detaches it
