@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 SLOT_DOWN = "slot_down"
 EXIT_WAIT = 2.0
+"""How long a host whose connection went down is given to exit, so that its record says how it did."""
 STOP_CANCEL_TIMEOUT = 2.0
 """How long a stopped attempt waits for its CancelTask to be delivered."""
 STOP_HOST_GRACE = 2.0
@@ -64,7 +65,6 @@ CANCELLED_WITHIN = STOP_CANCEL_TIMEOUT + 3 * STOP_HOST_GRACE + DETACH_TIMEOUT + 
 farmed host's close, kill and exit; a launched host's SIGTERM and what it left outside its group), plus
 room for the rest of its teardown (the workspace, the transcript, the host's log) on a loaded machine. The
 scheduler waits as long after a stop."""
-"""How long a host whose connection went down is given to exit, so that its record says how it did."""
 TASK_EVENT = "task_event"
 
 T = TypeVar("T")
